@@ -1,0 +1,205 @@
+"""The catalog: every template, persona and schema devflow can see.
+
+Built-ins come from the checkout's ``templates/``, ``personas/`` and ``schemas/``;
+users add directories (``--templates-dir`` or ``DEVFLOW_TEMPLATES_DIR`` and the
+like). The same ``name@version`` defined twice with different contents is a
+conflict, never a silent override. A broken file does not hide the others: it is
+kept with its error, and named when a lookup misses.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Generic, TypeVar
+
+from devflow import definitions
+from devflow.definitions import Persona, Template
+from devflow.errors import Code, DevflowError
+from devflow.schemas import SchemaRegistry
+from devflow.yamlsource import Source, load_yaml
+
+BUILTIN_ROOT: Final = Path(__file__).resolve().parent.parent
+
+D = TypeVar("D", Template, Persona)
+
+
+@dataclass(frozen=True, slots=True)
+class Dirs:
+    templates: tuple[Path, ...]
+    personas: tuple[Path, ...]
+    schemas: tuple[Path, ...]
+
+    @classmethod
+    def with_builtins(cls, templates: Iterable[Path] = (), personas: Iterable[Path] = (),
+                      schemas: Iterable[Path] = ()) -> Dirs:
+        return cls(templates=(BUILTIN_ROOT / "templates", *templates),
+                   personas=(BUILTIN_ROOT / "personas", *personas),
+                   schemas=(BUILTIN_ROOT / "schemas", *schemas))
+
+
+@dataclass(frozen=True, slots=True)
+class Broken:
+    path: Path
+    error: DevflowError
+    name: str
+    kind: str
+
+
+class _Shelf(Generic[D]):
+    """Definitions of one kind, by name and version, from several directories."""
+
+    def __init__(self, kind: str, conflict: Code, not_found: Code) -> None:
+        self.kind, self._conflict, self._not_found = kind, conflict, not_found
+        self.items: dict[tuple[str, str], D] = {}
+        self.broken: list[Broken] = []
+        self.conflicts: dict[tuple[str, str], DevflowError] = {}
+
+    def add(self, item: D) -> None:
+        """Keep ``item``; the same name@version with another hash is recorded as a conflict."""
+        key = (item.name, item.version)
+        earlier = self.items.get(key)
+        if earlier is not None and earlier.hash != item.hash:
+            error = DevflowError(
+                self._conflict,
+                f"{self.kind} {item.ref} is defined twice with different contents: "
+                f"{earlier.source} and {item.source}",
+                hint=f"give the changed {self.kind} a new version instead of redefining "
+                     f"{item.ref}", ref=item.ref)
+            self.conflicts[key] = error
+            raise error
+        self.items.setdefault(key, item)
+
+    def all(self) -> list[D]:
+        return sorted(self.items.values(), key=lambda d: (d.name, _version_key(d.version)))
+
+    def get(self, ref: str) -> D:
+        name, version = definitions.parse_ref(ref, self.kind)
+        versions = [d for d in self.all() if d.name == name]
+        if version is not None:
+            versions = [d for d in versions if d.version == version]
+        if versions:
+            chosen = versions[-1]
+            conflict = self.conflicts.get((chosen.name, chosen.version))
+            if conflict is not None:
+                raise conflict
+            return chosen
+        broken = [b for b in self.broken if b.name == name]
+        if broken:
+            raise broken[0].error
+        known = ", ".join(sorted({d.ref for d in self.items.values()})) or "none"
+        raise DevflowError(self._not_found, f"no {self.kind} {ref}",
+                           hint=f"known {self.kind}s: {known}", ref=ref)
+
+
+def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order: 2 < 10, 1.2 < 1.10, numbers before words in each part."""
+    parts = re.split(r"[._-]", version)
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
+
+
+def _yaml_files(dirs: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for directory in dirs:
+        if directory.is_file():
+            files.append(directory)
+        elif directory.is_dir():
+            files.extend(sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]))
+    return files
+
+
+def _shelve(shelf: _Shelf[D], path: Path, load: Callable[[Source], D]) -> None:
+    source: Source | None = None
+    try:
+        source = load_yaml(path)
+        shelf.add(load(source))
+    except DevflowError as exc:
+        if exc.code in (Code.TEMPLATE_VERSION_CONFLICT, Code.PERSONA_VERSION_CONFLICT):
+            return  # recorded on the shelf against that name@version
+        data = source.data if source is not None else None
+        name = data.get("name") if isinstance(data, dict) else None
+        shelf.broken.append(Broken(path, exc, str(name) if name else path.stem.split(".")[0],
+                                   shelf.kind))
+
+
+class Catalog:
+    """Templates, personas and schemas, loaded once from their directories."""
+
+    def __init__(self, dirs: Dirs,
+                 check_persona_options: Callable[[str, Mapping[str, Any]], list[str]] | None = None,
+                 ) -> None:
+        self.dirs = dirs
+        self._check_options = check_persona_options
+        for directory in (*dirs.templates, *dirs.personas, *dirs.schemas):
+            if not directory.exists():
+                raise DevflowError(Code.FILE_NOT_FOUND, f"definition directory {directory} "
+                                   f"does not exist", hint="check --templates-dir, "
+                                   "--personas-dir, --schemas-dir and DEVFLOW_*_DIR")
+
+    @functools.cached_property
+    def schemas(self) -> SchemaRegistry:
+        return SchemaRegistry.from_dirs(list(self.dirs.schemas))
+
+    @functools.cached_property
+    def _templates(self) -> _Shelf[Template]:
+        shelf: _Shelf[Template] = _Shelf("template", Code.TEMPLATE_VERSION_CONFLICT,
+                                         Code.TEMPLATE_NOT_FOUND)
+        for path in _yaml_files(self.dirs.templates):
+            _shelve(shelf, path, self.load_template)
+        return shelf
+
+    @functools.cached_property
+    def _personas(self) -> _Shelf[Persona]:
+        shelf: _Shelf[Persona] = _Shelf("persona", Code.PERSONA_VERSION_CONFLICT,
+                                        Code.PERSONA_NOT_FOUND)
+        for path in _yaml_files(self.dirs.personas):
+            _shelve(shelf, path, self.load_persona)
+        return shelf
+
+    def load_template(self, source: Source) -> Template:
+        return definitions.parse_template(source, self.schemas)
+
+    def load_persona(self, source: Source) -> Persona:
+        return definitions.parse_persona(source, self.schemas, self._check_options)
+
+    def load_template_definition(self, definition: Mapping[str, Any]) -> Template:
+        """A template from the definition a run stored when it started."""
+        return self.load_template(Source(None, dict(definition), None))
+
+    def load_persona_definition(self, definition: Mapping[str, Any]) -> Persona:
+        """A persona from the definition a binding stored when its run started."""
+        return self.load_persona(Source(None, dict(definition), None))
+
+    def templates(self) -> list[Template]:
+        return self._templates.all()
+
+    def personas(self) -> list[Persona]:
+        return self._personas.all()
+
+    def broken(self) -> list[Broken]:
+        schema_broken = [Broken(path, error, path.stem, "schema")
+                         for path, error in self.schemas.broken]
+        return [*self._templates.broken, *self._personas.broken, *schema_broken]
+
+    def conflicts(self) -> list[DevflowError]:
+        return [*self._templates.conflicts.values(), *self._personas.conflicts.values()]
+
+    def template(self, ref: str) -> Template:
+        return self._templates.get(ref)
+
+    def persona(self, ref: str) -> Persona:
+        return self._personas.get(ref)
+
+    def check_file(self, path: Path, kind: str) -> Template | Persona:
+        """Load one file as ``kind`` and check it against what the catalog holds."""
+        source = load_yaml(path)
+        if kind == "template":
+            template = self.load_template(source)
+            self._templates.add(template)
+            return template
+        persona = self.load_persona(source)
+        self._personas.add(persona)
+        return persona

@@ -1,0 +1,167 @@
+"""DevflowError and the stable vocabulary of error codes.
+
+Every failure a person can meet is a ``DevflowError(code, message, hint)``. The code
+is stable (scripts match on it), the message says what happened, the hint says what
+to do next. Each code belongs to a kind, and the kind fixes the CLI exit code and
+the HTTP status::
+
+    DevflowError
+      kind INVALID    exit 2, HTTP 400   bad input: nothing was changed
+      kind NOT_FOUND  exit 4, HTTP 404   a named thing does not exist
+      kind CONFLICT   exit 3, HTTP 409   the state of things forbids it now
+      kind FAILED     exit 1, HTTP 500   the operation ran and failed
+
+Errors of the libraries below (git, the database, subprocesses) are translated
+into these at the one place that calls them.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any, Final
+
+
+class Kind(enum.Enum):
+    INVALID = (2, 400)
+    NOT_FOUND = (4, 404)
+    CONFLICT = (3, 409)
+    FAILED = (1, 500)
+
+    @property
+    def exit_code(self) -> int:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+
+class Code(enum.StrEnum):
+    # definitions and input
+    INVALID_INPUT = "invalid_input"
+    YAML_INVALID = "yaml_invalid"
+    DEFINITION_INVALID = "definition_invalid"
+    UNKNOWN_ROLE = "unknown_role"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    UNKNOWN_GATE = "unknown_gate"
+    DUPLICATE_PHASE = "duplicate_phase"
+    PATH_ESCAPE = "path_escape"
+    BAD_DURATION = "bad_duration"
+    SCHEMA_INVALID = "schema_invalid"
+    DOCUMENT_INVALID = "document_invalid"
+    CONFIG_INVALID = "config_invalid"
+    NOT_A_GIT_REPO = "not_a_git_repo"
+    BASE_BRANCH_NOT_FOUND = "base_branch_not_found"
+    NO_PERSONA_FOR_ROLE = "no_persona_for_role"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BINDING_INVALID = "binding_invalid"
+    UNKNOWN_SECTION = "unknown_section"
+    # not found
+    TEMPLATE_NOT_FOUND = "template_not_found"
+    PERSONA_NOT_FOUND = "persona_not_found"
+    SCHEMA_NOT_FOUND = "schema_not_found"
+    RUN_NOT_FOUND = "run_not_found"
+    APPROVAL_NOT_FOUND = "approval_not_found"
+    FILE_NOT_FOUND = "file_not_found"
+    # conflicts
+    TEMPLATE_VERSION_CONFLICT = "template_version_conflict"
+    PERSONA_VERSION_CONFLICT = "persona_version_conflict"
+    SCHEMA_VERSION_CONFLICT = "schema_version_conflict"
+    ACTIVE_RUN_EXISTS = "active_run_exists"
+    RUN_ID_EXISTS = "run_id_exists"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    LEASE_LOST = "lease_lost"
+    RUN_BUSY = "run_busy"
+    APPROVAL_CONFLICT = "approval_conflict"
+    APPROVAL_STALE = "approval_stale"
+    NO_PENDING_APPROVAL = "no_pending_approval"
+    AMBIGUOUS_APPROVAL = "ambiguous_approval"
+    NOT_AUTHORIZED = "not_authorized"
+    DATABASE_NOT_MIGRATED = "database_not_migrated"
+    # failures
+    GIT_FAILED = "git_failed"
+    WORKTREE_FAILED = "worktree_failed"
+    DATABASE_ERROR = "database_error"
+    ARTIFACT_MISSING = "artifact_missing"
+    ARTIFACT_INVALID = "artifact_invalid"
+    ARTIFACT_TOO_LARGE = "artifact_too_large"
+    ARTIFACT_TAMPERED = "artifact_tampered"
+    AGENT_FAILED = "agent_failed"
+    AGENT_TIMEOUT = "agent_timeout"
+    PHASE_PLAN_INVALID = "phase_plan_invalid"
+    REPORT_FAILED = "report_failed"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    PROCESS_RESTART_UNRECOVERED = "process_restart_unrecovered"
+    APPROVAL_TIMEOUT = "approval_timeout"
+    APPROVAL_REJECTED = "approval_rejected"
+    INTERNAL = "internal_error"
+
+
+_KIND_OF: Final[Mapping[Code, Kind]] = {
+    **{c: Kind.INVALID for c in (
+        Code.INVALID_INPUT, Code.YAML_INVALID, Code.DEFINITION_INVALID, Code.UNKNOWN_ROLE,
+        Code.UNKNOWN_SCHEMA, Code.UNKNOWN_GATE, Code.DUPLICATE_PHASE, Code.PATH_ESCAPE,
+        Code.BAD_DURATION, Code.SCHEMA_INVALID, Code.DOCUMENT_INVALID, Code.CONFIG_INVALID,
+        Code.NOT_A_GIT_REPO, Code.BASE_BRANCH_NOT_FOUND, Code.NO_PERSONA_FOR_ROLE,
+        Code.BACKEND_UNAVAILABLE, Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
+    )},
+    **{c: Kind.NOT_FOUND for c in (
+        Code.TEMPLATE_NOT_FOUND, Code.PERSONA_NOT_FOUND, Code.SCHEMA_NOT_FOUND,
+        Code.RUN_NOT_FOUND, Code.APPROVAL_NOT_FOUND, Code.FILE_NOT_FOUND,
+    )},
+    **{c: Kind.CONFLICT for c in (
+        Code.TEMPLATE_VERSION_CONFLICT, Code.PERSONA_VERSION_CONFLICT,
+        Code.SCHEMA_VERSION_CONFLICT, Code.ACTIVE_RUN_EXISTS, Code.RUN_ID_EXISTS,
+        Code.ILLEGAL_TRANSITION, Code.LEASE_LOST, Code.RUN_BUSY, Code.APPROVAL_CONFLICT,
+        Code.APPROVAL_STALE, Code.NO_PENDING_APPROVAL, Code.AMBIGUOUS_APPROVAL,
+        Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED,
+    )},
+}
+
+
+def kind_of(code: Code) -> Kind:
+    return _KIND_OF.get(code, Kind.FAILED)
+
+
+class DevflowError(Exception):
+    """A failure with a stable code, a message for a person and a hint for what next."""
+
+    def __init__(self, code: Code, message: str, hint: str = "", **details: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.details = details
+
+    @property
+    def kind(self) -> Kind:
+        return kind_of(self.code)
+
+    @property
+    def exit_code(self) -> int:
+        return self.kind.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": str(self.code), "message": self.message, "hint": self.hint}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" + (f" ({self.hint})" if self.hint else "")
+
+    def __repr__(self) -> str:
+        return f"DevflowError({self.code!s}, {self.message!r}, hint={self.hint!r})"
+
+
+class LeaseLost(DevflowError):
+    """The driver no longer holds the run's lease; it must stop without writing."""
+
+    def __init__(self, run_id: str, message: str = "") -> None:
+        super().__init__(
+            Code.LEASE_LOST,
+            message or f"this driver no longer holds the lease of run {run_id}",
+            hint="another worker or the sweep took the run over; nothing more is written here",
+            run_id=run_id,
+        )

@@ -1,0 +1,175 @@
+"""The registry of JSON Schemas by id, with one compiled validator per schema.
+
+Schemas are Draft 2020-12 files (``schemas/**.json``) whose ``$id`` is a short id
+such as ``dev/spec@1``. A ``$ref`` names another schema by its id
+(``"$ref": "common/finding@1"``), from any directory. ``format`` is checked.
+
+A validator is built once per schema and reused: building one costs several times
+what checking an artifact with it does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import jsonschema
+import referencing
+import referencing.exceptions
+from referencing.jsonschema import DRAFT202012
+
+from devflow.errors import Code, DevflowError
+
+SCHEMA_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*@[0-9]+$")
+_FORMATS: Final = jsonschema.Draft202012Validator.FORMAT_CHECKER
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """One validation problem: where in the document (a JSON pointer) and what."""
+
+    pointer: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.pointer or '/'}: {self.message}"
+
+
+def pointer(path: Iterable[str | int]) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaFile:
+    id: str
+    path: Path
+    contents: dict[str, Any]
+
+    @property
+    def title(self) -> str:
+        return str(self.contents.get("title", ""))
+
+
+class SchemaRegistry:
+    """Schemas by id; ``validate`` uses a validator compiled once per id."""
+
+    def __init__(self, files: Sequence[SchemaFile],
+                 broken: Sequence[tuple[Path, DevflowError]] = ()) -> None:
+        self._files = {f.id: f for f in files}
+        self.broken = list(broken)
+        resources = [(f.id, DRAFT202012.create_resource(f.contents)) for f in files]
+        # attrs field aliases (retrieve=, ref=) are not seen by mypy's attrs plugin
+        self._registry: referencing.Registry[Any] = referencing.Registry(
+            retrieve=self._retrieve).with_resources(resources)  # type: ignore[call-arg]
+        self._validators: dict[str, jsonschema.protocols.Validator] = {}
+
+    @classmethod
+    def from_dirs(cls, dirs: Sequence[Path]) -> SchemaRegistry:
+        """Every ``*.json`` below ``dirs``; a broken file is kept aside, not fatal to the rest."""
+        files: dict[str, SchemaFile] = {}
+        broken: list[tuple[Path, DevflowError]] = []
+        for directory in dirs:
+            for path in sorted(directory.rglob("*.json")):
+                try:
+                    schema = load_schema_file(path)
+                except DevflowError as exc:
+                    broken.append((path, exc))
+                    continue
+                earlier = files.get(schema.id)
+                if earlier is not None and earlier.contents != schema.contents:
+                    broken.append((path, DevflowError(
+                        Code.SCHEMA_VERSION_CONFLICT,
+                        f"schema {schema.id} is defined twice with different contents: "
+                        f"{earlier.path} and {path}",
+                        hint="give the changed schema a new version (…@2) instead of redefining it",
+                    )))
+                    continue
+                files.setdefault(schema.id, schema)
+        return cls(list(files.values()), broken)
+
+    def _retrieve(self, uri: str) -> referencing.Resource[Any]:
+        # "$ref": "common/finding@1" inside "dev/spec@1" resolves, by URI rules, to
+        # "dev/common/finding@1"; ids form one flat namespace, so try each suffix.
+        parts = uri.split("/")
+        for i in range(1, len(parts)):
+            candidate = self._files.get("/".join(parts[i:]))
+            if candidate is not None:
+                return DRAFT202012.create_resource(candidate.contents)
+        raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+
+    def ids(self) -> list[str]:
+        return sorted(self._files)
+
+    def __contains__(self, schema_id: object) -> bool:
+        return schema_id in self._files
+
+    def get(self, schema_id: str) -> SchemaFile:
+        try:
+            return self._files[schema_id]
+        except KeyError:
+            raise DevflowError(
+                Code.SCHEMA_NOT_FOUND, f"no schema with id {schema_id}",
+                hint="`devflow schemas list` shows the known ids; extra directories come "
+                     "from --schemas-dir or DEVFLOW_SCHEMAS_DIR",
+            ) from None
+
+    def validator(self, schema_id: str) -> jsonschema.protocols.Validator:
+        validator = self._validators.get(schema_id)
+        if validator is None:
+            contents = self.get(schema_id).contents
+            validator = jsonschema.Draft202012Validator(
+                contents, registry=self._registry, format_checker=_FORMATS)
+            self._validators[schema_id] = validator
+        return validator
+
+    def validate(self, schema_id: str, instance: Any) -> list[Issue]:
+        """Every problem of ``instance`` against the schema, most specific first."""
+        try:
+            errors = list(self.validator(schema_id).iter_errors(instance))
+        except referencing.exceptions.Unresolvable as exc:
+            raise DevflowError(
+                Code.SCHEMA_INVALID, f"schema {schema_id} has a $ref that cannot be resolved: "
+                f"{exc}", hint="a $ref names another schema by its id, e.g. common/finding@1",
+            ) from exc
+        issues = [Issue(pointer(e.absolute_path), e.message) for e in _leaves(errors)]
+        return sorted(issues, key=lambda i: (i.pointer, i.message))
+
+
+def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema.ValidationError]:
+    # For anyOf/oneOf the interesting errors are the contexts, not "is not valid under".
+    for error in errors:
+        if error.context:
+            best = jsonschema.exceptions.best_match(error.context)
+            yield best if best is not None else error
+        else:
+            yield error
+
+
+def load_schema_file(path: Path) -> SchemaFile:
+    try:
+        contents = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read schema file {path}: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise DevflowError(
+            Code.SCHEMA_INVALID, f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}",
+            hint="fix the JSON syntax at that place") from exc
+    if not isinstance(contents, dict):
+        raise DevflowError(Code.SCHEMA_INVALID, f"{path}: a schema must be a JSON object")
+    schema_id = contents.get("$id")
+    if not isinstance(schema_id, str) or not SCHEMA_ID.match(schema_id):
+        raise DevflowError(
+            Code.SCHEMA_INVALID, f"{path}: $id must be a short id like dev/spec@1, "
+            f"got {schema_id!r}", hint="set \"$id\" to <area>/<name>@<version>")
+    try:
+        jsonschema.Draft202012Validator.check_schema(contents)
+    except jsonschema.SchemaError as exc:
+        raise DevflowError(
+            Code.SCHEMA_INVALID, f"{path}: not a valid Draft 2020-12 schema at "
+            f"{pointer(exc.absolute_path) or '/'}: {exc.message}",
+            hint="see https://json-schema.org/draft/2020-12") from exc
+    return SchemaFile(id=schema_id, path=path, contents=contents)
