@@ -1,0 +1,328 @@
+"""The values the layers pass around: runs, phases, events, approvals, invocations.
+
+Frozen dataclasses, built by the store from its rows; nothing here touches the
+database. ``to_json`` gives the stable shapes the CLI prints with ``--json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from devflow.definitions import PhaseDef
+from devflow.states import TERMINAL, ApprovalState, PhaseState, RunState
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    role: str
+    persona_name: str
+    persona_version: str
+    persona_hash: str
+    backend: str
+    backend_version: str | None
+    persona_def: Mapping[str, Any] = field(repr=False)
+
+    @property
+    def persona_ref(self) -> str:
+        return f"{self.persona_name}@{self.persona_version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role, "persona": self.persona_ref, "hash": self.persona_hash,
+                "backend": self.backend, "backend_version": self.backend_version}
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    owner: str
+    fence: int
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    id: str
+    template_name: str
+    template_version: str
+    template_hash: str
+    template_def: Mapping[str, Any] = field(repr=False)
+    repo: str = ""
+    base: str = ""
+    base_sha: str | None = None
+    checkpoint_sha: str | None = None
+    branch: str = ""
+    workspace: str = ""
+    worktree: str = ""
+    host: str = ""
+    state: RunState = RunState.CREATED
+    paused_from: RunState | None = None
+    requirements: str = field(default="", repr=False)
+    objective: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+    created_by: str = ""
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    ended_at: datetime | None = None
+    last_seq: int = 0
+    failure_code: str | None = None
+    failure_reason: str | None = None
+    report_status: str | None = None
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    lease_fence: int = 0
+    recoveries: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    port_base: int | None = None
+
+    @property
+    def template_ref(self) -> str:
+        return f"{self.template_name}@{self.template_version}"
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "state": str(self.state), "template": self.template_ref,
+            "template_hash": self.template_hash, "repo": self.repo, "base": self.base,
+            "base_sha": self.base_sha, "checkpoint": self.checkpoint_sha, "branch": self.branch,
+            "worktree": self.worktree,
+            "workspace": self.workspace, "host": self.host, "objective": self.objective,
+            "paused_from": str(self.paused_from) if self.paused_from else None,
+            "created_by": self.created_by, "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at), "ended_at": iso(self.ended_at),
+            "failure": ({"code": self.failure_code, "reason": self.failure_reason}
+                        if self.failure_code else None),
+            "report": self.report_status, "recoveries": self.recoveries,
+            "lease": ({"owner": self.lease_owner, "expires_at": iso(self.lease_expires_at),
+                       "fence": self.lease_fence} if self.lease_owner else None),
+            "usage": {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                      "cost_usd": round(self.cost_usd, 6)},
+            "port_base": self.port_base,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    id: int
+    run_id: str
+    position: int
+    key: str
+    origin: str
+    definition: PhaseDef
+    state: PhaseState = PhaseState.PENDING
+    attempt: int = 0
+    repairs: int = 0
+    round: int = 0
+    artifact_sha: str | None = None
+    artifact_stored: str | None = None
+    checkpoint_sha: str | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    failure_code: str | None = None
+    failure_reason: str | None = None
+    feedback: Mapping[str, Any] = field(default_factory=dict)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def title(self) -> str:
+        return self.definition.title
+
+    def to_json(self) -> dict[str, Any]:
+        artifact = self.definition.artifact
+        return {
+            "key": self.key, "title": self.title, "state": str(self.state),
+            "role": self.definition.role, "origin": self.origin, "attempt": self.attempt,
+            "repairs": self.repairs, "round": self.round,
+            "artifact": ({"path": artifact.path, "schema": artifact.schema,
+                          "sha256": self.artifact_sha, "stored": self.artifact_stored}
+                         if artifact else None),
+            "checkpoint": self.checkpoint_sha, "started_at": iso(self.started_at),
+            "ended_at": iso(self.ended_at),
+            "failure": ({"code": self.failure_code, "reason": self.failure_reason}
+                        if self.failure_code else None),
+            "usage": {"tokens_in": self.tokens_in, "tokens_out": self.tokens_out,
+                      "cost_usd": round(self.cost_usd, 6)},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append; ``key`` makes the append idempotent."""
+
+    type: str
+    phase: str | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_id: str
+    seq: int
+    type: str
+    phase: str | None
+    payload: Mapping[str, Any]
+    ts: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "seq": self.seq, "type": self.type, "ts": iso(self.ts),
+                "phase": self.phase, "payload": dict(self.payload)}
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What an approver is shown: the bytes of the artifact and the state of the tree."""
+
+    artifact_path: str | None
+    artifact_sha: str | None
+    head_sha: str | None
+    tree_sha: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"artifact_path": self.artifact_path, "artifact_sha256": self.artifact_sha,
+                "head": self.head_sha, "tree": self.tree_sha}
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    id: int
+    run_id: str
+    phase_key: str
+    gate: str
+    round: int
+    state: ApprovalState
+    message: str
+    options: tuple[str, ...]
+    approvers: tuple[str, ...]
+    sections: str | None
+    evidence: Evidence
+    opened_at: datetime
+    deadline: datetime | None = None
+    warned_at: datetime | None = None
+    escalation_applied: int = 0
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "run_id": self.run_id, "phase": self.phase_key, "gate": self.gate,
+            "round": self.round, "state": str(self.state), "message": self.message,
+            "options": list(self.options), "approvers": list(self.approvers),
+            "sections": self.sections, "evidence": self.evidence.to_json(),
+            "opened_at": iso(self.opened_at), "deadline": iso(self.deadline),
+            "escalation_applied": self.escalation_applied, "resolved_at": iso(self.resolved_at),
+            "resolved_by": self.resolved_by, "resolution": self.resolution,
+        }
+
+    def gate_block(self) -> dict[str, Any]:
+        """The ``gate`` object of --json output while a run waits here."""
+        return {
+            "approval_id": self.id, "gate": self.gate, "phase": self.phase_key,
+            "round": self.round, "message": self.message, "options": list(self.options),
+            "artifact": {"path": self.evidence.artifact_path,
+                         "sha256": self.evidence.artifact_sha},
+            "deadline": iso(self.deadline),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    id: int
+    approval_id: int
+    client_token: str
+    action: str
+    actor: str
+    comment: str | None
+    sections: Mapping[str, str]
+    evidence: Mapping[str, Any]
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "approval_id": self.approval_id, "token": self.client_token,
+                "action": self.action, "actor": self.actor, "comment": self.comment,
+                "sections": dict(self.sections), "evidence": dict(self.evidence),
+                "created_at": iso(self.created_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class Invocation:
+    id: int
+    run_id: str
+    phase_key: str | None
+    attempt: int
+    kind: str
+    backend: str
+    argv: tuple[str, ...]
+    host: str
+    started_at: datetime
+    pid: int | None = None
+    pgid: int | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    duration_ms: int | None = None
+    stdout_path: str | None = None
+    stderr_path: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+    outcome: str | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "phase": self.phase_key, "attempt": self.attempt, "kind": self.kind,
+            "backend": self.backend, "argv": list(self.argv), "host": self.host,
+            "pid": self.pid, "started_at": iso(self.started_at), "ended_at": iso(self.ended_at),
+            "exit_code": self.exit_code, "signal": self.signal, "duration_ms": self.duration_ms,
+            "stdout": self.stdout_path, "stderr": self.stderr_path,
+            "tokens_in": self.tokens_in, "tokens_out": self.tokens_out, "cost_usd": self.cost_usd,
+            "session_id": self.session_id, "outcome": self.outcome, "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ArtifactRecord:
+    run_id: str
+    phase_key: str
+    attempt: int
+    path: str
+    schema_id: str
+    sha256: str
+    size: int
+    stored_path: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    id: str
+    name: str
+    host: str
+    pid: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopped_at: datetime | None
+    concurrency: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
+                "started_at": iso(self.started_at), "heartbeat_at": iso(self.heartbeat_at),
+                "stopped_at": iso(self.stopped_at), "concurrency": self.concurrency}

@@ -1,0 +1,45 @@
+"""Storage: the only package that imports SQLModel, SQLAlchemy, Alembic or psycopg.
+
+``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
+``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from devflow.model import utcnow
+from devflow.store import migrate
+from devflow.store.approvals import Approvals
+from devflow.store.database import Database
+from devflow.store.events import Events
+from devflow.store.leases import Claimed, Leases
+from devflow.store.registry import Registry
+from devflow.store.runs import Limits, NewRun, Runs
+from devflow.store.runtx import Redactor, RunTx
+
+__all__ = ["Claimed", "Database", "Limits", "NewRun", "RunTx", "Store"]
+
+
+class Store:
+    def __init__(self, db: Database, clock: Callable[[], datetime] = utcnow,
+                 redact: Redactor | None = None) -> None:
+        self.db = db
+        self.clock = clock
+        self.runs = Runs(db, clock, redact)
+        self.events = Events(db)
+        self.approvals = Approvals(db)
+        self.leases = Leases(db, clock)
+        self.registry = Registry(db)
+
+    @classmethod
+    def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,
+             redact: Redactor | None = None, pool_size: int = 8, migrate_now: bool = True) -> Store:
+        db = Database(url, pool_size=pool_size)
+        if migrate_now:
+            migrate.ensure_current(db)
+        return cls(db, clock, redact)
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,163 @@
+"""Database set-up and transactions, the only place that knows the two dialects apart.
+
+SQLite (the embedded default): WAL, ``synchronous=FULL``, foreign keys on, a long
+``busy_timeout``, and every write transaction opened with ``BEGIN IMMEDIATE`` so
+that writers queue at the start instead of failing at their first write.
+PostgreSQL: a pool with pre-ping; a run is locked with ``SELECT … FOR UPDATE``.
+
+``write(fn)`` runs ``fn(session)`` in one transaction and commits. A transient
+failure before the commit (SQLite busy past its timeout, a PostgreSQL connection
+that died) runs ``fn`` again on a fresh connection; a failure during the commit
+itself is not retried, because the commit may have landed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy import event
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import Session
+
+from devflow.errors import Code, DevflowError
+
+T = TypeVar("T")
+log = structlog.get_logger("devflow.store")
+
+_SQLITE_BUSY: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_RETRIES: Final = 8
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+class Database:
+    """An engine, its dialect's quirks, and transactions with retries."""
+
+    def __init__(self, url: str, *, pool_size: int = 8, busy_timeout_ms: int = 60_000) -> None:
+        self.url = url
+        self.dialect = sa.engine.make_url(url).get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise DevflowError(Code.CONFIG_INVALID, f"unsupported database URL {url!r}",
+                               hint="use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB")
+        if self.dialect == "sqlite":
+            self.engine = sa.create_engine(url, poolclass=sa.pool.QueuePool,
+                                           pool_size=pool_size, max_overflow=pool_size,
+                                           connect_args={"check_same_thread": False,
+                                                         "timeout": busy_timeout_ms / 1000})
+            _configure_sqlite(self.engine, busy_timeout_ms)
+        else:
+            self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size,
+                                           pool_pre_ping=True, pool_timeout=60)
+        self.pool_size = pool_size
+        self._local = threading.local()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            if self.is_sqlite:
+                session.connection(execution_options={"devflow_immediate": write})
+            yield session
+
+    def read(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in a read transaction (retried on transient errors)."""
+        return self._run(fn, write=False)
+
+    def write(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one write transaction and commit it."""
+        return self._run(fn, write=True)
+
+    def _run(self, fn: Callable[[Session], T], *, write: bool) -> T:
+        delay = 0.05
+        for attempt in range(_RETRIES):
+            with self.session(write=write) as session:
+                try:
+                    result = fn(session)
+                except DBAPIError as exc:
+                    session.rollback()
+                    if attempt + 1 < _RETRIES and self._transient(exc):
+                        log.warning("database_retry", attempt=attempt + 1,
+                                    error=type(exc.orig).__name__)
+                        time.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                        continue
+                    raise self._translate(exc) from exc
+                except BaseException:
+                    session.rollback()
+                    raise
+                try:
+                    session.commit()
+                except DBAPIError as exc:
+                    # The commit may or may not have landed: never run fn twice here.
+                    raise self._translate(exc) from exc
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _transient(self, exc: DBAPIError) -> bool:
+        if exc.connection_invalidated:
+            return True
+        orig = exc.orig
+        if isinstance(orig, sqlite3.OperationalError):
+            return getattr(orig, "sqlite_errorcode", None) in _SQLITE_BUSY
+        sqlstate = getattr(orig, "sqlstate", None) or ""
+        # serialization failure, deadlock, and the connection-exception class (08…)
+        return isinstance(exc, OperationalError) and (
+            sqlstate in ("40001", "40P01") or sqlstate.startswith("08") or not sqlstate)
+
+    def _translate(self, exc: DBAPIError) -> DevflowError:
+        return DevflowError(Code.DATABASE_ERROR, f"the database failed: {type(exc.orig).__name__}: "
+                            f"{str(exc.orig).strip().splitlines()[0] if str(exc.orig) else ''}",
+                            hint="check that the database is reachable (DEVFLOW_DATABASE_URL) "
+                                 "and run the command again")
+
+    def lock_run_query(self, stmt: Any) -> Any:
+        """Row-lock a ``select`` of a run; SQLite's immediate transaction already serializes."""
+        return stmt if self.is_sqlite else stmt.with_for_update()
+
+    def serialize(self, session: Session, name: str) -> None:
+        """Serialize transactions that use ``name`` (e.g. run starts) until the commit."""
+        if not self.is_sqlite:
+            key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big", signed=True)
+            session.connection().execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def _configure_sqlite(engine: sa.Engine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event decide how transactions begin.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("devflow_immediate", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def constraint_name(exc: DBAPIError) -> str | None:
+    """The name of the constraint an IntegrityError broke, from the driver, not the text."""
+    diag = getattr(exc.orig, "diag", None)
+    if diag is not None:
+        return getattr(diag, "constraint_name", None)
+    return None

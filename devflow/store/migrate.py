@@ -1,0 +1,79 @@
+"""Schema migrations: upgrade, current revision, and the embedded database's self-upgrade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+import filelock
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from devflow.errors import Code, DevflowError
+from devflow.store.database import Database
+from devflow.store.migrations import HEAD
+
+HEAD_REVISION: Final = HEAD
+
+MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
+
+
+def _config(connection: sa.Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head() -> str:
+    return ScriptDirectory.from_config(_config()).get_current_head() or ""
+
+
+def current(db: Database) -> str | None:
+    with db.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(db: Database, revision: str = "head") -> str | None:
+    if db.is_sqlite:
+        with _sqlite_lock(db):
+            return _upgrade(db, revision)
+    return _upgrade(db, revision)
+
+
+def downgrade(db: Database, revision: str) -> str | None:
+    with db.engine.connect().execution_options(devflow_immediate=True) as conn, conn.begin():
+        command.downgrade(_config(conn), revision)
+    return current(db)
+
+
+def _upgrade(db: Database, revision: str) -> str | None:
+    # On SQLite the "begin" listener makes this BEGIN IMMEDIATE: one migrator at a time.
+    with db.engine.connect().execution_options(devflow_immediate=True) as conn, conn.begin():
+        command.upgrade(_config(conn), revision)
+    return current(db)
+
+
+def _sqlite_lock(db: Database) -> filelock.FileLock:
+    path = sa.engine.make_url(db.url).database
+    if not path or path == ":memory:":
+        return filelock.FileLock("/tmp/devflow-memory-db.lock")  # noqa: S108 - tests only
+    return filelock.FileLock(f"{path}.migrate.lock", timeout=120)
+
+
+def ensure_current(db: Database) -> None:
+    """Bring the embedded SQLite database up to date; refuse an out-of-date PostgreSQL."""
+    revision = current(db)
+    if revision == HEAD:
+        return
+    if db.is_sqlite:
+        upgrade(db)
+        return
+    raise DevflowError(
+        Code.DATABASE_NOT_MIGRATED,
+        f"the database is at revision {revision or 'none'}, devflow needs {HEAD}",
+        hint="run `devflow db upgrade` once against this database")

@@ -1,0 +1,47 @@
+"""Registering the templates and personas that runs use: name@version is bound to one hash."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session
+
+from devflow.errors import Code, DevflowError
+from devflow.store.database import Database
+from devflow.store.tables import DefinitionRow
+
+_CONFLICT = {"template": Code.TEMPLATE_VERSION_CONFLICT, "persona": Code.PERSONA_VERSION_CONFLICT}
+
+
+class Registry:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def register(self, items: list[tuple[str, str, str, str, Mapping[str, Any]]],
+                 now: datetime) -> None:
+        """Register (kind, name, version, hash, body) items; a known one with another hash fails."""
+        def tx(session: Session) -> None:
+            self.db.serialize(session, "devflow-definitions")
+            for kind, name, version, digest, body in items:
+                row = session.get(DefinitionRow, (kind, name, version))
+                if row is None:
+                    session.add(DefinitionRow(kind=kind, name=name, version=version, hash=digest,
+                                              body=dict(body), registered_at=now))
+                elif row.hash != digest:
+                    raise DevflowError(
+                        _CONFLICT[kind],
+                        f"{kind} {name}@{version} was registered on {row.registered_at:%Y-%m-%d} "
+                        f"with hash {row.hash[:12]}, and its definition now hashes to "
+                        f"{digest[:12]}",
+                        hint=f"a changed {kind} needs a new version: bump `version` in its file "
+                             f"(runs already started keep the definition they began with)",
+                        ref=f"{name}@{version}")
+        self.db.write(tx)
+
+    def registered(self, kind: str, name: str, version: str) -> str | None:
+        def tx(session: Session) -> str | None:
+            row = session.get(DefinitionRow, (kind, name, version))
+            return row.hash if row else None
+        return self.db.read(tx)

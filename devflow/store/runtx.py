@@ -1,0 +1,279 @@
+"""RunTx: one transaction on one locked run, the only way a run's state changes.
+
+Opened by ``Runs.change`` (which locks the run row and checks the lease), a RunTx
+offers the verbs that change a run, its phases, approvals, artifacts and
+invocations. Every state move is checked against ``devflow.states`` and appends its
+event in the same transaction; event numbers come from the locked run row, so they
+are gapless per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, col, select
+
+from devflow import model, states
+from devflow.definitions import PhaseDef
+from devflow.errors import Code, DevflowError, LeaseLost
+from devflow.states import ApprovalState, PhaseState, RunState
+from devflow.store import rows
+from devflow.store.tables import (
+    ApprovalRow,
+    ArtifactRow,
+    DecisionRow,
+    EventRow,
+    InvocationRow,
+    PhaseRow,
+    RunRow,
+)
+
+Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+class RunTx:
+    def __init__(self, session: Session, row: RunRow, now: datetime,
+                 redact: Redactor | None = None) -> None:
+        self.session = session
+        self._row = row
+        self.now = now
+        self._redact = redact
+        self._phases: dict[str, PhaseRow] | None = None
+        self.events: list[model.Event] = []
+
+    # -- the run ---------------------------------------------------------------------------
+    @property
+    def run(self) -> model.Run:
+        return rows.run(self._row)
+
+    @property
+    def state(self) -> RunState:
+        return RunState(self._row.state)
+
+    def move_run(self, to: RunState, event: model.NewEvent | None = None, *,
+                 failure: tuple[str, str] | None = None) -> model.Run:
+        current = RunState(self._row.state)
+        states.check_run_move(current, to)
+        row = self._row
+        if to is RunState.PAUSED:
+            row.paused_from = str(current)
+        elif current is RunState.PAUSED:
+            row.paused_from = None
+        row.state = str(to)
+        row.updated_at = self.now
+        if to in states.TERMINAL:
+            row.ended_at = self.now
+            row.lease_owner, row.lease_expires_at = None, None
+        if failure:
+            row.failure_code, row.failure_reason = failure
+        self.session.add(row)
+        if event is not None:
+            self.event(event)
+        return rows.run(row)
+
+    def settle(self, to: RunState, event: model.NewEvent | None = None) -> model.Run:
+        """Move the run to ``to``; a paused run instead remembers ``to`` as where resume goes."""
+        if RunState(self._row.state) is RunState.PAUSED:
+            self._row.paused_from = str(to)
+            self.session.add(self._row)
+            if event is not None:
+                self.event(event)
+            return rows.run(self._row)
+        if RunState(self._row.state) is to:
+            if event is not None:
+                self.event(event)
+            return rows.run(self._row)
+        return self.move_run(to, event)
+
+    def set_run(self, **fields: Any) -> model.Run:
+        """Change fields of the run that are not its state (usage totals, lease, report)."""
+        if "state" in fields:
+            raise ValueError("a run's state changes through move_run only")
+        for name, value in fields.items():
+            setattr(self._row, name, value)
+        self._row.updated_at = self.now
+        self.session.add(self._row)
+        return rows.run(self._row)
+
+    def check_lease(self, lease: model.Lease) -> None:
+        row = self._row
+        if (row.lease_owner != lease.owner or row.lease_fence != lease.fence
+                or row.lease_expires_at is None or row.lease_expires_at <= self.now):
+            raise LeaseLost(row.id)
+
+    # -- events ----------------------------------------------------------------------------
+    def event(self, new: model.NewEvent) -> model.Event:
+        """Append an event; with a key that is already recorded, return that event instead."""
+        if new.key is not None:
+            existing = self.session.exec(
+                select(EventRow).where(EventRow.idem_key == new.key)).first()
+            if existing is not None:
+                return rows.event(existing)
+        payload = dict(new.payload)
+        if self._redact is not None:
+            payload = self._redact(payload)
+        self._row.last_seq += 1
+        row = EventRow(run_id=self._row.id, seq=self._row.last_seq, type=new.type,
+                       phase=new.phase, payload=payload, ts=self.now,
+                       idem_key=new.key or f"{self._row.id}:{self._row.last_seq}")
+        self.session.add(self._row)
+        self.session.add(row)
+        appended = rows.event(row)
+        self.events.append(appended)
+        return appended
+
+    # -- phases ----------------------------------------------------------------------------
+    def _phase_rows(self) -> dict[str, PhaseRow]:
+        if self._phases is None:
+            found = self.session.exec(select(PhaseRow).where(PhaseRow.run_id == self._row.id)
+                                      .order_by(col(PhaseRow.position))).all()
+            self._phases = {p.key: p for p in found}
+        return self._phases
+
+    def phases(self) -> list[model.Phase]:
+        return [rows.phase(p) for p in self._phase_rows().values()]
+
+    def phase(self, key: str) -> model.Phase:
+        return rows.phase(self._phase_row(key))
+
+    def _phase_row(self, key: str) -> PhaseRow:
+        try:
+            return self._phase_rows()[key]
+        except KeyError:
+            raise DevflowError(Code.INVALID_INPUT, f"run {self._row.id} has no phase {key!r}",
+                               hint=f"devflow run status {self._row.id}") from None
+
+    def add_phases(self, defs: Sequence[PhaseDef], origin: str) -> list[model.Phase]:
+        existing = self._phase_rows()
+        position = max((p.position for p in existing.values()), default=0)
+        added = []
+        for d in defs:
+            if d.key in existing:
+                raise DevflowError(Code.DUPLICATE_PHASE, f"run {self._row.id} already has a "
+                                   f"phase {d.key!r}", hint="phase keys must be unique in a run")
+            position += 1
+            row = PhaseRow(run_id=self._row.id, position=position, key=d.key, origin=origin,
+                           definition=d.to_json(), state=str(PhaseState.PENDING))
+            self.session.add(row)
+            existing[d.key] = row
+            added.append(row)
+        self.session.flush()
+        return [rows.phase(r) for r in added]
+
+    def move_phase(self, key: str, to: PhaseState, event: model.NewEvent | None = None,
+                   **fields: Any) -> model.Phase:
+        row = self._phase_row(key)
+        states.check_phase_move(PhaseState(row.state), to)
+        row.state = str(to)
+        if to is PhaseState.RUNNING and row.started_at is None:
+            row.started_at = self.now
+        if to in states.PHASE_FINAL:
+            row.ended_at = self.now
+        for name, value in fields.items():
+            setattr(row, name, value)
+        self.session.add(row)
+        if event is not None:
+            self.event(event)
+        return rows.phase(row)
+
+    def set_phase(self, key: str, **fields: Any) -> model.Phase:
+        if "state" in fields:
+            raise ValueError("a phase's state changes through move_phase only")
+        row = self._phase_row(key)
+        for name, value in fields.items():
+            setattr(row, name, value)
+        self.session.add(row)
+        return rows.phase(row)
+
+    # -- artifacts and invocations ---------------------------------------------------------
+    def add_artifact(self, record: model.ArtifactRecord) -> None:
+        self.session.add(ArtifactRow(
+            run_id=record.run_id, phase_key=record.phase_key, attempt=record.attempt,
+            path=record.path, schema_id=record.schema_id, sha256=record.sha256,
+            size=record.size, stored_path=record.stored_path, created_at=record.created_at))
+
+    def start_invocation(self, **fields: Any) -> model.Invocation:
+        row = InvocationRow(run_id=self._row.id, started_at=self.now, **fields)
+        self.session.add(row)
+        self.session.flush()
+        return rows.invocation(row)
+
+    def update_invocation(self, invocation_id: int, **fields: Any) -> model.Invocation:
+        row = self.session.get(InvocationRow, invocation_id)
+        if row is None or row.run_id != self._row.id:
+            raise DevflowError(Code.INTERNAL, f"invocation {invocation_id} is not of this run")
+        for name, value in fields.items():
+            setattr(row, name, value)
+        self.session.add(row)
+        return rows.invocation(row)
+
+    def open_invocations(self) -> list[model.Invocation]:
+        found = self.session.exec(select(InvocationRow).where(
+            InvocationRow.run_id == self._row.id, col(InvocationRow.ended_at).is_(None))).all()
+        return [rows.invocation(r) for r in found]
+
+    # -- approvals -------------------------------------------------------------------------
+    def open_approval(self, **fields: Any) -> model.Approval:
+        row = ApprovalRow(run_id=self._row.id, state=str(ApprovalState.PENDING),
+                          opened_at=self.now, **fields)
+        self.session.add(row)
+        self.session.flush()
+        return rows.approval(row)
+
+    def approvals(self, *, pending: bool = False) -> list[model.Approval]:
+        query = select(ApprovalRow).where(ApprovalRow.run_id == self._row.id)
+        if pending:
+            query = query.where(ApprovalRow.state == str(ApprovalState.PENDING))
+        return [rows.approval(r) for r in self.session.exec(query.order_by(col(ApprovalRow.id)))]
+
+    def _approval_row(self, approval_id: int) -> ApprovalRow:
+        row = self.session.get(ApprovalRow, approval_id)
+        if row is None or row.run_id != self._row.id:
+            raise DevflowError(Code.APPROVAL_NOT_FOUND, f"no approval request {approval_id} on "
+                               f"run {self._row.id}", hint=f"devflow approvals list --run "
+                               f"{self._row.id}")
+        return row
+
+    def approval(self, approval_id: int) -> model.Approval:
+        return rows.approval(self._approval_row(approval_id))
+
+    def resolve_approval(self, approval_id: int, to: ApprovalState, *, by: str,
+                         resolution: str) -> model.Approval:
+        row = self._approval_row(approval_id)
+        states.check_approval_move(ApprovalState(row.state), to)
+        row.state, row.resolved_at = str(to), self.now
+        row.resolved_by, row.resolution = by, resolution
+        self.session.add(row)
+        return rows.approval(row)
+
+    def set_approval(self, approval_id: int, **fields: Any) -> model.Approval:
+        if "state" in fields:
+            raise ValueError("an approval's state changes through resolve_approval only")
+        row = self._approval_row(approval_id)
+        for name, value in fields.items():
+            setattr(row, name, value)
+        self.session.add(row)
+        return rows.approval(row)
+
+    def decision_by_token(self, approval_id: int, token: str) -> model.Decision | None:
+        row = self.session.exec(select(DecisionRow).where(
+            DecisionRow.approval_id == approval_id, DecisionRow.client_token == token)).first()
+        return rows.decision(row) if row else None
+
+    def add_decision(self, **fields: Any) -> model.Decision:
+        row = DecisionRow(created_at=self.now, **fields)
+        self.session.add(row)
+        self.session.flush()
+        return rows.decision(row)
+
+    def decision_outcome(self, decision_id: int) -> dict[str, Any]:
+        row = self.session.get(DecisionRow, decision_id)
+        return dict(row.outcome) if row else {}
+
+    def set_decision_outcome(self, decision_id: int, outcome: Mapping[str, Any]) -> None:
+        row = self.session.get(DecisionRow, decision_id)
+        if row is not None:
+            row.outcome = dict(outcome)
+            self.session.add(row)
