@@ -1,0 +1,114 @@
+"""What every backend is: a way to turn (persona, phase, prompt) into one agent process.
+
+A backend checks a persona's options, says whether it is available on this machine
+(and its version), builds the process (argv list, environment, stdin), turns stdout
+lines into progress notes, and reads the usage and failure reasons it can find in
+the process's output once it exited.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from devflow.backends.process import Exit
+from devflow.definitions import Persona
+from devflow.schemas import SchemaRegistry
+
+#: Variables every agent gets from devflow's environment; anything else only by allowlist.
+BASE_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ",
+                   "TMPDIR", "TERM", "SHELL")
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One attempt of one phase, as the agent is asked to do it."""
+
+    run_id: str
+    phase: str
+    attempt: int
+    role: str
+    worktree: Path
+    prompt: str
+    prompt_file: Path
+    log_dir: Path
+    timeout: float
+    persona: Persona
+    artifact_path: str | None = None
+    artifact_schema: str | None = None
+    scenario: str | None = None
+    resume_session: str | None = None
+    port_base: int | None = None
+    roles: Sequence[str] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    argv: list[str]
+    env: dict[str, str]
+    stdin_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What the process's output says beyond its exit code."""
+
+    failure: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    cost_usd: float | None = None
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    available: bool
+    version: str | None = None
+    reason: str = ""
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    name: str
+
+    def check_options(self, options: Mapping[str, Any]) -> list[str]:
+        """Problems with a persona's ``options`` for this backend (empty when fine)."""
+
+    def availability(self, persona: Persona) -> Availability:
+        """Whether this persona can run here, and the version of what runs it."""
+
+    def command(self, task: Task, schemas: SchemaRegistry) -> Command:
+        """The process for ``task``: argv list, environment, stdin."""
+
+    def progress(self, line: str) -> str | None:
+        """A short note for the progress display from one stdout line, or None."""
+
+    def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
+        """Usage, session and failure reasons found in the output."""
+
+
+def agent_env(task: Task, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The agent's whole environment: the base, the persona's allowlist and values, the task."""
+    persona = task.persona
+    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    for pattern in persona.env_allow:
+        if pattern.endswith("*"):
+            env.update({k: v for k, v in os.environ.items() if k.startswith(pattern[:-1])})
+        elif pattern in os.environ:
+            env[pattern] = os.environ[pattern]
+    env.update(persona.env_set)
+    env.update({
+        "DEVFLOW_RUN_ID": task.run_id, "DEVFLOW_PHASE": task.phase,
+        "DEVFLOW_ATTEMPT": str(task.attempt), "DEVFLOW_WORKTREE": str(task.worktree),
+        "DEVFLOW_PROMPT_FILE": str(task.prompt_file),
+    })
+    if task.artifact_path:
+        env["DEVFLOW_ARTIFACT"] = task.artifact_path
+    if task.port_base is not None:
+        env["DEVFLOW_PORT_BASE"] = str(task.port_base)
+    if extra:
+        env.update(extra)
+    return env

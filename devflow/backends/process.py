@@ -1,0 +1,206 @@
+"""Agent processes: started from an argv list, in their own process group, never outliving devflow.
+
+- ``start_new_session`` puts the agent in its own session and process group, so a
+  timeout or an abort signals the whole group (TERM, then KILL after a grace period),
+  children included; once the agent's main process exits, what is left of its group
+  is killed too.
+- ``PR_SET_PDEATHSIG`` (Linux) makes the kernel kill the agent when the devflow
+  process that started it dies. The signal follows the *thread* that forked, so
+  agents are started from the event loop's thread, never from a worker thread.
+- stdout and stderr are streamed to log files (0600), capped in size; stdout lines
+  are handed to a callback for live progress.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Final
+
+import anyio
+
+_PR_SET_PDEATHSIG: Final = 1
+_LOG_CAP: Final = 50 * 1024 * 1024
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
+    if sys.platform == "linux" else None
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    argv: Sequence[str]
+    cwd: Path
+    env: Mapping[str, str]
+    stdout_log: Path
+    stderr_log: Path
+    timeout: float
+    stdin_file: Path | None = None
+    grace: float = 5.0
+    log_cap: int = _LOG_CAP
+
+
+@dataclass(frozen=True, slots=True)
+class Exit:
+    pid: int
+    pgid: int
+    exit_code: int | None
+    signal: int | None
+    duration_ms: int
+    timed_out: bool
+    truncated: bool
+
+
+def _child_setup(parent: int) -> Callable[[], None]:
+    def setup() -> None:
+        if _libc is not None:
+            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(137)
+    return setup
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a process group; False when it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def run(spawn: Spawn, *, on_start: Callable[[int, int], Awaitable[None]] | None = None,
+              on_line: Callable[[str], None] | None = None) -> Exit:
+    """Run the process to its end, its timeout, or the caller's cancellation."""
+    for log in (spawn.stdout_log, spawn.stderr_log):
+        log.parent.mkdir(parents=True, exist_ok=True)
+    stdin: IO[bytes] | int = subprocess.DEVNULL
+    if spawn.stdin_file is not None:
+        stdin = open(spawn.stdin_file, "rb")  # noqa: SIM115 - closed right after the fork
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            list(spawn.argv), cwd=spawn.cwd, env=dict(spawn.env), stdin=stdin,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509 - only prctl, see above
+            close_fds=True)
+    finally:
+        if not isinstance(stdin, int):
+            stdin.close()
+    pgid = proc.pid
+    timed_out = False
+    truncated: list[bool] = []
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        if on_start is not None:
+            await on_start(proc.pid, pgid)
+        async with anyio.create_task_group() as pumps:
+            done = [anyio.Event(), anyio.Event()]
+            pumps.start_soon(_pump, proc.stdout, spawn.stdout_log, spawn.log_cap, on_line,
+                             truncated, done[0])
+            pumps.start_soon(_pump, proc.stderr, spawn.stderr_log, spawn.log_cap, None,
+                             truncated, done[1])
+            with anyio.move_on_after(spawn.timeout) as scope:
+                await _wait(proc)
+            if scope.cancelled_caught:
+                timed_out = True
+                with anyio.CancelScope(shield=True):
+                    await _stop_group(proc, pgid, spawn.grace)
+            # Whatever the agent left behind in its group goes with it; a descendant that
+            # left the group could hold the pipes open, so stop reading after the grace.
+            kill_group(pgid)
+            with anyio.move_on_after(spawn.grace):
+                for event in done:
+                    await event.wait()
+            pumps.cancel_scope.cancel()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _stop_group(proc, pgid, spawn.grace)
+        raise
+    code = proc.returncode
+    return Exit(pid=proc.pid, pgid=pgid, exit_code=code if code is not None and code >= 0 else None,
+                signal=-code if code is not None and code < 0 else None,
+                duration_ms=int((time.monotonic() - started) * 1000), timed_out=timed_out,
+                truncated=bool(truncated))
+
+
+async def _wait(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        while proc.poll() is None:
+            await anyio.sleep(0.02)
+        return
+    try:
+        while proc.poll() is None:
+            await anyio.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def _stop_group(proc: subprocess.Popen[bytes], pgid: int, grace: float) -> None:
+    if proc.poll() is None:
+        kill_group(pgid, signal.SIGTERM)
+        with anyio.move_on_after(grace):
+            await _wait(proc)
+    kill_group(pgid, signal.SIGKILL)
+    if proc.poll() is None:
+        await _wait(proc)
+
+
+async def _pump(stream: IO[bytes], log: Path, cap: int, on_line: Callable[[str], None] | None,
+                truncated: list[bool], done: anyio.Event) -> None:
+    fd = stream.fileno()
+    os.set_blocking(fd, False)
+    written, pending = 0, b""
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EINTR:
+                    continue
+                raise
+            if not chunk:
+                break
+            if written < cap:
+                part = chunk[: cap - written]
+                os.write(out, part)
+                written += len(part)
+                if written >= cap and len(chunk) > len(part):
+                    truncated.append(True)
+                    os.write(out, f"\n[devflow: output cut at {cap} bytes]\n".encode())
+            if on_line is not None:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    on_line(line.decode("utf-8", errors="replace"))
+        if on_line is not None and pending:
+            on_line(pending.decode("utf-8", errors="replace"))
+    finally:
+        os.close(out)
+        stream.close()
+        done.set()

@@ -1,0 +1,122 @@
+"""The scripted backend: a deterministic agent for tests and the demo.
+
+It runs a real process (``scripted_agent.py``) like any other backend, so timeouts,
+process groups, logs and crashes behave as with a real agent. What the process does
+is a *scenario*, chosen per phase by ``--scenario PHASE=NAME``, the persona's
+``options.scenarios`` (phase -> name) or ``options.scenario`` (default ``ok``):
+
+| scenario | what the agent does |
+|---|---|
+| ok | writes a valid artifact |
+| invalid-then-ok | an invalid artifact on its first attempt, a valid one after |
+| invalid | always an invalid artifact |
+| no-artifact | exits 0 having written nothing |
+| exit-1 | exits 1 having written nothing |
+| slow:SECONDS | works that long, then writes a valid artifact |
+| plan:N | a valid phase plan adding N phases (for a dev/phase-plan@1 phase) |
+| edit | changes a file of the worktree, then writes a valid artifact |
+| hang | never ends, with a child process (for timeouts) |
+| crash-worker | kills the devflow process that started it (for crash tests) |
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from devflow.backends import samples
+from devflow.backends.base import Availability, Command, Outcome, Task, agent_env
+from devflow.backends.process import Exit
+from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
+from devflow.schemas import SchemaRegistry
+
+SCENARIO: Final = re.compile(
+    r"^(ok|invalid-then-ok|invalid|no-artifact|exit-1|edit|hang|crash-worker"
+    r"|slow:\d+(\.\d+)?|plan:\d+)$")
+_AGENT: Final = Path(__file__).resolve().parent / "scripted_agent.py"
+
+
+def check_scenario(name: str) -> str | None:
+    if SCENARIO.match(name):
+        return None
+    return (f"unknown scenario {name!r}: use ok, invalid-then-ok, invalid, no-artifact, exit-1, "
+            f"slow:SECONDS, plan:N, edit, hang or crash-worker")
+
+
+class Scripted:
+    name = "scripted"
+
+    def check_options(self, options: Mapping[str, Any]) -> list[str]:
+        problems = []
+        unknown = set(options) - {"scenario", "scenarios"}
+        if unknown:
+            problems.append(f"unknown scripted options: {', '.join(sorted(unknown))} "
+                            f"(known: scenario, scenarios)")
+        if "scenario" in options and (why := check_scenario(str(options["scenario"]))):
+            problems.append(why)
+        scenarios = options.get("scenarios", {})
+        if not isinstance(scenarios, dict):
+            problems.append("scenarios must map phase keys to scenario names")
+        else:
+            problems += [f"scenarios.{k}: {why}" for k, v in scenarios.items()
+                         if (why := check_scenario(str(v)))]
+        return problems
+
+    def availability(self, persona: Persona) -> Availability:
+        return Availability(True, version=f"python {sys.version.split()[0]}")
+
+    def scenario(self, task: Task) -> str:
+        options = task.persona.options
+        return (task.scenario or dict(options.get("scenarios", {})).get(task.phase)
+                or options.get("scenario") or "ok")
+
+    def command(self, task: Task, schemas: SchemaRegistry) -> Command:
+        script = self._script(task, self.scenario(task), schemas)
+        path = task.log_dir / f"attempt-{task.attempt}.script.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(script, indent=1), encoding="utf-8")
+        return Command(argv=[sys.executable, "-I", str(_AGENT), str(path)],
+                       env=agent_env(task))
+
+    def _script(self, task: Task, scenario: str, schemas: SchemaRegistry) -> dict[str, Any]:
+        script: dict[str, Any] = {"note": f"scenario {scenario}, attempt {task.attempt}"}
+        kind, _, arg = scenario.partition(":")
+        good = kind in ("ok", "edit", "slow", "plan") or (
+            kind == "invalid-then-ok" and task.attempt > 1)
+        if kind == "exit-1":
+            script["exit"] = 1
+        elif kind == "hang":
+            script["hang"] = True
+        elif kind == "crash-worker":
+            script["kill_parent"] = True
+        elif kind == "slow":
+            script["sleep"] = float(arg)
+        elif kind == "edit":
+            script["edit"] = {"path": "NOTES.md" if not (task.worktree / "README.md").exists()
+                              else "README.md",
+                              "append": f"\n<!-- {task.phase}, attempt {task.attempt} -->\n"}
+        if task.artifact_path and task.artifact_schema and kind not in (
+                "no-artifact", "exit-1", "hang", "crash-worker"):
+            if not good:
+                value = samples.invalid(task.artifact_schema, schemas)
+            elif kind == "plan" and task.artifact_schema == PHASE_PLAN_SCHEMA:
+                role = "implementer" if "implementer" in task.roles else task.role
+                value = samples.phase_plan(int(arg), role, task.phase)
+            else:
+                value = samples.valid(task.artifact_schema, schemas)
+            script["write"] = {"path": task.artifact_path,
+                               "content": json.dumps(value, indent=2) + "\n"}
+        return script
+
+    def progress(self, line: str) -> str | None:
+        try:
+            return str(json.loads(line).get("text")) or None
+        except (ValueError, AttributeError):
+            return None
+
+    def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
+        return Outcome()

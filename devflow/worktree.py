@@ -1,0 +1,191 @@
+"""Git worktrees of runs: create, re-create, checkpoint, evidence, summary, remove.
+
+Every git call goes through ``devflow.git`` (scrubbed environment, no hooks, no
+filters). ``git worktree add`` on one repository is serialized across processes by a
+lock file in the repository's git directory, and retried while another git holds
+``config.lock`` or ``index.lock``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import filelock
+
+from devflow import git
+from devflow.errors import Code, DevflowError
+
+_LOCK_RETRIES: Final = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    sha: str
+    subject: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileStat:
+    path: str
+    added: int | None
+    deleted: int | None
+
+
+def repo_root(path: Path) -> Path:
+    """The top of the git repository at ``path``; ``not_a_git_repo`` otherwise."""
+    if not path.is_dir():
+        raise DevflowError(Code.NOT_A_GIT_REPO, f"{path} is not a directory",
+                           hint="pass --repo the path of a git repository")
+    result = git.run(["rev-parse", "--show-toplevel"], path, check=False)
+    if result.returncode != 0 or not result.stdout.strip():
+        raise DevflowError(Code.NOT_A_GIT_REPO, f"{path} is not a git repository",
+                           hint="pass --repo the path of a git repository (`git init` makes one)")
+    return Path(result.stdout.strip()).resolve()
+
+
+def resolve_base(repo: Path, base: str) -> str:
+    """The commit ``base`` names (a branch, remote branch or tag); ``base_branch_not_found``."""
+    result = git.run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{base}^{{commit}}"],
+                     repo, check=False)
+    if result.returncode != 0 or base.startswith("-"):
+        branches = git.run(["for-each-ref", "--format=%(refname:short)", "--count=10",
+                            "refs/heads"], repo, check=False).stdout.split()
+        raise DevflowError(Code.BASE_BRANCH_NOT_FOUND, f"{repo} has no branch {base!r}",
+                           hint=f"branches there: {', '.join(branches) or 'none (no commit yet?)'}",
+                           base=base)
+    return result.stdout.strip()
+
+
+def branch_exists(repo: Path, branch: str) -> bool:
+    return git.run(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], repo,
+                   check=False).returncode == 0
+
+
+def _lock(repo: Path) -> filelock.FileLock:
+    common = Path(git.out(["rev-parse", "--git-common-dir"], repo))
+    if not common.is_absolute():
+        common = (repo / common).resolve()
+    return filelock.FileLock(str(common / "devflow-worktree.lock"), timeout=300)
+
+
+def add(repo: Path, path: Path, branch: str, start: str) -> None:
+    """``git worktree add`` at ``path``: a new ``branch`` from ``start``, or ``branch`` itself
+    when it exists (re-creating a run's worktree)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(repo):
+        if path.exists() and not any(path.iterdir()):
+            path.rmdir()
+        _prune_stale(repo, path)
+        if branch_exists(repo, branch):
+            args = ["worktree", "add", "--quiet", str(path), branch]
+        else:
+            args = ["worktree", "add", "--quiet", "-b", branch, str(path), start]
+        for attempt in range(_LOCK_RETRIES):
+            result = git.run(args, repo, check=False)
+            if result.returncode == 0:
+                return
+            if ".lock" in result.stderr and attempt + 1 < _LOCK_RETRIES:
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            raise DevflowError(Code.WORKTREE_FAILED,
+                               f"git worktree add {path} failed: {result.stderr.strip()}",
+                               hint="see git's message; `git worktree list` in the repository "
+                                    "shows what is registered")
+
+
+def _prune_stale(repo: Path, path: Path) -> None:
+    listing = git.out(["worktree", "list", "--porcelain"], repo)
+    registered = {Path(line[len("worktree "):]) for line in listing.splitlines()
+                  if line.startswith("worktree ")}
+    if path in registered and not path.exists():
+        git.run(["worktree", "prune"], repo)
+
+
+def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
+    with _lock(repo):
+        if path.exists():
+            result = git.run(["worktree", "remove", "--force", "--force", str(path)], repo,
+                             check=False)
+            if result.returncode != 0:
+                shutil.rmtree(path, ignore_errors=True)
+        git.run(["worktree", "prune"], repo, check=False)
+        if branch and branch_exists(repo, branch):
+            git.run(["branch", "-D", branch], repo)
+
+
+def head(worktree: Path) -> str:
+    return git.out(["rev-parse", "HEAD"], worktree)
+
+
+def is_clean(worktree: Path) -> bool:
+    return not git.out(["status", "--porcelain", "--untracked-files=all"], worktree)
+
+
+def tree_sha(worktree: Path) -> str:
+    """The tree of the worktree as it is on disk, tracked and untracked files included."""
+    if is_clean(worktree):
+        return git.out(["rev-parse", "HEAD^{tree}"], worktree)
+    with tempfile.TemporaryDirectory(prefix="devflow-index-") as tmp:
+        index = Path(tmp) / "index"
+        real = Path(git.out(["rev-parse", "--git-path", "index"], worktree))
+        if not real.is_absolute():
+            real = worktree / real
+        if real.exists():
+            shutil.copyfile(real, index)
+        env = {"GIT_INDEX_FILE": str(index)}
+        git.run(["add", "--all", "--", "."], worktree, env=env)
+        return git.out(["write-tree"], worktree, env=env)
+
+
+def checkpoint(worktree: Path, message: str) -> str | None:
+    """Commit everything in the worktree as devflow; None when there is nothing to commit.
+
+    Idempotent: when HEAD already is this checkpoint and nothing changed since, its sha
+    is returned, so a driver that crashed after committing does not commit twice.
+    """
+    if is_clean(worktree):
+        subject = git.out(["log", "-1", "--format=%s"], worktree, check=False)
+        return head(worktree) if subject == message else None
+    git.run(["add", "--all", "--", "."], worktree)
+    git.run(["commit", "--no-verify", "--quiet", "--no-gpg-sign", "-m", message], worktree,
+            env=git.AUTHOR)
+    return head(worktree)
+
+
+def reset(worktree: Path, sha: str) -> None:
+    """Put the worktree back at ``sha``, dropping what an interrupted attempt left."""
+    git.run(["reset", "--hard", "--quiet", sha], worktree)
+    git.run(["clean", "-fd", "--quiet"], worktree)
+
+
+def commits(repo: Path, base_sha: str, branch: str) -> list[Commit]:
+    text = git.out(["log", "--format=%H%x1f%s", f"{base_sha}..{branch}", "--"], repo,
+                   check=False)
+    return [Commit(*line.split("\x1f", 1)) for line in text.splitlines() if "\x1f" in line]
+
+
+def diffstat(repo: Path, base_sha: str, branch: str) -> list[FileStat]:
+    text = git.out(["diff", "--numstat", "--no-ext-diff", "--no-textconv", "--no-renames",
+                    base_sha, branch, "--"], repo, check=False)
+    stats = []
+    for line in text.splitlines():
+        added, deleted, path = line.split("\t", 2)
+        stats.append(FileStat(path, None if added == "-" else int(added),
+                              None if deleted == "-" else int(deleted)))
+    return stats
+
+
+def disk_usage(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += (Path(root) / name).lstat().st_size
+    return total
