@@ -1,0 +1,234 @@
+"""The one place that wires settings, logging, the store, the catalog and the backends.
+
+The CLI (and later the HTTP API) call ``App`` and nothing below it. Verbs that drive
+runs enter the async core with ``anyio.run``.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from devflow import approvals, backends, logs, model
+from devflow.catalog import Catalog, Dirs
+from devflow.definitions import Persona, Template
+from devflow.engine import control, drive, finish, start
+from devflow.engine.context import Context, NoObserver, Observer, new_owner
+from devflow.errors import Code, DevflowError
+from devflow.settings import Settings
+from devflow.states import RUNNABLE, TERMINAL, RunState
+from devflow.store import Store, migrate
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run with its phases and, while it waits at a gate, the gate."""
+
+    run: model.Run
+    phases: list[model.Phase]
+    gate: model.Approval | None
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"run": {**self.run.to_json(),
+                                        "phases": [p.to_json() for p in self.phases]}}
+        if self.gate is not None:
+            body["gate"] = self.gate.gate_block()
+        return body
+
+
+class App:
+    def __init__(self, settings: Settings, *, clock: Callable[[], datetime] | None = None,
+                 log_level: str = "warning") -> None:
+        self.settings = settings
+        self._clock = clock
+        logs.configure(settings.log_format, log_level)
+
+    # -- wiring ----------------------------------------------------------------------------
+    @functools.cached_property
+    def store(self) -> Store:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        if self._clock is not None:
+            return Store.open(self.settings.database_url, clock=self._clock)
+        return Store.open(self.settings.database_url)
+
+    @functools.cached_property
+    def catalog(self) -> Catalog:
+        s = self.settings
+        return Catalog(Dirs.with_builtins(s.templates_dirs, s.personas_dirs, s.schemas_dirs),
+                       check_persona_options=backends.check_options)
+
+    def context(self, observer: Observer | None = None) -> Context:
+        return Context(self.settings, self.store, self.catalog, observer or NoObserver())
+
+    def close(self) -> None:
+        if "store" in self.__dict__:
+            self.store.close()
+
+    # -- definitions -----------------------------------------------------------------------
+    def templates(self) -> list[Template]:
+        return self.catalog.templates()
+
+    def template(self, ref: str) -> Template:
+        return self.catalog.template(ref)
+
+    def personas(self) -> list[Persona]:
+        return self.catalog.personas()
+
+    def persona(self, ref: str) -> Persona:
+        return self.catalog.persona(ref)
+
+    def check_definition(self, path: Path, kind: str) -> Template | Persona:
+        return self.catalog.check_file(path, kind)
+
+    def check_document(self, schema_id: str, path: Path) -> list[Any]:
+        from devflow import artifacts  # noqa: PLC0415 - only this verb needs it
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read {path}: {exc.strerror}",
+                               hint="check the path") from exc
+        self.catalog.schemas.get(schema_id)
+        return artifacts.check_bytes(data, schema_id, self.catalog.schemas).issues
+
+    def backends(self) -> list[dict[str, Any]]:
+        rows = []
+        personas = self.catalog.personas()
+        for name in backends.names():
+            users = [p for p in personas if p.backend == name]
+            backend = backends.get(name)
+            seen = backend.availability(users[0]) if users else None
+            rows.append({"backend": name, "available": bool(seen and seen.available),
+                         "version": seen.version if seen else None,
+                         "reason": seen.reason if seen else "no persona uses it",
+                         "personas": [p.ref for p in users]})
+        return rows
+
+    # -- database --------------------------------------------------------------------------
+    def db_upgrade(self) -> tuple[str | None, str | None]:
+        from devflow.store import Database  # noqa: PLC0415 - a raw database, not migrated yet
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        db = Database(self.settings.database_url)
+        try:
+            before = migrate.current(db)
+            return before, migrate.upgrade(db)
+        finally:
+            db.dispose()
+
+    def db_current(self) -> dict[str, Any]:
+        from devflow.store import Database  # noqa: PLC0415 - as above
+        db = Database(self.settings.database_url)
+        try:
+            return {"url": _safe_url(self.settings.database_url), "revision": migrate.current(db),
+                    "head": migrate.HEAD_REVISION}
+        finally:
+            db.dispose()
+
+    # -- runs ------------------------------------------------------------------------------
+    def start(self, request: start.StartRequest, *, detach: bool = False,
+              observer: Observer | None = None) -> RunView:
+        ctx = self.context(observer)
+        run, lease = start.start(ctx, request, new_owner("cli"))
+        if detach:
+            self.store.leases.release(run.id, lease)
+            return self.view(run.id)
+        anyio.run(drive.drive, ctx, run.id, lease)
+        return self.view(run.id)
+
+    def drive(self, run_id: str, observer: Observer | None = None) -> tuple[RunView, bool]:
+        """Drive a runnable run in this process; (view, False) when someone else holds it."""
+        run = self.store.runs.get(run_id)
+        if run.state not in RUNNABLE:
+            return self.view(run.id), False
+        lease = self.store.leases.claim(run.id, new_owner("cli"), self.settings.lease_seconds)
+        if lease is None:
+            return self.view(run.id), False
+        anyio.run(drive.drive, self.context(observer), run.id, lease)
+        return self.view(run.id), True
+
+    def view(self, run_id: str) -> RunView:
+        run = self.store.runs.get(run_id)
+        gate = None
+        if run.state is RunState.AWAITING_APPROVAL:
+            pending = self.store.approvals.find(pending=True, run_id=run.id)
+            gate = pending[0] if pending else None
+        return RunView(run, self.store.runs.phases(run.id), gate)
+
+    def runs(self, states: list[RunState] | None = None, repo: str | None = None,
+             limit: int = 200) -> list[model.Run]:
+        return self.store.runs.find(states_in=states, repo=repo, limit=limit)
+
+    def events(self, run_id: str, after: int = 0, follow: bool = False,
+               poll: float = 0.5) -> Iterator[model.Event]:
+        run = self.store.runs.get(run_id)
+        while True:
+            batch = self.store.events.after(run.id, after)
+            yield from batch
+            if batch:
+                after = batch[-1].seq
+            if not follow:
+                return
+            if batch:
+                continue
+            # The report is the last thing a run writes: stop once it is there.
+            current = self.store.runs.get(run.id)
+            if not (current.terminal and current.report_status):
+                time.sleep(poll)
+            elif not self.store.events.after(run.id, after):
+                return
+
+    def report_path(self, run_id: str, fmt: str = "md") -> Path:
+        run = self.store.runs.get(run_id)
+        if run.state not in TERMINAL:
+            raise DevflowError(Code.ILLEGAL_TRANSITION, f"run {run.id} is {run.state}: its report "
+                               "is written when it ends", hint=f"devflow run status {run.id}")
+        path = Path(run.workspace) / f"report.{fmt}"
+        if not path.exists():
+            finish.write_report(self.context(), run.id)
+        return path
+
+    # -- people ----------------------------------------------------------------------------
+    def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:
+        return control.decide(self.context(), request)
+
+    def pause(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:
+        return control.pause(self.context(), run_id, actor, reason)
+
+    def resume(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:
+        return control.resume(self.context(), run_id, actor, reason)
+
+    def abort(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:
+        return control.abort(self.context(), run_id, actor, reason)
+
+    def approvals(self, *, pending: bool = False,
+                  run_id: str | None = None) -> list[model.Approval]:
+        if run_id:
+            run_id = self.store.runs.get(run_id).id
+        return self.store.approvals.find(pending=pending, run_id=run_id)
+
+    def approval(self, approval_id: int) -> tuple[model.Approval, list[model.Decision], Any]:
+        approval = self.store.approvals.get(approval_id)
+        decisions = self.store.approvals.decisions(approval_id=approval_id)
+        run = self.store.runs.get(approval.run_id)
+        artifact = None
+        kept = next((a for a in self.store.runs.artifacts(run.id)
+                     if a.phase_key == approval.phase_key
+                     and a.sha256 == approval.evidence.artifact_sha), None)
+        if kept is not None:
+            from devflow import artifacts  # noqa: PLC0415 - only this verb needs it
+            artifact = artifacts.load_stored(Path(kept.stored_path), kept.sha256)
+        return approval, decisions, artifact
+
+
+def _safe_url(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
+    return url

@@ -1,0 +1,275 @@
+"""Gates and decisions (DESIGN.md §3.1 and §3.7).
+
+A gate opens when a gated phase's artifact validated: an approval request records
+the round and the evidence the approver is shown (artifact sha256, worktree HEAD and
+tree). A decision is keyed by ``(approval_id, client_token)``: the same token and
+action again returns the first outcome and changes nothing; another action with the
+token, or a decision on a request that is no longer pending, is ``approval_conflict``;
+evidence that changed since the gate opened is ``approval_stale``. Everything a
+decision does happens in one transaction on the locked run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Final
+
+from devflow import artifacts, model, transitions, worktree
+from devflow.definitions import GateDef, gate_of
+from devflow.errors import Code, DevflowError
+from devflow.states import ACTION_OUTCOME, TERMINAL, ApprovalState, PhaseState, RunState
+from devflow.store import RunTx
+
+SYSTEM_ACTORS: Final = ("system:escalation", "system:timeout")
+SECTION_VERDICTS: Final = ("approve", "reject")
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex
+
+
+def _gate(tx: RunTx, key: str) -> GateDef:
+    return gate_of(tx.run.template_def, key)
+
+
+def open_first_gate(tx: RunTx, phase_key: str, evidence: model.Evidence) -> model.Approval:
+    """Open the phase's first gate in a new round; phase and run await approval."""
+    phase = tx.phase(phase_key)
+    round_ = phase.round + 1
+    tx.set_phase(phase_key, round=round_)
+    approval = _open(tx, phase_key, phase.definition.gates[0], round_, evidence)
+    tx.move_phase(phase_key, PhaseState.AWAITING_APPROVAL)
+    tx.settle(RunState.AWAITING_APPROVAL)
+    return approval
+
+
+def _open(tx: RunTx, phase_key: str, gate_key: str, round_: int,
+          evidence: model.Evidence) -> model.Approval:
+    gate = _gate(tx, gate_key)
+    deadline = tx.now + timedelta(seconds=gate.timeout) if gate.timeout else None
+    approval = tx.open_approval(
+        phase_key=phase_key, gate=gate_key, round=round_, message=gate.message,
+        options=list(gate.options), approvers=list(gate.approvers), sections=gate.sections,
+        artifact_path=evidence.artifact_path, artifact_sha=evidence.artifact_sha,
+        head_sha=evidence.head_sha, tree_sha=evidence.tree_sha, deadline=deadline)
+    tx.event(model.NewEvent("approval.requested", phase_key, {
+        "approval_id": approval.id, "gate": gate_key, "round": round_,
+        "artifact_sha": evidence.artifact_sha, "tree": evidence.tree_sha,
+        "deadline": model.iso(deadline), "options": list(gate.options)}))
+    return approval
+
+
+@dataclass(frozen=True)
+class DecisionRequest:
+    run_id: str
+    action: str
+    actor: str
+    token: str
+    approval_id: int | None = None
+    comment: str | None = None
+    sections: Mapping[str, str] = field(default_factory=dict)
+    section_comments: Mapping[str, str] = field(default_factory=dict)
+    rewind: bool = False
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: what the caller was shown; when given it must match the gate's evidence
+    expect_artifact_sha: str | None = None
+    #: escalation and timeouts decide without a person's checks
+    system_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    decision: model.Decision
+    approval: model.Approval
+    run: model.Run
+    replayed: bool
+    outcome: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"decision": self.decision.to_json(), "approval": self.approval.to_json(),
+                "replayed": self.replayed, "outcome": dict(self.outcome),
+                "token": self.decision.client_token}
+
+
+def current_evidence(run: model.Run, approval: model.Approval,
+                     max_bytes: int) -> model.Evidence | None:
+    """The evidence as it is now, or None when the worktree is not on this machine."""
+    tree = Path(run.worktree)
+    if not (tree / ".git").exists() or approval.evidence.artifact_path is None:
+        return None
+    return model.Evidence(
+        approval.evidence.artifact_path,
+        artifacts.file_sha(tree, approval.evidence.artifact_path, max_bytes),
+        worktree.head(tree), worktree.tree_sha(tree))
+
+
+def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,
+              current: model.Evidence | None) -> DecisionResult:
+    """Record one decision and do what it says, in the caller's transaction."""
+    approval = tx.approval(approval_id)
+    existing = tx.decision_by_token(approval_id, req.token)
+    if existing is not None:
+        if existing.action != req.action:
+            raise DevflowError(Code.APPROVAL_CONFLICT,
+                               f"token {req.token} was already used to {existing.action} "
+                               f"approval {approval_id}",
+                               hint="a retry must repeat the same action; a new decision needs "
+                                    "a new token")
+        return DecisionResult(existing, approval, tx.run, True,
+                              tx.decision_outcome(existing.id))
+    _check(tx, req, approval, current)
+    decision = tx.add_decision(
+        approval_id=approval_id, client_token=req.token, action=req.action, actor=req.actor,
+        comment=req.comment if not req.system_reason else req.system_reason,
+        sections=dict(req.sections),
+        evidence=(current.to_json() if current else {**approval.evidence.to_json(),
+                                                        "checked": False}))
+    resolved = tx.resolve_approval(approval_id, ACTION_OUTCOME[req.action], by=req.actor,
+                                   resolution=req.action)
+    tx.event(model.NewEvent("approval.resolved", approval.phase_key, {
+        "approval_id": approval_id, "gate": approval.gate, "round": approval.round,
+        "action": req.action, "actor": req.actor, "decision_id": decision.id,
+        "reason": req.system_reason, "sections": dict(req.sections)},
+        key=f"{tx.run.id}:approval.resolved:{approval_id}"))
+    outcome = _apply(tx, req, approval)
+    tx.set_decision_outcome(decision.id, outcome)
+    return DecisionResult(decision, resolved, tx.run, False, outcome)
+
+
+def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
+           current: model.Evidence | None) -> None:
+    if approval.state is not ApprovalState.PENDING:
+        raise DevflowError(Code.APPROVAL_CONFLICT,
+                           f"approval {approval.id} ({approval.gate}) is no longer pending",
+                           hint=f"it is {approval.state}"
+                                + (f" by {approval.resolved_by}" if approval.resolved_by else ""),
+                           state=str(approval.state))
+    if req.action not in approval.options:
+        raise DevflowError(Code.INVALID_INPUT,
+                           f"gate {approval.gate} does not offer {req.action}",
+                           hint=f"its options: {', '.join(approval.options)}")
+    if tx.state is RunState.PAUSED and req.action not in ("reject", "abort"):
+        raise DevflowError(Code.ILLEGAL_TRANSITION,
+                           f"run {tx.run.id} is paused: only reject and abort are accepted",
+                           hint=f"devflow run resume {tx.run.id}, then decide")
+    if req.system_reason:
+        return
+    if not authorized(approval.approvers, req.actor, req.groups):
+        raise DevflowError(Code.NOT_AUTHORIZED,
+                           f"{req.actor} may not decide gate {approval.gate}",
+                           hint=f"its approvers: {', '.join(approval.approvers)}")
+    recorded = approval.evidence
+    if req.expect_artifact_sha and req.expect_artifact_sha != recorded.artifact_sha:
+        raise _stale(approval, "the artifact you were shown is not the one at the gate")
+    if current is not None:
+        if current.artifact_sha != recorded.artifact_sha:
+            raise _stale(approval, "the artifact changed since the gate opened")
+        if current.tree_sha != recorded.tree_sha:
+            raise _stale(approval, "the worktree changed since the gate opened")
+    if req.sections:
+        _check_sections(tx, approval, req.sections)
+
+
+def _stale(approval: model.Approval, why: str) -> DevflowError:
+    return DevflowError(Code.APPROVAL_STALE, f"approval {approval.id} ({approval.gate}): {why}",
+                        hint="nothing was decided; look again (devflow approvals show "
+                             f"{approval.id}) once the worktree is back as it was shown")
+
+
+def authorized(approvers: tuple[str, ...], actor: str,
+               groups: Mapping[str, tuple[str, ...]]) -> bool:
+    if not approvers:
+        return True
+    return any(actor == a or actor in groups.get(a, ()) for a in approvers)
+
+
+def section_keys(tx: RunTx, approval: model.Approval) -> list[str]:
+    """The keys of the items at the gate's ``sections`` pointer in the kept artifact."""
+    phase = tx.phase(approval.phase_key)
+    if not approval.sections or not phase.artifact_stored or not phase.artifact_sha:
+        return []
+    value: Any = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
+    for part in approval.sections.strip("/").split("/"):
+        value = value.get(part.replace("~1", "/").replace("~0", "~"), []) \
+            if isinstance(value, dict) else []
+    return [str(item["key"]) for item in value if isinstance(item, dict) and "key" in item]
+
+
+def _check_sections(tx: RunTx, approval: model.Approval, sections: Mapping[str, str]) -> None:
+    if not approval.sections:
+        raise DevflowError(Code.UNKNOWN_SECTION, f"gate {approval.gate} has no sections",
+                           hint="decide the whole artifact, without --section")
+    known = section_keys(tx, approval)
+    for key, verdict in sections.items():
+        if key not in known:
+            raise DevflowError(Code.UNKNOWN_SECTION, f"the artifact has no section {key!r} at "
+                               f"{approval.sections}", hint=f"its sections: {', '.join(known)}")
+        if verdict not in SECTION_VERDICTS:
+            raise DevflowError(Code.INVALID_INPUT, f"section {key}: {verdict!r} is not "
+                               "approve or reject", hint="--section KEY=approve|reject")
+
+
+def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval) -> dict[str, Any]:
+    phase = tx.phase(approval.phase_key)
+    outcome: dict[str, Any] = {"action": req.action}
+    rejected = [k for k, v in req.sections.items() if v == "reject"]
+    is_plan = bool(phase.definition.artifact and
+                   phase.definition.artifact.schema == "dev/phase-plan@1")
+    if req.action == "approve" and rejected and not is_plan:
+        _changes(tx, req, phase, rejected)
+    elif req.action == "approve":
+        gates = phase.definition.gates
+        later = gates[gates.index(approval.gate) + 1:] if approval.gate in gates else ()
+        if later:
+            nxt = _open(tx, phase.key, later[0], approval.round, approval.evidence)
+            outcome["next_approval_id"] = nxt.id
+        else:
+            feedback = {"sections": dict(req.sections)} if req.sections else {}
+            tx.move_phase(phase.key, PhaseState.COMPLETED, model.NewEvent(
+                "phase.completed", phase.key, {"attempt": phase.attempt,
+                                               "approved_by": req.actor,
+                                               "artifact_sha": phase.artifact_sha}),
+                feedback=feedback)
+            tx.settle(RunState.EXECUTING)
+    elif req.action == "request_changes":
+        _changes(tx, req, phase, rejected)
+    elif req.action == "reject":
+        transitions.terminate_in(tx, RunState.FAILED, by=req.actor,
+                     code=str(Code.APPROVAL_TIMEOUT) if req.actor == "system:timeout"
+                     else str(Code.APPROVAL_REJECTED),
+                     reason=f"gate {approval.gate} rejected by {req.actor}"
+                            + (f": {req.comment or req.system_reason}"
+                               if (req.comment or req.system_reason) else ""))
+    else:
+        transitions.terminate_in(tx, RunState.ABORTED, by=req.actor,
+                     reason=req.comment or req.system_reason)
+    run = tx.run
+    outcome.update(approval_state=str(ACTION_OUTCOME[req.action]), run_state=str(run.state),
+                   phase_state=str(tx.phase(phase.key).state),
+                   terminal=run.state in TERMINAL)
+    return outcome
+
+
+def _changes(tx: RunTx, req: DecisionRequest, phase: model.Phase, rejected: list[str]) -> None:
+    feedback: dict[str, Any] = {"changes": {
+        "actor": req.actor, "comment": req.comment,
+        "rejected_sections": [{"key": k, "comment": req.section_comments.get(k)}
+                              for k in rejected]}}
+    if req.rewind:
+        feedback["reset_to"] = _previous_checkpoint(tx, phase)
+    tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
+        "phase.changes_requested", phase.key, {"attempt": phase.attempt, "by": req.actor,
+                                               "rewind": req.rewind}),
+        feedback=feedback)
+    tx.settle(RunState.EXECUTING)
+
+
+def _previous_checkpoint(tx: RunTx, phase: model.Phase) -> str:
+    """The checkpoint the phase started from: the last one of an earlier phase, or the base."""
+    earlier = [p for p in tx.phases() if p.position < phase.position and p.checkpoint_sha]
+    return earlier[-1].checkpoint_sha if earlier and earlier[-1].checkpoint_sha \
+        else tx.run.base_sha or ""

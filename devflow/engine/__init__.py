@@ -1,0 +1,1 @@
+"""The run engine: start a run, drive it phase by phase under a lease, finish it with a report."""

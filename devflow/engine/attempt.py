@@ -1,0 +1,269 @@
+"""The attempts of one phase: agent, validation, repairs, checkpoint, then a gate or completion.
+
+An attempt is four short transactions around the agent's process:
+
+1. *begin*: the phase moves to running (attempt n), the run to executing or planning;
+2. the agent is started; its pid and process group are recorded (``agent.started``);
+3. the agent exited: the invocation is closed, the phase moves to validating;
+4. the verdict: a valid artifact is kept (copied, hashed), the worktree is committed
+   as a checkpoint, and the phase completes or its first gate opens; a bad attempt
+   (invalid or missing artifact, non-zero exit, timeout) goes back to running with
+   the errors in the next prompt, at most ``max_repairs`` times, then fails the run.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+
+from devflow import approvals, artifacts, backends, faults, model, transitions, worktree
+from devflow.backends import process
+from devflow.backends.base import Outcome, Task
+from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
+from devflow.engine import finish, plan, prompt, workspace
+from devflow.engine.context import Context
+from devflow.errors import Code
+from devflow.schemas import Issue
+from devflow.states import PhaseState, RunState
+from devflow.store import RunTx
+
+log = structlog.get_logger("devflow.engine")
+
+
+class Stop(Exception):
+    """The run cannot take another step now (paused, aborted, waiting)."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    code: Code | None
+    issues: list[Issue]
+    checked: artifacts.Checked | None = None
+
+
+async def run_phase(ctx: Context, run: model.Run, phase: model.Phase, lease: model.Lease) -> None:
+    """Attempts of ``phase`` until it completes, waits at a gate, fails, or the run stops."""
+    binding = next(b for b in await ctx.call(ctx.store.runs.bindings, run.id)
+                   if b.role == phase.definition.role)
+    persona = ctx.catalog.load_persona_definition(binding.persona_def)
+    if phase.feedback.get("reset_to"):
+        await ctx.call(worktree.reset, Path(run.worktree), phase.feedback["reset_to"])
+        await ctx.achange(run.id, lambda tx: _reset_done(tx, phase.key), lease)
+    while True:
+        run, phase = await ctx.achange(run.id, functools.partial(_begin, key=phase.key,
+                                                                 persona=persona), lease)
+        log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=phase.attempt)
+        exit_, outcome = await _agent(ctx, run, phase, persona, binding.backend, lease)
+        verdict = await ctx.call(_judge, ctx, run, phase, exit_, outcome)
+        if verdict.code is None and verdict.checked is not None:
+            await _accept(ctx, run, phase, verdict.checked, lease)
+            return
+        more = phase.repairs < phase.definition.max_repairs
+        await ctx.achange(run.id, functools.partial(_refuse, phase=phase, verdict=verdict,
+                                                    more=more), lease)
+        if not more:
+            with anyio.CancelScope(shield=True):
+                await ctx.call(finish.write_report, ctx, run.id)
+            return
+        phase = await ctx.call(_phase, ctx, run.id, phase.key)
+
+
+def _phase(ctx: Context, run_id: str, key: str) -> model.Phase:
+    return next(p for p in ctx.store.runs.phases(run_id) if p.key == key)
+
+
+def _reset_done(tx: RunTx, key: str) -> None:
+    feedback = dict(tx.phase(key).feedback)
+    feedback.pop("reset_to", None)
+    tx.set_phase(key, feedback=feedback)
+
+
+def _begin(tx: RunTx, key: str, persona: Persona) -> tuple[model.Run, model.Phase]:
+    phase = tx.phase(key)
+    if tx.state not in (RunState.BOUND, RunState.EXECUTING, RunState.PLANNING):
+        raise Stop(f"run is {tx.state}")
+    artifact = phase.definition.artifact
+    wanted = (RunState.PLANNING if artifact and artifact.schema == PHASE_PLAN_SCHEMA
+              else RunState.EXECUTING)
+    if tx.state is not wanted:
+        tx.move_run(wanted)
+    repair = phase.state is PhaseState.VALIDATING
+    attempt = phase.attempt + 1
+    phase = tx.move_phase(key, PhaseState.RUNNING, model.NewEvent(
+        "phase.started", key, {"attempt": attempt, "role": phase.definition.role,
+                               "persona": persona.ref, "repair": repair},
+        key=f"{tx.run.id}:phase.started:{key}:{attempt}"),
+        attempt=attempt, repairs=phase.repairs + (1 if repair else 0))
+    return tx.run, phase
+
+
+async def _agent(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona,
+                 backend_name: str, lease: model.Lease) -> tuple[process.Exit, Outcome]:
+    backend = backends.get(backend_name)
+    d = phase.definition
+    earlier = [p for p in await ctx.call(ctx.store.runs.phases, run.id)
+               if p.state is PhaseState.COMPLETED and p.key != phase.key]
+    text = prompt.compose(run, phase, phase.attempt, persona, earlier, ctx.catalog.schemas)
+    prompt_path = workspace.prompt_file(run, phase.key, phase.attempt)
+    prompt_path.parent.mkdir(parents=True, exist_ok=True)
+    prompt_path.write_text(text, encoding="utf-8")
+    logs = workspace.log_dir(run, phase.key)
+    task = Task(
+        run_id=run.id, phase=phase.key, attempt=phase.attempt, role=d.role,
+        worktree=Path(run.worktree), prompt=text, prompt_file=prompt_path, log_dir=logs,
+        timeout=d.timeout or ctx.settings.agent_timeout, persona=persona,
+        artifact_path=d.artifact.path if d.artifact else None,
+        artifact_schema=d.artifact.schema if d.artifact else None,
+        scenario=dict(run.options.get("scenarios", {})).get(phase.key),
+        port_base=run.port_base, roles=tuple(dict(run.template_def.get("roles", {}))))
+    command = backend.command(task, ctx.catalog.schemas)
+    spawn = process.Spawn(
+        argv=command.argv, cwd=Path(run.worktree), env=command.env, timeout=task.timeout,
+        stdout_log=logs / f"attempt-{phase.attempt}.stdout.log",
+        stderr_log=logs / f"attempt-{phase.attempt}.stderr.log", stdin_file=command.stdin_file)
+    invocation: list[model.Invocation] = []
+
+    async def started(pid: int, pgid: int) -> None:
+        invocation.append(await ctx.achange(run.id, lambda tx: _started(
+            tx, phase, backend_name, command.argv, pid, pgid, ctx.host, spawn), lease))
+        faults.point("agent_started")
+
+    def note(line: str) -> None:
+        if (text := backend.progress(line)) is not None:
+            ctx.observer.progress(run.id, phase.key, text)
+
+    exit_ = await process.run(spawn, on_start=started, on_line=note)
+    outcome = backend.outcome(task, exit_, spawn.stdout_log, spawn.stderr_log)
+    faults.point("agent_exited")
+    await ctx.achange(run.id, lambda tx: _exited(tx, phase, invocation[0], exit_, outcome), lease)
+    return exit_, outcome
+
+
+def _started(tx: RunTx, phase: model.Phase, backend: str, argv: list[str], pid: int, pgid: int,
+             host: str, spawn: process.Spawn) -> model.Invocation:
+    invocation = tx.start_invocation(
+        phase_key=phase.key, attempt=phase.attempt, kind="agent", backend=backend, argv=argv,
+        host=host, pid=pid, pgid=pgid, stdout_path=str(spawn.stdout_log),
+        stderr_path=str(spawn.stderr_log))
+    tx.event(model.NewEvent("agent.started", phase.key, {
+        "attempt": phase.attempt, "backend": backend, "pid": pid, "host": host,
+        "invocation": invocation.id}))
+    return invocation
+
+
+def _exited(tx: RunTx, phase: model.Phase, invocation: model.Invocation, exit_: process.Exit,
+            outcome: Outcome) -> None:
+    tx.update_invocation(
+        invocation.id, ended_at=tx.now, exit_code=exit_.exit_code, signal=exit_.signal,
+        duration_ms=exit_.duration_ms, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
+        cost_usd=outcome.cost_usd, session_id=outcome.session_id,
+        outcome="timeout" if exit_.timed_out else ("ok" if exit_.exit_code == 0 else "failed"),
+        reason=outcome.failure)
+    current = tx.phase(phase.key)
+    tx.set_phase(phase.key, tokens_in=current.tokens_in + (outcome.tokens_in or 0),
+                 tokens_out=current.tokens_out + (outcome.tokens_out or 0),
+                 cost_usd=current.cost_usd + (outcome.cost_usd or 0.0))
+    run = tx.run
+    tx.set_run(tokens_in=run.tokens_in + (outcome.tokens_in or 0),
+               tokens_out=run.tokens_out + (outcome.tokens_out or 0),
+               cost_usd=run.cost_usd + (outcome.cost_usd or 0.0))
+    tx.event(model.NewEvent("agent.exited", phase.key, {
+        "attempt": phase.attempt, "exit_code": exit_.exit_code, "signal": exit_.signal,
+        "duration_ms": exit_.duration_ms, "timed_out": exit_.timed_out,
+        "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
+        "cost_usd": outcome.cost_usd, "failure": outcome.failure}))
+    tx.move_phase(phase.key, PhaseState.VALIDATING)
+
+
+def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit,
+           outcome: Outcome) -> Verdict:
+    d = phase.definition
+    if exit_.timed_out:
+        limit = d.timeout or ctx.settings.agent_timeout
+        return Verdict(Code.AGENT_TIMEOUT, [Issue("", f"the agent did not finish within "
+                                                      f"{limit:.0f}s and was killed")])
+    if exit_.exit_code != 0:
+        how = (f"exit code {exit_.exit_code}" if exit_.exit_code is not None
+               else f"signal {exit_.signal}")
+        return Verdict(Code.AGENT_FAILED, [Issue("", f"the agent failed with {how}; see "
+                                                     f"its stderr log")])
+    if outcome.failure:
+        return Verdict(Code.AGENT_FAILED, [Issue("", outcome.failure)])
+    assert d.artifact is not None
+    checked = artifacts.check(Path(run.worktree), d.artifact.path, d.artifact.schema,
+                              ctx.catalog.schemas, ctx.settings.artifact_max_bytes)
+    faults.point("artifact_checked")
+    if checked.valid and d.artifact.schema == PHASE_PLAN_SCHEMA:
+        taken = [p.key for p in ctx.store.runs.phases(run.id)]
+        roles = list(dict(run.template_def.get("roles", {})))
+        if found := plan.problems(checked.value, taken, roles, ctx.catalog.schemas):
+            return Verdict(Code.PHASE_PLAN_INVALID, found, checked)
+    return Verdict(checked.code, checked.issues, checked)
+
+
+def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> None:
+    errors = [{"pointer": i.pointer, "message": i.message} for i in verdict.issues[:50]]
+    tx.event(model.NewEvent("phase.artifact_invalid", phase.key, {
+        "attempt": phase.attempt, "code": str(verdict.code), "errors": errors,
+        "repair": more}))
+    feedback = dict(tx.phase(phase.key).feedback)
+    feedback.pop("interrupted", None)
+    feedback["repair"] = {"code": str(verdict.code), "errors": errors}
+    tx.set_phase(phase.key, feedback=feedback)
+    if not more:
+        reason = (f"{verdict.code} after {phase.attempt} attempt(s): "
+                  + "; ".join(str(i) for i in verdict.issues[:3]))
+        tx.move_phase(phase.key, PhaseState.FAILED, model.NewEvent(
+            "phase.failed", phase.key, {"attempt": phase.attempt, "code": str(verdict.code),
+                                        "reason": reason}),
+            failure_code=str(verdict.code), failure_reason=reason)
+        transitions.terminate_in(tx, RunState.FAILED, code=str(verdict.code),
+                            reason=f"phase {phase.key}: {reason}")
+
+
+async def _accept(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked,
+                  lease: model.Lease) -> None:
+    d = phase.definition
+    assert d.artifact is not None and checked.data is not None
+    stored = workspace.artifact_copy(run, phase.key, phase.attempt)
+    sha = await ctx.call(artifacts.store, checked.data, stored)
+    faults.point("artifact_stored")
+    tree = Path(run.worktree)
+    commit = await ctx.call(worktree.checkpoint, tree, f"devflow({phase.key}): attempt "
+                                                       f"{phase.attempt}")
+    faults.point("checkpoint_committed")
+    evidence: model.Evidence | None = None
+    if d.gates:
+        head = await ctx.call(worktree.head, tree)
+        tree_sha = await ctx.call(worktree.tree_sha, tree)
+        evidence = model.Evidence(d.artifact.path, sha, head, tree_sha)
+    record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
+                                  d.artifact.schema, sha, len(checked.data), str(stored),
+                                  ctx.clock())
+    await ctx.achange(run.id, lambda tx: _complete(tx, phase, record, commit, evidence), lease)
+    faults.point("phase_accepted")
+
+
+def _complete(tx: RunTx, phase: model.Phase, record: model.ArtifactRecord, commit: str | None,
+              evidence: model.Evidence | None) -> None:
+    tx.add_artifact(record)
+    fields: dict[str, Any] = {"artifact_sha": record.sha256, "artifact_stored": record.stored_path,
+                              "feedback": {}}
+    if commit is not None and commit != tx.run.checkpoint_sha:
+        fields["checkpoint_sha"] = commit
+        tx.set_run(checkpoint_sha=commit)
+        tx.event(model.NewEvent("checkpoint.committed", phase.key,
+                                {"attempt": phase.attempt, "sha": commit}))
+    tx.set_phase(phase.key, **fields)
+    if evidence is not None:
+        approvals.open_first_gate(tx, phase.key, evidence)
+        return
+    tx.move_phase(phase.key, PhaseState.COMPLETED, model.NewEvent(
+        "phase.completed", phase.key, {"attempt": phase.attempt, "artifact_sha": record.sha256,
+                                       "checkpoint": fields.get("checkpoint_sha")}))
+

@@ -1,0 +1,88 @@
+"""What the engine works with: settings, store, catalog, clock, host, and who watches.
+
+The store's verbs are short synchronous transactions; the async core calls them
+through ``call`` (a worker thread, with a limiter no larger than the connection pool).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from devflow import model
+from devflow.catalog import Catalog
+from devflow.settings import Settings
+from devflow.store import Limits, RunTx, Store
+
+T = TypeVar("T")
+
+
+class Observer(Protocol):
+    """Who watches a run being driven: the CLI's progress display, a test, nobody."""
+
+    def event(self, event: model.Event) -> None: ...
+
+    def progress(self, run_id: str, phase: str, text: str) -> None: ...
+
+
+class NoObserver:
+    def event(self, event: model.Event) -> None:
+        pass
+
+    def progress(self, run_id: str, phase: str, text: str) -> None:
+        pass
+
+
+def new_owner(kind: str) -> str:
+    return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    catalog: Catalog
+    observer: Observer = field(default_factory=NoObserver)
+    host: str = field(default_factory=socket.gethostname)
+    limiter: anyio.CapacityLimiter | None = None
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        return self.store.clock
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.settings.max_active_per_branch, self.settings.max_concurrent_runs)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.settings.workspace / run_id
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self.limiter is None:
+            self.limiter = anyio.CapacityLimiter(max(self.store.db.pool_size - 1, 1))
+        return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs),
+                                              limiter=self.limiter)
+
+    def change(self, run_id: str, fn: Callable[[RunTx], T],
+               lease: model.Lease | None = None) -> T:
+        """A RunTx on the run; its events go to the observer once it committed."""
+        def tx(runtx: RunTx) -> tuple[T, list[model.Event]]:
+            return fn(runtx), runtx.events
+        result, events = self.store.runs.change(run_id, tx, lease=lease)
+        for event in events:
+            self.observer.event(event)
+        return result
+
+    async def achange(self, run_id: str, fn: Callable[[RunTx], T],
+                      lease: model.Lease | None = None) -> T:
+        return await self.call(self.change, run_id, fn, lease)

@@ -1,0 +1,111 @@
+"""What people do to runs: decide a gate, pause, resume, abort.
+
+Each is one transaction on the locked run. Pause, resume and abort repeated are
+no-ops that say ``changed: false``; on a terminal run they are conflicts (abort of an
+aborted run is a repeat, not a conflict). A decision or an abort that ends the run
+kills the run's agents on this host and writes the report.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devflow import approvals, faults, model, transitions
+from devflow.engine import finish
+from devflow.engine.context import Context
+from devflow.errors import Code, DevflowError
+from devflow.states import PAUSABLE, TERMINAL, RunState
+from devflow.store import RunTx
+
+
+@dataclass(frozen=True)
+class Changed:
+    run: model.Run
+    changed: bool
+
+
+def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionResult:
+    run = ctx.store.runs.get(req.run_id)
+    approval = ctx.store.approvals.get(_pick(ctx, run, req))
+    if approval.run_id != run.id:
+        raise DevflowError(Code.APPROVAL_NOT_FOUND,
+                           f"approval {approval.id} belongs to run {approval.run_id}, not {run.id}",
+                           hint=f"devflow approvals list --run {run.id}")
+    known = any(d.client_token == req.token
+                for d in ctx.store.approvals.decisions(approval_id=approval.id))
+    current = None
+    if not known and approval.state == "pending" and not req.system_reason:
+        current = approvals.current_evidence(run, approval, ctx.settings.artifact_max_bytes)
+    result = ctx.change(run.id, lambda tx: approvals.decide_in(
+        tx, req, approval.id, current))
+    faults.point("decision_recorded")
+    if not result.replayed and result.run.state in TERMINAL:
+        finish.kill_agents(ctx, run.id)
+        finish.write_report(ctx, run.id)
+    return result
+
+
+def _pick(ctx: Context, run: model.Run, req: approvals.DecisionRequest) -> int:
+    if req.approval_id is not None:
+        return req.approval_id
+    for decision in ctx.store.approvals.decisions(run_id=run.id):
+        if decision.client_token == req.token:
+            return decision.approval_id  # a retry after the request was resolved
+    pending = ctx.store.approvals.find(pending=True, run_id=run.id)
+    if not pending:
+        raise DevflowError(Code.NO_PENDING_APPROVAL, f"run {run.id} has no pending approval",
+                           hint=f"it is {run.state}; `devflow approvals list --run {run.id}` "
+                                "shows its requests")
+    if len(pending) > 1:
+        raise DevflowError(Code.AMBIGUOUS_APPROVAL,
+                           f"run {run.id} has {len(pending)} pending approvals",
+                           hint="choose one with --approval: "
+                                + ", ".join(f"{a.id} ({a.gate})" for a in pending))
+    return pending[0].id
+
+
+def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> Changed:
+    def fn(tx: RunTx) -> Changed:
+        if tx.state is RunState.PAUSED:
+            return Changed(tx.run, False)
+        _not_terminal(tx, "paused")
+        if tx.state not in PAUSABLE:
+            raise DevflowError(Code.ILLEGAL_TRANSITION,
+                               f"run {tx.run.id} is {tx.state}: it can be paused once it executes",
+                               hint="pause works from executing, planning or awaiting_approval")
+        return Changed(tx.move_run(RunState.PAUSED, model.NewEvent(
+            "run.paused", payload={"by": actor, "reason": reason, "from": str(tx.state)})), True)
+    return ctx.change(ctx.store.runs.get(run_id).id, fn)
+
+
+def resume(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> Changed:
+    def fn(tx: RunTx) -> Changed:
+        _not_terminal(tx, "resumed")
+        if tx.state is not RunState.PAUSED:
+            return Changed(tx.run, False)
+        target = tx.run.paused_from or RunState.EXECUTING
+        return Changed(tx.move_run(RunState(target), model.NewEvent(
+            "run.resumed", payload={"by": actor, "reason": reason, "to": str(target)})), True)
+    return ctx.change(ctx.store.runs.get(run_id).id, fn)
+
+
+def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> Changed:
+    def fn(tx: RunTx) -> Changed:
+        if tx.state is RunState.ABORTED:
+            return Changed(tx.run, False)
+        _not_terminal(tx, "aborted")
+        return Changed(transitions.terminate_in(tx, RunState.ABORTED, by=actor, reason=reason),
+                       True)
+    result = ctx.change(ctx.store.runs.get(run_id).id, fn)
+    if result.changed:
+        finish.kill_agents(ctx, result.run.id)
+        finish.write_report(ctx, result.run.id)
+    return Changed(ctx.store.runs.get(result.run.id), result.changed)
+
+
+def _not_terminal(tx: RunTx, verb: str) -> None:
+    if tx.state in TERMINAL:
+        raise DevflowError(Code.ILLEGAL_TRANSITION,
+                           f"run {tx.run.id} is {tx.state} and cannot be {verb}",
+                           hint="a terminal run never changes; start a new one",
+                           state=str(tx.state))

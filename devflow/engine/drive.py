@@ -1,0 +1,126 @@
+"""Driving a run: a loop under a lease, until a gate, a pause, the end, or a lost lease.
+
+Each turn reads the run, makes sure its worktree exists, and takes the next step:
+skip a phase without artifact, run the attempts of the next pending phase, add the
+phases of a completed phase plan, or complete the run. Beside the loop a heartbeat
+renews the lease; if the lease is lost, or the run was aborted from elsewhere, the
+loop is cancelled (which terminates a running agent) and nothing more is written.
+Finishing (terminal state, report) is shielded from cancellation.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import anyio
+import structlog
+
+from devflow import model
+from devflow.engine import attempt, finish, plan, workspace
+from devflow.engine.context import Context
+from devflow.errors import Code, DevflowError, LeaseLost
+from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
+from devflow.store import RunTx
+
+log = structlog.get_logger("devflow.engine")
+
+
+async def drive(ctx: Context, run_id: str, lease: model.Lease) -> model.Run:
+    """Drive the run while it is runnable; release the lease when it stops."""
+    lost = anyio.Event()
+    bound = log.bind(run_id=run_id, owner=lease.owner, fence=lease.fence)
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_heartbeat, ctx, run_id, lease, lost, group.cancel_scope)
+            try:
+                await _loop(ctx, run_id, lease)
+            except LeaseLost:
+                lost.set()
+            except attempt.Stop as stop:
+                bound.info("drive_stopped", why=str(stop))
+            except DevflowError as exc:
+                await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
+            except Exception as exc:  # a bug must not leave the run half-way: fail it, report
+                bound.exception("drive_crashed")
+                await _fail_unless_stopped(ctx, run_id, lease, DevflowError(
+                    Code.INTERNAL, f"{type(exc).__name__}: {exc}",
+                    hint="this is a bug in devflow; the log has the traceback"), lost)
+            group.cancel_scope.cancel()
+    finally:
+        with anyio.CancelScope(shield=True):
+            if not lost.is_set():
+                await ctx.call(ctx.store.leases.release, run_id, lease)
+    if lost.is_set():
+        bound.warning("lease_lost")
+    return await ctx.call(ctx.store.runs.get, run_id)
+
+
+async def _fail_unless_stopped(ctx: Context, run_id: str, lease: model.Lease,
+                               exc: DevflowError, lost: anyio.Event) -> None:
+    run = await ctx.call(ctx.store.runs.get, run_id)
+    if exc.code is Code.ILLEGAL_TRANSITION and run.state not in RUNNABLE:
+        return  # paused or ended from elsewhere while we worked: stop quietly
+    log.error("drive_failed", run_id=run_id, code=str(exc.code), error=exc.message)
+    with anyio.CancelScope(shield=True):
+        try:
+            await ctx.call(finish.fail, ctx, run_id, exc.code, exc.message, lease=lease)
+        except LeaseLost:
+            lost.set()
+
+
+async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.Event,
+                     scope: anyio.CancelScope) -> None:
+    while True:
+        await anyio.sleep(ctx.settings.heartbeat_seconds)
+        try:
+            run = await ctx.call(ctx.store.leases.renew, run_id, lease,
+                                 ctx.settings.lease_seconds)
+        except LeaseLost:
+            lost.set()
+            scope.cancel()
+            return
+        except DevflowError as exc:  # the database is away: keep trying until the lease runs out
+            log.warning("heartbeat_failed", run_id=run_id, error=exc.message)
+            continue
+        if run.state in TERMINAL:
+            scope.cancel()
+            return
+
+
+async def _loop(ctx: Context, run_id: str, lease: model.Lease) -> None:
+    while True:
+        run = await ctx.call(ctx.store.runs.get, run_id)
+        if run.state not in RUNNABLE:
+            return
+        await ctx.call(workspace.ensure_worktree, ctx, run, lease)
+        phases = await ctx.call(ctx.store.runs.phases, run_id)
+        step = next((p for p in phases if p.state in (PhaseState.PENDING, PhaseState.VALIDATING,
+                                                      PhaseState.RUNNING)), None)
+        if step is None:
+            added = await ctx.achange(run_id, lambda tx: plan.apply_next(
+                tx, ctx.catalog.schemas), lease)
+            if added:
+                continue
+            with anyio.CancelScope(shield=True):
+                await ctx.call(finish.terminate, ctx, run_id, RunState.COMPLETED, lease=lease)
+            return
+        if step.state is PhaseState.RUNNING:
+            # Only a driver that died leaves this; the sweep normally recovers it first.
+            await ctx.achange(run_id, functools.partial(_interrupted, key=step.key), lease)
+            continue
+        if step.definition.artifact is None:
+            await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)
+            continue
+        await attempt.run_phase(ctx, run, step, lease)
+
+
+def _skip(tx: RunTx, key: str) -> None:
+    tx.move_phase(key, PhaseState.SKIPPED, model.NewEvent("phase.skipped", key,
+                                                          {"reason": "no artifact"}))
+
+
+def _interrupted(tx: RunTx, key: str) -> None:
+    phase = tx.phase(key)
+    tx.move_phase(key, PhaseState.PENDING, model.NewEvent(
+        "phase.interrupted", key, {"attempt": phase.attempt, "found": "running at claim"}),
+        feedback={**phase.feedback, "interrupted": True, "reset_to": tx.run.checkpoint_sha})

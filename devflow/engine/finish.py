@@ -1,0 +1,109 @@
+"""Ending a run: the terminal transition, then the final report (DESIGN.md §3.2).
+
+``terminate`` moves a run to completed, failed or aborted in one transaction: active
+phases fail, pending approvals are aborted, the event is appended. Agents still
+running for the run on this host are killed. ``write_report`` then composes the
+report; if composing fails, a stub is written. The sweep calls ``write_report`` for
+terminal runs that have none.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from devflow import artifacts, model, report, states, worktree
+from devflow.backends import process
+from devflow.engine.context import Context
+from devflow.errors import Code, DevflowError
+from devflow.states import RunState
+from devflow.store import RunTx
+from devflow.transitions import terminate_in
+
+log = structlog.get_logger("devflow.engine")
+
+
+def terminate(ctx: Context, run_id: str, to: RunState, *, code: str | None = None,
+              reason: str | None = None, by: str = "devflow",
+              lease: model.Lease | None = None) -> model.Run:
+    ctx.change(run_id, lambda tx: terminate_in(tx, to, code=code, reason=reason, by=by), lease)
+    kill_agents(ctx, run_id)
+    write_report(ctx, run_id)
+    return ctx.store.runs.get(run_id)
+
+
+def fail(ctx: Context, run_id: str, code: Code | str, reason: str, *,
+         lease: model.Lease | None = None) -> model.Run:
+    return terminate(ctx, run_id, RunState.FAILED, code=str(code), reason=reason, lease=lease)
+
+
+def kill_agents(ctx: Context, run_id: str) -> list[int]:
+    """Kill the process groups of this run's unfinished invocations on this host."""
+    killed = []
+    for inv in ctx.store.runs.invocations(run_id):
+        if inv.ended_at is None and inv.pgid and inv.host == ctx.host \
+                and process.kill_group(inv.pgid):
+            killed.append(inv.pgid)
+    return killed
+
+
+def write_report(ctx: Context, run_id: str) -> Path:
+    """Compose and write the report of a terminal run; a stub when composing fails."""
+    run = ctx.store.runs.get(run_id)
+    if run.state not in states.TERMINAL:
+        raise DevflowError(Code.ILLEGAL_TRANSITION, f"run {run_id} is {run.state}, not terminal",
+                           hint="a report is written when the run ends")
+    directory = Path(run.workspace)
+    status = "written"
+    try:
+        body = report.compose(_gather(ctx, run))
+        problems = ctx.catalog.schemas.validate(report.REPORT_SCHEMA, body)
+        if problems:
+            raise ValueError("; ".join(str(p) for p in problems[:5]))
+    except Exception as exc:
+        log.error("report_compose_failed", run_id=run_id, error=repr(exc))
+        body = report.stub(run.id, str(run.state), f"{type(exc).__name__}: {exc}")
+        status = "stub"
+    path = report.write(directory, body)
+    ctx.change(run_id, lambda tx: _record(tx, path, status))
+    return path
+
+
+def _record(tx: RunTx, path: Path, status: str) -> None:
+    tx.set_run(report_status=status)
+    tx.event(model.NewEvent("report.written", payload={"path": str(path), "status": status},
+                            key=f"{tx.run.id}:report.written:{status}"))
+
+
+def _gather(ctx: Context, run: model.Run) -> report.ReportData:
+    store = ctx.store
+    phases = store.runs.phases(run.id)
+    commits: list[worktree.Commit] = []
+    files: list[worktree.FileStat] = []
+    git_error = None
+    try:
+        if run.base_sha and worktree.branch_exists(Path(run.repo), run.branch):
+            commits = worktree.commits(Path(run.repo), run.base_sha, run.branch)
+            files = worktree.diffstat(Path(run.repo), run.base_sha, run.branch)
+    except DevflowError as exc:
+        git_error = exc.message
+    return report.ReportData(
+        run=run, phases=phases, bindings=store.runs.bindings(run.id),
+        approvals=store.approvals.find(run_id=run.id),
+        decisions=store.approvals.decisions(run_id=run.id),
+        invocations=store.runs.invocations(run.id),
+        events=store.events.tail(run.id, 200), commits=commits, files=files,
+        git_error=git_error, findings=_findings(phases))
+
+
+def _findings(phases: list[model.Phase]) -> list[dict[str, Any]]:
+    found = []
+    for p in phases:
+        artifact = p.definition.artifact
+        if artifact and artifact.schema == "dev/review@1" and p.artifact_stored and p.artifact_sha:
+            value = artifacts.load_stored(Path(p.artifact_stored), p.artifact_sha)
+            found += [{"phase": p.key, **f} for f in value.get("findings", [])
+                      if isinstance(f, dict)]
+    return found

@@ -1,0 +1,88 @@
+"""The prompt of one attempt: who the agent is, what the run wants, what this phase asks,
+the schema its artifact must meet, what earlier phases produced, and what must change."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from devflow import artifacts, model
+from devflow.definitions import Persona
+from devflow.schemas import SchemaRegistry
+
+_MAX_EMBED: Final = 24_000
+
+
+def compose(run: model.Run, phase: model.Phase, attempt: int, persona: Persona,
+            earlier: Sequence[model.Phase], schemas: SchemaRegistry) -> str:
+    d = phase.definition
+    parts = [
+        f"# devflow run {run.id}: phase `{phase.key}` ({d.title}), attempt {attempt}",
+        f"You are the **{d.role}** of this run (template {run.template_ref}). You work in "
+        f"the current directory, a git worktree of the project on branch `{run.branch}`. "
+        "devflow commits your changes when the phase ends; do not commit or switch branches.",
+    ]
+    if persona.prompt.strip():
+        parts.append(persona.prompt.strip())
+    if run.objective:
+        parts.append(f"## Objective\n\n{run.objective.strip()}")
+    parts.append(f"## Requirements\n\n{run.requirements.strip() or '(none given)'}")
+    parts.append(f"## This phase: {d.title}\n\n{d.instructions.strip() or '(no instructions)'}")
+    if d.artifact is not None:
+        schema = schemas.get(d.artifact.schema).contents
+        parts.append(
+            f"## Your artifact\n\nWrite one JSON document at `{d.artifact.path}` (relative to "
+            f"the current directory) that validates against the JSON Schema "
+            f"`{d.artifact.schema}` below. The file holds only that JSON.\n\n"
+            f"```json\n{_dump(schema)}\n```")
+    feedback = _feedback(phase.feedback)
+    if feedback:
+        parts.append(feedback)
+    shown = _earlier(earlier)
+    if shown:
+        parts.append("## What earlier phases produced\n\n" + "\n\n".join(shown))
+    return "\n\n".join(parts) + "\n"
+
+
+def _dump(value: Any) -> str:
+    text = json.dumps(value, indent=2, ensure_ascii=False)
+    return text if len(text) <= _MAX_EMBED else text[:_MAX_EMBED] + "\n… (cut)"
+
+
+def _earlier(phases: Sequence[model.Phase]) -> list[str]:
+    shown = []
+    for p in phases:
+        if p.artifact_stored and p.artifact_sha and p.definition.artifact:
+            value = artifacts.load_stored(Path(p.artifact_stored),
+                                          p.artifact_sha)
+            shown.append(f"### `{p.key}` ({p.definition.title}), "
+                         f"`{p.definition.artifact.path}`\n\n```json\n{_dump(value)}\n```")
+    return shown
+
+
+def _feedback(feedback: Mapping[str, Any]) -> str:
+    parts = []
+    if "interrupted" in feedback:
+        parts.append("## Note\n\nAn earlier attempt of this phase was interrupted (devflow's "
+                     "process stopped); the worktree was reset to the last checkpoint. Start "
+                     "afresh.")
+    changes = feedback.get("changes")
+    if changes:
+        lines = [f"## Changes requested by {changes.get('actor', 'the approver')}"]
+        if changes.get("comment"):
+            lines.append(str(changes["comment"]).strip())
+        for item in changes.get("rejected_sections", []):
+            lines.append(f"- section `{item['key']}` was rejected"
+                         + (f": {item['comment']}" if item.get("comment") else ""))
+        lines.append("Address every point, then write the artifact again.")
+        parts.append("\n\n".join(lines))
+    repair = feedback.get("repair")
+    if repair:
+        errors = "\n".join(f"- `{e.get('pointer') or '/'}`: {e.get('message')}"
+                           for e in repair.get("errors", []))
+        parts.append("## Your previous attempt was refused\n\nIt did not leave a valid "
+                     f"artifact ({repair.get('code')}). Fix every point and write the whole "
+                     f"file again:\n\n{errors}")
+    return "\n\n".join(parts)

@@ -1,0 +1,42 @@
+"""A run's workspace on disk: ``<workspace>/<run_id>/`` holds the worktree (``main/``),
+the kept artifacts, the prompts, the agents' logs and the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devflow import model, worktree
+from devflow.engine.context import Context
+
+
+def paths_for(ctx: Context, run_id: str) -> tuple[Path, Path]:
+    """(workspace, worktree) of a new run."""
+    workspace = ctx.run_dir(run_id)
+    return workspace, workspace / "main"
+
+
+def artifact_copy(run: model.Run, phase: str, attempt: int) -> Path:
+    return Path(run.workspace) / "artifacts" / phase / f"attempt-{attempt}.json"
+
+
+def prompt_file(run: model.Run, phase: str, attempt: int) -> Path:
+    return Path(run.workspace) / "prompts" / phase / f"attempt-{attempt}.md"
+
+
+def log_dir(run: model.Run, phase: str) -> Path:
+    return Path(run.workspace) / "logs" / phase
+
+
+def ensure_worktree(ctx: Context, run: model.Run,
+                    lease: model.Lease | None = None) -> bool:
+    """Create the run's worktree if it is missing (from the run branch when it exists)."""
+    path = Path(run.worktree)
+    if (path / ".git").exists():
+        return False
+    repo = Path(run.repo)
+    from_branch = worktree.branch_exists(repo, run.branch)
+    worktree.add(repo, path, run.branch, run.base_sha or run.base)
+    ctx.change(run.id, lambda tx: tx.event(model.NewEvent("worktree.created", payload={
+        "path": str(path), "branch": run.branch,
+        "from": run.branch if from_branch else run.base_sha, "host": ctx.host})), lease)
+    return True

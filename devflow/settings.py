@@ -1,0 +1,135 @@
+"""Settings: built-in defaults, then ``$DEVFLOW_HOME/config.yaml``, then ``DEVFLOW_*`` variables,
+then command-line options — each overriding the one before.
+
+| setting | variable | default |
+|---|---|---|
+| home | DEVFLOW_HOME | ~/.devflow |
+| database_url | DEVFLOW_DATABASE_URL | sqlite:///$DEVFLOW_HOME/devflow.db |
+| workspace | DEVFLOW_WORKSPACE | $DEVFLOW_HOME/workspace |
+| templates_dirs, personas_dirs, schemas_dirs | DEVFLOW_TEMPLATES_DIR, … (path lists) | none |
+| max_active_per_branch | DEVFLOW_MAX_ACTIVE_PER_BRANCH | 1 |
+| max_concurrent_runs | DEVFLOW_MAX_CONCURRENT_RUNS | 50 |
+| artifact_max_bytes | DEVFLOW_ARTIFACT_MAX_BYTES | 5 MiB |
+| agent_timeout | DEVFLOW_AGENT_TIMEOUT | 30m (a phase's own timeout wins) |
+| lease_seconds | DEVFLOW_LEASE_SECONDS | 30 |
+| max_recoveries | DEVFLOW_MAX_RECOVERIES | 3 |
+| log_format | DEVFLOW_LOG_FORMAT | auto (console on a terminal, JSON otherwise) |
+| actor | DEVFLOW_ACTOR | the OS user |
+| groups | (config file only) | {} — approver groups: name -> members |
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import getpass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from devflow import durations
+from devflow.errors import Code, DevflowError
+
+_INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_bytes",
+                "max_recoveries")
+_DURATIONS: Final = ("agent_timeout", "lease_seconds")
+_DIRS: Final = ("templates_dirs", "personas_dirs", "schemas_dirs")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    workspace: Path
+    templates_dirs: tuple[Path, ...] = ()
+    personas_dirs: tuple[Path, ...] = ()
+    schemas_dirs: tuple[Path, ...] = ()
+    max_active_per_branch: int = 1
+    max_concurrent_runs: int = 50
+    artifact_max_bytes: int = 5 * 1024 * 1024
+    agent_timeout: float = 1800.0
+    lease_seconds: float = 30.0
+    max_recoveries: int = 3
+    log_format: str = "auto"
+    actor: str = ""
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        return max(self.lease_seconds / 3, 0.2)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def load(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if env is None else env
+        home = Path(overrides.pop("home", None) or env.get("DEVFLOW_HOME")
+                    or Path.home() / ".devflow").expanduser().resolve()
+        values: dict[str, Any] = _config_file(home / "config.yaml")
+        for name in (*_INTS, *_DURATIONS, "log_format", "actor", "database_url", "workspace"):
+            variable = f"DEVFLOW_{name.upper()}"
+            if env.get(variable):
+                values[name] = env[variable]
+        for name in _DIRS:
+            variable = f"DEVFLOW_{name[:-1].upper()}"
+            if env.get(variable):
+                values[name] = [p for p in env[variable].split(os.pathsep) if p]
+        values.update({k: v for k, v in overrides.items() if v not in (None, (), [])})
+        return cls._build(home, values)
+
+    @classmethod
+    def _build(cls, home: Path, values: dict[str, Any]) -> Settings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise DevflowError(Code.CONFIG_INVALID,
+                               f"unknown settings: {', '.join(sorted(unknown))}",
+                               hint=f"known settings: {', '.join(sorted(known - {'home'}))}")
+        try:
+            for name in _INTS:
+                if name in values:
+                    values[name] = int(values[name])
+                    if values[name] < 1:
+                        raise ValueError(f"{name} must be at least 1")
+        except ValueError as exc:
+            raise DevflowError(Code.CONFIG_INVALID, f"invalid setting: {exc}",
+                               hint="these settings are positive whole numbers") from exc
+        for name in _DURATIONS:
+            if name in values:
+                values[name] = durations.parse_duration(values[name], field=name)
+        for name in _DIRS:
+            if name in values:
+                values[name] = tuple(Path(p).expanduser().resolve() for p in values[name])
+        if "groups" in values:
+            values["groups"] = {str(k): tuple(str(m) for m in v)
+                                for k, v in (values["groups"] or {}).items()}
+        workspace = Path(values.pop("workspace", None) or home / "workspace").expanduser()
+        database_url = values.pop("database_url", None) or f"sqlite:///{home / 'devflow.db'}"
+        values.setdefault("actor", _os_user())
+        return cls(home=home, database_url=database_url, workspace=workspace.resolve(), **values)
+
+
+def _config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise DevflowError(Code.CONFIG_INVALID, f"{path}: not valid YAML: {exc}",
+                           hint="fix or remove the configuration file") from exc
+    if not isinstance(data, dict):
+        raise DevflowError(Code.CONFIG_INVALID, f"{path}: must be a mapping of settings",
+                           hint="e.g. `max_concurrent_runs: 20`")
+    return data
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
