@@ -1,0 +1,118 @@
+"""Live progress while a run is driven: a table on a terminal, event lines otherwise.
+
+It is the engine's observer: it gets each event once its transaction committed, and
+short notes from the agent's output (what it is doing now).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import click
+
+from devflow import model
+
+
+@dataclass
+class _Row:
+    state: str = "pending"
+    attempt: int = 0
+    started: float | None = None
+    ended: float | None = None
+    note: str = ""
+
+
+class Progress:
+    def __init__(self, *, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.live_mode = not quiet and sys.stderr.isatty()
+        self._rows: dict[str, _Row] = {}
+        self._lock = threading.Lock()
+        self._live: Any = None
+        self._status = ""
+
+    def __enter__(self) -> Progress:
+        if self.live_mode:
+            from rich.console import Console
+            from rich.live import Live
+            self._live = Live(get_renderable=self._render, console=Console(stderr=True),
+                              refresh_per_second=4, transient=False)
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.stop()
+
+    # -- the observer ----------------------------------------------------------------------
+    def event(self, event: model.Event) -> None:
+        with self._lock:
+            self._apply(event)
+        if not self.quiet and not self.live_mode:
+            detail = _detail(event)
+            click.echo(f"{event.ts:%H:%M:%S} {event.phase or '-':<12} {event.type}"
+                       + (f"  {detail}" if detail else ""), err=True)
+
+    def progress(self, run_id: str, phase: str, text: str) -> None:
+        with self._lock:
+            self._rows.setdefault(phase, _Row()).note = text[:80]
+
+    def _apply(self, event: model.Event) -> None:
+        if event.type == "run.created":
+            self._status = f"run {event.run_id}"
+        if event.phase is None:
+            if event.type.startswith("run."):
+                self._status = f"run {event.run_id}: {event.type[4:]}"
+            return
+        row = self._rows.setdefault(event.phase, _Row())
+        attempt = event.payload.get("attempt")
+        if isinstance(attempt, int):
+            row.attempt = attempt
+        kind = event.type
+        if kind == "phase.started":
+            row.state, row.note = "running", "agent starting"
+            row.started = row.started or time.monotonic()
+            row.ended = None
+        elif kind == "agent.exited":
+            row.state, row.note = "validating", ""
+        elif kind == "phase.artifact_invalid":
+            row.state = "repairing" if event.payload.get("repair") else "failed"
+            row.note = f"{event.payload.get('code')}"
+        elif kind in ("phase.completed", "phase.failed", "phase.skipped"):
+            row.state = kind.split(".")[1]
+            row.ended = time.monotonic()
+        elif kind == "approval.requested":
+            row.state = "awaiting approval"
+            row.note = f"gate {event.payload.get('gate')}"
+        elif kind == "phase.changes_requested":
+            row.state, row.note = "pending", "changes requested"
+        elif kind == "phase.interrupted":
+            row.state, row.note = "pending", "interrupted"
+
+    def _render(self) -> Any:
+        from rich.table import Table
+        table = Table(title=self._status, title_justify="left", show_edge=False)
+        for header in ("phase", "state", "attempt", "elapsed", "agent"):
+            table.add_column(header)
+        now = time.monotonic()
+        with self._lock:
+            for key, row in self._rows.items():
+                elapsed = ""
+                if row.started is not None:
+                    elapsed = f"{(row.ended or now) - row.started:.1f}s"
+                style = {"completed": "green", "failed": "red",
+                         "awaiting approval": "yellow"}.get(row.state, "")
+                table.add_row(key, f"[{style}]{row.state}[/]" if style else row.state,
+                              str(row.attempt or ""), elapsed, row.note)
+        return table
+
+
+def _detail(event: model.Event) -> str:
+    p = event.payload
+    keys = ("attempt", "code", "exit_code", "gate", "action", "actor", "sha", "reason", "phases")
+    return " ".join(f"{k}={p[k]}" for k in keys if p.get(k) not in (None, "", []))[:160]

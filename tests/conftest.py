@@ -1,0 +1,192 @@
+"""Shared fixtures: both databases, real git repositories, the app, the CLI as a subprocess.
+
+``db_url`` runs a test once on SQLite (a copy of a migrated file) and once on
+PostgreSQL (``CREATE DATABASE … TEMPLATE`` a migrated database). When the server
+cannot be reached the PostgreSQL half is skipped locally, and fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devflow import git
+from devflow.app import App
+from devflow.settings import Settings
+
+PG_URL = os.environ.get("DEVFLOW_TEST_POSTGRES_URL",
+                        "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+ROOT = Path(__file__).resolve().parent.parent
+MIGRATIONS = ROOT / "devflow" / "store" / "migrations" / "versions"
+
+
+def _migrations_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(MIGRATIONS.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------
+def _pg_admin() -> Any:
+    import psycopg
+    plain = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    return psycopg.connect(plain, autocommit=True, connect_timeout=5)
+
+
+def pg_url_for(database: str) -> str:
+    base, _, _ = PG_URL.rpartition("/")
+    return f"{base}/{database}"
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> str:
+    """A migrated PostgreSQL database to clone tests' databases from."""
+    try:
+        conn = _pg_admin()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server
+        message = f"PostgreSQL unreachable at {PG_URL}: {exc}"
+        if IN_CI:
+            pytest.fail(f"{message} (CI never skips PostgreSQL tests)")
+        pytest.skip(message)
+    name = f"devflow_tmpl_{_migrations_digest()}"
+    with conn:
+        conn.execute("SELECT pg_advisory_lock(424242)")
+        try:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                                  (name,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{name}"')
+                from devflow.store import Database, migrate
+                db = Database(pg_url_for(name))
+                try:
+                    migrate.upgrade(db)
+                finally:
+                    db.dispose()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(424242)")
+    return name
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database for one test."""
+    name = f"devflow_t_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{pg_template}"')
+    yield pg_url_for(name)
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# -- SQLite -------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from devflow.store import Database, migrate
+    path = tmp_path_factory.mktemp("sqlite-template") / "devflow.db"
+    db = Database(f"sqlite:///{path}")
+    try:
+        migrate.upgrade(db)
+    finally:
+        db.dispose()
+    return path
+
+
+@pytest.fixture
+def sqlite_url(sqlite_template: Path, tmp_path: Path) -> str:
+    target = tmp_path / "devflow.db"
+    shutil.copyfile(sqlite_template, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs on SQLite and on PostgreSQL."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))
+
+
+# -- devflow ------------------------------------------------------------------------------
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(home: Path, db_url: str, tmp_path: Path) -> Settings:
+    return Settings.load(env={}, home=str(home), database_url=db_url,
+                         workspace=str(tmp_path / "ws"), actor="tester")
+
+
+@pytest.fixture
+def app(settings: Settings) -> Iterator[App]:
+    application = App(settings)
+    yield application
+    application.close()
+
+
+def make_repo(path: Path, files: dict[str, str] | None = None, branch: str = "main") -> Path:
+    """A real git repository with one commit on ``branch``."""
+    path.mkdir(parents=True, exist_ok=True)
+    files = files or {
+        "README.md": "# sample\n\nA sample project.\n",
+        "src/sample/__init__.py": "def greet(name):\n    return f'hello {name}'\n",
+        "tests/test_sample.py": "from sample import greet\n\n\ndef test_greet():\n"
+                                "    assert greet('x') == 'hello x'\n",
+    }
+    for name, body in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(body), encoding="utf-8")
+    git.run(["init", "--quiet", f"--initial-branch={branch}"], path)
+    git.run(["add", "--all"], path)
+    git.run(["commit", "--quiet", "--no-verify", "-m", "initial"], path, env=git.AUTHOR)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+SCRIPTED = {"planner": "scripted-planner", "implementer": "scripted-implementer",
+            "reviewer": "scripted-reviewer"}
+
+
+@pytest.fixture
+def cli(settings: Settings, home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``devflow`` command as a subprocess against this test's database."""
+    def run(*args: str, input_text: str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120, check: int | None = None) -> subprocess.CompletedProcess[str]:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
+        full_env.update({"DEVFLOW_HOME": str(home), "DEVFLOW_DATABASE_URL": settings.database_url,
+                         "DEVFLOW_WORKSPACE": str(settings.workspace), "DEVFLOW_ACTOR": "tester",
+                         "DEVFLOW_LOG_FORMAT": "json"})
+        full_env.update(env or {})
+        result = subprocess.run([sys.executable, "-m", "devflow.cli.main", *args],
+                                capture_output=True, text=True, input=input_text, env=full_env,
+                                timeout=timeout, check=False)
+        if check is not None:
+            assert result.returncode == check, (
+                f"devflow {' '.join(args)} exited {result.returncode}, wanted {check}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+        return result
+    return run
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
