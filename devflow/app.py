@@ -7,6 +7,7 @@ runs enter the async core with ``anyio.run``.
 from __future__ import annotations
 
 import functools
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from typing import Any
 import anyio
 
 from devflow import approvals, backends, logs, model
+from devflow import sweep as sweep_module
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona, Template
-from devflow.engine import control, drive, finish, start
+from devflow.engine import control, drive, finish, prune, start, worker
 from devflow.engine.context import Context, NoObserver, Observer, new_owner
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
@@ -192,6 +194,35 @@ class App:
         if not path.exists():
             finish.write_report(self.context(), run.id)
         return path
+
+    # -- operators -------------------------------------------------------------------------
+    def sweep(self, *, policy: str = "resume", max_recoveries: int | None = None,
+              dry_run: bool = False) -> sweep_module.SweepResult:
+        return sweep_module.sweep(self.context(), policy=policy, max_recoveries=max_recoveries,
+                                  dry_run=dry_run)
+
+    def work(self, options: worker.Options) -> worker.Stats:
+        """Run a worker until SIGTERM or SIGINT (or, with ``once``, until nothing is left)."""
+        async def main() -> worker.Stats:
+            stop = anyio.Event()
+            async with anyio.create_task_group() as group:
+                async def signals() -> None:
+                    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                        async for _ in received:
+                            stop.set()
+                group.start_soon(signals)
+                stats = await worker.work(self.context(), options, stop)
+                group.cancel_scope.cancel()
+            return stats
+        return anyio.run(main)
+
+    def workers(self, include_stopped: bool = False) -> list[model.Worker]:
+        return self.store.leases.workers(include_stopped=include_stopped)
+
+    def prune(self, *, older_than: float | None = None, delete_branches: bool = False,
+              dry_run: bool = False) -> list[dict[str, Any]]:
+        return prune.prune(self.context(), older_than=older_than,
+                           delete_branches=delete_branches, dry_run=dry_run)
 
     # -- people ----------------------------------------------------------------------------
     def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:

@@ -215,6 +215,7 @@ class Approval:
     deadline: datetime | None = None
     warned_at: datetime | None = None
     escalation_applied: int = 0
+    next_due_at: datetime | None = None
     resolved_at: datetime | None = None
     resolved_by: str | None = None
     resolution: str | None = None

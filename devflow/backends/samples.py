@@ -49,7 +49,8 @@ def phase_plan(count: int, role: str, prefix: str) -> dict[str, Any]:
     }
 
 
-def _minimal(schema: Any, schemas: SchemaRegistry, root: Any, depth: int) -> Any:  # noqa: PLR0911
+def _minimal(schema: Any, schemas: SchemaRegistry, root: Any,  # noqa: PLR0911, PLR0912
+             depth: int) -> Any:
     if depth > 12 or not isinstance(schema, dict):
         return None
     if "$ref" in schema:

@@ -59,6 +59,109 @@ def backends_list(state: State, as_json: bool) -> None:
                   for r in rows])
 
 
+@click.command("sweep")
+@click.option("--policy", type=click.Choice(["resume", "fail"]), default="resume",
+              show_default=True, help="What to do with runs whose driver died.")
+@click.option("--max-recoveries", type=int, help="Fail a run recovered more often than this.")
+@click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
+          as_json: bool) -> None:
+    """Recover what crashes left, apply gate deadlines and escalations, write missing reports.
+
+    Safe beside workers and beside another sweep; meant for cron, e.g. every minute:
+    `* * * * * cd /srv/devflow && .venv/bin/devflow sweep --json >> sweep.log`
+    """
+    result = state.app.sweep(policy=policy, max_recoveries=max_recoveries, dry_run=dry_run)
+    if as_json:
+        output.emit_json(result.to_json())
+        return
+    if not result.actions:
+        click.echo("sweep: nothing to do")
+    for action in result.actions:
+        detail = " ".join(f"{k}={v}" for k, v in action.detail.items()
+                          if k not in ("agents",) and v not in (None, "", []))
+        click.echo(f"{action.run_id}  {action.kind}  {detail}")
+
+
+@click.command("worker")
+@click.option("--concurrency", "-c", type=int, default=4, show_default=True,
+              help="Runs driven at once.")
+@click.option("--poll", type=float, default=1.0, show_default=True,
+              help="Seconds between looks for runnable runs.")
+@click.option("--once", is_flag=True, help="Drive what is runnable, then exit.")
+@click.option("--name", default="worker", show_default=True, help="A name for `workers list`.")
+@click.option("--grace", type=float, default=30.0, show_default=True,
+              help="Seconds a stopping worker lets its drives finish their step.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def worker(state: State, concurrency: int, poll: float, once: bool, name: str, grace: float,
+           as_json: bool) -> None:
+    """Claim runnable runs and drive them until SIGTERM or SIGINT."""
+    from devflow.engine.worker import Options
+    from devflow.errors import Code, DevflowError
+    if concurrency < 1 or poll <= 0 or grace < 0:
+        raise DevflowError(Code.INVALID_INPUT, "--concurrency must be at least 1, --poll "
+                           "positive and --grace not negative", hint="e.g. --concurrency 4")
+    stats = state.app.work(Options(name=name, concurrency=concurrency, poll=poll, once=once,
+                                   grace=grace))
+    if as_json:
+        output.emit_json({"worker": stats.worker_id, "driven": stats.driven,
+                          "skipped": stats.skipped})
+    else:
+        click.echo(f"worker {stats.worker_id} stopped; drove {len(stats.driven)} run(s)", err=True)
+
+
+@click.group("workers")
+def workers() -> None:
+    """Workers that drive runs."""
+
+
+@workers.command("list")
+@click.option("--all", "include_stopped", is_flag=True, help="Include stopped workers.")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def workers_list(state: State, include_stopped: bool, as_json: bool) -> None:
+    """List registered workers with their host, pid and last heartbeat."""
+    items = state.app.workers(include_stopped)
+    if as_json:
+        output.emit_json({"workers": [w.to_json() for w in items]})
+        return
+    output.table(["worker", "name", "host", "pid", "concurrency", "heartbeat", "stopped"],
+                 [[w.id, w.name, w.host, w.pid, w.concurrency, f"{w.heartbeat_at:%H:%M:%S}",
+                   f"{w.stopped_at:%H:%M:%S}" if w.stopped_at else ""] for w in items])
+
+
+@click.group("worktree")
+def worktree_group() -> None:
+    """Worktrees of runs."""
+
+
+@worktree_group.command("prune")
+@click.option("--older-than", help="Only runs that ended longer ago than this (e.g. 7d).")
+@click.option("--delete-branches", is_flag=True, help="Delete the run branches too.")
+@click.option("--dry-run", is_flag=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def worktree_prune(state: State, older_than: str | None, delete_branches: bool, dry_run: bool,
+                   as_json: bool) -> None:
+    """Remove the worktrees of terminal runs; keeps their branches unless asked."""
+    from devflow.durations import parse_duration
+    seconds = parse_duration(older_than, field="--older-than") if older_than else None
+    removed = state.app.prune(older_than=seconds, delete_branches=delete_branches,
+                              dry_run=dry_run)
+    freed = sum(r["bytes"] for r in removed)
+    if as_json:
+        output.emit_json({"dry_run": dry_run, "removed": removed, "bytes_freed": freed})
+        return
+    for item in removed:
+        click.echo(f"{item['run_id']}  {item['worktree']}  {item['bytes'] / 1e6:.1f} MB"
+                   + (f"  branch {item['branch']} deleted" if item["branch"] else ""))
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{len(removed)} worktree(s); {verb} {freed / 1e6:.1f} MB")
+
+
 def register(cli: click.Group) -> None:
-    cli.add_command(db)
-    cli.add_command(backends_group)
+    for command in (db, backends_group, sweep, worker, workers, worktree_group):
+        cli.add_command(command)

@@ -25,27 +25,41 @@ from devflow.store import RunTx
 log = structlog.get_logger("devflow.engine")
 
 
-async def drive(ctx: Context, run_id: str, lease: model.Lease) -> model.Run:
-    """Drive the run while it is runnable; release the lease when it stops."""
+async def drive(ctx: Context, run_id: str, lease: model.Lease,
+                stop: anyio.Event | None = None) -> model.Run:
+    """Drive the run while it is runnable; release the lease when it stops.
+
+    ``stop`` (a worker shutting down) ends the drive before its next step; being
+    cancelled from outside (the worker's grace period ran out) records the attempt
+    under way as interrupted, which also terminates its agent.
+    """
     lost = anyio.Event()
     bound = log.bind(run_id=run_id, owner=lease.owner, fence=lease.fence)
     try:
         async with anyio.create_task_group() as group:
             group.start_soon(_heartbeat, ctx, run_id, lease, lost, group.cancel_scope)
             try:
-                await _loop(ctx, run_id, lease)
+                await _loop(ctx, run_id, lease, stop)
             except LeaseLost:
                 lost.set()
-            except attempt.Stop as stop:
-                bound.info("drive_stopped", why=str(stop))
+            except attempt.Stop as why:
+                bound.info("drive_stopped", why=str(why))
             except DevflowError as exc:
                 await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
-            except Exception as exc:  # a bug must not leave the run half-way: fail it, report
+            except Exception as exc:  # noqa: BLE001 - a bug must not leave the run half-way
                 bound.exception("drive_crashed")
                 await _fail_unless_stopped(ctx, run_id, lease, DevflowError(
                     Code.INTERNAL, f"{type(exc).__name__}: {exc}",
                     hint="this is a bug in devflow; the log has the traceback"), lost)
             group.cancel_scope.cancel()
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True):
+            try:
+                await ctx.achange(run_id, functools.partial(
+                    interrupt_in, reason="its driver was stopped"), lease)
+            except (LeaseLost, DevflowError):
+                lost.set()
+        raise
     finally:
         with anyio.CancelScope(shield=True):
             if not lost.is_set():
@@ -53,6 +67,21 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease) -> model.Run:
     if lost.is_set():
         bound.warning("lease_lost")
     return await ctx.call(ctx.store.runs.get, run_id)
+
+
+def interrupt_in(tx: RunTx, reason: str) -> list[str]:
+    """Record the attempt under way as interrupted: its phase goes back to pending."""
+    for inv in tx.open_invocations():
+        tx.update_invocation(inv.id, ended_at=tx.now, outcome="interrupted", reason=reason)
+    keys = []
+    for phase in tx.phases():
+        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
+            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
+                "phase.interrupted", phase.key, {"attempt": phase.attempt, "reason": reason}),
+                feedback={**phase.feedback, "interrupted": True,
+                          "reset_to": tx.run.checkpoint_sha})
+            keys.append(phase.key)
+    return keys
 
 
 async def _fail_unless_stopped(ctx: Context, run_id: str, lease: model.Lease,
@@ -87,8 +116,11 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
             return
 
 
-async def _loop(ctx: Context, run_id: str, lease: model.Lease) -> None:
+async def _loop(ctx: Context, run_id: str, lease: model.Lease,
+                stop: anyio.Event | None) -> None:
     while True:
+        if stop is not None and stop.is_set():
+            return
         run = await ctx.call(ctx.store.runs.get, run_id)
         if run.state not in RUNNABLE:
             return
@@ -106,7 +138,8 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease) -> None:
             return
         if step.state is PhaseState.RUNNING:
             # Only a driver that died leaves this; the sweep normally recovers it first.
-            await ctx.achange(run_id, functools.partial(_interrupted, key=step.key), lease)
+            await ctx.achange(run_id, functools.partial(
+                interrupt_in, reason="found running when the lease was taken"), lease)
             continue
         if step.definition.artifact is None:
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)
@@ -117,10 +150,3 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease) -> None:
 def _skip(tx: RunTx, key: str) -> None:
     tx.move_phase(key, PhaseState.SKIPPED, model.NewEvent("phase.skipped", key,
                                                           {"reason": "no artifact"}))
-
-
-def _interrupted(tx: RunTx, key: str) -> None:
-    phase = tx.phase(key)
-    tx.move_phase(key, PhaseState.PENDING, model.NewEvent(
-        "phase.interrupted", key, {"attempt": phase.attempt, "found": "running at claim"}),
-        feedback={**phase.feedback, "interrupted": True, "reset_to": tx.run.checkpoint_sha})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from devflow import model, worktree
 from devflow.engine.context import Context
+from devflow.store import RunTx
 
 
 def paths_for(ctx: Context, run_id: str) -> tuple[Path, Path]:
@@ -36,7 +37,11 @@ def ensure_worktree(ctx: Context, run: model.Run,
     repo = Path(run.repo)
     from_branch = worktree.branch_exists(repo, run.branch)
     worktree.add(repo, path, run.branch, run.base_sha or run.base)
-    ctx.change(run.id, lambda tx: tx.event(model.NewEvent("worktree.created", payload={
-        "path": str(path), "branch": run.branch,
-        "from": run.branch if from_branch else run.base_sha, "host": ctx.host})), lease)
+    def record(tx: RunTx) -> None:
+        if tx.run.host != ctx.host:
+            tx.set_run(host=ctx.host)  # the run's worktree lives here from now on
+        tx.event(model.NewEvent("worktree.created", payload={
+            "path": str(path), "branch": run.branch,
+            "from": run.branch if from_branch else run.base_sha, "host": ctx.host}))
+    ctx.change(run.id, record, lease)
     return True

@@ -40,12 +40,12 @@ class Approvals:
         return self.db.read(tx)
 
     def due(self, now: datetime, limit: int = 500) -> list[model.Approval]:
-        """Pending requests that have a deadline (the sweep checks their warnings and steps)."""
+        """Pending requests the sweep must look at now (a warning, a step, a deadline)."""
         def tx(session: Session) -> list[model.Approval]:
             query = (select(ApprovalRow)
                      .where(ApprovalRow.state == str(ApprovalState.PENDING),
-                            col(ApprovalRow.deadline).is_not(None))
-                     .order_by(col(ApprovalRow.deadline)).limit(limit))
+                            col(ApprovalRow.next_due_at) <= now)
+                     .order_by(col(ApprovalRow.next_due_at)).limit(limit))
             return [rows.approval(a) for a in session.exec(query)]
         return self.db.read(tx)
 

@@ -70,7 +70,8 @@ def approval(row: ApprovalRow) -> model.Approval:
         approvers=tuple(row.approvers), sections=row.sections,
         evidence=model.Evidence(row.artifact_path, row.artifact_sha, row.head_sha, row.tree_sha),
         opened_at=row.opened_at, deadline=row.deadline, warned_at=row.warned_at,
-        escalation_applied=row.escalation_applied, resolved_at=row.resolved_at,
+        escalation_applied=row.escalation_applied, next_due_at=row.next_due_at,
+        resolved_at=row.resolved_at,
         resolved_by=row.resolved_by, resolution=row.resolution)
 
 

@@ -170,7 +170,7 @@ class ApprovalRow(SQLModel, table=True):
     __tablename__ = "approval_request"
     __table_args__ = (
         sa.UniqueConstraint("run_id", "phase_key", "gate", "round"),
-        sa.Index("ix_approval_request_state_deadline", "state", "deadline"),
+        sa.Index("ix_approval_request_state_next_due_at", "state", "next_due_at"),
         sa.Index("ix_approval_request_run_id", "run_id"),
     )
     id: int | None = Field(default=None, primary_key=True)
@@ -191,6 +191,8 @@ class ApprovalRow(SQLModel, table=True):
     deadline: datetime | None = _time(default=None)
     warned_at: datetime | None = _time(default=None)
     escalation_applied: int = 0
+    #: when the sweep must next look at this request (warning, escalation step, deadline)
+    next_due_at: datetime | None = _time(default=None)
     resolved_at: datetime | None = _time(default=None)
     resolved_by: str | None = Field(default=None, max_length=255)
     resolution: str | None = Field(default=None, max_length=32)

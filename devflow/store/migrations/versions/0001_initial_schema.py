@@ -133,6 +133,7 @@ def upgrade() -> None:
     sa.Column('deadline', sa.DateTime(timezone=True), nullable=True),
     sa.Column('warned_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('escalation_applied', sa.Integer(), nullable=False),
+    sa.Column('next_due_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('resolved_by', sa.String(length=255), nullable=True),
     sa.Column('resolution', sa.String(length=32), nullable=True),
@@ -142,7 +143,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('approval_request', schema=None) as batch_op:
         batch_op.create_index('ix_approval_request_run_id', ['run_id'], unique=False)
-        batch_op.create_index('ix_approval_request_state_deadline', ['state', 'deadline'], unique=False)
+        batch_op.create_index('ix_approval_request_state_next_due_at', ['state', 'next_due_at'], unique=False)
 
     op.create_table('artifact',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -236,7 +237,7 @@ def downgrade() -> None:
     op.drop_table('run_binding')
     op.drop_table('artifact')
     with op.batch_alter_table('approval_request', schema=None) as batch_op:
-        batch_op.drop_index('ix_approval_request_state_deadline')
+        batch_op.drop_index('ix_approval_request_state_next_due_at')
         batch_op.drop_index('ix_approval_request_run_id')
 
     op.drop_table('approval_request')

@@ -1,0 +1,145 @@
+"""Workers: claim runnable runs and drive up to N at once, until told to stop.
+
+A worker registers itself (host, pid, heartbeat), claims runs whose lease is free
+(PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite: one immediate transaction) and
+drives each in a task of its own. Told to stop (SIGTERM, SIGINT), it claims nothing
+more and lets each drive end at its next step; after the grace period the drives
+still going are cancelled, which terminates their agents, records the interrupted
+attempts and releases the leases.
+
+A run started on another host is taken only when its repository is at the same path
+here and its run branch can be reached; its worktree is then re-created here.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import structlog
+
+from devflow import worktree
+from devflow.engine import drive
+from devflow.engine.context import Context, new_owner
+from devflow.store import Claimed
+
+log = structlog.get_logger("devflow.worker")
+
+
+@dataclass(frozen=True)
+class Options:
+    name: str = "worker"
+    concurrency: int = 4
+    poll: float = 1.0
+    once: bool = False
+    grace: float = 30.0
+
+
+@dataclass
+class Stats:
+    worker_id: str
+    driven: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+async def work(ctx: Context, options: Options, stop: anyio.Event) -> Stats:
+    worker_id = new_owner(f"worker-{options.name}")
+    stats = Stats(worker_id)
+    await ctx.call(ctx.store.leases.register_worker, worker_id, options.name, ctx.host,
+                   os.getpid(), options.concurrency)
+    log.info("worker_started", worker=worker_id, concurrency=options.concurrency)
+    driving: dict[str, anyio.CancelScope] = {}
+    wake = _Wake()
+    drives_stop = anyio.Event()
+    unreachable: set[str] = set()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_beat, ctx, worker_id)
+        group.start_soon(_relay, stop, wake)
+        while not stop.is_set():
+            claimed: list[Claimed] = []
+            free = options.concurrency - len(driving)
+            if free > 0:
+                claimed = await ctx.call(ctx.store.leases.claim_next, worker_id,
+                                         ctx.settings.lease_seconds, free,
+                                         frozenset(driving) | frozenset(unreachable))
+            for item in claimed:
+                if not await ctx.call(_reachable, ctx, item.run_id):
+                    await ctx.call(ctx.store.leases.release, item.run_id, item.lease)
+                    unreachable.add(item.run_id)
+                    stats.skipped.append(item.run_id)
+                    continue
+                scope = anyio.CancelScope()
+                driving[item.run_id] = scope
+                stats.driven.append(item.run_id)
+                group.start_soon(_drive_one, ctx, item, scope, drives_stop, driving, wake)
+            if options.once and not driving and not claimed:
+                break
+            await wake.wait(options.poll)
+        drives_stop.set()
+        with anyio.move_on_after(options.grace):
+            while driving:
+                await anyio.sleep(0.05)
+        for scope in list(driving.values()):
+            scope.cancel()
+        while driving:
+            await anyio.sleep(0.05)
+        group.cancel_scope.cancel()
+    with anyio.CancelScope(shield=True):
+        await ctx.call(functools.partial(ctx.store.leases.worker_heartbeat, worker_id,
+                                         stopped=True))
+    log.info("worker_stopped", worker=worker_id, driven=len(stats.driven))
+    return stats
+
+
+class _Wake:
+    """Wakes the claiming loop early: a drive ended, or the worker was told to stop."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+
+async def _relay(stop: anyio.Event, wake: _Wake) -> None:
+    await stop.wait()
+    wake.set()
+
+
+async def _drive_one(ctx: Context, item: Claimed, scope: anyio.CancelScope, stop: anyio.Event,
+                     driving: dict[str, anyio.CancelScope], wake: _Wake) -> None:
+    try:
+        with scope:
+            await drive.drive(ctx, item.run_id, item.lease, stop)
+    except Exception:
+        log.exception("drive_failed", run_id=item.run_id)
+    finally:
+        driving.pop(item.run_id, None)
+        wake.set()
+
+
+async def _beat(ctx: Context, worker_id: str) -> None:
+    while True:
+        await anyio.sleep(ctx.settings.heartbeat_seconds)
+        try:
+            await ctx.call(ctx.store.leases.worker_heartbeat, worker_id)
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a moment
+            log.warning("worker_heartbeat_failed", error=str(exc))
+
+
+def _reachable(ctx: Context, run_id: str) -> bool:
+    """Whether this host can drive the run: its own, or the repo and run branch are here."""
+    run = ctx.store.runs.get(run_id)
+    if run.host == ctx.host:
+        return True
+    repo = Path(run.repo)
+    return repo.is_dir() and worktree.branch_exists(repo, run.branch)
