@@ -7,6 +7,7 @@ runs enter the async core with ``anyio.run``.
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,9 @@ from typing import Any
 
 import anyio
 
-from devflow import approvals, backends, logs, model
+from devflow import approvals, backends, logs, model, redact
 from devflow import sweep as sweep_module
+from devflow.backends.base import BASE_ENV
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona, Template
 from devflow.engine import control, drive, finish, prune, start, worker
@@ -51,14 +53,24 @@ class App:
         self.settings = settings
         self._clock = clock
         logs.configure(settings.log_format, log_level)
+        logs.set_redactor(self.redactor)
 
     # -- wiring ----------------------------------------------------------------------------
+    @functools.cached_property
+    def redactor(self) -> redact.Redactor:
+        def values() -> list[str]:
+            personas = self.catalog.personas()
+            return redact.secret_values(os.environ, [(p.env_allow, p.env_set) for p in personas],
+                                        BASE_ENV)
+        return redact.Redactor(values)
+
     @functools.cached_property
     def store(self) -> Store:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         if self._clock is not None:
-            return Store.open(self.settings.database_url, clock=self._clock)
-        return Store.open(self.settings.database_url)
+            return Store.open(self.settings.database_url, clock=self._clock,
+                              redact=self.redactor)
+        return Store.open(self.settings.database_url, redact=self.redactor)
 
     @functools.cached_property
     def catalog(self) -> Catalog:

@@ -92,6 +92,7 @@ class Code(enum.StrEnum):
     PHASE_PLAN_INVALID = "phase_plan_invalid"
     REPORT_FAILED = "report_failed"
     BUDGET_EXCEEDED = "budget_exceeded"
+    SETUP_FAILED = "setup_failed"
     PROCESS_RESTART_UNRECOVERED = "process_restart_unrecovered"
     APPROVAL_TIMEOUT = "approval_timeout"
     APPROVAL_REJECTED = "approval_rejected"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import getpass
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ from devflow import durations
 from devflow.errors import Code, DevflowError
 
 _INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_bytes",
-                "max_recoveries")
+                "max_recoveries", "port_block")
 _DURATIONS: Final = ("agent_timeout", "lease_seconds")
 _DIRS: Final = ("templates_dirs", "personas_dirs", "schemas_dirs")
 
@@ -55,8 +56,16 @@ class Settings:
     max_recoveries: int = 3
     log_format: str = "auto"
     actor: str = ""
+    #: blocks of TCP ports handed to runs as DEVFLOW_PORT_BASE: "FIRST-LAST", block size
+    port_range: str = "20000-39999"
+    port_block: int = 10
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    @property
+    def ports(self) -> tuple[int, int]:
+        first, _, last = self.port_range.partition("-")
+        return int(first), int(last)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -99,6 +108,10 @@ class Settings:
         except ValueError as exc:
             raise DevflowError(Code.CONFIG_INVALID, f"invalid setting: {exc}",
                                hint="these settings are positive whole numbers") from exc
+        if "port_range" in values and not re.fullmatch(r"\d{2,5}-\d{2,5}",
+                                                       str(values["port_range"])):
+            raise DevflowError(Code.CONFIG_INVALID, f"port_range {values['port_range']!r}",
+                               hint="write FIRST-LAST, e.g. 20000-39999")
         for name in _DURATIONS:
             if name in values:
                 values[name] = durations.parse_duration(values[name], field=name)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 import filelock
+import pathspec
 
 from devflow import git
 from devflow.errors import Code, DevflowError
@@ -106,6 +107,44 @@ def _prune_stale(repo: Path, path: Path) -> None:
                   if line.startswith("worktree ")}
     if path in registered and not path.exists():
         git.run(["worktree", "prune"], repo)
+
+
+def copy_included(repo: Path, target: Path) -> list[str]:
+    """Copy the untracked files that ``.worktreeinclude`` names from ``repo`` into ``target``.
+
+    ``.worktreeinclude`` holds gitignore-style patterns (``.env``, ``.claude/``); only
+    files git does not track are copied (tracked ones are in the worktree already).
+    """
+    spec_file = repo / ".worktreeinclude"
+    if not spec_file.is_file():
+        return []
+    lines = spec_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    nested = any("/" in line.strip().rstrip("/") for line in lines
+                 if line.strip() and not line.startswith("#"))
+    listed = git.out(["ls-files", "--others", "--directory", "--no-empty-directory", "-z"],
+                     repo).split("\0")
+    copied: list[str] = []
+    for entry in filter(None, listed):
+        source = repo / entry
+        if spec.match_file(entry):
+            _copy(source, target / entry)
+            copied.append(entry)
+        elif entry.endswith("/") and nested:
+            for inner in sorted(source.rglob("*")):
+                rel = inner.relative_to(repo).as_posix()
+                if inner.is_file() and spec.match_file(rel):
+                    _copy(inner, target / rel)
+                    copied.append(rel)
+    return copied
+
+
+def _copy(source: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, destination, symlinks=True, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, destination, follow_symlinks=False)
 
 
 def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:

@@ -43,6 +43,8 @@ class Task:
     resume_session: str | None = None
     port_base: int | None = None
     roles: Sequence[str] = ()
+    #: a directory of the run's own, for CLIs that keep state under HOME
+    home: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

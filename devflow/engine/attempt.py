@@ -3,8 +3,9 @@
 An attempt is four short transactions around the agent's process:
 
 1. *begin*: the phase moves to running (attempt n), the run to executing or planning;
-2. the agent is started; its pid and process group are recorded (``agent.started``);
-3. the agent exited: the invocation is closed, the phase moves to validating;
+2. the agent is started; its pid and process group are recorded (``engine.agent``);
+3. the agent exited: the invocation is closed, the phase moves to validating; a run
+   whose agents cost more than ``--max-cost`` fails with ``budget_exceeded``;
 4. the verdict: a valid artifact is kept (copied, hashed), the worktree is committed
    as a checkpoint, and the phase completes or its first gate opens; a bad attempt
    (invalid or missing artifact, non-zero exit, timeout) goes back to running with
@@ -21,11 +22,11 @@ from typing import Any
 import anyio
 import structlog
 
-from devflow import approvals, artifacts, backends, faults, model, transitions, worktree
+from devflow import approvals, artifacts, faults, model, transitions, worktree
 from devflow.backends import process
-from devflow.backends.base import Outcome, Task
+from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
-from devflow.engine import finish, plan, prompt, workspace
+from devflow.engine import agent, finish, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
 from devflow.schemas import Issue
@@ -58,8 +59,14 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase, lease: mod
         run, phase = await ctx.achange(run.id, functools.partial(_begin, key=phase.key,
                                                                  persona=persona), lease)
         log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=phase.attempt)
-        exit_, outcome = await _agent(ctx, run, phase, persona, binding.backend, lease)
-        verdict = await ctx.call(_judge, ctx, run, phase, exit_, outcome)
+        result = await agent.run(ctx, run, phase, persona, binding.backend, lease)
+        if _over_budget(result.run):
+            with anyio.CancelScope(shield=True):
+                await ctx.call(finish.fail, ctx, run.id, Code.BUDGET_EXCEEDED,
+                               f"agents cost ${result.run.cost_usd:.4f}, more than --max-cost "
+                               f"${result.run.options['max_cost']:.4f}", lease=lease)
+            return
+        verdict = await ctx.call(_judge, ctx, run, phase, result.exit, result.outcome)
         if verdict.code is None and verdict.checked is not None:
             await _accept(ctx, run, phase, verdict.checked, lease)
             return
@@ -71,6 +78,11 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase, lease: mod
                 await ctx.call(finish.write_report, ctx, run.id)
             return
         phase = await ctx.call(_phase, ctx, run.id, phase.key)
+
+
+def _over_budget(run: model.Run) -> bool:
+    limit = run.options.get("max_cost")
+    return limit is not None and run.cost_usd > float(limit)
 
 
 def _phase(ctx: Context, run_id: str, key: str) -> model.Phase:
@@ -100,84 +112,6 @@ def _begin(tx: RunTx, key: str, persona: Persona) -> tuple[model.Run, model.Phas
         key=f"{tx.run.id}:phase.started:{key}:{attempt}"),
         attempt=attempt, repairs=phase.repairs + (1 if repair else 0))
     return tx.run, phase
-
-
-async def _agent(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona,
-                 backend_name: str, lease: model.Lease) -> tuple[process.Exit, Outcome]:
-    backend = backends.get(backend_name)
-    d = phase.definition
-    earlier = [p for p in await ctx.call(ctx.store.runs.phases, run.id)
-               if p.state is PhaseState.COMPLETED and p.key != phase.key]
-    text = prompt.compose(run, phase, phase.attempt, persona, earlier, ctx.catalog.schemas)
-    prompt_path = workspace.prompt_file(run, phase.key, phase.attempt)
-    prompt_path.parent.mkdir(parents=True, exist_ok=True)
-    prompt_path.write_text(text, encoding="utf-8")
-    logs = workspace.log_dir(run, phase.key)
-    task = Task(
-        run_id=run.id, phase=phase.key, attempt=phase.attempt, role=d.role,
-        worktree=Path(run.worktree), prompt=text, prompt_file=prompt_path, log_dir=logs,
-        timeout=d.timeout or ctx.settings.agent_timeout, persona=persona,
-        artifact_path=d.artifact.path if d.artifact else None,
-        artifact_schema=d.artifact.schema if d.artifact else None,
-        scenario=dict(run.options.get("scenarios", {})).get(phase.key),
-        port_base=run.port_base, roles=tuple(dict(run.template_def.get("roles", {}))))
-    command = backend.command(task, ctx.catalog.schemas)
-    spawn = process.Spawn(
-        argv=command.argv, cwd=Path(run.worktree), env=command.env, timeout=task.timeout,
-        stdout_log=logs / f"attempt-{phase.attempt}.stdout.log",
-        stderr_log=logs / f"attempt-{phase.attempt}.stderr.log", stdin_file=command.stdin_file)
-    invocation: list[model.Invocation] = []
-
-    async def started(pid: int, pgid: int) -> None:
-        invocation.append(await ctx.achange(run.id, lambda tx: _started(
-            tx, phase, backend_name, command.argv, pid, pgid, ctx.host, spawn), lease))
-        faults.point("agent_started")
-
-    def note(line: str) -> None:
-        if (text := backend.progress(line)) is not None:
-            ctx.observer.progress(run.id, phase.key, text)
-
-    exit_ = await process.run(spawn, on_start=started, on_line=note)
-    outcome = backend.outcome(task, exit_, spawn.stdout_log, spawn.stderr_log)
-    faults.point("agent_exited")
-    await ctx.achange(run.id, lambda tx: _exited(tx, phase, invocation[0], exit_, outcome), lease)
-    return exit_, outcome
-
-
-def _started(tx: RunTx, phase: model.Phase, backend: str, argv: list[str], pid: int, pgid: int,
-             host: str, spawn: process.Spawn) -> model.Invocation:
-    invocation = tx.start_invocation(
-        phase_key=phase.key, attempt=phase.attempt, kind="agent", backend=backend, argv=argv,
-        host=host, pid=pid, pgid=pgid, stdout_path=str(spawn.stdout_log),
-        stderr_path=str(spawn.stderr_log))
-    tx.event(model.NewEvent("agent.started", phase.key, {
-        "attempt": phase.attempt, "backend": backend, "pid": pid, "host": host,
-        "invocation": invocation.id}))
-    return invocation
-
-
-def _exited(tx: RunTx, phase: model.Phase, invocation: model.Invocation, exit_: process.Exit,
-            outcome: Outcome) -> None:
-    tx.update_invocation(
-        invocation.id, ended_at=tx.now, exit_code=exit_.exit_code, signal=exit_.signal,
-        duration_ms=exit_.duration_ms, tokens_in=outcome.tokens_in, tokens_out=outcome.tokens_out,
-        cost_usd=outcome.cost_usd, session_id=outcome.session_id,
-        outcome="timeout" if exit_.timed_out else ("ok" if exit_.exit_code == 0 else "failed"),
-        reason=outcome.failure)
-    current = tx.phase(phase.key)
-    tx.set_phase(phase.key, tokens_in=current.tokens_in + (outcome.tokens_in or 0),
-                 tokens_out=current.tokens_out + (outcome.tokens_out or 0),
-                 cost_usd=current.cost_usd + (outcome.cost_usd or 0.0))
-    run = tx.run
-    tx.set_run(tokens_in=run.tokens_in + (outcome.tokens_in or 0),
-               tokens_out=run.tokens_out + (outcome.tokens_out or 0),
-               cost_usd=run.cost_usd + (outcome.cost_usd or 0.0))
-    tx.event(model.NewEvent("agent.exited", phase.key, {
-        "attempt": phase.attempt, "exit_code": exit_.exit_code, "signal": exit_.signal,
-        "duration_ms": exit_.duration_ms, "timed_out": exit_.timed_out,
-        "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
-        "cost_usd": outcome.cost_usd, "failure": outcome.failure}))
-    tx.move_phase(phase.key, PhaseState.VALIDATING)
 
 
 def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit,

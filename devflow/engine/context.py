@@ -60,6 +60,9 @@ class Context:
     def clock(self) -> Callable[[], datetime]:
         return self.store.clock
 
+    def redact(self, value: Any) -> Any:
+        return self.store.runs.redact(value) if self.store.runs.redact else value
+
     @property
     def limits(self) -> Limits:
         return Limits(self.settings.max_active_per_branch, self.settings.max_concurrent_runs)

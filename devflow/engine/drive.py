@@ -16,7 +16,7 @@ import anyio
 import structlog
 
 from devflow import model
-from devflow.engine import attempt, finish, plan, workspace
+from devflow.engine import attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
@@ -125,6 +125,10 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
         if run.state not in RUNNABLE:
             return
         await ctx.call(workspace.ensure_worktree, ctx, run, lease)
+        if run.template_def.get("setup") and not run.options.get("setup_done"):
+            if not await setup.run_setup(ctx, run, lease):
+                return
+            continue
         phases = await ctx.call(ctx.store.runs.phases, run_id)
         step = next((p for p in phases if p.state in (PhaseState.PENDING, PhaseState.VALIDATING,
                                                       PhaseState.RUNNING)), None)

@@ -66,7 +66,7 @@ def write_report(ctx: Context, run_id: str) -> Path:
         log.error("report_compose_failed", run_id=run_id, error=repr(exc))
         body = report.stub(run.id, str(run.state), f"{type(exc).__name__}: {exc}")
         status = "stub"
-    path = report.write(directory, body)
+    path = report.write(directory, ctx.redact(body))
     ctx.change(run_id, lambda tx: _record(tx, path, status))
     return path
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from devflow.backends.scripted import check_scenario
 from devflow.engine import binding, finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
-from devflow.store import NewRun
+from devflow.store import NewRun, Ports
 
 RUN_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
@@ -75,7 +76,8 @@ def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, m
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=request.requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
-    ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds)
+    ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
+       ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)
     try:
         workspace.ensure_worktree(ctx, run, lease)
@@ -83,6 +85,17 @@ def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, m
         finish.fail(ctx, run.id, exc.code, exc.message, lease=lease)
         raise
     return ctx.store.runs.get(run.id), lease
+
+
+def ports_free(first: int, count: int) -> bool:
+    """Whether nothing on this machine listens on the ``count`` ports from ``first``."""
+    for port in range(first, first + count):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def _check_scenarios(scenarios: Mapping[str, str]) -> None:

@@ -37,11 +37,13 @@ def ensure_worktree(ctx: Context, run: model.Run,
     repo = Path(run.repo)
     from_branch = worktree.branch_exists(repo, run.branch)
     worktree.add(repo, path, run.branch, run.base_sha or run.base)
+    included = worktree.copy_included(repo, path)
     def record(tx: RunTx) -> None:
         if tx.run.host != ctx.host:
             tx.set_run(host=ctx.host)  # the run's worktree lives here from now on
         tx.event(model.NewEvent("worktree.created", payload={
             "path": str(path), "branch": run.branch,
-            "from": run.branch if from_branch else run.base_sha, "host": ctx.host}))
+            "from": run.branch if from_branch else run.base_sha, "host": ctx.host,
+            "included": included[:50]}))
     ctx.change(run.id, record, lease)
     return True

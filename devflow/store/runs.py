@@ -57,6 +57,16 @@ class Limits:
     max_concurrent_runs: int = 50
 
 
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Blocks of TCP ports for runs: ``size`` ports from ``first`` up to ``last``."""
+
+    first: int
+    last: int
+    size: int
+    is_free: Callable[[int, int], bool]
+
+
 class Runs:
     def __init__(self, db: Database, clock: Clock, redact: Redactor | None = None) -> None:
         self.db = db
@@ -83,7 +93,7 @@ class Runs:
         return row
 
     def create(self, new: NewRun, limits: Limits, *, lease_owner: str | None = None,
-               lease_seconds: float = 60.0) -> model.Run:
+               lease_seconds: float = 60.0, ports: Ports | None = None) -> model.Run:
         """Insert the run, its bindings and phases, bound, within the concurrency limits."""
         def tx(session: Session) -> model.Run:
             self.db.serialize(session, "devflow-run-start")
@@ -91,6 +101,7 @@ class Runs:
                 raise DevflowError(Code.RUN_ID_EXISTS, f"a run with id {new.id} exists already",
                                    hint="choose another --run-id, or leave it out")
             _check_limits(session, new, limits)
+            port_base = _port_block(session, ports) if ports else new.port_base
             now = self.clock()
             row = RunRow(
                 id=new.id, template_name=new.template_name,
@@ -101,7 +112,7 @@ class Runs:
                 worktree=new.worktree, host=new.host, state=str(RunState.CREATED),
                 requirements=new.requirements, objective=new.objective, options=new.options,
                 created_by=new.created_by, created_at=now, updated_at=now,
-                port_base=new.port_base)
+                port_base=port_base)
             if lease_owner is not None:
                 row.lease_owner, row.lease_fence = lease_owner, 1
                 row.lease_expires_at = now + timedelta(seconds=lease_seconds)
@@ -203,6 +214,20 @@ def _check_limits(session: Session, new: NewRun, limits: Limits) -> None:
             f"max_concurrent_runs={limits.max_concurrent_runs}",
             hint="wait for a run to finish (devflow run list --state executing) or raise "
                  "max_concurrent_runs")
+
+
+def _port_block(session: Session, ports: Ports) -> int:
+    """The first block no active run holds and whose ports are free on this machine."""
+    active = [str(s) for s in states.ACTIVE]
+    taken = set(session.exec(select(RunRow.port_base).where(
+        col(RunRow.state).in_(active), col(RunRow.port_base).is_not(None))).all())
+    for base in range(ports.first, ports.last - ports.size + 2, ports.size):
+        if base not in taken and ports.is_free(base, ports.size):
+            return base
+    raise DevflowError(Code.ACTIVE_RUN_EXISTS,
+                       f"no free block of {ports.size} ports between {ports.first} and "
+                       f"{ports.last}", hint="widen port_range in config.yaml or wait for runs "
+                                             "to end")
 
 
 def _by_prefix(session: Session, run_id: str) -> RunRow:

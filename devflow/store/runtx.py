@@ -103,6 +103,12 @@ class RunTx:
                 or row.lease_expires_at is None or row.lease_expires_at <= self.now):
             raise LeaseLost(row.id)
 
+    def redact_list(self, values: list[str]) -> list[str]:
+        """``values`` with secrets replaced, for what is stored beside events (argv)."""
+        if self._redact is None:
+            return values
+        return list(self._redact({"v": values})["v"])
+
     # -- events ----------------------------------------------------------------------------
     def event(self, new: model.NewEvent) -> model.Event:
         """Append an event; with a key that is already recorded, return that event instead."""
