@@ -79,13 +79,28 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether a process of the group still lives (zombies, dead but unreaped, do not)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ")"
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 async def run(spawn: Spawn, *, on_start: Callable[[int, int], Awaitable[None]] | None = None,
