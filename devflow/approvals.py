@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import artifacts, model, transitions, worktree
+from devflow import artifacts, faults, model, transitions, worktree
 from devflow.definitions import GateDef, gate_of
 from devflow.errors import Code, DevflowError
 from devflow.states import ACTION_OUTCOME, TERMINAL, ApprovalState, PhaseState, RunState
@@ -44,6 +44,7 @@ def open_first_gate(tx: RunTx, phase_key: str, evidence: model.Evidence) -> mode
     approval = _open(tx, phase_key, phase.definition.gates[0], round_, evidence)
     tx.move_phase(phase_key, PhaseState.AWAITING_APPROVAL)
     tx.settle(RunState.AWAITING_APPROVAL)
+    faults.point("gate_opened")
     return approval
 
 
@@ -100,12 +101,16 @@ def current_evidence(run: model.Run, approval: model.Approval,
                      max_bytes: int) -> model.Evidence | None:
     """The evidence as it is now, or None when the worktree is not on this machine."""
     tree = Path(run.worktree)
-    if not (tree / ".git").exists() or approval.evidence.artifact_path is None:
+    shown = approval.evidence
+    if not (tree / ".git").exists() or shown.artifact_path is None:
         return None
-    return model.Evidence(
-        approval.evidence.artifact_path,
-        artifacts.file_sha(tree, approval.evidence.artifact_path, max_bytes),
-        worktree.head(tree), worktree.tree_sha(tree))
+    head, clean = worktree.head_and_clean(tree)
+    # A gate opens right after its checkpoint commit, when the worktree is clean: if it
+    # is still clean at the same HEAD, its tree is the one shown, without computing it.
+    tree_sha = shown.tree_sha if clean and head == shown.head_sha else worktree.tree_sha(tree)
+    return model.Evidence(shown.artifact_path,
+                          artifacts.file_sha(tree, shown.artifact_path, max_bytes),
+                          head, tree_sha)
 
 
 def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,

@@ -133,6 +133,7 @@ class Catalog:
                  ) -> None:
         self.dirs = dirs
         self._check_options = check_persona_options
+        self._stored_personas: dict[str, Persona] = {}
         for directory in (*dirs.templates, *dirs.personas, *dirs.schemas):
             if not directory.exists():
                 raise DevflowError(Code.FILE_NOT_FOUND, f"definition directory {directory} "
@@ -170,8 +171,13 @@ class Catalog:
         return self.load_template(Source(None, dict(definition), None))
 
     def load_persona_definition(self, definition: Mapping[str, Any]) -> Persona:
-        """A persona from the definition a binding stored when its run started."""
-        return self.load_persona(Source(None, dict(definition), None))
+        """A persona from the definition a binding stored when its run started (cached)."""
+        digest = definitions.definition_hash(definition)
+        persona = self._stored_personas.get(digest)
+        if persona is None:
+            persona = self.load_persona(Source(None, dict(definition), None))
+            self._stored_personas[digest] = persona
+        return persona
 
     def templates(self) -> list[Template]:
         return self._templates.all()

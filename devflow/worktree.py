@@ -163,6 +163,18 @@ def head(worktree: Path) -> str:
     return git.out(["rev-parse", "HEAD"], worktree)
 
 
+def head_and_clean(worktree: Path) -> tuple[str, bool]:
+    """HEAD and whether nothing differs from it (untracked files count), in one git call."""
+    text = git.out(["status", "--porcelain=v2", "--branch", "--untracked-files=all"], worktree)
+    head, clean = "", True
+    for line in text.splitlines():
+        if line.startswith("# branch.oid "):
+            head = line.split()[2]
+        elif not line.startswith("#"):
+            clean = False
+    return head, clean
+
+
 def is_clean(worktree: Path) -> bool:
     return not git.out(["status", "--porcelain", "--untracked-files=all"], worktree)
 

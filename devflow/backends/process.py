@@ -5,7 +5,11 @@
   children included; once the agent's main process exits, what is left of its group
   is killed too.
 - ``PR_SET_PDEATHSIG`` (Linux) makes the kernel kill the agent when the devflow
-  process that started it dies. The signal follows the *thread* that forked, so
+  process that started it dies. It is set by ``setpriv --pdeathsig KILL`` (util-linux)
+  exec'ed in front of the agent when it is installed: no Python runs in the child,
+  and without a ``preexec_fn`` Python can ``vfork`` (measured here: 4.5 ms a spawn
+  from a 150 MB process, against 12 ms with ``preexec_fn``). Otherwise a
+  ``preexec_fn`` calls ``prctl``. The signal follows the *thread* that forked, so
   agents are started from the event loop's thread, never from a worker thread.
 - stdout and stderr are streamed to log files (0600), capped in size; stdout lines
   are handed to a callback for live progress.
@@ -16,7 +20,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,6 +62,18 @@ class Exit:
     duration_ms: int
     timed_out: bool
     truncated: bool
+
+
+@functools.cache
+def _setpriv() -> str | None:
+    if sys.platform != "linux":
+        return None
+    path = shutil.which("setpriv")
+    if path is None:
+        return None
+    probe = subprocess.run([path, "--pdeathsig", "KILL", "--", "true"], capture_output=True,
+                           check=False)
+    return path if probe.returncode == 0 else None
 
 
 def _child_setup(parent: int) -> Callable[[], None]:
@@ -113,10 +131,12 @@ async def run(spawn: Spawn, *, on_start: Callable[[int, int], Awaitable[None]] |
         stdin = open(spawn.stdin_file, "rb")  # noqa: SIM115 - closed right after the fork
     started = time.monotonic()
     try:
+        wrapper = _setpriv()
+        argv = [wrapper, "--pdeathsig", "KILL", "--", *spawn.argv] if wrapper else list(spawn.argv)
         proc = subprocess.Popen(
-            list(spawn.argv), cwd=spawn.cwd, env=dict(spawn.env), stdin=stdin,
+            argv, cwd=spawn.cwd, env=dict(spawn.env), stdin=stdin,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-            preexec_fn=_child_setup(os.getpid()),  # noqa: PLW1509 - only prctl, see above
+            preexec_fn=None if wrapper else _child_setup(os.getpid()),  # noqa: PLW1509 - prctl
             close_fds=True)
     finally:
         if not isinstance(stdin, int):

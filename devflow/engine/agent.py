@@ -11,21 +11,28 @@ phase's and the run's totals with the invocation.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import structlog
 
 from devflow import backends, faults, model
 from devflow.backends import process
 from devflow.backends.base import Backend, Outcome, Task
-from devflow.definitions import Persona
+from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.engine import prompt, workspace
 from devflow.engine.context import Context
-from devflow.states import PhaseState
+from devflow.states import PhaseState, RunState
 from devflow.store import RunTx
 
 _NOTES_PER_ATTEMPT = 300
+log = structlog.get_logger("devflow.engine")
+
+
+class Stop(Exception):
+    """The run cannot take another step now (paused, aborted, waiting)."""
 
 
 @dataclass
@@ -33,6 +40,7 @@ class Result:
     exit: process.Exit
     outcome: Outcome
     run: model.Run
+    phase: model.Phase
 
 
 @dataclass
@@ -50,37 +58,47 @@ class _Notes:
 
 
 async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona,
-              backend_name: str, lease: model.Lease) -> Result:
+              backend_name: str, lease: model.Lease, earlier: list[model.Phase]) -> Result:
+    """Start attempt ``phase.attempt + 1`` with its agent, and record how the agent ended.
+
+    The attempt begins (phase running, ``phase.started``) in the same transaction that
+    records the agent's process, right after it was spawned; if the run cannot go on
+    (paused or aborted meanwhile) that transaction raises ``Stop`` and the process is
+    killed before it did anything that counts.
+    """
     backend = backends.get(backend_name)
     d = phase.definition
-    phases = await ctx.call(ctx.store.runs.phases, run.id)
-    earlier = [p for p in phases if p.state is PhaseState.COMPLETED and p.key != phase.key]
-    text = prompt.compose(run, phase, phase.attempt, persona, earlier, ctx.catalog.schemas)
-    prompt_path = workspace.prompt_file(run, phase.key, phase.attempt)
+    attempt = phase.attempt + 1
+    text = prompt.compose(run, phase, attempt, persona, earlier, ctx.catalog.schemas)
+    prompt_path = workspace.prompt_file(run, phase.key, attempt)
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
     prompt_path.write_text(text, encoding="utf-8")
     logs = workspace.log_dir(run, phase.key)
+    resume = None
+    if "interrupted" not in phase.feedback and {"repair", "changes"} & set(phase.feedback):
+        resume = await ctx.call(_last_session, ctx, run.id, phase.key)
     task = Task(
-        run_id=run.id, phase=phase.key, attempt=phase.attempt, role=d.role,
+        run_id=run.id, phase=phase.key, attempt=attempt, role=d.role,
         worktree=Path(run.worktree), prompt=text, prompt_file=prompt_path, log_dir=logs,
         timeout=d.timeout or ctx.settings.agent_timeout, persona=persona,
         artifact_path=d.artifact.path if d.artifact else None,
         artifact_schema=d.artifact.schema if d.artifact else None,
         scenario=dict(run.options.get("scenarios", {})).get(phase.key),
-        resume_session=await ctx.call(_session_to_resume, ctx, run.id, phase),
-        port_base=run.port_base, roles=tuple(dict(run.template_def.get("roles", {}))),
-        home=ctx.run_dir(run.id) / "home")
+        resume_session=resume, port_base=run.port_base,
+        roles=tuple(dict(run.template_def.get("roles", {}))), home=ctx.run_dir(run.id) / "home")
     command = backend.command(task, ctx.catalog.schemas)
     spawn = process.Spawn(
         argv=command.argv, cwd=Path(run.worktree), env=command.env, timeout=task.timeout,
-        stdout_log=logs / f"attempt-{phase.attempt}.stdout.log",
-        stderr_log=logs / f"attempt-{phase.attempt}.stderr.log", stdin_file=command.stdin_file)
-    started: list[model.Invocation] = []
+        stdout_log=logs / f"attempt-{attempt}.stdout.log",
+        stderr_log=logs / f"attempt-{attempt}.stderr.log", stdin_file=command.stdin_file)
+    begun: list[tuple[model.Run, model.Phase, model.Invocation]] = []
     notes = _Notes()
 
     async def on_start(pid: int, pgid: int) -> None:
-        started.append(await ctx.achange(run.id, lambda tx: _started(
-            tx, phase, backend_name, command.argv, pid, pgid, ctx.host, spawn), lease))
+        begun.append(await ctx.achange(run.id, functools.partial(
+            _begin, key=phase.key, persona=persona.ref, backend=backend_name,
+            argv=command.argv, pid=pid, pgid=pgid, host=ctx.host, spawn=spawn), lease))
+        log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=attempt, pid=pid)
         faults.point("agent_started")
 
     def on_line(line: str) -> None:
@@ -90,15 +108,44 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
             notes.pending.append(note[:300])
 
     async with anyio.create_task_group() as group:
-        group.start_soon(_flush_notes, ctx, run.id, phase, notes, lease)
+        group.start_soon(_flush_notes, ctx, run.id, phase.key, attempt, notes, lease)
         exit_ = await process.run(spawn, on_start=on_start, on_line=on_line)
         group.cancel_scope.cancel()
-    await _write_notes(ctx, run.id, phase, notes, lease)
     outcome = _outcome(backend, task, exit_, spawn)
     faults.point("agent_exited")
-    current = await ctx.achange(run.id, lambda tx: _exited(tx, phase, started[0], exit_, outcome),
-                                lease)
-    return Result(exit_, outcome, current)
+    current, started_phase, invocation = begun[0]
+    current = await ctx.achange(run.id, functools.partial(
+        _exited, phase=started_phase, invocation=invocation, exit_=exit_, outcome=outcome,
+        notes=notes.take()), lease)
+    return Result(exit_, outcome, current, started_phase)
+
+
+def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str], pid: int,
+           pgid: int, host: str, spawn: process.Spawn,
+           ) -> tuple[model.Run, model.Phase, model.Invocation]:
+    phase = tx.phase(key)
+    if tx.state not in (RunState.BOUND, RunState.EXECUTING, RunState.PLANNING):
+        raise Stop(f"run is {tx.state}")
+    artifact = phase.definition.artifact
+    wanted = (RunState.PLANNING if artifact and artifact.schema == PHASE_PLAN_SCHEMA
+              else RunState.EXECUTING)
+    if tx.state is not wanted:
+        tx.move_run(wanted)
+    repair = phase.state is PhaseState.VALIDATING
+    attempt = phase.attempt + 1
+    phase = tx.move_phase(key, PhaseState.RUNNING, model.NewEvent(
+        "phase.started", key, {"attempt": attempt, "role": phase.definition.role,
+                               "persona": persona, "repair": repair},
+        key=f"{tx.run.id}:phase.started:{key}:{attempt}"),
+        attempt=attempt, repairs=phase.repairs + (1 if repair else 0))
+    invocation = tx.start_invocation(
+        phase_key=key, attempt=attempt, kind="agent", backend=backend,
+        argv=tx.redact_list(argv), host=host, pid=pid, pgid=pgid,
+        stdout_path=str(spawn.stdout_log), stderr_path=str(spawn.stderr_log))
+    tx.event(model.NewEvent("agent.started", key, {
+        "attempt": attempt, "backend": backend, "pid": pid, "host": host,
+        "invocation": invocation.id}))
+    return tx.run, phase, invocation
 
 
 def _outcome(backend: Backend, task: Task, exit_: process.Exit, spawn: process.Spawn) -> Outcome:
@@ -108,44 +155,32 @@ def _outcome(backend: Backend, task: Task, exit_: process.Exit, spawn: process.S
         return Outcome(failure=f"devflow could not read the agent's output: {exc}")
 
 
-def _session_to_resume(ctx: Context, run_id: str, phase: model.Phase) -> str | None:
+def _last_session(ctx: Context, run_id: str, key: str) -> str | None:
     """The session of this phase's last agent, for a repair or changes-requested attempt."""
-    if "interrupted" in phase.feedback or not ({"repair", "changes"} & set(phase.feedback)):
-        return None
     sessions = [i.session_id for i in ctx.store.runs.invocations(run_id)
-                if i.phase_key == phase.key and i.kind == "agent" and i.session_id]
+                if i.phase_key == key and i.kind == "agent" and i.session_id]
     return sessions[-1] if sessions else None
 
 
-async def _flush_notes(ctx: Context, run_id: str, phase: model.Phase, notes: _Notes,
+async def _flush_notes(ctx: Context, run_id: str, key: str, attempt: int, notes: _Notes,
                        lease: model.Lease) -> None:
+    """While a long agent works, its notes reach the log every second."""
     while True:
         await anyio.sleep(1.0)
-        await _write_notes(ctx, run_id, phase, notes, lease)
+        taken = notes.take()
+        if taken:
+            await ctx.achange(run_id, functools.partial(_notes, key=key, attempt=attempt,
+                                                        notes=taken), lease)
 
 
-async def _write_notes(ctx: Context, run_id: str, phase: model.Phase, notes: _Notes,
-                       lease: model.Lease) -> None:
-    taken = notes.take()
-    if taken:
-        await ctx.achange(run_id, lambda tx: tx.event(model.NewEvent(
-            "agent.progress", phase.key, {"attempt": phase.attempt, "notes": taken})), lease)
-
-
-def _started(tx: RunTx, phase: model.Phase, backend: str, argv: list[str], pid: int, pgid: int,
-             host: str, spawn: process.Spawn) -> model.Invocation:
-    invocation = tx.start_invocation(
-        phase_key=phase.key, attempt=phase.attempt, kind="agent", backend=backend,
-        argv=tx.redact_list(argv), host=host, pid=pid, pgid=pgid,
-        stdout_path=str(spawn.stdout_log), stderr_path=str(spawn.stderr_log))
-    tx.event(model.NewEvent("agent.started", phase.key, {
-        "attempt": phase.attempt, "backend": backend, "pid": pid, "host": host,
-        "invocation": invocation.id}))
-    return invocation
+def _notes(tx: RunTx, key: str, attempt: int, notes: list[str]) -> None:
+    tx.event(model.NewEvent("agent.progress", key, {"attempt": attempt, "notes": notes}))
 
 
 def _exited(tx: RunTx, phase: model.Phase, invocation: model.Invocation, exit_: process.Exit,
-            outcome: Outcome) -> model.Run:
+            outcome: Outcome, notes: list[str]) -> model.Run:
+    if notes:
+        _notes(tx, phase.key, phase.attempt, notes)
     tx.update_invocation(
         invocation.id, ended_at=tx.now, exit_code=exit_.exit_code, signal=exit_.signal,
         duration_ms=exit_.duration_ms, tokens_in=outcome.tokens_in,

@@ -25,7 +25,7 @@ import structlog
 from devflow import approvals, artifacts, faults, model, transitions, worktree
 from devflow.backends import process
 from devflow.backends.base import Outcome
-from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
+from devflow.definitions import PHASE_PLAN_SCHEMA
 from devflow.engine import agent, finish, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
@@ -47,37 +47,37 @@ class Verdict:
     checked: artifacts.Checked | None = None
 
 
-async def run_phase(ctx: Context, run: model.Run, phase: model.Phase, lease: model.Lease) -> None:
+async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
+                    phases: list[model.Phase], binding: model.Binding,
+                    lease: model.Lease) -> None:
     """Attempts of ``phase`` until it completes, waits at a gate, fails, or the run stops."""
-    binding = next(b for b in await ctx.call(ctx.store.runs.bindings, run.id)
-                   if b.role == phase.definition.role)
     persona = ctx.catalog.load_persona_definition(binding.persona_def)
     if phase.feedback.get("reset_to"):
         await ctx.call(worktree.reset, Path(run.worktree), phase.feedback["reset_to"])
-        await ctx.achange(run.id, lambda tx: _reset_done(tx, phase.key), lease)
+        phase = await ctx.achange(run.id, functools.partial(_reset_done, key=phase.key), lease)
+    earlier = [p for p in phases if p.state is PhaseState.COMPLETED and p.key != phase.key]
     while True:
-        run, phase = await ctx.achange(run.id, functools.partial(_begin, key=phase.key,
-                                                                 persona=persona), lease)
-        log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=phase.attempt)
-        result = await agent.run(ctx, run, phase, persona, binding.backend, lease)
-        if _over_budget(result.run):
+        result = await agent.run(ctx, run, phase, persona, binding.backend, lease, earlier)
+        run, phase = result.run, result.phase
+        log.info("attempt_exited", run_id=run.id, phase=phase.key, attempt=phase.attempt,
+                 exit_code=result.exit.exit_code)
+        if _over_budget(run):
             with anyio.CancelScope(shield=True):
                 await ctx.call(finish.fail, ctx, run.id, Code.BUDGET_EXCEEDED,
-                               f"agents cost ${result.run.cost_usd:.4f}, more than --max-cost "
-                               f"${result.run.options['max_cost']:.4f}", lease=lease)
+                               f"agents cost ${run.cost_usd:.4f}, more than --max-cost "
+                               f"${run.options['max_cost']:.4f}", lease=lease)
             return
         verdict = await ctx.call(_judge, ctx, run, phase, result.exit, result.outcome)
         if verdict.code is None and verdict.checked is not None:
             await _accept(ctx, run, phase, verdict.checked, lease)
             return
         more = phase.repairs < phase.definition.max_repairs
-        await ctx.achange(run.id, functools.partial(_refuse, phase=phase, verdict=verdict,
-                                                    more=more), lease)
+        phase = await ctx.achange(run.id, functools.partial(_refuse, phase=phase, verdict=verdict,
+                                                            more=more), lease)
         if not more:
             with anyio.CancelScope(shield=True):
                 await ctx.call(finish.write_report, ctx, run.id)
             return
-        phase = await ctx.call(_phase, ctx, run.id, phase.key)
 
 
 def _over_budget(run: model.Run) -> bool:
@@ -85,33 +85,10 @@ def _over_budget(run: model.Run) -> bool:
     return limit is not None and run.cost_usd > float(limit)
 
 
-def _phase(ctx: Context, run_id: str, key: str) -> model.Phase:
-    return next(p for p in ctx.store.runs.phases(run_id) if p.key == key)
-
-
-def _reset_done(tx: RunTx, key: str) -> None:
+def _reset_done(tx: RunTx, key: str) -> model.Phase:
     feedback = dict(tx.phase(key).feedback)
     feedback.pop("reset_to", None)
-    tx.set_phase(key, feedback=feedback)
-
-
-def _begin(tx: RunTx, key: str, persona: Persona) -> tuple[model.Run, model.Phase]:
-    phase = tx.phase(key)
-    if tx.state not in (RunState.BOUND, RunState.EXECUTING, RunState.PLANNING):
-        raise Stop(f"run is {tx.state}")
-    artifact = phase.definition.artifact
-    wanted = (RunState.PLANNING if artifact and artifact.schema == PHASE_PLAN_SCHEMA
-              else RunState.EXECUTING)
-    if tx.state is not wanted:
-        tx.move_run(wanted)
-    repair = phase.state is PhaseState.VALIDATING
-    attempt = phase.attempt + 1
-    phase = tx.move_phase(key, PhaseState.RUNNING, model.NewEvent(
-        "phase.started", key, {"attempt": attempt, "role": phase.definition.role,
-                               "persona": persona.ref, "repair": repair},
-        key=f"{tx.run.id}:phase.started:{key}:{attempt}"),
-        attempt=attempt, repairs=phase.repairs + (1 if repair else 0))
-    return tx.run, phase
+    return tx.set_phase(key, feedback=feedback)
 
 
 def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit,
@@ -140,7 +117,7 @@ def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit
     return Verdict(checked.code, checked.issues, checked)
 
 
-def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> None:
+def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> model.Phase:
     errors = [{"pointer": i.pointer, "message": i.message} for i in verdict.issues[:50]]
     tx.event(model.NewEvent("phase.artifact_invalid", phase.key, {
         "attempt": phase.attempt, "code": str(verdict.code), "errors": errors,
@@ -157,7 +134,8 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> None
                                         "reason": reason}),
             failure_code=str(verdict.code), failure_reason=reason)
         transitions.terminate_in(tx, RunState.FAILED, code=str(verdict.code),
-                            reason=f"phase {phase.key}: {reason}")
+                                 reason=f"phase {phase.key}: {reason}")
+    return tx.phase(phase.key)
 
 
 async def _accept(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked,

@@ -11,12 +11,13 @@ Finishing (terminal state, report) is shielded from cancellation.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import anyio
 import structlog
 
 from devflow import model
-from devflow.engine import attempt, finish, plan, setup, workspace
+from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
@@ -42,7 +43,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
                 await _loop(ctx, run_id, lease, stop)
             except LeaseLost:
                 lost.set()
-            except attempt.Stop as why:
+            except agent.Stop as why:
                 bound.info("drive_stopped", why=str(why))
             except DevflowError as exc:
                 await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
@@ -118,18 +119,19 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
 
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
+    bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
     while True:
         if stop is not None and stop.is_set():
             return
-        run = await ctx.call(ctx.store.runs.get, run_id)
+        run, phases = await ctx.call(ctx.store.runs.snapshot, run_id)
         if run.state not in RUNNABLE:
             return
-        await ctx.call(workspace.ensure_worktree, ctx, run, lease)
+        if not (Path(run.worktree) / ".git").exists():
+            await ctx.call(workspace.ensure_worktree, ctx, run, lease)
         if run.template_def.get("setup") and not run.options.get("setup_done"):
             if not await setup.run_setup(ctx, run, lease):
                 return
             continue
-        phases = await ctx.call(ctx.store.runs.phases, run_id)
         step = next((p for p in phases if p.state in (PhaseState.PENDING, PhaseState.VALIDATING,
                                                       PhaseState.RUNNING)), None)
         if step is None:
@@ -148,7 +150,7 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
         if step.definition.artifact is None:
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)
             continue
-        await attempt.run_phase(ctx, run, step, lease)
+        await attempt.run_phase(ctx, run, step, phases, bindings[step.definition.role], lease)
 
 
 def _skip(tx: RunTx, key: str) -> None:

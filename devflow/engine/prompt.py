@@ -3,6 +3,7 @@ the schema its artifact must meet, what earlier phases produced, and what must c
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,12 +32,11 @@ def compose(run: model.Run, phase: model.Phase, attempt: int, persona: Persona,
     parts.append(f"## Requirements\n\n{run.requirements.strip() or '(none given)'}")
     parts.append(f"## This phase: {d.title}\n\n{d.instructions.strip() or '(no instructions)'}")
     if d.artifact is not None:
-        schema = schemas.get(d.artifact.schema).contents
         parts.append(
             f"## Your artifact\n\nWrite one JSON document at `{d.artifact.path}` (relative to "
             f"the current directory) that validates against the JSON Schema "
             f"`{d.artifact.schema}` below. The file holds only that JSON.\n\n"
-            f"```json\n{_dump(schema)}\n```")
+            f"```json\n{_schema_text(schemas, d.artifact.schema)}\n```")
     feedback = _feedback(phase.feedback)
     if feedback:
         parts.append(feedback)
@@ -51,14 +51,24 @@ def _dump(value: Any) -> str:
     return text if len(text) <= _MAX_EMBED else text[:_MAX_EMBED] + "\n… (cut)"
 
 
+@functools.lru_cache(maxsize=64)
+def _schema_text(schemas: SchemaRegistry, schema_id: str) -> str:
+    return _dump(schemas.get(schema_id).contents)
+
+
+@functools.lru_cache(maxsize=1024)
+def _kept_text(path: str, sha256: str) -> str:
+    """A kept artifact as the prompt shows it: read (and its hash checked) once per process."""
+    return _dump(artifacts.load_stored(Path(path), sha256))
+
+
 def _earlier(phases: Sequence[model.Phase]) -> list[str]:
     shown = []
     for p in phases:
         if p.artifact_stored and p.artifact_sha and p.definition.artifact:
-            value = artifacts.load_stored(Path(p.artifact_stored),
-                                          p.artifact_sha)
             shown.append(f"### `{p.key}` ({p.definition.title}), "
-                         f"`{p.definition.artifact.path}`\n\n```json\n{_dump(value)}\n```")
+                         f"`{p.definition.artifact.path}`\n\n"
+                         f"```json\n{_kept_text(p.artifact_stored, p.artifact_sha)}\n```")
     return shown
 
 

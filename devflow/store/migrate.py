@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import filelock
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 
 from devflow.errors import Code, DevflowError
 from devflow.store.database import Database
@@ -18,10 +14,16 @@ from devflow.store.migrations import HEAD
 
 HEAD_REVISION: Final = HEAD
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
+# Alembic (with mako and pygments) is imported only to migrate: reading the current
+# revision is one query, and every devflow command starts by doing it.
 
 
 def _config(connection: sa.Connection | None = None) -> Config:
+    from alembic.config import Config  # noqa: PLC0415 - see the note on MIGRATIONS
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -30,12 +32,16 @@ def _config(connection: sa.Connection | None = None) -> Config:
 
 
 def head() -> str:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 - see the note on MIGRATIONS
     return ScriptDirectory.from_config(_config()).get_current_head() or ""
 
 
 def current(db: Database) -> str | None:
+    """The database's revision (None when it was never migrated)."""
     with db.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return None
+        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(db: Database, revision: str = "head") -> str | None:
@@ -46,12 +52,14 @@ def upgrade(db: Database, revision: str = "head") -> str | None:
 
 
 def downgrade(db: Database, revision: str) -> str | None:
+    from alembic import command  # noqa: PLC0415 - see the note on MIGRATIONS
     with db.engine.connect().execution_options(devflow_immediate=True) as conn, conn.begin():
         command.downgrade(_config(conn), revision)
     return current(db)
 
 
 def _upgrade(db: Database, revision: str) -> str | None:
+    from alembic import command  # noqa: PLC0415 - see the note on MIGRATIONS
     # On SQLite the "begin" listener makes this BEGIN IMMEDIATE: one migrator at a time.
     with db.engine.connect().execution_options(devflow_immediate=True) as conn, conn.begin():
         command.upgrade(_config(conn), revision)

@@ -155,6 +155,17 @@ class Runs:
             return [rows.run(r) for r in session.exec(query)]
         return self.db.read(tx)
 
+    def snapshot(self, run_id: str) -> tuple[model.Run, list[model.Phase]]:
+        """The run and its phases, read together in one transaction."""
+        def tx(session: Session) -> tuple[model.Run, list[model.Phase]]:
+            row = session.get(RunRow, run_id)
+            if row is None:
+                raise _not_found(run_id)
+            found = session.exec(select(PhaseRow).where(PhaseRow.run_id == run_id)
+                                 .order_by(col(PhaseRow.position)))
+            return rows.run(row), [rows.phase(p) for p in found]
+        return self.db.read(tx)
+
     def phases(self, run_id: str) -> list[model.Phase]:
         def tx(session: Session) -> list[model.Phase]:
             found = session.exec(select(PhaseRow).where(PhaseRow.run_id == run_id)

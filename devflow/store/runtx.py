@@ -41,6 +41,7 @@ class RunTx:
         self.now = now
         self._redact = redact
         self._phases: dict[str, PhaseRow] | None = None
+        self._some_phases: dict[str, PhaseRow] = {}
         self.events: list[model.Event] = []
 
     # -- the run ---------------------------------------------------------------------------
@@ -135,6 +136,7 @@ class RunTx:
         if self._phases is None:
             found = self.session.exec(select(PhaseRow).where(PhaseRow.run_id == self._row.id)
                                       .order_by(col(PhaseRow.position))).all()
+            # rows already read in this session are the same objects: identity map
             self._phases = {p.key: p for p in found}
         return self._phases
 
@@ -145,11 +147,17 @@ class RunTx:
         return rows.phase(self._phase_row(key))
 
     def _phase_row(self, key: str) -> PhaseRow:
-        try:
-            return self._phase_rows()[key]
-        except KeyError:
+        if self._phases is not None:
+            row = self._phases.get(key)
+        else:  # one row by its unique key, without loading the run's other phases
+            row = self._some_phases.get(key) or self.session.exec(select(PhaseRow).where(
+                PhaseRow.run_id == self._row.id, PhaseRow.key == key)).first()
+            if row is not None:
+                self._some_phases[key] = row
+        if row is None:
             raise DevflowError(Code.INVALID_INPUT, f"run {self._row.id} has no phase {key!r}",
-                               hint=f"devflow run status {self._row.id}") from None
+                               hint=f"devflow run status {self._row.id}")
+        return row
 
     def add_phases(self, defs: Sequence[PhaseDef], origin: str) -> list[model.Phase]:
         existing = self._phase_rows()
