@@ -43,7 +43,8 @@ def _sections(pairs: tuple[str, ...], sections_file: Path | None) -> tuple[dict[
 
 def _decide(state: State, run_id: str, action: str, approval: int | None, token: str | None,
             comment: str | None, actor: str | None, no_drive: bool, as_json: bool,
-            section: tuple[str, ...], sections_file: Path | None, rewind: bool) -> int:
+            section: tuple[str, ...], sections_file: Path | None, rewind: bool,
+            artifact_sha: str | None) -> int:
     from devflow.approvals import DecisionRequest, new_token
     from devflow.cli.progress import Progress
     app = state.app
@@ -52,7 +53,8 @@ def _decide(state: State, run_id: str, action: str, approval: int | None, token:
     request = DecisionRequest(
         run_id=run_id, action=_ACTIONS[action], actor=actor or app.settings.actor,
         token=token or new_token(), approval_id=approval, comment=comment, sections=verdicts,
-        section_comments=comments, rewind=rewind, groups=app.settings.groups)
+        section_comments=comments, rewind=rewind, groups=app.settings.groups,
+        expect_artifact_sha=artifact_sha)
     result = app.decide(request)
     if not as_json:
         what = "replayed (already recorded)" if result.replayed else "recorded"
@@ -84,6 +86,8 @@ def _decision_options(fn: Any) -> Any:
         click.option("--rewind", is_flag=True,
                      help="(request-changes) Reset the worktree to the phase's previous "
                           "checkpoint first."),
+        click.option("--artifact-sha", help="The artifact sha256 you were shown; refused "
+                                            "(approval_stale) if the gate shows other bytes."),
         click.option("--no-drive", is_flag=True, help="Record only; leave the run to workers."),
         click.option("--json", "as_json", is_flag=True),
     ]):
