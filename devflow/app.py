@@ -186,10 +186,9 @@ class App:
             yield from batch
             if batch:
                 after = batch[-1].seq
+                continue  # there may be more than one batch holds
             if not follow:
                 return
-            if batch:
-                continue
             # The report is the last thing a run writes: stop once it is there.
             current = self.store.runs.get(run.id)
             if not (current.terminal and current.report_status):

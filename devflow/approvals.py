@@ -11,6 +11,7 @@ decision does happens in one transaction on the locked run.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,9 +60,8 @@ def _open(tx: RunTx, phase_key: str, gate_key: str, round_: int,
         head_sha=evidence.head_sha, tree_sha=evidence.tree_sha, deadline=deadline,
         next_due_at=next_due(gate, tx.now, deadline, None, 0))
     tx.event(model.NewEvent("approval.requested", phase_key, {
-        "approval_id": approval.id, "gate": gate_key, "round": round_,
-        "artifact_sha": evidence.artifact_sha, "tree": evidence.tree_sha,
-        "deadline": model.iso(deadline), "options": list(gate.options)}))
+        **approval.gate_block(), "artifact_sha": evidence.artifact_sha,
+        "tree": evidence.tree_sha}))
     return approval
 
 
@@ -102,8 +102,10 @@ def current_evidence(run: model.Run, approval: model.Approval,
     """The evidence as it is now, or None when the worktree is not on this machine."""
     tree = Path(run.worktree)
     shown = approval.evidence
-    if not (tree / ".git").exists() or shown.artifact_path is None:
+    if shown.artifact_path is None:
         return None
+    if not (tree / ".git").exists():
+        return _evidence_on_branch(run, shown, max_bytes)
     head, clean = worktree.head_and_clean(tree)
     # A gate opens right after its checkpoint commit, when the worktree is clean: if it
     # is still clean at the same HEAD, its tree is the one shown, without computing it.
@@ -111,6 +113,20 @@ def current_evidence(run: model.Run, approval: model.Approval,
     return model.Evidence(shown.artifact_path,
                           artifacts.file_sha(tree, shown.artifact_path, max_bytes),
                           head, tree_sha)
+
+
+def _evidence_on_branch(run: model.Run, shown: model.Evidence,
+                        max_bytes: int) -> model.Evidence | None:
+    """Without a worktree, the evidence as the run branch holds it (the gate's checkpoint
+    committed the artifact); None only when the repository is not on this machine."""
+    repo = Path(run.repo)
+    if not repo.is_dir() or not worktree.branch_exists(repo, run.branch):
+        return None
+    head = worktree.rev(repo, run.branch)
+    blob = worktree.blob(repo, run.branch, shown.artifact_path or "", max_bytes)
+    return model.Evidence(shown.artifact_path,
+                          hashlib.sha256(blob).hexdigest() if blob is not None else None,
+                          head, worktree.rev(repo, f"{run.branch}^{{tree}}"))
 
 
 def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,

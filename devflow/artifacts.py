@@ -63,7 +63,10 @@ def read_contained(worktree: Path, rel: str, max_bytes: int) -> bytes:
     """The bytes of the artifact at ``rel``, read through one checked descriptor."""
     target = contained_path(worktree, rel)
     try:
-        fd = os.open(target, os.O_RDONLY | os.O_NOCTTY | getattr(os, "O_NOFOLLOW", 0))
+        # O_NONBLOCK: a FIFO left at the path must not block the driver (no effect on
+        # the regular file it is then checked to be)
+        fd = os.open(target, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK
+                     | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         raise DevflowError(Code.ARTIFACT_MISSING, f"no artifact at {rel}",
                            hint="the agent must write its artifact at the path the phase names"

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import model
+from devflow import faults, model
 from devflow.durations import format_duration
 from devflow.model import iso, utcnow
 from devflow.worktree import Commit, FileStat
@@ -223,6 +223,7 @@ def write(directory: Path, report: dict[str, Any]) -> Path:
     """Write report.json and report.md atomically; the JSON's path."""
     directory.mkdir(parents=True, exist_ok=True)
     _atomic(directory / "report.md", markdown(report))
+    faults.point("report_composed")
     target = directory / "report.json"
     _atomic(target, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return target

@@ -152,9 +152,8 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
     if run.lease_owner is None or run.lease_expires_at is None \
             or run.lease_expires_at > tx.now or run.state in states.TERMINAL:
         return None
-    for inv in tx.open_invocations():
-        tx.update_invocation(inv.id, ended_at=tx.now, outcome="interrupted",
-                             reason="its driver stopped; recovered by the sweep")
+    tx.close_invocations(outcome="interrupted",
+                         reason="its driver stopped; recovered by the sweep")
     interrupted = []
     for phase in tx.phases():
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
@@ -195,6 +194,5 @@ def _gate(ctx: Context, approval: model.Approval, dry_run: bool) -> Iterable[Act
                                **dict(step.detail)}))
     run = ctx.store.runs.get(approval.run_id)
     if run.state in states.TERMINAL and run.report_status is None:
-        finish.kill_agents(ctx, run.id)
         finish.write_report(ctx, run.id)
     return actions

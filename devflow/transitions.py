@@ -15,6 +15,8 @@ from devflow.store import RunTx
 
 def terminate_in(tx: RunTx, to: RunState, *, code: str | None = None, reason: str | None = None,
                  by: str = "devflow") -> model.Run:
+    """End the run; an agent still running for it is closed here and stopped on commit."""
+    tx.close_invocations(outcome=f"run_{to}", reason=f"the run was {to} by {by}")
     for phase in tx.phases():
         if phase.state in states.PHASE_ACTIVE:
             tx.move_phase(phase.key, PhaseState.FAILED, model.NewEvent(

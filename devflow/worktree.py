@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -88,10 +89,14 @@ def add(repo: Path, path: Path, branch: str, start: str) -> None:
             args = ["worktree", "add", "--quiet", str(path), branch]
         else:
             args = ["worktree", "add", "--quiet", "-b", branch, str(path), start]
+        new_branch = "-b" in args
         for attempt in range(_LOCK_RETRIES):
             result = git.run(args, repo, check=False)
             if result.returncode == 0:
                 return
+            if new_branch and branch_exists(repo, branch):
+                # git made the branch before it failed: do not leave it in the user's repo
+                git.run(["branch", "-D", branch], repo, check=False)
             if ".lock" in result.stderr and attempt + 1 < _LOCK_RETRIES:
                 time.sleep(0.05 * (attempt + 1))
                 continue
@@ -161,6 +166,21 @@ def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
 
 def head(worktree: Path) -> str:
     return git.out(["rev-parse", "HEAD"], worktree)
+
+
+def rev(repo: Path, name: str) -> str:
+    return git.out(["rev-parse", "--verify", "--end-of-options", name], repo)
+
+
+def blob(repo: Path, commit: str, path: str, max_bytes: int) -> bytes | None:
+    """The bytes of ``path`` at ``commit`` (None when it is not there or too large)."""
+    spec = f"{commit}:{path}"
+    size = git.run(["cat-file", "-s", spec], repo, check=False)
+    if size.returncode != 0 or int(size.stdout.strip() or 0) > max_bytes:
+        return None
+    result = subprocess.run(["git", *git.config_args(repo), "cat-file", "blob", spec], cwd=repo,
+                            capture_output=True, env=git.clean_env(), check=False, timeout=60)
+    return result.stdout if result.returncode == 0 else None
 
 
 def head_and_clean(worktree: Path) -> tuple[str, bool]:

@@ -183,7 +183,10 @@ def _steer(verb: str) -> click.Command:
                 view, _ = app.drive(result.run.id, observer=progress)
         if not as_json:
             click.echo(f"{verb}: " + ("done" if result.changed else "nothing to do (no change)"))
-        return show_view(view, as_json=as_json, extra={"changed": result.changed})
+        show_view(view, as_json=as_json, extra={"changed": result.changed})
+        # the command did what was asked (or it was already so): that is success, even for
+        # an aborted run; refusals are errors with their own codes
+        return 0 if verb != "resume" else exit_code(view)
     command.__doc__ = {"pause": "Pause a run: its driver stops before its next step.",
                        "resume": "Resume a paused run where it was, and drive it.",
                        "abort": "Abort a run: its agent is stopped and its report written."}[verb]

@@ -88,7 +88,8 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
         roles=tuple(dict(run.template_def.get("roles", {}))), home=ctx.run_dir(run.id) / "home")
     command = backend.command(task, ctx.catalog.schemas)
     spawn = process.Spawn(
-        argv=command.argv, cwd=Path(run.worktree), env=command.env, timeout=task.timeout,
+        argv=command.argv, cwd=Path(run.worktree), env=command.env,
+        timeout=command.timeout or task.timeout,
         stdout_log=logs / f"attempt-{attempt}.stdout.log",
         stderr_log=logs / f"attempt-{attempt}.stderr.log", stdin_file=command.stdin_file)
     begun: list[tuple[model.Run, model.Phase, model.Invocation]] = []

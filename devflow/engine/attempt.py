@@ -95,14 +95,15 @@ def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit
            outcome: Outcome) -> Verdict:
     d = phase.definition
     if exit_.timed_out:
-        limit = d.timeout or ctx.settings.agent_timeout
-        return Verdict(Code.AGENT_TIMEOUT, [Issue("", f"the agent did not finish within "
-                                                      f"{limit:.0f}s and was killed")])
+        seconds = exit_.duration_ms / 1000
+        return Verdict(Code.AGENT_TIMEOUT, [Issue("", f"the agent did not finish within its "
+                                                      f"time limit ({seconds:.0f}s) and was "
+                                                      f"killed")])
     if exit_.exit_code != 0:
         how = (f"exit code {exit_.exit_code}" if exit_.exit_code is not None
                else f"signal {exit_.signal}")
-        return Verdict(Code.AGENT_FAILED, [Issue("", f"the agent failed with {how}; see "
-                                                     f"its stderr log")])
+        why = f": {outcome.failure}" if outcome.failure else "; see its stderr log"
+        return Verdict(Code.AGENT_FAILED, [Issue("", f"the agent failed with {how}{why}")])
     if outcome.failure:
         return Verdict(Code.AGENT_FAILED, [Issue("", outcome.failure)])
     assert d.artifact is not None

@@ -20,6 +20,7 @@ import anyio
 import anyio.to_thread
 
 from devflow import model
+from devflow.backends import process
 from devflow.catalog import Catalog
 from devflow.settings import Settings
 from devflow.store import Limits, RunTx, Store
@@ -79,9 +80,12 @@ class Context:
     def change(self, run_id: str, fn: Callable[[RunTx], T],
                lease: model.Lease | None = None) -> T:
         """A RunTx on the run; its events go to the observer once it committed."""
-        def tx(runtx: RunTx) -> tuple[T, list[model.Event]]:
-            return fn(runtx), runtx.events
-        result, events = self.store.runs.change(run_id, tx, lease=lease)
+        def tx(runtx: RunTx) -> tuple[T, list[model.Event], list[model.Invocation]]:
+            return fn(runtx), runtx.events, runtx.closed
+        result, events, closed = self.store.runs.change(run_id, tx, lease=lease)
+        for invocation in closed:  # agents whose invocation this change ended: stop them
+            if invocation.host == self.host and invocation.pgid:
+                process.kill_group(invocation.pgid)
         for event in events:
             self.observer.event(event)
         return result

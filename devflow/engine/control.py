@@ -25,33 +25,50 @@ class Changed:
 
 
 def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionResult:
+    """Decide; the request is chosen again under the run's lock, where it counts.
+
+    The evidence (git) is read before the transaction for the request that looks
+    meant; inside it, the token and the pending request are looked up again, so a
+    retry racing its first decision gets that decision's outcome.
+    """
     run = ctx.store.runs.get(req.run_id)
-    approval = ctx.store.approvals.get(_pick(ctx, run, req))
-    if approval.run_id != run.id:
-        raise DevflowError(Code.APPROVAL_NOT_FOUND,
-                           f"approval {approval.id} belongs to run {approval.run_id}, not {run.id}",
-                           hint=f"devflow approvals list --run {run.id}")
-    known = any(d.client_token == req.token
-                for d in ctx.store.approvals.decisions(approval_id=approval.id))
+    candidate = _candidate(ctx, run, req)
     current = None
-    if not known and approval.state == "pending" and not req.system_reason:
-        current = approvals.current_evidence(run, approval, ctx.settings.artifact_max_bytes)
+    if candidate is not None and candidate.state == "pending" and not req.system_reason \
+            and not any(d.client_token == req.token
+                        for d in ctx.store.approvals.decisions(approval_id=candidate.id)):
+        current = approvals.current_evidence(run, candidate, ctx.settings.artifact_max_bytes)
     result = ctx.change(run.id, lambda tx: approvals.decide_in(
-        tx, req, approval.id, current))
+        tx, req, _pick_in(tx, req, candidate), current))
     faults.point("decision_recorded")
     if not result.replayed and result.run.state in TERMINAL:
-        finish.kill_agents(ctx, run.id)
         finish.write_report(ctx, run.id)
     return result
 
 
-def _pick(ctx: Context, run: model.Run, req: approvals.DecisionRequest) -> int:
+def _candidate(ctx: Context, run: model.Run,
+               req: approvals.DecisionRequest) -> model.Approval | None:
+    if req.approval_id is not None:
+        approval = ctx.store.approvals.get(req.approval_id)
+        if approval.run_id != run.id:
+            raise DevflowError(Code.APPROVAL_NOT_FOUND,
+                               f"approval {approval.id} belongs to run {approval.run_id}, "
+                               f"not {run.id}", hint=f"devflow approvals list --run {run.id}")
+        return approval
+    pending = ctx.store.approvals.find(pending=True, run_id=run.id)
+    return pending[0] if len(pending) == 1 else None
+
+
+def _pick_in(tx: RunTx, req: approvals.DecisionRequest,
+             candidate: model.Approval | None) -> int:
+    """The request this decision is for, chosen under the lock."""
     if req.approval_id is not None:
         return req.approval_id
-    for decision in ctx.store.approvals.decisions(run_id=run.id):
-        if decision.client_token == req.token:
-            return decision.approval_id  # a retry after the request was resolved
-    pending = ctx.store.approvals.find(pending=True, run_id=run.id)
+    known = tx.decision_by_token_in_run(req.token)
+    if known is not None:
+        return known.approval_id  # a retry, even after the request was resolved
+    pending = tx.approvals(pending=True)
+    run = tx.run
     if not pending:
         raise DevflowError(Code.NO_PENDING_APPROVAL, f"run {run.id} has no pending approval",
                            hint=f"it is {run.state}; `devflow approvals list --run {run.id}` "
@@ -61,6 +78,10 @@ def _pick(ctx: Context, run: model.Run, req: approvals.DecisionRequest) -> int:
                            f"run {run.id} has {len(pending)} pending approvals",
                            hint="choose one with --approval: "
                                 + ", ".join(f"{a.id} ({a.gate})" for a in pending))
+    if candidate is None or pending[0].id != candidate.id:
+        raise DevflowError(Code.APPROVAL_CONFLICT,
+                           f"the gate of run {run.id} changed while deciding",
+                           hint="look again (devflow run status) and decide once more")
     return pending[0].id
 
 
@@ -98,7 +119,6 @@ def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> C
                        True)
     result = ctx.change(ctx.store.runs.get(run_id).id, fn)
     if result.changed:
-        finish.kill_agents(ctx, result.run.id)
         finish.write_report(ctx, result.run.id)
     return Changed(ctx.store.runs.get(result.run.id), result.changed)
 

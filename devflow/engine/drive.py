@@ -72,8 +72,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
 
 def interrupt_in(tx: RunTx, reason: str) -> list[str]:
     """Record the attempt under way as interrupted: its phase goes back to pending."""
-    for inv in tx.open_invocations():
-        tx.update_invocation(inv.id, ended_at=tx.now, outcome="interrupted", reason=reason)
+    tx.close_invocations(outcome="interrupted", reason=reason)
     keys = []
     for phase in tx.phases():
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):

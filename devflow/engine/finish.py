@@ -15,7 +15,6 @@ from typing import Any
 import structlog
 
 from devflow import artifacts, model, report, states, worktree
-from devflow.backends import process
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
@@ -29,7 +28,6 @@ def terminate(ctx: Context, run_id: str, to: RunState, *, code: str | None = Non
               reason: str | None = None, by: str = "devflow",
               lease: model.Lease | None = None) -> model.Run:
     ctx.change(run_id, lambda tx: terminate_in(tx, to, code=code, reason=reason, by=by), lease)
-    kill_agents(ctx, run_id)
     write_report(ctx, run_id)
     return ctx.store.runs.get(run_id)
 
@@ -37,16 +35,6 @@ def terminate(ctx: Context, run_id: str, to: RunState, *, code: str | None = Non
 def fail(ctx: Context, run_id: str, code: Code | str, reason: str, *,
          lease: model.Lease | None = None) -> model.Run:
     return terminate(ctx, run_id, RunState.FAILED, code=str(code), reason=reason, lease=lease)
-
-
-def kill_agents(ctx: Context, run_id: str) -> list[int]:
-    """Kill the process groups of this run's unfinished invocations on this host."""
-    killed = []
-    for inv in ctx.store.runs.invocations(run_id):
-        if inv.ended_at is None and inv.pgid and inv.host == ctx.host \
-                and process.kill_group(inv.pgid):
-            killed.append(inv.pgid)
-    return killed
 
 
 def write_report(ctx: Context, run_id: str) -> Path:

@@ -9,15 +9,17 @@ failed with a report, never left half-made.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 import socket
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import model, worktree
+from devflow import faults, model, worktree
 from devflow.backends.scripted import check_scenario
 from devflow.engine import binding, finish, workspace
 from devflow.engine.context import Context
@@ -79,12 +81,36 @@ def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, m
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)
+    faults.point("run_inserted")
     try:
-        workspace.ensure_worktree(ctx, run, lease)
+        with renewing(ctx, run.id, lease):
+            workspace.ensure_worktree(ctx, run, lease)
     except DevflowError as exc:
         finish.fail(ctx, run.id, exc.code, exc.message, lease=lease)
         raise
     return ctx.store.runs.get(run.id), lease
+
+
+@contextlib.contextmanager
+def renewing(ctx: Context, run_id: str, lease: model.Lease) -> Iterator[None]:
+    """Renew ``lease`` from a thread while a synchronous step (making a worktree: git may
+    wait for another's lock, copy files) takes longer than the lease lasts."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(ctx.settings.heartbeat_seconds):
+            try:
+                ctx.store.leases.renew(run_id, lease, ctx.settings.lease_seconds)
+            except DevflowError:
+                return
+
+    thread = threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def ports_free(first: int, count: int) -> bool:

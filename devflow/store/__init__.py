@@ -38,7 +38,11 @@ class Store:
              redact: Redactor | None = None, pool_size: int = 8, migrate_now: bool = True) -> Store:
         db = Database(url, pool_size=pool_size)
         if migrate_now:
-            migrate.ensure_current(db)
+            try:
+                migrate.ensure_current(db)
+            except BaseException:
+                db.dispose()
+                raise
         return cls(db, clock, redact)
 
     def close(self) -> None:

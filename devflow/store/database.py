@@ -97,7 +97,7 @@ class Database:
                         time.sleep(delay)
                         delay = min(delay * 2, 2.0)
                         continue
-                    raise self._translate(exc) from exc
+                    raise self.translate(exc) from exc
                 except BaseException:
                     session.rollback()
                     raise
@@ -105,7 +105,7 @@ class Database:
                     session.commit()
                 except DBAPIError as exc:
                     # The commit may or may not have landed: never run fn twice here.
-                    raise self._translate(exc) from exc
+                    raise self.translate(exc) from exc
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -120,7 +120,7 @@ class Database:
         return isinstance(exc, OperationalError) and (
             sqlstate in ("40001", "40P01") or sqlstate.startswith("08") or not sqlstate)
 
-    def _translate(self, exc: DBAPIError) -> DevflowError:
+    def translate(self, exc: DBAPIError) -> DevflowError:
         return DevflowError(Code.DATABASE_ERROR, f"the database failed: {type(exc.orig).__name__}: "
                             f"{str(exc.orig).strip().splitlines()[0] if str(exc.orig) else ''}",
                             hint="check that the database is reachable (DEVFLOW_DATABASE_URL) "

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Final
 
 import filelock
 import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
 
 from devflow.errors import Code, DevflowError
 from devflow.store.database import Database
@@ -38,10 +39,13 @@ def head() -> str:
 
 def current(db: Database) -> str | None:
     """The database's revision (None when it was never migrated)."""
-    with db.engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return None
-        return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    try:
+        with db.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("alembic_version"):
+                return None
+            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError as exc:
+        raise db.translate(exc) from exc
 
 
 def upgrade(db: Database, revision: str = "head") -> str | None:

@@ -43,6 +43,8 @@ class RunTx:
         self._phases: dict[str, PhaseRow] | None = None
         self._some_phases: dict[str, PhaseRow] = {}
         self.events: list[model.Event] = []
+        #: invocations this transaction closed while their process may still run
+        self.closed: list[model.Invocation] = []
 
     # -- the run ---------------------------------------------------------------------------
     @property
@@ -178,6 +180,10 @@ class RunTx:
 
     def move_phase(self, key: str, to: PhaseState, event: model.NewEvent | None = None,
                    **fields: Any) -> model.Phase:
+        if RunState(self._row.state) in states.TERMINAL:
+            raise DevflowError(Code.ILLEGAL_TRANSITION,
+                               f"run {self._row.id} is {self._row.state}: its phases never "
+                               f"change again", hint="a terminal run is final")
         row = self._phase_row(key)
         states.check_phase_move(PhaseState(row.state), to)
         row.state = str(to)
@@ -222,6 +228,13 @@ class RunTx:
             setattr(row, name, value)
         self.session.add(row)
         return rows.invocation(row)
+
+    def close_invocations(self, outcome: str, reason: str) -> list[model.Invocation]:
+        """Close the run's unfinished invocations; their processes are the caller's to stop."""
+        closed = [self.update_invocation(inv.id, ended_at=self.now, outcome=outcome,
+                                         reason=reason) for inv in self.open_invocations()]
+        self.closed += closed
+        return closed
 
     def open_invocations(self) -> list[model.Invocation]:
         found = self.session.exec(select(InvocationRow).where(
@@ -274,6 +287,12 @@ class RunTx:
     def decision_by_token(self, approval_id: int, token: str) -> model.Decision | None:
         row = self.session.exec(select(DecisionRow).where(
             DecisionRow.approval_id == approval_id, DecisionRow.client_token == token)).first()
+        return rows.decision(row) if row else None
+
+    def decision_by_token_in_run(self, token: str) -> model.Decision | None:
+        row = self.session.exec(select(DecisionRow).join(
+            ApprovalRow, col(ApprovalRow.id) == DecisionRow.approval_id).where(
+            ApprovalRow.run_id == self._row.id, DecisionRow.client_token == token)).first()
         return rows.decision(row) if row else None
 
     def add_decision(self, **fields: Any) -> model.Decision:
