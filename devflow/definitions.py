@@ -325,7 +325,7 @@ def _gate(key: str, body: Mapping[str, Any], problems: list[Problem]) -> GateDef
     )
     if gate.timeout is not None and gate.timeout <= 0:
         problems.append(Problem(Code.BAD_DURATION, (*at, "timeout"), "a timeout must be positive"))
-    if gate.warn_before is not None and gate.timeout is None:
+    if gate.warn_before is not None and body.get("timeout") is None:
         problems.append(Problem(Code.DEFINITION_INVALID, (*at, "warn_before"),
                                 "warn_before needs a timeout to count back from"))
     elif gate.warn_before is not None and gate.timeout and gate.warn_before >= gate.timeout:

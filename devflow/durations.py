@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Final
 
@@ -18,7 +19,7 @@ def parse_duration(text: str | float, *, field: str = "duration") -> float:
     if isinstance(text, bool):
         raise _bad(str(text), field)
     if isinstance(text, int | float):
-        if text < 0:
+        if not math.isfinite(text) or text < 0:
             raise _bad(str(text), field)
         return float(text)
     spec = text.strip().replace(" ", "")
@@ -30,11 +31,11 @@ def parse_duration(text: str | float, *, field: str = "duration") -> float:
 
 
 def format_duration(seconds: float) -> str:
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
+    minutes, secs = divmod(round(seconds), 60)
     if minutes < 60:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)

@@ -61,6 +61,8 @@ class SchemaRegistry:
                  broken: Sequence[tuple[Path, DevflowError]] = ()) -> None:
         self._files = {f.id: f for f in files}
         self.broken = list(broken)
+        #: ids defined twice with different contents: using one is an error, as for templates
+        self.conflicts: dict[str, DevflowError] = {}
         resources = [(f.id, DRAFT202012.create_resource(f.contents)) for f in files]
         # attrs field aliases (retrieve=, ref=) are not seen by mypy's attrs plugin
         self._registry: referencing.Registry[Any] = referencing.Registry(
@@ -72,6 +74,7 @@ class SchemaRegistry:
         """Every ``*.json`` below ``dirs``; a broken file is kept aside, not fatal to the rest."""
         files: dict[str, SchemaFile] = {}
         broken: list[tuple[Path, DevflowError]] = []
+        conflicts: dict[str, DevflowError] = {}
         for directory in dirs:
             for path in sorted(directory.rglob("*.json")):
                 try:
@@ -81,15 +84,18 @@ class SchemaRegistry:
                     continue
                 earlier = files.get(schema.id)
                 if earlier is not None and earlier.contents != schema.contents:
-                    broken.append((path, DevflowError(
+                    conflicts[schema.id] = DevflowError(
                         Code.SCHEMA_VERSION_CONFLICT,
                         f"schema {schema.id} is defined twice with different contents: "
                         f"{earlier.path} and {path}",
                         hint="give the changed schema a new version (…@2) instead of redefining it",
-                    )))
+                        schema=schema.id)
+                    broken.append((path, conflicts[schema.id]))
                     continue
                 files.setdefault(schema.id, schema)
-        return cls(list(files.values()), broken)
+        registry = cls(list(files.values()), broken)
+        registry.conflicts = conflicts
+        return registry
 
     def _retrieve(self, uri: str) -> referencing.Resource[Any]:
         # "$ref": "common/finding@1" inside "dev/spec@1" resolves, by URI rules, to
@@ -105,9 +111,11 @@ class SchemaRegistry:
         return sorted(self._files)
 
     def __contains__(self, schema_id: object) -> bool:
-        return schema_id in self._files
+        return schema_id in self._files and schema_id not in self.conflicts
 
     def get(self, schema_id: str) -> SchemaFile:
+        if schema_id in self.conflicts:
+            raise self.conflicts[schema_id]
         try:
             return self._files[schema_id]
         except KeyError:

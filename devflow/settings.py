@@ -16,6 +16,9 @@ then command-line options — each overriding the one before.
 | log_format | DEVFLOW_LOG_FORMAT | auto (console on a terminal, JSON otherwise) |
 | actor | DEVFLOW_ACTOR | the OS user |
 | groups | (config file only) | {} — approver groups: name -> members |
+| prices | (config file only) | {} — USD per million tokens by model name (``input``, |
+| | | ``output``, ``cached_input``), for CLIs that print no cost (docs/backends.md) |
+| port_range, port_block | (config file only) | 20000-39999, 10 — TCP port blocks for runs |
 """
 
 from __future__ import annotations
@@ -117,10 +120,15 @@ class Settings:
                 values[name] = durations.parse_duration(values[name], field=name)
         for name in _DIRS:
             if name in values:
-                values[name] = tuple(Path(p).expanduser().resolve() for p in values[name])
+                dirs = values[name]
+                dirs = [dirs] if isinstance(dirs, str) else dirs
+                values[name] = tuple(Path(p).expanduser().resolve() for p in dirs)
         if "groups" in values:
-            values["groups"] = {str(k): tuple(str(m) for m in v)
+            values["groups"] = {str(k): (str(v),) if isinstance(v, str) else tuple(map(str, v))
                                 for k, v in (values["groups"] or {}).items()}
+        if values.get("log_format", "auto") not in ("auto", "console", "json"):
+            raise DevflowError(Code.CONFIG_INVALID, f"log_format {values['log_format']!r}",
+                               hint="auto, console or json")
         workspace = Path(values.pop("workspace", None) or home / "workspace").expanduser()
         database_url = values.pop("database_url", None) or f"sqlite:///{home / 'devflow.db'}"
         values.setdefault("actor", _os_user())

@@ -158,10 +158,12 @@ def schemas_list(state: State, as_json: bool) -> None:
 
 @schemas.command("show")
 @click.argument("schema_id")
+@click.option("--json", "as_json", is_flag=True, help="The schema on one line.")
 @click.pass_obj
-def schemas_show(state: State, schema_id: str) -> None:
+def schemas_show(state: State, schema_id: str, as_json: bool) -> None:
     """Print a schema."""
-    click.echo(json.dumps(state.app.catalog.schemas.get(schema_id).contents, indent=2))
+    click.echo(json.dumps(state.app.catalog.schemas.get(schema_id).contents,
+                          indent=2 if not as_json else None))
 
 
 @schemas.command("check")

@@ -119,6 +119,10 @@ class RunTx:
             existing = self.session.exec(
                 select(EventRow).where(EventRow.idem_key == new.key)).first()
             if existing is not None:
+                if existing.run_id != self._row.id:
+                    raise DevflowError(Code.INTERNAL, f"idempotency key {new.key!r} belongs to "
+                                       f"run {existing.run_id}, not {self._row.id}",
+                                       hint="idempotency keys start with their run's id")
                 return rows.event(existing)
         payload = dict(new.payload)
         if self._redact is not None:

@@ -1,0 +1,267 @@
+"""The store's event log and transitions on both databases: numbering, idempotency keys,
+constraints, and one transaction per change."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from devflow import model
+from devflow.catalog import Catalog, Dirs
+from devflow.errors import Code, DevflowError
+from devflow.states import PhaseState, RunState
+from devflow.store import Limits, RunTx, Store
+from devflow.store.tables import EventRow, PhaseRow, RunRow
+from tests.conftest import _pg_admin, pg_url_for
+from tests.integration.test_store_properties import new_run
+
+
+@pytest.fixture(scope="module", params=[
+    "sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Store]:
+    """One migrated database per engine for the module: every test uses its own run ids."""
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("events") / "devflow.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        opened = Store.open(f"sqlite:///{path}")
+        yield opened
+        opened.close()
+        return
+    template = request.getfixturevalue("pg_template")
+    name = f"devflow_ev_{uuid.uuid4().hex[:12]}"
+    with _pg_admin() as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    opened = Store.open(pg_url_for(name))
+    yield opened
+    opened.close()
+    with _pg_admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog(Dirs.with_builtins())
+
+
+def _run(store: Store, catalog: Catalog, run_id: str) -> model.Run:
+    return store.runs.create(new_run(catalog.template("development@1"), catalog, run_id),
+                             Limits(max_active_per_branch=100, max_concurrent_runs=100))
+
+
+def _count(store: Store, table: type, **where: object) -> int:
+    def tx(session: Session) -> int:
+        query = sa.select(sa.func.count()).select_from(table)
+        for name, value in where.items():
+            query = query.where(getattr(table, name) == value)
+        return int(session.execute(query).scalar_one())
+    return store.db.read(tx)
+
+
+def test_a_new_run_is_bound_with_its_first_events(store: Store, catalog: Catalog) -> None:
+    run = _run(store, catalog, "ev-1")
+    assert run.state is RunState.BOUND and run.last_seq == 2
+    events = store.events.after("ev-1")
+    assert [(e.seq, e.type) for e in events] == [(1, "run.created"), (2, "run.bound")]
+    assert events[0].payload["template"] == "development@1"
+    assert {b.role: b.persona_ref for b in store.runs.bindings("ev-1")} == {
+        "implementer": "scripted-implementer@1", "planner": "scripted-planner@1",
+        "reviewer": "scripted-reviewer@1"}
+    assert [p.key for p in store.runs.phases("ev-1")] == ["spec", "plan", "implement", "review"]
+    assert all(p.state is PhaseState.PENDING for p in store.runs.phases("ev-1"))
+    assert events[0].ts.tzinfo is not None  # times come back aware
+
+
+def test_seq_is_per_run_and_gapless_when_runs_interleave(store: Store, catalog: Catalog) -> None:
+    for run_id in ("ev-a", "ev-b"):
+        _run(store, catalog, run_id)
+    for i in range(5):
+        for run_id in ("ev-a", "ev-b"):
+            event = store.runs.change(run_id, lambda tx, i=i: tx.event(
+                model.NewEvent("note.added", payload={"i": i})))
+            assert event.seq == 3 + i
+    for run_id in ("ev-a", "ev-b"):
+        assert [e.seq for e in store.events.after(run_id)] == list(range(1, 8))
+        assert [e.seq for e in store.events.after(run_id, 4)] == [5, 6, 7]
+        assert [e.seq for e in store.events.tail(run_id, 2)] == [6, 7]
+
+
+def test_an_existing_idempotency_key_returns_the_existing_event(store: Store,
+                                                                catalog: Catalog) -> None:
+    _run(store, catalog, "ev-k")
+    first = store.runs.change("ev-k", lambda tx: tx.event(
+        model.NewEvent("approval.requested", "spec", {"round": 1}, key="ev-k:gate:1")))
+    assert first.seq == 3
+    rows_before = _count(store, EventRow)
+    again = store.runs.change("ev-k", lambda tx: tx.event(
+        model.NewEvent("approval.requested", "spec", {"round": 99}, key="ev-k:gate:1")))
+    assert (again.seq, dict(again.payload)) == (3, {"round": 1})
+    assert _count(store, EventRow) == rows_before
+    assert store.runs.get("ev-k").last_seq == 3
+    # within one transaction, too
+    pair = store.runs.change("ev-k", lambda tx: (
+        tx.event(model.NewEvent("x.once", key="ev-k:once")),
+        tx.event(model.NewEvent("x.once", key="ev-k:once"))))
+    assert pair[0].seq == pair[1].seq == 4
+    assert [e.type for e in store.events.after("ev-k", 2)] == ["approval.requested", "x.once"]
+
+
+def test_the_database_refuses_a_second_event_with_the_same_seq(store: Store,
+                                                               catalog: Catalog) -> None:
+    run = _run(store, catalog, "ev-dup")
+
+    def duplicate(session: Session) -> None:
+        session.add(EventRow(run_id="ev-dup", seq=2, type="x.dup", payload={},
+                             ts=run.created_at, idem_key="ev-dup:other"))
+
+    with pytest.raises(DevflowError) as caught:
+        store.db.write(duplicate)
+    assert caught.value.code is Code.DATABASE_ERROR
+    assert _count(store, EventRow, run_id="ev-dup") == 2
+
+
+def test_the_database_refuses_a_second_event_with_the_same_key(store: Store,
+                                                               catalog: Catalog) -> None:
+    run = _run(store, catalog, "ev-dupkey")
+
+    def duplicate(session: Session) -> None:
+        session.add(EventRow(run_id="ev-dupkey", seq=3, type="x.dup", payload={},
+                             ts=run.created_at, idem_key="ev-dupkey:1"))  # run.created's key
+
+    with pytest.raises(DevflowError) as caught:
+        store.db.write(duplicate)
+    assert caught.value.code is Code.DATABASE_ERROR
+    assert _count(store, EventRow, run_id="ev-dupkey") == 2
+
+
+def test_foreign_keys_are_enforced(store: Store) -> None:
+    def orphan(session: Session) -> None:
+        session.add(PhaseRow(run_id="no-such-run", position=1, key="k", origin="template",
+                             definition={}, state="pending"))
+
+    with pytest.raises(DevflowError) as caught:
+        store.db.write(orphan)
+    assert caught.value.code is Code.DATABASE_ERROR
+    assert _count(store, PhaseRow, run_id="no-such-run") == 0
+
+
+def test_concurrent_appends_get_distinct_gapless_numbers(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "ev-c")
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(8):
+                store.runs.change("ev-c", lambda tx, i=i: tx.event(
+                    model.NewEvent("note.added", payload={"writer": n, "i": i})))
+                # every writer also tries one shared idempotency key
+                store.runs.change("ev-c", lambda tx: tx.event(
+                    model.NewEvent("note.shared", key="ev-c:shared")))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    events = store.events.after("ev-c")
+    assert [e.seq for e in events] == list(range(1, 2 + 4 * 8 + 1 + 1))
+    assert [e.type for e in events].count("note.shared") == 1
+    assert store.runs.get("ev-c").last_seq == len(events)
+
+
+def test_a_failed_change_writes_nothing(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "ev-tx")
+    before = store.runs.get("ev-tx")
+
+    def half(tx: RunTx) -> None:
+        tx.move_run(RunState.EXECUTING, model.NewEvent("run.executing"))
+        tx.move_phase("spec", PhaseState.RUNNING, model.NewEvent("phase.started", "spec"))
+        tx.move_phase("spec", PhaseState.COMPLETED)  # illegal
+
+    with pytest.raises(DevflowError) as caught:
+        store.runs.change("ev-tx", half)
+    assert caught.value.code is Code.ILLEGAL_TRANSITION
+    assert store.runs.get("ev-tx") == before
+    assert store.runs.phases("ev-tx")[0].state is PhaseState.PENDING
+    assert len(store.events.after("ev-tx")) == 2
+
+
+def test_state_fields_change_only_through_moves(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "ev-f")
+    with pytest.raises(ValueError, match="move_run"):
+        store.runs.change("ev-f", lambda tx: tx.set_run(state="completed"))
+    with pytest.raises(ValueError, match="move_phase"):
+        store.runs.change("ev-f", lambda tx: tx.set_phase("spec", state="completed"))
+    assert store.runs.get("ev-f").state is RunState.BOUND
+
+
+def test_pause_remembers_where_resume_goes(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "ev-p")
+    store.runs.change("ev-p", lambda tx: tx.move_run(RunState.EXECUTING))
+    paused = store.runs.change("ev-p", lambda tx: tx.move_run(
+        RunState.PAUSED, model.NewEvent("run.paused")))
+    assert (paused.state, paused.paused_from) == (RunState.PAUSED, RunState.EXECUTING)
+    # a paused run that "settles" at a gate resumes there
+    settled = store.runs.change("ev-p", lambda tx: tx.settle(RunState.AWAITING_APPROVAL))
+    assert (settled.state, settled.paused_from) == (RunState.PAUSED,
+                                                    RunState.AWAITING_APPROVAL)
+    resumed = store.runs.change("ev-p", lambda tx: tx.move_run(
+        RunState.AWAITING_APPROVAL, model.NewEvent("run.resumed")))
+    assert (resumed.state, resumed.paused_from) == (RunState.AWAITING_APPROVAL, None)
+
+
+def test_an_unknown_run_is_not_found(store: Store) -> None:
+    for call in (lambda: store.runs.get("nope"),
+                 lambda: store.runs.change("nope", lambda tx: tx.run)):
+        with pytest.raises(DevflowError) as caught:
+            call()
+        assert caught.value.code is Code.RUN_NOT_FOUND and caught.value.exit_code == 4
+
+
+def test_a_run_is_found_by_a_unique_prefix(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "prefix-alpha")
+    _run(store, catalog, "prefix-beta")
+    assert store.runs.get("prefix-a").id == "prefix-alpha"
+    with pytest.raises(DevflowError):
+        store.runs.get("prefix-")  # two match
+
+
+def test_the_run_id_is_unique(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "twice")
+    with pytest.raises(DevflowError) as caught:
+        _run(store, catalog, "twice")
+    assert caught.value.code is Code.RUN_ID_EXISTS
+    assert _count(store, RunRow, id="twice") == 1
+
+
+def test_runs_are_found_by_state(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "st-1")
+    _run(store, catalog, "st-2")
+    store.runs.change("st-2", lambda tx: tx.move_run(RunState.ABORTED))
+    aborted = {r.id for r in store.runs.find(states_in=[RunState.ABORTED])}
+    assert "st-2" in aborted and "st-1" not in aborted
+    assert "st-2" in store.runs.missing_reports() and "st-1" not in store.runs.missing_reports()
+    bound = {r.id for r in store.runs.find(states_in=[RunState.BOUND, RunState.EXECUTING])}
+    assert "st-1" in bound and "st-2" not in bound
+    ids = set(store.db.read(lambda s: s.exec(select(RunRow.id)).all()))
+    assert {"st-1", "st-2"} <= ids
+
+
+def test_the_phases_of_a_terminal_run_do_not_move(store: Store, catalog: Catalog) -> None:
+    _run(store, catalog, "ev-term")
+    store.runs.change("ev-term", lambda tx: tx.move_run(RunState.ABORTED))
+    with pytest.raises(DevflowError) as caught:
+        store.runs.change("ev-term", lambda tx: tx.move_phase("spec", PhaseState.RUNNING))
+    assert caught.value.code is Code.ILLEGAL_TRANSITION
+    assert caught.value.hint
+    assert store.runs.phases("ev-term")[0].state is PhaseState.PENDING
+    assert store.runs.get("ev-term").state is RunState.ABORTED
