@@ -53,6 +53,7 @@ class App:
         self.settings = settings
         self._clock = clock
         logs.configure(settings.log_format, log_level)
+        backends.configure(prices=settings.prices)
         logs.set_redactor(self.redactor)
 
     # -- wiring ----------------------------------------------------------------------------

@@ -154,9 +154,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["**Objective:** " + run["objective"], ""]
     if run.get("failure"):
         lines += [f"**Failure:** `{run['failure']['code']}`: {run['failure']['reason']}", ""]
-    lines += _table("Phases", ["phase", "role", "state", "attempts", "duration", "artifact sha256"],
+    lines += _table("Phases", ["phase", "role", "state", "attempts", "duration", "tokens in/out",
+                               "cost", "artifact sha256"],
                     [[p["key"], p.get("role", ""), p["state"], str(p["attempts"]),
                       format_duration(p["duration_seconds"]) if p.get("duration_seconds") else "—",
+                      f"{p['usage']['tokens_in']}/{p['usage']['tokens_out']}",
+                      f"${p['usage']['cost_usd']:.4f}",
                       f"`{((p['artifact'] or {}).get('sha256') or '—')[:12]}`"]
                      for p in report["phases"]])
     lines += _table("Bindings", ["role", "persona", "backend"],

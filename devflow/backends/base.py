@@ -52,6 +52,8 @@ class Command:
     argv: list[str]
     env: dict[str, str]
     stdin_file: Path | None = None
+    #: seconds; a persona's own ``timeout`` option, which wins over the phase's ``Task.timeout``
+    timeout: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

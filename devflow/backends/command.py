@@ -1,0 +1,339 @@
+"""The command backend, and what the presets for real CLIs are built on.
+
+A persona names an argv list; an argument that is exactly one placeholder is replaced
+by the task's value, as one argument, and nothing else is ever expanded: text from a
+template or from requirements can become neither an extra argument nor a shell command.
+
+| placeholder | value |
+|---|---|
+| ``{prompt_file}`` | the prompt of this attempt, a Markdown file |
+| ``{artifact_path}`` | the artifact's path, relative to the worktree ("" when none) |
+| ``{worktree}`` | the run's worktree (also the process's working directory) |
+| ``{phase}``, ``{run_id}``, ``{attempt}`` | the phase key, the run id, the attempt number |
+| ``{model}`` | the persona's ``model`` |
+
+Options of a ``command`` persona: ``argv`` (required), ``stdin`` (``prompt`` feeds the
+prompt file on standard input, ``none`` the default gives /dev/null), ``timeout`` (a
+duration that wins over the phase's), ``version_argv`` (run to learn the version shown
+with the binding). The environment is the persona's ``env`` (``allow`` and ``set``) over
+devflow's base variables, and nothing else.
+
+``Preset`` is the same machinery for a known CLI: the preset builds the argv, the
+persona adds ``args`` (placeholders allowed) and ``env``; ``bin`` or
+``DEVFLOW_<NAME>_BIN`` names another executable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from devflow import durations
+from devflow.backends.base import Availability, Command, Outcome, Task, agent_env
+from devflow.backends.process import Exit
+from devflow.definitions import Persona
+from devflow.errors import Code, DevflowError
+from devflow.schemas import SchemaRegistry
+
+PLACEHOLDERS: Final = ("prompt_file", "artifact_path", "worktree", "phase", "run_id", "attempt",
+                       "model")
+_WHOLE: Final = re.compile(r"^\{([a-z_]+)\}$")
+_ANY: Final = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
+_VERSION_TIMEOUT: Final = 30.0
+
+_versions: dict[tuple[str, int, tuple[str, ...]], str | None] = {}
+_versions_lock = threading.Lock()
+
+#: USD per million tokens by model, from devflow's configuration (``prices`` in config.yaml)
+_configured_prices: dict[str, Mapping[str, float]] = {}
+
+
+def configure(*, prices: Mapping[str, Mapping[str, float]] | None = None) -> None:
+    """Settings the backends need from devflow's configuration (called by the app)."""
+    _configured_prices.clear()
+    _configured_prices.update(prices or {})
+
+
+# -- placeholders -----------------------------------------------------------------------
+def values(task: Task) -> dict[str, str]:
+    return {"prompt_file": str(task.prompt_file), "artifact_path": task.artifact_path or "",
+            "worktree": str(task.worktree), "phase": task.phase, "run_id": task.run_id,
+            "attempt": str(task.attempt), "model": task.persona.model or ""}
+
+
+def expand(argv: Sequence[str], task: Task) -> list[str]:
+    """``argv`` with each whole-argument placeholder replaced; other text stays as written."""
+    known = values(task)
+    out = []
+    for arg in argv:
+        found = _WHOLE.match(arg)
+        out.append(known[found.group(1)] if found and found.group(1) in known else arg)
+    return out
+
+
+def check_argv(value: Any, field: str, *, required: bool) -> list[str]:
+    if value is None:
+        return [f"{field} is required: a list of arguments, e.g. [my-agent, '{{prompt_file}}']"] \
+            if required else []
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        return [f"{field} must be a list of strings (an argv, never a shell string)"]
+    if required and (not value or not value[0]):
+        return [f"{field} must name a program first"]
+    problems = []
+    for index, arg in enumerate(value):
+        whole = _WHOLE.match(arg)
+        if whole and whole.group(1) not in PLACEHOLDERS:
+            problems.append(f"{field}[{index}]: unknown placeholder {arg!r} "
+                            f"(known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+        elif not whole and _ANY.search(arg):
+            problems.append(f"{field}[{index}]: {arg!r}: a placeholder must be a whole "
+                            f"argument (write it as an argument of its own)")
+    return problems
+
+
+def check_known(options: Mapping[str, Any], known: Sequence[str], backend: str) -> list[str]:
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        return [f"unknown {backend} options: {', '.join(unknown)} "
+                f"(known: {', '.join(sorted(known))})"]
+    return []
+
+
+def check_timeout(options: Mapping[str, Any]) -> list[str]:
+    if "timeout" not in options:
+        return []
+    try:
+        seconds = durations.parse_duration(options["timeout"], field="timeout")
+        if not 0 < seconds < float("inf"):  # NaN fails this too
+            return ["timeout must be a positive, finite duration"]
+    except DevflowError as exc:
+        return [exc.message if "timeout" in exc.message else f"timeout: {exc.message}"]
+    return []
+
+
+def check_strings(options: Mapping[str, Any], *names: str) -> list[str]:
+    return [f"{name} must be a string" for name in names
+            if name in options and not isinstance(options[name], str)]
+
+
+def check_string_lists(options: Mapping[str, Any], *names: str) -> list[str]:
+    return [f"{name} must be a list of strings" for name in names
+            if name in options and not (isinstance(options[name], list)
+                                        and all(isinstance(v, str) for v in options[name]))]
+
+
+def timeout_of(options: Mapping[str, Any]) -> float | None:
+    return durations.parse_duration(options["timeout"]) if "timeout" in options else None
+
+
+# -- programs and versions --------------------------------------------------------------
+def resolve(program: str) -> str | None:
+    """An executable's absolute path: ``program`` itself when absolute, else found on PATH."""
+    if os.path.isabs(program):
+        return program if os.path.isfile(program) and os.access(program, os.X_OK) else None
+    return shutil.which(program, path=os.environ.get("PATH", os.defpath))
+
+
+def version(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str | None:
+    """The first line ``argv`` prints, run with a throwaway HOME; cached per executable."""
+    try:
+        stamp = os.stat(argv[0]).st_mtime_ns
+    except OSError:
+        return None
+    key = (argv[0], stamp, tuple(argv[1:]))
+    with _versions_lock:
+        if key in _versions:
+            return _versions[key]
+    with tempfile.TemporaryDirectory(prefix="devflow-version-") as home:
+        full = {"PATH": os.environ.get("PATH", os.defpath), "HOME": home, "LANG": "C.UTF-8"}
+        full.update({k: v.replace("{home}", home) for k, v in (env or {}).items()})
+        for value in full.values():
+            if value.startswith(home):
+                Path(value).mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(list(argv), capture_output=True, text=True, env=full, cwd=home,
+                                  stdin=subprocess.DEVNULL, timeout=_VERSION_TIMEOUT,
+                                  check=False)
+            lines = [ln.strip() for ln in (done.stdout or done.stderr).splitlines() if ln.strip()]
+            found = lines[0][:120] if done.returncode == 0 and lines else None
+        except (OSError, subprocess.SubprocessError):
+            found = None
+    with _versions_lock:
+        _versions[key] = found
+    return found
+
+
+# -- the command backend ----------------------------------------------------------------
+class CommandBackend:
+    name = "command"
+    OPTIONS: Final = ("argv", "stdin", "timeout", "version_argv")
+
+    def check_options(self, options: Mapping[str, Any]) -> list[str]:
+        problems = check_known(options, self.OPTIONS, self.name)
+        problems += check_argv(options.get("argv"), "argv", required=True)
+        problems += check_argv(options.get("version_argv"), "version_argv", required=False)
+        if options.get("stdin", "none") not in ("prompt", "none"):
+            problems.append("stdin must be `prompt` (the prompt file on standard input) "
+                            "or `none`")
+        return problems + check_timeout(options)
+
+    def availability(self, persona: Persona) -> Availability:
+        argv = list(persona.options.get("argv") or [])
+        if not argv:
+            return Availability(False, reason=f"persona {persona.ref} gives no argv")
+        if "{model}" in argv and not persona.model:
+            return Availability(False, reason=f"persona {persona.ref} uses {{model}} but names "
+                                              f"no model")
+        path = resolve(argv[0])
+        if path is None:
+            return Availability(False, reason=f"{argv[0]!r} (argv[0] of persona "
+                                              f"{persona.ref}) is not an executable on PATH")
+        version_argv = persona.options.get("version_argv")
+        seen = None
+        if version_argv:
+            program = resolve(version_argv[0]) or version_argv[0]
+            seen = version([program, *version_argv[1:]])
+        return Availability(True, version=seen, details={"path": path})
+
+    def command(self, task: Task, schemas: SchemaRegistry) -> Command:
+        options = task.persona.options
+        argv = expand(options["argv"], task)
+        argv[0] = resolve(argv[0]) or argv[0]
+        return Command(argv=argv, env=agent_env(task),
+                       stdin_file=task.prompt_file if options.get("stdin") == "prompt" else None,
+                       timeout=timeout_of(options))
+
+    def progress(self, line: str) -> str | None:
+        return None
+
+    def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
+        return Outcome()
+
+
+# -- presets ----------------------------------------------------------------------------
+class Preset:
+    """A real CLI run through the command machinery; subclasses say how to drive it."""
+
+    name: str = ""
+    program: str = ""
+    #: options every preset takes, beside its own ``OWN``
+    COMMON: Final = ("args", "bin", "timeout")
+    OWN: tuple[str, ...] = ()
+    #: variables for ``--version`` beside PATH and a throwaway HOME (``{home}`` is that HOME)
+    VERSION_ENV: Mapping[str, str] = {}
+
+    @property
+    def bin_variable(self) -> str:
+        return f"DEVFLOW_{self.program.upper()}_BIN"
+
+    def check_options(self, options: Mapping[str, Any]) -> list[str]:
+        problems = check_known(options, (*self.COMMON, *self.OWN), self.name)
+        problems += check_argv(options.get("args"), "args", required=False)
+        problems += check_strings(options, "bin") + check_timeout(options)
+        return problems + self.check_own(options)
+
+    def check_own(self, options: Mapping[str, Any]) -> list[str]:
+        return []
+
+    def executable(self, persona: Persona) -> str:
+        return str(persona.options.get("bin") or os.environ.get(self.bin_variable)
+                   or self.program)
+
+    def availability(self, persona: Persona) -> Availability:
+        wanted = self.executable(persona)
+        path = resolve(wanted)
+        if path is None:
+            return Availability(False, reason=(
+                f"{wanted!r} (needed by persona {persona.ref}) is not on PATH; install it or "
+                f"name it with options.bin or {self.bin_variable}"))
+        return Availability(True, version=version([path, "--version"], self.VERSION_ENV),
+                            details={"path": path})
+
+    def command(self, task: Task, schemas: SchemaRegistry) -> Command:
+        wanted = self.executable(task.persona)
+        path = resolve(wanted)
+        if path is None:
+            raise DevflowError(Code.BACKEND_UNAVAILABLE,
+                               f"{wanted!r} (needed by persona {task.persona.ref}) is not on "
+                               f"PATH", hint=f"install it or set {self.bin_variable}")
+        home = self.home(task)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
+        extra = expand(task.persona.options.get("args") or [], task)
+        argv = [path, *self.arguments(task, home, extra)]
+        env = agent_env(task)
+        env.update({k: v for k, v in self.defaults(task, home).items()
+                    if k not in task.persona.env_set})
+        env.update(self.forced(task, home))
+        return Command(argv=argv, env=env, stdin_file=self.stdin(task),
+                       timeout=timeout_of(task.persona.options))
+
+    def home(self, task: Task) -> Path:
+        """The CLI's own HOME, one per run and preset, kept across attempts (for resuming)."""
+        base = task.home if task.home is not None else task.log_dir.parent / "home"
+        return base / self.name
+
+    def arguments(self, task: Task, home: Path, extra: list[str]) -> list[str]:
+        raise NotImplementedError
+
+    def defaults(self, task: Task, home: Path) -> dict[str, str]:
+        """Variables a persona's ``env.set`` may override."""
+        return {}
+
+    def forced(self, task: Task, home: Path) -> dict[str, str]:
+        """Variables devflow always sets (HOME and the CLI's state directories)."""
+        return {"HOME": str(home)}
+
+    def stdin(self, task: Task) -> Path | None:
+        return task.prompt_file
+
+    def progress(self, line: str) -> str | None:
+        return None
+
+    def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
+        return Outcome()
+
+
+def prices_for(model: str | None, options: Mapping[str, Any]) -> Mapping[str, float] | None:
+    """USD per million tokens (``input``, ``output``, ``cached_input``) for ``model``: the
+    persona's ``prices`` option first, then devflow's configured ``prices``."""
+    own = options.get("prices")
+    if isinstance(own, Mapping) and own:
+        return own
+    return _configured_prices.get(model or "")
+
+
+def check_prices(options: Mapping[str, Any]) -> list[str]:
+    prices = options.get("prices")
+    if prices is None:
+        return []
+    if not isinstance(prices, Mapping) or not prices:
+        return ["prices must map input, output (and cached_input) to USD per million tokens"]
+    problems = [f"prices.{k}: unknown (known: input, output, cached_input)"
+                for k in prices if k not in ("input", "output", "cached_input")]
+    problems += [f"prices.{k} must be a number, not negative" for k, v in prices.items()
+                 if isinstance(v, bool) or not isinstance(v, int | float) or v < 0]
+    return problems
+
+
+def cost(prices: Mapping[str, float] | None, tokens_in: int, tokens_out: int,
+         cached_in: int = 0) -> float | None:
+    if not prices:
+        return None
+    cached_price = float(prices.get("cached_input", prices.get("input", 0.0)))
+    fresh = max(tokens_in - cached_in, 0)
+    return round((fresh * float(prices.get("input", 0.0)) + cached_in * cached_price
+                  + tokens_out * float(prices.get("output", 0.0))) / 1_000_000, 6)
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
