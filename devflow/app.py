@@ -6,6 +6,7 @@ runs enter the async core with ``anyio.run``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -238,6 +239,8 @@ class App:
 
     # -- people ----------------------------------------------------------------------------
     def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:
+        if not request.groups and self.settings.groups:
+            request = dataclasses.replace(request, groups=self.settings.groups)
         return control.decide(self.context(), request)
 
     def pause(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:

@@ -172,6 +172,10 @@ def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
                            state=str(approval.state))
     if req.system_reason:
         return  # the template's own escalation chain or timeout decides
+    if req.actor.startswith("system:"):
+        raise DevflowError(Code.INVALID_INPUT, f"actor {req.actor!r} is reserved",
+                           hint="names starting with system: are devflow's own (escalations, "
+                                "timeouts); decide under your own name")
     if req.action not in approval.options:
         raise DevflowError(Code.INVALID_INPUT,
                            f"gate {approval.gate} does not offer {req.action}",

@@ -63,12 +63,16 @@ def _decide(state: State, run_id: str, action: str, approval: int | None, token:
                    + ("  (pass --token to retry safely)" if made_token else ""))
     view = app.view(result.run.id)
     drove = False
-    if not no_drive and not result.replayed and str(view.run.state) in ("executing", "planning"):
+    # a replay drives too: the first call may have died right after recording
+    if not no_drive and str(view.run.state) in ("executing", "planning"):
         with Progress(quiet=as_json) as progress:
             view, drove = app.drive(result.run.id, observer=progress)
         if not drove and not as_json:
             click.echo("a worker holds the run; it continues there", err=True)
-    return show_view(view, as_json=as_json, extra={**result.to_json(), "driven": drove})
+    code = show_view(view, as_json=as_json, extra={**result.to_json(), "driven": drove})
+    # The decision was recorded (or replayed): success, even when it ended the run;
+    # 1 only when the run failed while this command drove it on.
+    return code if drove else 0
 
 
 def _decision_options(fn: Any) -> Any:
