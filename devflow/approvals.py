@@ -1,4 +1,4 @@
-"""Gates and decisions (DESIGN.md §3.1 and §3.7).
+"""Gates and decisions (DESIGN.md §3.1 and §3.7); deadlines and escalation are in escalation.py.
 
 A gate opens when a gated phase's artifact validated: an approval request records
 the round and the evidence the approver is shown (artifact sha256, worktree HEAD and
@@ -313,81 +313,3 @@ def next_due(gate: GateDef, opened_at: datetime, deadline: datetime | None,
     elif not gate.escalation and deadline is not None:
         times.append(deadline)
     return min(times) if times else None
-
-
-@dataclass(frozen=True)
-class Step:
-    """One thing the sweep did to a request: warned, escalated, decided or timed_out."""
-
-    kind: str
-    approval_id: int
-    detail: Mapping[str, Any]
-
-
-def step_due(tx: RunTx, approval_id: int) -> Step | None:
-    """Apply the one thing that is due on a pending request, or None when nothing is.
-
-    Called once per transaction under the run's lock and re-checked there, so two
-    sweeps at once apply each step once, and a request a person decided is left alone.
-    """
-    approval = tx.approval(approval_id)
-    if approval.state is not ApprovalState.PENDING or approval.next_due_at is None \
-            or approval.next_due_at > tx.now:
-        return None
-    gate = _gate(tx, approval.gate)
-    now, step = tx.now, None
-    if (approval.deadline is not None and gate.warn_before and approval.warned_at is None
-            and now >= approval.deadline - timedelta(seconds=gate.warn_before)):
-        tx.set_approval(approval_id, warned_at=now)
-        tx.event(model.NewEvent("approval.expiring", approval.phase_key, {
-            "approval_id": approval_id, "gate": approval.gate,
-            "deadline": model.iso(approval.deadline)},
-            key=f"{tx.run.id}:approval.expiring:{approval_id}"))
-        step = Step("warned", approval_id, {"deadline": model.iso(approval.deadline)})
-    elif approval.escalation_applied < len(gate.escalation):
-        index = approval.escalation_applied
-        chain = gate.escalation[index]
-        if now < approval.opened_at + timedelta(seconds=chain.after):
-            return None
-        step = _escalate(tx, approval, index, chain)
-    elif not gate.escalation and approval.deadline is not None and now >= approval.deadline:
-        decide_in(tx, DecisionRequest(
-            run_id=tx.run.id, action="reject", actor="system:timeout",
-            token=f"timeout:{approval_id}", system_reason=str(Code.APPROVAL_TIMEOUT)),
-            approval_id, None)
-        step = Step("timed_out", approval_id, {"deadline": model.iso(approval.deadline)})
-    if step is None:
-        return None
-    current = tx.approval(approval_id)
-    if current.state is ApprovalState.PENDING:
-        tx.set_approval(approval_id, next_due_at=next_due(
-            gate, current.opened_at, current.deadline, current.warned_at,
-            current.escalation_applied))
-    else:
-        tx.set_approval(approval_id, next_due_at=None)
-    return step
-
-
-def _escalate(tx: RunTx, approval: model.Approval, index: int, chain: Any) -> Step:
-    number = index + 1
-    if chain.action is None:
-        approvers = tuple(dict.fromkeys(
-            [*approval.approvers, *chain.to] if chain.keep_previous else chain.to))
-        tx.set_approval(approval.id, approvers=list(approvers), escalation_applied=number)
-        tx.event(model.NewEvent("approval.escalated", approval.phase_key, {
-            "approval_id": approval.id, "gate": approval.gate, "step": number,
-            "to": list(chain.to), "approvers": list(approvers), "reason": chain.audit_reason},
-            key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))
-        return Step("escalated", approval.id, {"step": number, "approvers": list(approvers),
-                                                "reason": chain.audit_reason})
-    tx.set_approval(approval.id, escalation_applied=number)
-    tx.event(model.NewEvent("approval.escalated", approval.phase_key, {
-        "approval_id": approval.id, "gate": approval.gate, "step": number,
-        "action": chain.action, "reason": chain.audit_reason},
-        key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))
-    decide_in(tx, DecisionRequest(
-        run_id=tx.run.id, action=chain.action, actor="system:escalation",
-        token=f"escalation:{approval.id}:{number}", system_reason=chain.audit_reason),
-        approval.id, None)
-    return Step("decided", approval.id, {"step": number, "action": chain.action,
-                                         "reason": chain.audit_reason})

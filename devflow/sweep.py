@@ -6,7 +6,7 @@
    runnable again, its worktree re-created if it went missing. After
    ``max_recoveries`` recoveries, or with ``policy="fail"``, the run fails with
    ``process_restart_unrecovered`` instead.
-2. Gates: warnings before deadlines, escalation steps, timeouts (``approvals.step_due``).
+2. Gates: warnings before deadlines, escalation steps, timeouts (``escalation.step_due``).
 3. Terminal runs without a report get one.
 
 A run whose driver still heartbeats is never touched: its lease has not expired.
@@ -24,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from devflow import approvals, artifacts, model, states, transitions, worktree
+from devflow import artifacts, escalation, model, states, transitions, worktree
 from devflow.backends import process
 from devflow.engine import finish, workspace
 from devflow.engine.context import Context
@@ -186,7 +186,7 @@ def _gate(ctx: Context, approval: model.Approval, dry_run: bool) -> Iterable[Act
     actions = []
     for _ in range(64):  # one thing per transaction, in order, until nothing is due
         step = ctx.change(approval.run_id,
-                          lambda tx: approvals.step_due(tx, approval.id))
+                          lambda tx: escalation.step_due(tx, approval.id))
         if step is None:
             break
         actions.append(Action(approval.run_id, step.kind,
