@@ -11,11 +11,11 @@ import functools
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -25,11 +25,13 @@ from devflow.backends.base import BASE_ENV
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona, Template
 from devflow.engine import control, drive, finish, prune, start, worker
-from devflow.engine.context import Context, NoObserver, Observer, new_owner
+from devflow.engine.context import Context, NoObserver, Observer, new_owner, single
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, RunState
 from devflow.store import Store, migrate
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ class App:
         if detach:
             self.store.leases.release(run.id, lease)
             return self.view(run.id)
-        anyio.run(drive.drive, ctx, run.id, lease)
+        _run_async(drive.drive, ctx, run.id, lease)
         return self.view(run.id)
 
     def drive(self, run_id: str, observer: Observer | None = None) -> tuple[RunView, bool]:
@@ -165,7 +167,7 @@ class App:
         lease = self.store.leases.claim(run.id, new_owner("cli"), self.settings.lease_seconds)
         if lease is None:
             return self.view(run.id), False
-        anyio.run(drive.drive, self.context(observer), run.id, lease)
+        _run_async(drive.drive, self.context(observer), run.id, lease)
         return self.view(run.id), True
 
     def view(self, run_id: str) -> RunView:
@@ -227,7 +229,7 @@ class App:
                 stats = await worker.work(self.context(), options, stop)
                 group.cancel_scope.cancel()
             return stats
-        return anyio.run(main)
+        return _run_async(main)
 
     def workers(self, include_stopped: bool = False) -> list[model.Worker]:
         return self.store.leases.workers(include_stopped=include_stopped)
@@ -270,6 +272,14 @@ class App:
             from devflow import artifacts  # noqa: PLC0415 - only this verb needs it
             artifact = artifacts.load_stored(Path(kept.stored_path), kept.sha256)
         return approval, decisions, artifact
+
+
+def _run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Enter the async core; a lone error of its task groups comes out as itself."""
+    try:
+        return anyio.run(fn, *args)
+    except BaseExceptionGroup as failed:
+        raise single(failed) from None
 
 
 def _safe_url(url: str) -> str:

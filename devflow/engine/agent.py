@@ -23,7 +23,7 @@ from devflow.backends import process
 from devflow.backends.base import Backend, Outcome, Task
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.engine import prompt, workspace
-from devflow.engine.context import Context
+from devflow.engine.context import Context, single
 from devflow.states import PhaseState, RunState
 from devflow.store import RunTx
 
@@ -108,10 +108,13 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
             ctx.observer.progress(run.id, phase.key, note)
             notes.pending.append(note[:300])
 
-    async with anyio.create_task_group() as group:
-        group.start_soon(_flush_notes, ctx, run.id, phase.key, attempt, notes, lease)
-        exit_ = await process.run(spawn, on_start=on_start, on_line=on_line)
-        group.cancel_scope.cancel()
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(_flush_notes, ctx, run.id, phase.key, attempt, notes, lease)
+            exit_ = await process.run(spawn, on_start=on_start, on_line=on_line)
+            group.cancel_scope.cancel()
+    except BaseExceptionGroup as failed:
+        raise single(failed) from None
     outcome = _outcome(backend, task, exit_, spawn)
     faults.point("agent_exited")
     current, started_phase, invocation = begun[0]

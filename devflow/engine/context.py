@@ -44,6 +44,24 @@ class NoObserver:
         pass
 
 
+def single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error a task group failed with (cancellations aside), or the group itself.
+
+    anyio wraps whatever a task group's body raises in an ExceptionGroup; the engine's
+    callers match on DevflowError, LeaseLost and Stop, so a lone error is unwrapped.
+    """
+    leaves: list[BaseException] = []
+
+    def walk(error: BaseException) -> None:
+        if isinstance(error, BaseExceptionGroup):
+            for inner in error.exceptions:
+                walk(inner)
+        elif not isinstance(error, anyio.get_cancelled_exc_class()):
+            leaves.append(error)
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else group
+
+
 def new_owner(kind: str) -> str:
     return f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 

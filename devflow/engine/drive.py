@@ -35,6 +35,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
     under way as interrupted, which also terminates its agent.
     """
     lost = anyio.Event()
+    outage: DevflowError | None = None
     bound = log.bind(run_id=run_id, owner=lease.owner, fence=lease.fence)
     try:
         async with anyio.create_task_group() as group:
@@ -46,7 +47,14 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
             except agent.Stop as why:
                 bound.info("drive_stopped", why=str(why))
             except DevflowError as exc:
-                await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
+                if exc.code is Code.DATABASE_ERROR:
+                    # The run is not at fault: stop, keep the lease (it runs out) and let
+                    # the sweep record the interrupted attempt when the database is back.
+                    bound.error("drive_database_error", error=exc.message)
+                    lost.set()
+                    outage = exc
+                else:
+                    await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the run half-way
                 bound.exception("drive_crashed")
                 await _fail_unless_stopped(ctx, run_id, lease, DevflowError(
@@ -65,6 +73,8 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
         with anyio.CancelScope(shield=True):
             if not lost.is_set():
                 await ctx.call(ctx.store.leases.release, run_id, lease)
+    if outage is not None:
+        raise outage
     if lost.is_set():
         bound.warning("lease_lost")
     return await ctx.call(ctx.store.runs.get, run_id)

@@ -24,6 +24,7 @@ import structlog
 from devflow import worktree
 from devflow.engine import drive
 from devflow.engine.context import Context, new_owner
+from devflow.errors import DevflowError
 from devflow.store import Claimed
 
 log = structlog.get_logger("devflow.worker")
@@ -62,9 +63,14 @@ async def work(ctx: Context, options: Options, stop: anyio.Event) -> Stats:
             claimed: list[Claimed] = []
             free = options.concurrency - len(driving)
             if free > 0:
-                claimed = await ctx.call(ctx.store.leases.claim_next, worker_id,
-                                         ctx.settings.lease_seconds, free,
-                                         frozenset(driving) | frozenset(unreachable))
+                try:
+                    claimed = await ctx.call(ctx.store.leases.claim_next, worker_id,
+                                             ctx.settings.lease_seconds, free,
+                                             frozenset(driving) | frozenset(unreachable))
+                except DevflowError as exc:  # the database is away: keep the worker, retry
+                    log.warning("claim_failed", worker=worker_id, error=exc.message)
+                    await wake.wait(max(options.poll, 1.0))
+                    continue
             for item in claimed:
                 if not await ctx.call(_reachable, ctx, item.run_id):
                     await ctx.call(ctx.store.leases.release, item.run_id, item.lease)

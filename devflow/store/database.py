@@ -6,9 +6,10 @@ that writers queue at the start instead of failing at their first write.
 PostgreSQL: a pool with pre-ping; a run is locked with ``SELECT … FOR UPDATE``.
 
 ``write(fn)`` runs ``fn(session)`` in one transaction and commits. A transient
-failure before the commit (SQLite busy past its timeout, a PostgreSQL connection
-that died) runs ``fn`` again on a fresh connection; a failure during the commit
-itself is not retried, because the commit may have landed.
+failure before the COMMIT is sent (in ``fn`` or while the ORM flushes its writes:
+SQLite busy past its timeout, a PostgreSQL connection that died) runs ``fn`` again
+on a fresh connection; a failure during the COMMIT itself is not retried, because
+it may have landed.
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class Database:
             with self.session(write=write) as session:
                 try:
                     result = fn(session)
+                    # The writes are sent here, before COMMIT: a connection lost now
+                    # committed nothing, so the whole transaction may run again.
+                    session.flush()
                 except DBAPIError as exc:
                     session.rollback()
                     if attempt + 1 < _RETRIES and self._transient(exc):
