@@ -37,10 +37,14 @@ class Stop(Exception):
 
 @dataclass
 class Result:
+    """How the agent ended; ``record_exit`` writes it, with the verdict, in one transaction."""
+
     exit: process.Exit
     outcome: Outcome
     run: model.Run
     phase: model.Phase
+    invocation: model.Invocation
+    notes: list[str]
 
 
 @dataclass
@@ -118,10 +122,7 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     outcome = _outcome(backend, task, exit_, spawn)
     faults.point("agent_exited")
     current, started_phase, invocation = begun[0]
-    current = await ctx.achange(run.id, functools.partial(
-        _exited, phase=started_phase, invocation=invocation, exit_=exit_, outcome=outcome,
-        notes=notes.take()), lease)
-    return Result(exit_, outcome, current, started_phase)
+    return Result(exit_, outcome, current, started_phase, invocation, notes.take())
 
 
 def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str], pid: int,
@@ -181,8 +182,9 @@ def _notes(tx: RunTx, key: str, attempt: int, notes: list[str]) -> None:
     tx.event(model.NewEvent("agent.progress", key, {"attempt": attempt, "notes": notes}))
 
 
-def _exited(tx: RunTx, phase: model.Phase, invocation: model.Invocation, exit_: process.Exit,
-            outcome: Outcome, notes: list[str]) -> model.Run:
+def record_exit(tx: RunTx, phase: model.Phase, invocation: model.Invocation,
+                exit_: process.Exit, outcome: Outcome, notes: list[str]) -> model.Run:
+    """The invocation closed, usage added up, ``agent.exited``, the phase validating."""
     if notes:
         _notes(tx, phase.key, phase.attempt, notes)
     tx.update_invocation(

@@ -30,14 +30,10 @@ from devflow.engine import agent, finish, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
 from devflow.schemas import Issue
-from devflow.states import PhaseState, RunState
+from devflow.states import TERMINAL, PhaseState, RunState
 from devflow.store import RunTx
 
 log = structlog.get_logger("devflow.engine")
-
-
-class Stop(Exception):
-    """The run cannot take another step now (paused, aborted, waiting)."""
 
 
 @dataclass(frozen=True)
@@ -61,28 +57,53 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
         run, phase = result.run, result.phase
         log.info("attempt_exited", run_id=run.id, phase=phase.key, attempt=phase.attempt,
                  exit_code=result.exit.exit_code)
-        if _over_budget(run):
-            with anyio.CancelScope(shield=True):
-                await ctx.call(finish.fail, ctx, run.id, Code.BUDGET_EXCEEDED,
-                               f"agents cost ${run.cost_usd:.4f}, more than --max-cost "
-                               f"${run.options['max_cost']:.4f}", lease=lease)
-            return
-        verdict = await ctx.call(_judge, ctx, run, phase, result.exit, result.outcome)
-        if verdict.code is None and verdict.checked is not None:
-            await _accept(ctx, run, phase, verdict.checked, lease)
-            return
-        more = phase.repairs < phase.definition.max_repairs
-        phase = await ctx.achange(run.id, functools.partial(_refuse, phase=phase, verdict=verdict,
-                                                            more=more), lease)
-        if not more:
+        verdict, kept = None, None
+        if not _over_budget(run, result.outcome):
+            verdict = await ctx.call(_judge, ctx, run, phase, result.exit, result.outcome)
+            if verdict.code is None and verdict.checked is not None:
+                kept = await _keep(ctx, run, phase, verdict.checked)
+        # The exit and its verdict are recorded in one transaction.
+        run, phase = await ctx.achange(run.id, functools.partial(
+            _settle, result=result, verdict=verdict, kept=kept), lease)
+        faults.point("phase_accepted")
+        if run.state in TERMINAL:
             with anyio.CancelScope(shield=True):
                 await ctx.call(finish.write_report, ctx, run.id)
             return
+        if phase.state is not PhaseState.VALIDATING:
+            return  # completed, or waiting at its gate
 
 
-def _over_budget(run: model.Run) -> bool:
+@dataclass(frozen=True)
+class Kept:
+    """A valid artifact kept in the workspace, its checkpoint, and the gate's evidence."""
+
+    record: model.ArtifactRecord
+    commit: str | None
+    evidence: model.Evidence | None
+
+
+def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
+            kept: Kept | None) -> tuple[model.Run, model.Phase]:
+    phase = result.phase
+    run = agent.record_exit(tx, phase, result.invocation, result.exit, result.outcome,
+                            result.notes)
+    if verdict is None:  # over budget: not validated, not kept
+        limit = float(run.options["max_cost"])
+        transitions.terminate_in(tx, RunState.FAILED, code=str(Code.BUDGET_EXCEEDED),
+                                 reason=f"agents cost ${run.cost_usd:.4f}, more than "
+                                        f"--max-cost ${limit:.4f}")
+    elif kept is not None:
+        _complete(tx, phase, kept)
+    else:
+        _refuse(tx, phase, verdict, phase.repairs < phase.definition.max_repairs)
+    return tx.run, tx.phase(phase.key)
+
+
+def _over_budget(run: model.Run, outcome: Outcome) -> bool:
+    """Whether this attempt's cost takes the run past --max-cost."""
     limit = run.options.get("max_cost")
-    return limit is not None and run.cost_usd > float(limit)
+    return limit is not None and run.cost_usd + (outcome.cost_usd or 0.0) > float(limit)
 
 
 def _reset_done(tx: RunTx, key: str) -> model.Phase:
@@ -139,8 +160,9 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     return tx.phase(phase.key)
 
 
-async def _accept(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked,
-                  lease: model.Lease) -> None:
+async def _keep(ctx: Context, run: model.Run, phase: model.Phase,
+                checked: artifacts.Checked) -> Kept:
+    """Copy the validated bytes into the workspace and commit the checkpoint."""
     d = phase.definition
     assert d.artifact is not None and checked.data is not None
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
@@ -158,12 +180,11 @@ async def _accept(ctx: Context, run: model.Run, phase: model.Phase, checked: art
     record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
                                   d.artifact.schema, sha, len(checked.data), str(stored),
                                   ctx.clock())
-    await ctx.achange(run.id, lambda tx: _complete(tx, phase, record, commit, evidence), lease)
-    faults.point("phase_accepted")
+    return Kept(record, commit, evidence)
 
 
-def _complete(tx: RunTx, phase: model.Phase, record: model.ArtifactRecord, commit: str | None,
-              evidence: model.Evidence | None) -> None:
+def _complete(tx: RunTx, phase: model.Phase, kept: Kept) -> None:
+    record, commit, evidence = kept.record, kept.commit, kept.evidence
     tx.add_artifact(record)
     fields: dict[str, Any] = {"artifact_sha": record.sha256, "artifact_stored": record.stored_path,
                               "feedback": {}}
