@@ -6,6 +6,7 @@ through ``call`` (a worker thread, with a limiter no larger than the connection 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import socket
@@ -56,7 +57,9 @@ def single(group: BaseExceptionGroup[BaseException]) -> BaseException:
         if isinstance(error, BaseExceptionGroup):
             for inner in error.exceptions:
                 walk(inner)
-        elif not isinstance(error, anyio.get_cancelled_exc_class()):
+        # asyncio's class, not anyio.get_cancelled_exc_class(): this also runs after
+        # anyio.run returned, where there is no event loop to ask (devflow runs on asyncio)
+        elif not isinstance(error, asyncio.CancelledError):
             leaves.append(error)
     walk(group)
     return leaves[0] if len(leaves) == 1 else group

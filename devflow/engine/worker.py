@@ -72,10 +72,16 @@ async def work(ctx: Context, options: Options, stop: anyio.Event) -> Stats:
                     await wake.wait(max(options.poll, 1.0))
                     continue
             for item in claimed:
-                if not await ctx.call(_reachable, ctx, item.run_id):
-                    await ctx.call(ctx.store.leases.release, item.run_id, item.lease)
-                    unreachable.add(item.run_id)
-                    stats.skipped.append(item.run_id)
+                try:
+                    if not await ctx.call(_reachable, ctx, item.run_id):
+                        await ctx.call(ctx.store.leases.release, item.run_id, item.lease)
+                        unreachable.add(item.run_id)
+                        stats.skipped.append(item.run_id)
+                        continue
+                except DevflowError as exc:
+                    # The database went away after the claim: leave the lease to run out;
+                    # the sweep makes the run runnable again.
+                    log.warning("claim_check_failed", run_id=item.run_id, error=exc.message)
                     continue
                 scope = anyio.CancelScope()
                 driving[item.run_id] = scope

@@ -108,7 +108,12 @@ class Database:
                 try:
                     session.commit()
                 except DBAPIError as exc:
-                    # The commit may or may not have landed: never run fn twice here.
+                    # A read changed nothing: run it again. A write may or may not have
+                    # landed: never run it twice.
+                    if not write and attempt + 1 < _RETRIES and self._transient(exc):
+                        time.sleep(delay)
+                        delay = min(delay * 2, 2.0)
+                        continue
                     raise self.translate(exc) from exc
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
