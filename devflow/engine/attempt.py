@@ -45,8 +45,12 @@ class Verdict:
 
 async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
                     phases: list[model.Phase], binding: model.Binding,
-                    lease: model.Lease) -> None:
-    """Attempts of ``phase`` until it completes, waits at a gate, fails, or the run stops."""
+                    lease: model.Lease) -> tuple[model.Run, list[model.Phase]] | None:
+    """Attempts of ``phase`` until it completes, waits at a gate, fails, or the run stops.
+
+    Returns the run and its phases as the last attempt's transaction left them (so the
+    driver need not read them again), or None once the run has ended.
+    """
     persona = ctx.catalog.load_persona_definition(binding.persona_def)
     if phase.feedback.get("reset_to"):
         await ctx.call(worktree.reset, Path(run.worktree), phase.feedback["reset_to"])
@@ -63,15 +67,16 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
             if verdict.code is None and verdict.checked is not None:
                 kept = await _keep(ctx, run, phase, verdict.checked)
         # The exit and its verdict are recorded in one transaction.
-        run, phase = await ctx.achange(run.id, functools.partial(
+        run, phases = await ctx.achange(run.id, functools.partial(
             _settle, result=result, verdict=verdict, kept=kept), lease)
+        phase = next(p for p in phases if p.key == phase.key)
         faults.point("phase_accepted")
         if run.state in TERMINAL:
             with anyio.CancelScope(shield=True):
                 await ctx.call(finish.write_report, ctx, run.id)
-            return
+            return None
         if phase.state is not PhaseState.VALIDATING:
-            return  # completed, or waiting at its gate
+            return run, phases  # completed, or waiting at its gate
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ class Kept:
 
 
 def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
-            kept: Kept | None) -> tuple[model.Run, model.Phase]:
+            kept: Kept | None) -> tuple[model.Run, list[model.Phase]]:
     phase = result.phase
     run = agent.record_exit(tx, phase, result.invocation, result.exit, result.outcome,
                             result.notes)
@@ -97,7 +102,7 @@ def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
         _complete(tx, phase, kept)
     else:
         _refuse(tx, phase, verdict, phase.repairs < phase.definition.max_repairs)
-    return tx.run, tx.phase(phase.key)
+    return tx.run, tx.phases()
 
 
 def _over_budget(run: model.Run, outcome: Outcome) -> bool:

@@ -129,10 +129,15 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
     bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
+    # What the last phase's own transaction left; a change made from elsewhere since
+    # (pause, abort) is caught by the next transaction, which locks the run and checks.
+    settled: tuple[model.Run, list[model.Phase]] | None = None
     while True:
         if stop is not None and stop.is_set():
             return
-        run, phases = await ctx.call(ctx.store.runs.snapshot, run_id)
+        if settled is None:
+            settled = await ctx.call(ctx.store.runs.snapshot, run_id)
+        (run, phases), settled = settled, None
         if run.state not in RUNNABLE:
             return
         if not (Path(run.worktree) / ".git").exists():
@@ -159,7 +164,8 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
         if step.definition.artifact is None:
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)
             continue
-        await attempt.run_phase(ctx, run, step, phases, bindings[step.definition.role], lease)
+        settled = await attempt.run_phase(ctx, run, step, phases,
+                                          bindings[step.definition.role], lease)
 
 
 def _skip(tx: RunTx, key: str) -> None:

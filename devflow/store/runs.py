@@ -82,7 +82,9 @@ class Runs:
             runtx = RunTx(session, row, self.clock(), self.redact)
             if lease is not None:
                 runtx.check_lease(lease)
-            return fn(runtx)
+            result = fn(runtx)
+            runtx.finish()
+            return result
         return self.db.write(tx)
 
     def _locked(self, session: Session, run_id: str) -> RunRow:
@@ -130,8 +132,10 @@ class Runs:
                 "template_hash": new.template_hash, "repo": new.repo, "base": new.base,
                 "branch": new.branch, "by": new.created_by}))
             runtx.add_phases(new.phases, origin="template")
-            return runtx.move_run(RunState.BOUND, model.NewEvent("run.bound", payload={
+            bound = runtx.move_run(RunState.BOUND, model.NewEvent("run.bound", payload={
                 "bindings": {b.role: b.persona_ref for b in new.bindings}}))
+            runtx.finish()
+            return bound
         return self.db.write(tx)
 
     # -- reading ---------------------------------------------------------------------------

@@ -10,9 +10,11 @@ are gapless per run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import insert
 from sqlmodel import Session, col, select
 
 from devflow import model, states
@@ -43,13 +45,32 @@ class RunTx:
         self._phases: dict[str, PhaseRow] | None = None
         self._some_phases: dict[str, PhaseRow] = {}
         self.events: list[model.Event] = []
+        # New events are numbered at once but written together by ``finish`` (one batched
+        # insert and one update of the run's counter, not one of each per event).
+        self._seq = row.last_seq
+        self._new_events: dict[str, EventRow] = {}
         #: invocations this transaction closed while their process may still run
         self.closed: list[model.Invocation] = []
 
     # -- the run ---------------------------------------------------------------------------
     @property
     def run(self) -> model.Run:
-        return rows.run(self._row)
+        return self._view(self._row)
+
+    def _view(self, row: RunRow) -> model.Run:
+        run = rows.run(row)
+        return run if run.last_seq == self._seq else replace(run, last_seq=self._seq)
+
+    def finish(self) -> None:
+        """Write the events appended in this transaction; ``Runs.change`` calls it last."""
+        if self._new_events:
+            self._row.last_seq = self._seq
+            self.session.add(self._row)
+            self.session.execute(insert(EventRow), [
+                {"run_id": e.run_id, "seq": e.seq, "type": e.type, "phase": e.phase,
+                 "payload": e.payload, "ts": e.ts, "idem_key": e.idem_key}
+                for e in self._new_events.values()])
+            self._new_events = {}
 
     @property
     def state(self) -> RunState:
@@ -74,7 +95,7 @@ class RunTx:
         self.session.add(row)
         if event is not None:
             self.event(event)
-        return rows.run(row)
+        return self._view(row)
 
     def settle(self, to: RunState, event: model.NewEvent | None = None) -> model.Run:
         """Move the run to ``to``; a paused run instead remembers ``to`` as where resume goes."""
@@ -83,11 +104,11 @@ class RunTx:
             self.session.add(self._row)
             if event is not None:
                 self.event(event)
-            return rows.run(self._row)
+            return self._view(self._row)
         if RunState(self._row.state) is to:
             if event is not None:
                 self.event(event)
-            return rows.run(self._row)
+            return self._view(self._row)
         return self.move_run(to, event)
 
     def set_run(self, **fields: Any) -> model.Run:
@@ -98,7 +119,7 @@ class RunTx:
             setattr(self._row, name, value)
         self._row.updated_at = self.now
         self.session.add(self._row)
-        return rows.run(self._row)
+        return self._view(self._row)
 
     def check_lease(self, lease: model.Lease) -> None:
         row = self._row
@@ -116,6 +137,8 @@ class RunTx:
     def event(self, new: model.NewEvent) -> model.Event:
         """Append an event; with a key that is already recorded, return that event instead."""
         if new.key is not None:
+            if (pending := self._new_events.get(new.key)) is not None:
+                return rows.event(pending)
             existing = self.session.exec(
                 select(EventRow).where(EventRow.idem_key == new.key)).first()
             if existing is not None:
@@ -127,12 +150,11 @@ class RunTx:
         payload = dict(new.payload)
         if self._redact is not None:
             payload = self._redact(payload)
-        self._row.last_seq += 1
-        row = EventRow(run_id=self._row.id, seq=self._row.last_seq, type=new.type,
-                       phase=new.phase, payload=payload, ts=self.now,
-                       idem_key=new.key or f"{self._row.id}:{self._row.last_seq}")
-        self.session.add(self._row)
-        self.session.add(row)
+        self._seq += 1
+        key = new.key or f"{self._row.id}:{self._seq}"
+        row = EventRow(run_id=self._row.id, seq=self._seq, type=new.type, phase=new.phase,
+                       payload=payload, ts=self.now, idem_key=key)
+        self._new_events[key] = row
         appended = rows.event(row)
         self.events.append(appended)
         return appended
