@@ -9,6 +9,7 @@ lock file in the repository's git directory, and retried while another git holds
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import subprocess
@@ -70,48 +71,56 @@ def branch_exists(repo: Path, branch: str) -> bool:
                    check=False).returncode == 0
 
 
-def _lock(repo: Path) -> filelock.FileLock:
+@functools.lru_cache(maxsize=256)
+def _common_dir(repo: Path) -> Path:
+    """The repository's common git directory (shared by its worktrees); it never moves."""
     common = Path(git.out(["rev-parse", "--git-common-dir"], repo))
-    if not common.is_absolute():
-        common = (repo / common).resolve()
-    return filelock.FileLock(str(common / "devflow-worktree.lock"), timeout=300)
+    return common if common.is_absolute() else (repo / common).resolve()
 
 
-def add(repo: Path, path: Path, branch: str, start: str) -> None:
+def _lock(repo: Path) -> filelock.FileLock:
+    return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
+
+
+def add(repo: Path, path: Path, branch: str, start: str) -> bool:
     """``git worktree add`` at ``path``: a new ``branch`` from ``start``, or ``branch`` itself
-    when it exists (re-creating a run's worktree)."""
+    when it exists (re-creating a run's worktree). Returns whether ``branch`` existed.
+
+    The common case costs one git process: what would need more (a branch that exists, a
+    stale registration of ``path``, another git holding a lock) is learnt from git's
+    refusal, in the C locale ``git.run`` sets.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed, pruned = False, False
     with _lock(repo):
         if path.exists() and not any(path.iterdir()):
             path.rmdir()
-        _prune_stale(repo, path)
-        if branch_exists(repo, branch):
-            args = ["worktree", "add", "--quiet", str(path), branch]
-        else:
-            args = ["worktree", "add", "--quiet", "-b", branch, str(path), start]
-        new_branch = "-b" in args
-        for attempt in range(_LOCK_RETRIES):
+        attempt = 0
+        while True:
+            args = (["worktree", "add", "--quiet", str(path), branch] if existed else
+                    ["worktree", "add", "--quiet", "-b", branch, str(path), start])
             result = git.run(args, repo, check=False)
             if result.returncode == 0:
-                return
-            if new_branch and branch_exists(repo, branch):
+                return existed
+            err = result.stderr
+            if not existed and f"a branch named '{branch}' already exists" in err:
+                existed = True
+                continue
+            if not existed and branch_exists(repo, branch):
                 # git made the branch before it failed: do not leave it in the user's repo
                 git.run(["branch", "-D", branch], repo, check=False)
-            if ".lock" in result.stderr and attempt + 1 < _LOCK_RETRIES:
-                time.sleep(0.05 * (attempt + 1))
+            if "missing but already registered worktree" in err and not pruned:
+                git.run(["worktree", "prune"], repo)  # its directory was deleted by hand
+                pruned = True
+                continue
+            attempt += 1
+            if ".lock" in err and attempt < _LOCK_RETRIES:
+                time.sleep(0.05 * attempt)
                 continue
             raise DevflowError(Code.WORKTREE_FAILED,
-                               f"git worktree add {path} failed: {result.stderr.strip()}",
+                               f"git worktree add {path} failed: {err.strip()}",
                                hint="see git's message; `git worktree list` in the repository "
                                     "shows what is registered")
-
-
-def _prune_stale(repo: Path, path: Path) -> None:
-    listing = git.out(["worktree", "list", "--porcelain"], repo)
-    registered = {Path(line[len("worktree "):]) for line in listing.splitlines()
-                  if line.startswith("worktree ")}
-    if path in registered and not path.exists():
-        git.run(["worktree", "prune"], repo)
 
 
 def copy_included(repo: Path, target: Path) -> list[str]:

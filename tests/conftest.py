@@ -190,3 +190,22 @@ def cli(settings: Settings, home: Path) -> Callable[..., subprocess.CompletedPro
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
+
+
+# -- the crash suite's figures, shown in the summary (also under xdist, where -s shows nothing)
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    tmp = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.when == "call" and tmp is not None and (tmp / "figures.json").is_file():
+        report.user_properties.append(("crash_figures", (tmp / "figures.json").read_text()))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    shown = [value.strip() for reports in terminalreporter.stats.values() for r in reports
+             for name, value in getattr(r, "user_properties", ()) if name == "crash_figures"]
+    if shown:
+        terminalreporter.section("crash suite figures")
+        for line in sorted(shown):
+            terminalreporter.write_line(line)

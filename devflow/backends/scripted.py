@@ -79,7 +79,7 @@ class Scripted:
         path = task.log_dir / f"attempt-{task.attempt}.script.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(script, indent=1), encoding="utf-8")
-        return Command(argv=[sys.executable, "-I", str(_AGENT), str(path)],
+        return Command(argv=[sys.executable, "-I", "-S", str(_AGENT), str(path)],
                        env=agent_env(task))
 
     def _script(self, task: Task, scenario: str, schemas: SchemaRegistry) -> dict[str, Any]:

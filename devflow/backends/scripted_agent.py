@@ -1,8 +1,8 @@
 """The scripted agent's process: does what its script says, and nothing else.
 
-Run by path with ``python -I`` (no devflow import, so it starts in milliseconds); the
-parent computed everything: what to write where, what to edit, how long to sleep,
-how to exit. Standard library only.
+Run by path with ``python -I -S`` (no devflow import and no site-packages, so it starts
+in milliseconds); the parent computed everything: what to write where, what to edit,
+how long to sleep, how to exit. Standard library only.
 """
 
 import json

@@ -35,8 +35,7 @@ def ensure_worktree(ctx: Context, run: model.Run,
     if (path / ".git").exists():
         return False
     repo = Path(run.repo)
-    from_branch = worktree.branch_exists(repo, run.branch)
-    worktree.add(repo, path, run.branch, run.base_sha or run.base)
+    from_branch = worktree.add(repo, path, run.branch, run.base_sha or run.base)
     included = worktree.copy_included(repo, path)
     def record(tx: RunTx) -> None:
         if tx.run.host != ctx.host:

@@ -18,13 +18,20 @@ _CONFLICT = {"template": Code.TEMPLATE_VERSION_CONFLICT, "persona": Code.PERSONA
 class Registry:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # (kind, name, version, hash) known to be stored: a stored row never changes, so a
+        # long-lived process registers each definition once, not once per run.
+        self._stored: set[tuple[str, str, str, str]] = set()
 
     def register(self, items: list[tuple[str, str, str, str, Mapping[str, Any]]],
                  now: datetime) -> None:
         """Register (kind, name, version, hash, body) items; a known one with another hash fails."""
+        new = [item for item in items if item[:4] not in self._stored]
+        if not new:
+            return
+
         def tx(session: Session) -> None:
             self.db.serialize(session, "devflow-definitions")
-            for kind, name, version, digest, body in items:
+            for kind, name, version, digest, body in new:
                 row = session.get(DefinitionRow, (kind, name, version))
                 if row is None:
                     session.add(DefinitionRow(kind=kind, name=name, version=version, hash=digest,
@@ -39,6 +46,7 @@ class Registry:
                              f"(runs already started keep the definition they began with)",
                         ref=f"{name}@{version}")
         self.db.write(tx)
+        self._stored.update(item[:4] for item in new)
 
     def registered(self, kind: str, name: str, version: str) -> str | None:
         def tx(session: Session) -> str | None:
