@@ -197,12 +197,38 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.when != "call":
+        return
+    if database := _database_of(item):
+        report.user_properties.append(("database", database))
     tmp = getattr(item, "funcargs", {}).get("tmp_path")
-    if report.when == "call" and tmp is not None and (tmp / "figures.json").is_file():
+    if tmp is not None and (tmp / "figures.json").is_file():
         report.user_properties.append(("crash_figures", (tmp / "figures.json").read_text()))
 
 
+def _database_of(item: pytest.Item) -> str | None:
+    """Which database a test ran on (for the summary), from its parameters and fixtures."""
+    names = set(getattr(item, "fixturenames", ()))
+    if item.get_closest_marker("postgresql") or names & {"pg_url", "pg_template"}:
+        return "postgresql"
+    if "[sqlite" in item.nodeid or names & {"sqlite_url", "sqlite_template"}:
+        return "sqlite"
+    return None
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    ran: dict[str, dict[str, int]] = {}  # database -> outcome -> tests
+    for outcome, reports in terminalreporter.stats.items():
+        for r in reports:
+            for name, value in getattr(r, "user_properties", ()):
+                if name == "database":
+                    counts = ran.setdefault(value, {})
+                    counts[outcome] = counts.get(outcome, 0) + 1
+    if ran:
+        terminalreporter.section("tests by database")
+        for database, counts in sorted(ran.items()):
+            terminalreporter.write_line(f"{database}: " + ", ".join(
+                f"{n} {outcome}" for outcome, n in sorted(counts.items())))
     shown = [value.strip() for reports in terminalreporter.stats.values() for r in reports
              for name, value in getattr(r, "user_properties", ()) if name == "crash_figures"]
     if shown:
