@@ -8,6 +8,7 @@ the process's output once it exited.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,3 +117,14 @@ def agent_env(task: Task, extra: Mapping[str, str] | None = None) -> dict[str, s
     if extra:
         env.update(extra)
     return env
+
+
+def json_object(line: str) -> dict[str, Any] | None:
+    """The JSON object on one line of an agent's stream output, or None for anything else."""
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

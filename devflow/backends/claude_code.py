@@ -16,13 +16,12 @@ narrow a permission mode Claude Code exits 0 having written nothing.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from devflow.backends import command
-from devflow.backends.base import Outcome, Task
+from devflow.backends.base import Outcome, Task, json_object
 from devflow.backends.process import Exit
 
 PERMISSION_MODES: Final = ("acceptEdits", "default", "plan", "bypassPermissions", "dontAsk",
@@ -70,7 +69,7 @@ class ClaudeCode(command.Preset):
         return {"HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude")}
 
     def progress(self, line: str) -> str | None:
-        event = _json(line)
+        event = json_object(line)
         if event is None:
             return None
         kind = event.get("type")
@@ -90,7 +89,7 @@ class ClaudeCode(command.Preset):
     def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
         session, result = None, None
         for line in command.read_lines(stdout_log):
-            event = _json(line)
+            event = json_object(line)
             if event is None:
                 continue
             session = event.get("session_id") or session
@@ -106,16 +105,6 @@ class ClaudeCode(command.Preset):
                        tokens_out=tokens_out,
                        cost_usd=float(cost) if isinstance(cost, int | float) else None,
                        session_id=str(result.get("session_id") or session or "") or None)
-
-
-def _json(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _tool_note(block: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from devflow.backends import command
-from devflow.backends.base import Outcome, Task
+from devflow.backends.base import Outcome, Task, json_object
 from devflow.backends.process import Exit
 
 SANDBOXES: Final = ("read-only", "workspace-write", "danger-full-access")
@@ -67,7 +67,7 @@ class Codex(command.Preset):
         return {"HOME": str(home), "CODEX_HOME": str(home / ".codex")}
 
     def progress(self, line: str) -> str | None:
-        event = _json(line) or {}
+        event = json_object(line) or {}
         kind = event.get("type")
         if kind == "thread.started":
             return f"codex session {event.get('thread_id', '?')} started"
@@ -81,7 +81,7 @@ class Codex(command.Preset):
         tokens_in = tokens_out = cached = 0
         turns = 0
         for line in command.read_lines(stdout_log):
-            event = _json(line)
+            event = json_object(line)
             if event is None:
                 continue
             kind = event.get("type")
@@ -153,16 +153,6 @@ def _toml(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     return json.dumps(str(value))  # a JSON string is a TOML basic string
-
-
-def _json(line: str) -> dict[str, Any] | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _message(event: Mapping[str, Any]) -> str:
