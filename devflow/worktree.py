@@ -230,12 +230,14 @@ def checkpoint(worktree: Path, message: str) -> str | None:
     Idempotent: when HEAD already is this checkpoint and nothing changed since, its sha
     is returned, so a driver that crashed after committing does not commit twice.
     """
-    if is_clean(worktree):
+    git.run(["add", "--all", "--", "."], worktree)
+    args = ["commit", "--no-verify", "--quiet", "--no-gpg-sign", "-m", message]
+    committed = git.run(args, worktree, env=git.AUTHOR, check=False)
+    if committed.returncode != 0:  # nothing to commit, or a real failure
+        if not is_clean(worktree):
+            raise git.GitError(args, worktree, committed)
         subject = git.out(["log", "-1", "--format=%s"], worktree, check=False)
         return head(worktree) if subject == message else None
-    git.run(["add", "--all", "--", "."], worktree)
-    git.run(["commit", "--no-verify", "--quiet", "--no-gpg-sign", "-m", message], worktree,
-            env=git.AUTHOR)
     return head(worktree)
 
 
@@ -246,14 +248,14 @@ def reset(worktree: Path, sha: str) -> None:
 
 
 def commits(repo: Path, base_sha: str, branch: str) -> list[Commit]:
-    text = git.out(["log", "--format=%H%x1f%s", f"{base_sha}..{branch}", "--"], repo,
+    text = git.out(["log", "--format=%H%x1f%s", f"{base_sha}..refs/heads/{branch}", "--"], repo,
                    check=False)
     return [Commit(*line.split("\x1f", 1)) for line in text.splitlines() if "\x1f" in line]
 
 
 def diffstat(repo: Path, base_sha: str, branch: str) -> list[FileStat]:
     text = git.out(["diff", "--numstat", "--no-ext-diff", "--no-textconv", "--no-renames",
-                    base_sha, branch, "--"], repo, check=False)
+                    base_sha, f"refs/heads/{branch}", "--"], repo, check=False)
     stats = []
     for line in text.splitlines():
         added, deleted, path = line.split("\t", 2)

@@ -174,7 +174,7 @@ async def run(spawn: Spawn, *, on_start: Callable[[int, int], Awaitable[None]] |
     code = proc.returncode
     return Exit(pid=proc.pid, pgid=pgid, exit_code=code if code is not None and code >= 0 else None,
                 signal=-code if code is not None and code < 0 else None,
-                duration_ms=int((time.monotonic() - started) * 1000), timed_out=timed_out,
+                duration_ms=round((time.monotonic() - started) * 1000), timed_out=timed_out,
                 truncated=bool(truncated))
 
 

@@ -48,8 +48,9 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
                     lease: model.Lease) -> tuple[model.Run, list[model.Phase]] | None:
     """Attempts of ``phase`` until it completes, waits at a gate, fails, or the run stops.
 
-    Returns the run and its phases as the last attempt's transaction left them (so the
-    driver need not read them again), or None once the run has ended.
+    Returns the run as the last attempt's transaction left it, and the phases with this
+    one as it left it (the verdict changes no other phase, so the driver need not read
+    them again), or None once the run has ended.
     """
     persona = ctx.catalog.load_persona_definition(binding.persona_def)
     if phase.feedback.get("reset_to"):
@@ -63,20 +64,19 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
                  exit_code=result.exit.exit_code)
         verdict, kept = None, None
         if not _over_budget(run, result.outcome):
-            verdict = await ctx.call(_judge, ctx, run, phase, result.exit, result.outcome)
-            if verdict.code is None and verdict.checked is not None:
-                kept = await _keep(ctx, run, phase, verdict.checked)
+            verdict, kept = await ctx.call(_judge_and_keep, ctx, run, phase, result.exit,
+                                           result.outcome)
         # The exit and its verdict are recorded in one transaction.
-        run, phases = await ctx.achange(run.id, functools.partial(
+        run, phase = await ctx.achange(run.id, functools.partial(
             _settle, result=result, verdict=verdict, kept=kept), lease)
-        phase = next(p for p in phases if p.key == phase.key)
         faults.point("phase_accepted")
         if run.state in TERMINAL:
             with anyio.CancelScope(shield=True):
                 await ctx.call(finish.write_report, ctx, run.id)
             return None
         if phase.state is not PhaseState.VALIDATING:
-            return run, phases  # completed, or waiting at its gate
+            # completed, or waiting at its gate: the verdict changed no other phase
+            return run, [phase if p.key == phase.key else p for p in phases]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Kept:
 
 
 def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
-            kept: Kept | None) -> tuple[model.Run, list[model.Phase]]:
+            kept: Kept | None) -> tuple[model.Run, model.Phase]:
     phase = result.phase
     run = agent.record_exit(tx, phase, result.invocation, result.exit, result.outcome,
                             result.notes)
@@ -102,7 +102,7 @@ def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
         _complete(tx, phase, kept)
     else:
         _refuse(tx, phase, verdict, phase.repairs < phase.definition.max_repairs)
-    return tx.run, tx.phases()
+    return tx.run, tx.phase(phase.key)
 
 
 def _over_budget(run: model.Run, outcome: Outcome) -> bool:
@@ -165,23 +165,29 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     return tx.phase(phase.key)
 
 
-async def _keep(ctx: Context, run: model.Run, phase: model.Phase,
-                checked: artifacts.Checked) -> Kept:
+def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit,
+                    outcome: Outcome) -> tuple[Verdict, Kept | None]:
+    """The attempt's verdict and, when its artifact is valid, the artifact kept."""
+    verdict = _judge(ctx, run, phase, exit_, outcome)
+    if verdict.code is None and verdict.checked is not None:
+        return verdict, _keep(ctx, run, phase, verdict.checked)
+    return verdict, None
+
+
+def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked) -> Kept:
     """Copy the validated bytes into the workspace and commit the checkpoint."""
     d = phase.definition
     assert d.artifact is not None and checked.data is not None
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
-    sha = await ctx.call(artifacts.store, checked.data, stored)
+    sha = artifacts.store(checked.data, stored)
     faults.point("artifact_stored")
     tree = Path(run.worktree)
-    commit = await ctx.call(worktree.checkpoint, tree, f"devflow({phase.key}): attempt "
-                                                       f"{phase.attempt}")
+    commit = worktree.checkpoint(tree, f"devflow({phase.key}): attempt {phase.attempt}")
     faults.point("checkpoint_committed")
     evidence: model.Evidence | None = None
     if d.gates:
-        head = await ctx.call(worktree.head, tree)
-        tree_sha = await ctx.call(worktree.tree_sha, tree)
-        evidence = model.Evidence(d.artifact.path, sha, head, tree_sha)
+        evidence = model.Evidence(d.artifact.path, sha, worktree.head(tree),
+                                  worktree.tree_sha(tree))
     record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
                                   d.artifact.schema, sha, len(checked.data), str(stored),
                                   ctx.clock())

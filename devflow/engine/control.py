@@ -31,12 +31,15 @@ def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionRe
     meant; inside it, the token and the pending request are looked up again, so a
     retry racing its first decision gets that decision's outcome.
     """
-    run = ctx.store.runs.get(req.run_id)
-    candidate = _candidate(ctx, run, req)
+    seen = ctx.store.runs.deciding(req.run_id, req.approval_id, req.token)
+    run, candidate = seen.run, seen.approval
+    if candidate is not None and candidate.run_id != run.id:
+        raise DevflowError(Code.APPROVAL_NOT_FOUND,
+                           f"approval {candidate.id} belongs to run {candidate.run_id}, "
+                           f"not {run.id}", hint=f"devflow approvals list --run {run.id}")
     current = None
     if candidate is not None and candidate.state == "pending" and not req.system_reason \
-            and not any(d.client_token == req.token
-                        for d in ctx.store.approvals.decisions(approval_id=candidate.id)):
+            and not seen.token_used:
         current = approvals.current_evidence(run, candidate, ctx.settings.artifact_max_bytes)
     result = ctx.change(run.id, lambda tx: approvals.decide_in(
         tx, req, _pick_in(tx, req, candidate), current))
@@ -44,19 +47,6 @@ def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionRe
     if not result.replayed and result.run.state in TERMINAL:
         finish.write_report(ctx, run.id)
     return result
-
-
-def _candidate(ctx: Context, run: model.Run,
-               req: approvals.DecisionRequest) -> model.Approval | None:
-    if req.approval_id is not None:
-        approval = ctx.store.approvals.get(req.approval_id)
-        if approval.run_id != run.id:
-            raise DevflowError(Code.APPROVAL_NOT_FOUND,
-                               f"approval {approval.id} belongs to run {approval.run_id}, "
-                               f"not {run.id}", hint=f"devflow approvals list --run {run.id}")
-        return approval
-    pending = ctx.store.approvals.find(pending=True, run_id=run.id)
-    return pending[0] if len(pending) == 1 else None
 
 
 def _pick_in(tx: RunTx, req: approvals.DecisionRequest,

@@ -18,7 +18,7 @@ from devflow import artifacts, model, report, states, worktree
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
-from devflow.store import RunTx
+from devflow.store import History, RunTx
 from devflow.transitions import terminate_in
 
 log = structlog.get_logger("devflow.engine")
@@ -39,14 +39,15 @@ def fail(ctx: Context, run_id: str, code: Code | str, reason: str, *,
 
 def write_report(ctx: Context, run_id: str) -> Path:
     """Compose and write the report of a terminal run; a stub when composing fails."""
-    run = ctx.store.runs.get(run_id)
+    history = ctx.store.runs.history(run_id)
+    run = history.run
     if run.state not in states.TERMINAL:
         raise DevflowError(Code.ILLEGAL_TRANSITION, f"run {run_id} is {run.state}, not terminal",
                            hint="a report is written when the run ends")
     directory = Path(run.workspace)
     status = "written"
     try:
-        body = report.compose(_gather(ctx, run))
+        body = report.compose(_gather(history))
         problems = ctx.catalog.schemas.validate(report.REPORT_SCHEMA, body)
         if problems:
             raise ValueError("; ".join(str(p) for p in problems[:5]))
@@ -55,7 +56,7 @@ def write_report(ctx: Context, run_id: str) -> Path:
         body = report.stub(run.id, str(run.state), f"{type(exc).__name__}: {exc}")
         status = "stub"
     path = report.write(directory, ctx.redact(body))
-    ctx.change(run_id, lambda tx: _record(tx, path, status))
+    ctx.change(run.id, lambda tx: _record(tx, path, status))
     return path
 
 
@@ -65,25 +66,22 @@ def _record(tx: RunTx, path: Path, status: str) -> None:
                             key=f"{tx.run.id}:report.written:{status}"))
 
 
-def _gather(ctx: Context, run: model.Run) -> report.ReportData:
-    store = ctx.store
-    phases = store.runs.phases(run.id)
+def _gather(history: History) -> report.ReportData:
+    run = history.run
     commits: list[worktree.Commit] = []
     files: list[worktree.FileStat] = []
     git_error = None
     try:
-        if run.base_sha and worktree.branch_exists(Path(run.repo), run.branch):
+        if run.base_sha and Path(run.repo).is_dir():  # a branch that is gone has neither
             commits = worktree.commits(Path(run.repo), run.base_sha, run.branch)
             files = worktree.diffstat(Path(run.repo), run.base_sha, run.branch)
     except DevflowError as exc:
         git_error = exc.message
     return report.ReportData(
-        run=run, phases=phases, bindings=store.runs.bindings(run.id),
-        approvals=store.approvals.find(run_id=run.id),
-        decisions=store.approvals.decisions(run_id=run.id),
-        invocations=store.runs.invocations(run.id),
-        events=store.events.tail(run.id, 200), commits=commits, files=files,
-        git_error=git_error, findings=_findings(phases))
+        run=run, phases=history.phases, bindings=history.bindings,
+        approvals=history.approvals, decisions=history.decisions,
+        invocations=history.invocations, events=history.events, commits=commits, files=files,
+        git_error=git_error, findings=_findings(history.phases))
 
 
 def _findings(phases: list[model.Phase]) -> list[dict[str, Any]]:

@@ -16,10 +16,10 @@ from devflow.store.database import Database
 from devflow.store.events import Events
 from devflow.store.leases import Claimed, Leases
 from devflow.store.registry import Registry
-from devflow.store.runs import Limits, NewRun, Ports, Runs
+from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
 
-__all__ = ["Claimed", "Database", "Limits", "NewRun", "Ports", "RunTx", "Store"]
+__all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store"]
 
 
 class Store:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from devflow import model
@@ -11,7 +12,8 @@ from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState
 from devflow.store import rows
 from devflow.store.database import Database
-from devflow.store.tables import ApprovalRow, DecisionRow
+from devflow.store.records import APPROVAL, DECISION
+from devflow.store.tables import ApprovalRow
 
 
 class Approvals:
@@ -22,22 +24,14 @@ class Approvals:
         def tx(session: Session) -> model.Approval:
             row = session.get(ApprovalRow, approval_id)
             if row is None:
-                raise DevflowError(Code.APPROVAL_NOT_FOUND, f"no approval request {approval_id}",
-                                   hint="`devflow approvals list --pending` shows open requests")
+                raise approval_not_found(approval_id)
             return rows.approval(row)
         return self.db.read(tx)
 
     def find(self, *, pending: bool = False, run_id: str | None = None,
              limit: int = 500) -> list[model.Approval]:
-        def tx(session: Session) -> list[model.Approval]:
-            query = select(ApprovalRow)
-            if pending:
-                query = query.where(ApprovalRow.state == str(ApprovalState.PENDING))
-            if run_id:
-                query = query.where(ApprovalRow.run_id == run_id)
-            query = query.order_by(col(ApprovalRow.id)).limit(limit)
-            return [rows.approval(a) for a in session.exec(query)]
-        return self.db.read(tx)
+        return self.db.read(lambda session: approvals_in(
+            session.connection(), pending=pending, run_id=run_id, limit=limit))
 
     def due(self, now: datetime, limit: int = 500) -> list[model.Approval]:
         """Pending requests the sweep must look at now (a warning, a step, a deadline)."""
@@ -51,12 +45,31 @@ class Approvals:
 
     def decisions(self, *, approval_id: int | None = None,
                   run_id: str | None = None) -> list[model.Decision]:
-        def tx(session: Session) -> list[model.Decision]:
-            query = select(DecisionRow)
-            if approval_id is not None:
-                query = query.where(DecisionRow.approval_id == approval_id)
-            if run_id is not None:
-                query = query.join(ApprovalRow, col(ApprovalRow.id) == DecisionRow.approval_id
-                                   ).where(ApprovalRow.run_id == run_id)
-            return [rows.decision(d) for d in session.exec(query.order_by(col(DecisionRow.id)))]
-        return self.db.read(tx)
+        return self.db.read(lambda session: decisions_in(
+            session.connection(), approval_id=approval_id, run_id=run_id))
+
+
+def approval_not_found(approval_id: int) -> DevflowError:
+    return DevflowError(Code.APPROVAL_NOT_FOUND, f"no approval request {approval_id}",
+                        hint="`devflow approvals list --pending` shows open requests")
+
+
+def approvals_in(conn: sa.Connection, *, pending: bool = False, run_id: str | None = None,
+                 limit: int = 500) -> list[model.Approval]:
+    query = sa.select(APPROVAL)
+    if pending:
+        query = query.where(APPROVAL.c.state == str(ApprovalState.PENDING))
+    if run_id:
+        query = query.where(APPROVAL.c.run_id == run_id)
+    return [rows.approval(a) for a in conn.execute(query.order_by(APPROVAL.c.id).limit(limit))]
+
+
+def decisions_in(conn: sa.Connection, *, approval_id: int | None = None,
+                 run_id: str | None = None) -> list[model.Decision]:
+    query = sa.select(DECISION)
+    if approval_id is not None:
+        query = query.where(DECISION.c.approval_id == approval_id)
+    if run_id is not None:
+        query = query.join(APPROVAL, APPROVAL.c.id == DECISION.c.approval_id).where(
+            APPROVAL.c.run_id == run_id)
+    return [rows.decision(d) for d in conn.execute(query.order_by(DECISION.c.id))]

@@ -1,24 +1,22 @@
-"""Rows to the frozen values of ``devflow.model``: the one place that maps columns to fields."""
+"""Rows to the frozen values of ``devflow.model``: the one place that maps columns to fields.
+
+A row here is anything with the columns as attributes: an ORM row, a Core ``Row``, or a
+``Record`` a transaction holds.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from devflow import model
 from devflow.definitions import PhaseDef
 from devflow.states import ApprovalState, PhaseState, RunState
-from devflow.store.tables import (
-    ApprovalRow,
-    ArtifactRow,
-    BindingRow,
-    DecisionRow,
-    EventRow,
-    InvocationRow,
-    PhaseRow,
-    RunRow,
-    WorkerRow,
-)
+
+#: a row of a table: its columns as attributes
+Columns = Any
 
 
-def run(row: RunRow) -> model.Run:
+def run(row: Columns) -> model.Run:
     return model.Run(
         id=row.id, template_name=row.template_name, template_version=row.template_version,
         template_hash=row.template_hash, template_def=row.template_def, repo=row.repo,
@@ -36,7 +34,7 @@ def run(row: RunRow) -> model.Run:
     )
 
 
-def phase(row: PhaseRow) -> model.Phase:
+def phase(row: Columns) -> model.Phase:
     assert row.id is not None
     return model.Phase(
         id=row.id, run_id=row.run_id, position=row.position, key=row.key, origin=row.origin,
@@ -50,19 +48,19 @@ def phase(row: PhaseRow) -> model.Phase:
     )
 
 
-def binding(row: BindingRow) -> model.Binding:
+def binding(row: Columns) -> model.Binding:
     return model.Binding(
         role=row.role, persona_name=row.persona_name, persona_version=row.persona_version,
         persona_hash=row.persona_hash, backend=row.backend, backend_version=row.backend_version,
         persona_def=row.persona_def)
 
 
-def event(row: EventRow) -> model.Event:
+def event(row: Columns) -> model.Event:
     return model.Event(run_id=row.run_id, seq=row.seq, type=row.type, phase=row.phase,
                        payload=row.payload, ts=row.ts)
 
 
-def approval(row: ApprovalRow) -> model.Approval:
+def approval(row: Columns) -> model.Approval:
     assert row.id is not None
     return model.Approval(
         id=row.id, run_id=row.run_id, phase_key=row.phase_key, gate=row.gate, round=row.round,
@@ -75,7 +73,7 @@ def approval(row: ApprovalRow) -> model.Approval:
         resolved_by=row.resolved_by, resolution=row.resolution)
 
 
-def decision(row: DecisionRow) -> model.Decision:
+def decision(row: Columns) -> model.Decision:
     assert row.id is not None
     return model.Decision(
         id=row.id, approval_id=row.approval_id, client_token=row.client_token, action=row.action,
@@ -83,7 +81,7 @@ def decision(row: DecisionRow) -> model.Decision:
         evidence=dict(row.evidence), created_at=row.created_at)
 
 
-def invocation(row: InvocationRow) -> model.Invocation:
+def invocation(row: Columns) -> model.Invocation:
     assert row.id is not None
     return model.Invocation(
         id=row.id, run_id=row.run_id, phase_key=row.phase_key, attempt=row.attempt,
@@ -95,14 +93,14 @@ def invocation(row: InvocationRow) -> model.Invocation:
         outcome=row.outcome, reason=row.reason)
 
 
-def artifact(row: ArtifactRow) -> model.ArtifactRecord:
+def artifact(row: Columns) -> model.ArtifactRecord:
     return model.ArtifactRecord(
         run_id=row.run_id, phase_key=row.phase_key, attempt=row.attempt, path=row.path,
         schema_id=row.schema_id, sha256=row.sha256, size=row.size, stored_path=row.stored_path,
         created_at=row.created_at)
 
 
-def worker(row: WorkerRow) -> model.Worker:
+def worker(row: Columns) -> model.Worker:
     return model.Worker(id=row.id, name=row.name, host=row.host, pid=row.pid,
                         started_at=row.started_at, heartbeat_at=row.heartbeat_at,
                         stopped_at=row.stopped_at, concurrency=row.concurrency)

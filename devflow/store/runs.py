@@ -7,20 +7,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from devflow import model, states
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
-from devflow.store import rows
+from devflow.store import records, rows
+from devflow.store.approvals import approval_not_found, approvals_in, decisions_in
 from devflow.store.database import Database
+from devflow.store.events import tail_in
+from devflow.store.records import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN, Record
 from devflow.store.runtx import Redactor, RunTx
 from devflow.store.tables import (
-    ArtifactRow,
-    BindingRow,
-    InvocationRow,
-    PhaseRow,
     RunRow,
 )
 
@@ -52,6 +52,32 @@ class NewRun:
 
 
 @dataclass(frozen=True, slots=True)
+class History:
+    """A run and all that belongs to it: what its report is made of."""
+
+    run: model.Run
+    phases: list[model.Phase]
+    bindings: list[model.Binding]
+    approvals: list[model.Approval]
+    decisions: list[model.Decision]
+    invocations: list[model.Invocation]
+    events: list[model.Event]
+
+
+@dataclass(frozen=True, slots=True)
+class Deciding:
+    """A run, the request a decision on it is for, and whether its token decided it already.
+
+    The request is the one named, or else the run's only pending one (None when it has
+    none or several); the choice is made again under the run's lock.
+    """
+
+    run: model.Run
+    approval: model.Approval | None
+    token_used: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Limits:
     max_active_per_branch: int = 1
     max_concurrent_runs: int = 50
@@ -72,6 +98,7 @@ class Runs:
         self.db = db
         self.clock = clock
         self.redact = redact
+        self._lock_query = db.lock_run_query(records.by_id(RUN))
 
     # -- changing a run --------------------------------------------------------------------
     def change(self, run_id: str, fn: Callable[[RunTx], T], *,
@@ -87,25 +114,25 @@ class Runs:
             return result
         return self.db.write(tx)
 
-    def _locked(self, session: Session, run_id: str) -> RunRow:
-        query = self.db.lock_run_query(select(RunRow).where(RunRow.id == run_id))
-        row: RunRow | None = session.exec(query).first()
+    def _locked(self, session: Session, run_id: str) -> Record:
+        row = session.connection().execute(self._lock_query, {"id": run_id}).first()
         if row is None:
             raise _not_found(run_id)
-        return row
+        return Record(RUN, row._mapping)
 
     def create(self, new: NewRun, limits: Limits, *, lease_owner: str | None = None,
                lease_seconds: float = 60.0, ports: Ports | None = None) -> model.Run:
         """Insert the run, its bindings and phases, bound, within the concurrency limits."""
         def tx(session: Session) -> model.Run:
             self.db.serialize(session, "devflow-run-start")
-            if session.get(RunRow, new.id) is not None:
+            conn = session.connection()
+            if conn.execute(records.by_id(RUN), {"id": new.id}).first() is not None:
                 raise DevflowError(Code.RUN_ID_EXISTS, f"a run with id {new.id} exists already",
                                    hint="choose another --run-id, or leave it out")
             _check_limits(session, new, limits)
             port_base = _port_block(session, ports) if ports else new.port_base
             now = self.clock()
-            row = RunRow(
+            values: dict[str, Any] = dict(
                 id=new.id, template_name=new.template_name,
                 template_version=new.template_version, template_hash=new.template_hash,
                 template_def=new.template_def, repo=new.repo, base=new.base,
@@ -116,16 +143,15 @@ class Runs:
                 created_by=new.created_by, created_at=now, updated_at=now,
                 port_base=port_base)
             if lease_owner is not None:
-                row.lease_owner, row.lease_fence = lease_owner, 1
-                row.lease_expires_at = now + timedelta(seconds=lease_seconds)
-            session.add(row)
-            session.flush()
-            for b in new.bindings:
-                session.add(BindingRow(
+                values.update(lease_owner=lease_owner, lease_fence=1,
+                              lease_expires_at=now + timedelta(seconds=lease_seconds))
+            row = Record(RUN, conn.execute(records.insert_returning(RUN), values).one()._mapping)
+            if new.bindings:
+                conn.execute(records.INSERT_BINDINGS, [dict(
                     run_id=new.id, role=b.role, persona_name=b.persona_name,
                     persona_version=b.persona_version, persona_hash=b.persona_hash,
                     persona_def=dict(b.persona_def), backend=b.backend,
-                    backend_version=b.backend_version))
+                    backend_version=b.backend_version) for b in new.bindings])
             runtx = RunTx(session, row, now, self.redact)
             runtx.event(model.NewEvent("run.created", payload={
                 "template": f"{new.template_name}@{new.template_version}",
@@ -141,60 +167,74 @@ class Runs:
     # -- reading ---------------------------------------------------------------------------
     def get(self, run_id: str) -> model.Run:
         def tx(session: Session) -> model.Run:
-            row = session.get(RunRow, run_id)
-            if row is None:
-                row = _by_prefix(session, run_id)
-            return rows.run(row)
+            return rows.run(_run(session.connection(), run_id))
         return self.db.read(tx)
 
     def find(self, *, states_in: Sequence[RunState] | None = None, repo: str | None = None,
              limit: int = 200) -> list[model.Run]:
         def tx(session: Session) -> list[model.Run]:
-            query = select(RunRow)
+            query = sa.select(RUN)
             if states_in:
-                query = query.where(col(RunRow.state).in_([str(s) for s in states_in]))
+                query = query.where(RUN.c.state.in_([str(s) for s in states_in]))
             if repo:
-                query = query.where(RunRow.repo == repo)
-            query = query.order_by(col(RunRow.created_at).desc()).limit(limit)
-            return [rows.run(r) for r in session.exec(query)]
+                query = query.where(RUN.c.repo == repo)
+            query = query.order_by(RUN.c.created_at.desc()).limit(limit)
+            return [rows.run(r) for r in session.connection().execute(query)]
         return self.db.read(tx)
 
     def snapshot(self, run_id: str) -> tuple[model.Run, list[model.Phase]]:
         """The run and its phases, read together in one transaction."""
         def tx(session: Session) -> tuple[model.Run, list[model.Phase]]:
-            row = session.get(RunRow, run_id)
+            conn = session.connection()
+            row = conn.execute(records.by_id(RUN), {"id": run_id}).first()
             if row is None:
                 raise _not_found(run_id)
-            found = session.exec(select(PhaseRow).where(PhaseRow.run_id == run_id)
-                                 .order_by(col(PhaseRow.position)))
-            return rows.run(row), [rows.phase(p) for p in found]
+            return rows.run(row), _phases(conn, run_id)
+        return self.db.read(tx)
+
+    def history(self, run_id: str, last_events: int = 200) -> History:
+        """Everything a report tells of a run, read in one transaction."""
+        def tx(session: Session) -> History:
+            conn = session.connection()
+            run = rows.run(_run(conn, run_id))
+            return History(run, _phases(conn, run.id), _bindings(conn, run.id),
+                           approvals_in(conn, run_id=run.id),
+                           decisions_in(conn, run_id=run.id), _invocations(conn, run.id),
+                           tail_in(conn, run.id, last_events))
+        return self.db.read(tx)
+
+    def deciding(self, run_id: str, approval_id: int | None, token: str) -> Deciding:
+        """What a decision on the run starts from, read in one transaction."""
+        def tx(session: Session) -> Deciding:
+            conn = session.connection()
+            run = rows.run(_run(conn, run_id))
+            approval = None
+            if approval_id is not None:
+                row = conn.execute(records.by_id(APPROVAL), {"id": approval_id}).first()
+                if row is None:
+                    raise approval_not_found(approval_id)
+                approval = rows.approval(row)
+            else:
+                pending = approvals_in(conn, pending=True, run_id=run.id)
+                approval = pending[0] if len(pending) == 1 else None
+            used = approval is not None and any(
+                d.client_token == token for d in decisions_in(conn, approval_id=approval.id))
+            return Deciding(run, approval, used)
         return self.db.read(tx)
 
     def phases(self, run_id: str) -> list[model.Phase]:
-        def tx(session: Session) -> list[model.Phase]:
-            found = session.exec(select(PhaseRow).where(PhaseRow.run_id == run_id)
-                                 .order_by(col(PhaseRow.position)))
-            return [rows.phase(p) for p in found]
-        return self.db.read(tx)
+        return self.db.read(lambda session: _phases(session.connection(), run_id))
 
     def bindings(self, run_id: str) -> list[model.Binding]:
-        def tx(session: Session) -> list[model.Binding]:
-            found = session.exec(select(BindingRow).where(BindingRow.run_id == run_id)
-                                 .order_by(col(BindingRow.role)))
-            return [rows.binding(b) for b in found]
-        return self.db.read(tx)
+        return self.db.read(lambda session: _bindings(session.connection(), run_id))
 
     def invocations(self, run_id: str) -> list[model.Invocation]:
-        def tx(session: Session) -> list[model.Invocation]:
-            found = session.exec(select(InvocationRow).where(InvocationRow.run_id == run_id)
-                                 .order_by(col(InvocationRow.id)))
-            return [rows.invocation(i) for i in found]
-        return self.db.read(tx)
+        return self.db.read(lambda session: _invocations(session.connection(), run_id))
 
     def artifacts(self, run_id: str) -> list[model.ArtifactRecord]:
         def tx(session: Session) -> list[model.ArtifactRecord]:
-            found = session.exec(select(ArtifactRow).where(ArtifactRow.run_id == run_id)
-                                 .order_by(col(ArtifactRow.id)))
+            found = session.connection().execute(
+                sa.select(ARTIFACT).where(ARTIFACT.c.run_id == run_id).order_by(ARTIFACT.c.id))
             return [rows.artifact(a) for a in found]
         return self.db.read(tx)
 
@@ -245,13 +285,31 @@ def _port_block(session: Session, ports: Ports) -> int:
                                              "to end")
 
 
-def _by_prefix(session: Session, run_id: str) -> RunRow:
+def _run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
+    """The run of this id, or of the only id starting with it (at least four characters)."""
+    row = conn.execute(records.by_id(RUN), {"id": run_id}).first()
+    if row is not None:
+        return row
     if len(run_id) >= 4:
-        found = session.exec(select(RunRow).where(col(RunRow.id).startswith(run_id))
+        found = conn.execute(sa.select(RUN).where(RUN.c.id.startswith(run_id, autoescape=True))
                              .limit(2)).all()
         if len(found) == 1:
             return found[0]
     raise _not_found(run_id)
+
+
+def _phases(conn: sa.Connection, run_id: str) -> list[model.Phase]:
+    return [rows.phase(p) for p in conn.execute(records.RUN_PHASES, {"run_id": run_id})]
+
+
+def _bindings(conn: sa.Connection, run_id: str) -> list[model.Binding]:
+    return [rows.binding(b) for b in conn.execute(
+        sa.select(BINDING).where(BINDING.c.run_id == run_id).order_by(BINDING.c.role))]
+
+
+def _invocations(conn: sa.Connection, run_id: str) -> list[model.Invocation]:
+    return [rows.invocation(i) for i in conn.execute(
+        sa.select(INVOCATION).where(INVOCATION.c.run_id == run_id).order_by(INVOCATION.c.id))]
 
 
 def _not_found(run_id: str) -> DevflowError:

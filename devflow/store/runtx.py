@@ -14,63 +14,67 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
-from sqlmodel import Session, col, select
+import sqlalchemy as sa
+from sqlmodel import Session
 
 from devflow import model, states
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import ApprovalState, PhaseState, RunState
-from devflow.store import rows
-from devflow.store.tables import (
-    ApprovalRow,
-    ArtifactRow,
-    DecisionRow,
-    EventRow,
-    InvocationRow,
-    PhaseRow,
-    RunRow,
+from devflow.store import records, rows
+from devflow.store.records import (
+    APPROVAL,
+    DECISION,
+    INVOCATION,
+    PHASE,
+    Record,
 )
 
 Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class RunTx:
-    def __init__(self, session: Session, row: RunRow, now: datetime,
+    def __init__(self, session: Session, run: Record, now: datetime,
                  redact: Redactor | None = None) -> None:
-        self.session = session
-        self._row = row
+        self.conn = session.connection()
+        self._row = run
         self.now = now
         self._redact = redact
-        self._phases: dict[str, PhaseRow] | None = None
-        self._some_phases: dict[str, PhaseRow] = {}
+        self._phases: dict[str, Record] | None = None
+        self._some_phases: dict[str, Record] = {}
+        #: other rows read or written in this transaction, by (table, id): changes to
+        #: them are written before the next query and at the end
+        self._held: dict[tuple[str, int], Record] = {}
         self.events: list[model.Event] = []
         # New events are numbered at once but written together by ``finish`` (one batched
         # insert and one update of the run's counter, not one of each per event).
-        self._seq = row.last_seq
-        self._new_events: dict[str, EventRow] = {}
+        self._seq = run.last_seq
+        self._new_events: dict[str, dict[str, Any]] = {}
         #: invocations this transaction closed while their process may still run
         self.closed: list[model.Invocation] = []
 
     # -- the run ---------------------------------------------------------------------------
     @property
     def run(self) -> model.Run:
-        return self._view(self._row)
-
-    def _view(self, row: RunRow) -> model.Run:
-        run = rows.run(row)
+        run = rows.run(self._row)
         return run if run.last_seq == self._seq else replace(run, last_seq=self._seq)
 
     def finish(self) -> None:
-        """Write the events appended in this transaction; ``Runs.change`` calls it last."""
+        """Write what this transaction changed; ``Runs.change`` calls it last."""
         if self._new_events:
-            self._row.last_seq = self._seq
-            self.session.add(self._row)
-            self.session.execute(insert(EventRow), [
-                {"run_id": e.run_id, "seq": e.seq, "type": e.type, "phase": e.phase,
-                 "payload": e.payload, "ts": e.ts, "idem_key": e.idem_key}
-                for e in self._new_events.values()])
+            self._row.set({"last_seq": self._seq})
+        self._flush()
+        if self._new_events:
+            self.conn.execute(records.INSERT_EVENTS, list(self._new_events.values()))
             self._new_events = {}
+
+    def _flush(self) -> None:
+        """Write the changed rows, so that a query sees them."""
+        self._row.write(self.conn)
+        for phase in (self._phases or self._some_phases).values():
+            phase.write(self.conn)
+        for held in self._held.values():
+            held.write(self.conn)
 
     @property
     def state(self) -> RunState:
@@ -80,46 +84,39 @@ class RunTx:
                  failure: tuple[str, str] | None = None) -> model.Run:
         current = RunState(self._row.state)
         states.check_run_move(current, to)
-        row = self._row
+        fields: dict[str, Any] = {"state": str(to), "updated_at": self.now}
         if to is RunState.PAUSED:
-            row.paused_from = str(current)
+            fields["paused_from"] = str(current)
         elif current is RunState.PAUSED:
-            row.paused_from = None
-        row.state = str(to)
-        row.updated_at = self.now
+            fields["paused_from"] = None
         if to in states.TERMINAL:
-            row.ended_at = self.now
-            row.lease_owner, row.lease_expires_at = None, None
+            fields.update(ended_at=self.now, lease_owner=None, lease_expires_at=None)
         if failure:
-            row.failure_code, row.failure_reason = failure
-        self.session.add(row)
+            fields["failure_code"], fields["failure_reason"] = failure
+        self._row.set(fields)
         if event is not None:
             self.event(event)
-        return self._view(row)
+        return self.run
 
     def settle(self, to: RunState, event: model.NewEvent | None = None) -> model.Run:
         """Move the run to ``to``; a paused run instead remembers ``to`` as where resume goes."""
         if RunState(self._row.state) is RunState.PAUSED:
-            self._row.paused_from = str(to)
-            self.session.add(self._row)
+            self._row.set({"paused_from": str(to)})
             if event is not None:
                 self.event(event)
-            return self._view(self._row)
+            return self.run
         if RunState(self._row.state) is to:
             if event is not None:
                 self.event(event)
-            return self._view(self._row)
+            return self.run
         return self.move_run(to, event)
 
     def set_run(self, **fields: Any) -> model.Run:
         """Change fields of the run that are not its state (usage totals, lease, report)."""
         if "state" in fields:
             raise ValueError("a run's state changes through move_run only")
-        for name, value in fields.items():
-            setattr(self._row, name, value)
-        self._row.updated_at = self.now
-        self.session.add(self._row)
-        return self._view(self._row)
+        self._row.set({**fields, "updated_at": self.now})
+        return self.run
 
     def check_lease(self, lease: model.Lease) -> None:
         row = self._row
@@ -138,34 +135,33 @@ class RunTx:
         """Append an event; with a key that is already recorded, return that event instead."""
         if new.key is not None:
             if (pending := self._new_events.get(new.key)) is not None:
-                return rows.event(pending)
-            existing = self.session.exec(
-                select(EventRow).where(EventRow.idem_key == new.key)).first()
+                return _event(pending)
+            existing = self.conn.execute(records.EVENT_BY_KEY, {"key": new.key}).first()
             if existing is not None:
                 if existing.run_id != self._row.id:
                     raise DevflowError(Code.INTERNAL, f"idempotency key {new.key!r} belongs to "
                                        f"run {existing.run_id}, not {self._row.id}",
                                        hint="idempotency keys start with their run's id")
-                return rows.event(existing)
+                return _event(existing._mapping)
         payload = dict(new.payload)
         if self._redact is not None:
             payload = self._redact(payload)
         self._seq += 1
         key = new.key or f"{self._row.id}:{self._seq}"
-        row = EventRow(run_id=self._row.id, seq=self._seq, type=new.type, phase=new.phase,
-                       payload=payload, ts=self.now, idem_key=key)
+        row = {"run_id": self._row.id, "seq": self._seq, "type": new.type, "phase": new.phase,
+               "payload": payload, "ts": self.now, "idem_key": key}
         self._new_events[key] = row
-        appended = rows.event(row)
+        appended = _event(row)
         self.events.append(appended)
         return appended
 
     # -- phases ----------------------------------------------------------------------------
-    def _phase_rows(self) -> dict[str, PhaseRow]:
+    def _phase_rows(self) -> dict[str, Record]:
         if self._phases is None:
-            found = self.session.exec(select(PhaseRow).where(PhaseRow.run_id == self._row.id)
-                                      .order_by(col(PhaseRow.position))).all()
-            # rows already read in this session are the same objects: identity map
-            self._phases = {p.key: p for p in found}
+            found = self.conn.execute(records.RUN_PHASES, {"run_id": self._row.id})
+            # a phase already held (and maybe changed) in this transaction stays the one
+            self._phases = {r.key: self._some_phases.get(r.key) or Record(PHASE, r._mapping)
+                            for r in found}
         return self._phases
 
     def phases(self) -> list[model.Phase]:
@@ -174,14 +170,15 @@ class RunTx:
     def phase(self, key: str) -> model.Phase:
         return rows.phase(self._phase_row(key))
 
-    def _phase_row(self, key: str) -> PhaseRow:
+    def _phase_row(self, key: str) -> Record:
         if self._phases is not None:
             row = self._phases.get(key)
-        else:  # one row by its unique key, without loading the run's other phases
-            row = self._some_phases.get(key) or self.session.exec(select(PhaseRow).where(
-                PhaseRow.run_id == self._row.id, PhaseRow.key == key)).first()
-            if row is not None:
-                self._some_phases[key] = row
+        elif (row := self._some_phases.get(key)) is None:
+            # one row by its unique key, without loading the run's other phases
+            found = self.conn.execute(records.RUN_PHASE, {"run_id": self._row.id,
+                                                          "key": key}).first()
+            if found is not None:
+                row = self._some_phases[key] = Record(PHASE, found._mapping)
         if row is None:
             raise DevflowError(Code.INVALID_INPUT, f"run {self._row.id} has no phase {key!r}",
                                hint=f"devflow run status {self._row.id}")
@@ -190,18 +187,20 @@ class RunTx:
     def add_phases(self, defs: Sequence[PhaseDef], origin: str) -> list[model.Phase]:
         existing = self._phase_rows()
         position = max((p.position for p in existing.values()), default=0)
-        added = []
+        values: list[dict[str, Any]] = []
         for d in defs:
-            if d.key in existing:
+            if d.key in existing or any(v["key"] == d.key for v in values):
                 raise DevflowError(Code.DUPLICATE_PHASE, f"run {self._row.id} already has a "
                                    f"phase {d.key!r}", hint="phase keys must be unique in a run")
             position += 1
-            row = PhaseRow(run_id=self._row.id, position=position, key=d.key, origin=origin,
-                           definition=d.to_json(), state=str(PhaseState.PENDING))
-            self.session.add(row)
-            existing[d.key] = row
-            added.append(row)
-        self.session.flush()
+            values.append({"run_id": self._row.id, "position": position, "key": d.key,
+                           "origin": origin, "definition": d.to_json(),
+                           "state": str(PhaseState.PENDING)})
+        if not values:
+            return []
+        added = [Record(PHASE, r._mapping)
+                 for r in self.conn.execute(records.INSERT_PHASES, values)]
+        existing.update((r.key, r) for r in added)
         return [rows.phase(r) for r in added]
 
     def move_phase(self, key: str, to: PhaseState, event: model.NewEvent | None = None,
@@ -212,14 +211,12 @@ class RunTx:
                                f"change again", hint="a terminal run is final")
         row = self._phase_row(key)
         states.check_phase_move(PhaseState(row.state), to)
-        row.state = str(to)
+        moved: dict[str, Any] = {"state": str(to)}
         if to is PhaseState.RUNNING and row.started_at is None:
-            row.started_at = self.now
+            moved["started_at"] = self.now
         if to in states.PHASE_FINAL:
-            row.ended_at = self.now
-        for name, value in fields.items():
-            setattr(row, name, value)
-        self.session.add(row)
+            moved["ended_at"] = self.now
+        row.set({**moved, **fields})
         if event is not None:
             self.event(event)
         return rows.phase(row)
@@ -228,31 +225,58 @@ class RunTx:
         if "state" in fields:
             raise ValueError("a phase's state changes through move_phase only")
         row = self._phase_row(key)
-        for name, value in fields.items():
-            setattr(row, name, value)
-        self.session.add(row)
+        row.set(fields)
         return rows.phase(row)
+
+    # -- rows of the other tables ----------------------------------------------------------
+    def _insert(self, table: sa.Table, **values: Any) -> Record:
+        found = self.conn.execute(records.insert_returning(table), values).one()
+        row = self._held[(table.name, found.id)] = Record(table, found._mapping)
+        return row
+
+    def _get(self, table: sa.Table, row_id: int) -> Record | None:
+        held = self._held.get((table.name, row_id))
+        if held is None:
+            found = self.conn.execute(records.by_id(table), {"id": row_id}).first()
+            if found is not None:
+                held = self._held[(table.name, row_id)] = Record(table, found._mapping)
+        return held
+
+    def _query(self, table: sa.Table, query: sa.Select[Any]) -> list[Record]:
+        """The rows ``query`` finds, as the ones held where this transaction holds them."""
+        self._flush()
+        found = []
+        for r in self.conn.execute(query):
+            row = self._held.get((table.name, r.id))
+            if row is None:
+                row = self._held[(table.name, r.id)] = Record(table, r._mapping)
+            found.append(row)
+        return found
 
     # -- artifacts and invocations ---------------------------------------------------------
     def add_artifact(self, record: model.ArtifactRecord) -> None:
-        self.session.add(ArtifactRow(
-            run_id=record.run_id, phase_key=record.phase_key, attempt=record.attempt,
-            path=record.path, schema_id=record.schema_id, sha256=record.sha256,
-            size=record.size, stored_path=record.stored_path, created_at=record.created_at))
+        self.conn.execute(records.INSERT_ARTIFACT, {
+            "run_id": record.run_id, "phase_key": record.phase_key, "attempt": record.attempt,
+            "path": record.path, "schema_id": record.schema_id, "sha256": record.sha256,
+            "size": record.size, "stored_path": record.stored_path,
+            "created_at": record.created_at})
 
     def start_invocation(self, **fields: Any) -> model.Invocation:
-        row = InvocationRow(run_id=self._row.id, started_at=self.now, **fields)
-        self.session.add(row)
-        self.session.flush()
-        return rows.invocation(row)
+        return rows.invocation(self._insert(INVOCATION, run_id=self._row.id,
+                                            started_at=self.now, **fields))
 
     def update_invocation(self, invocation_id: int, **fields: Any) -> model.Invocation:
-        row = self.session.get(InvocationRow, invocation_id)
-        if row is None or row.run_id != self._row.id:
-            raise DevflowError(Code.INTERNAL, f"invocation {invocation_id} is not of this run")
-        for name, value in fields.items():
-            setattr(row, name, value)
-        self.session.add(row)
+        row = self._held.get((INVOCATION.name, invocation_id))
+        if row is not None and row.run_id == self._row.id:
+            row.set(fields)
+        else:  # not read yet: changed and read back in one statement
+            found = self.conn.execute(records.UPDATE_INVOCATION, {
+                "key_": invocation_id, "run_": self._row.id, **fields}).first()
+            if found is None:
+                raise DevflowError(Code.INTERNAL,
+                                   f"invocation {invocation_id} is not of this run")
+            row = self._held[(INVOCATION.name, invocation_id)] = Record(INVOCATION,
+                                                                         found._mapping)
         return rows.invocation(row)
 
     def close_invocations(self, outcome: str, reason: str) -> list[model.Invocation]:
@@ -263,26 +287,25 @@ class RunTx:
         return closed
 
     def open_invocations(self) -> list[model.Invocation]:
-        found = self.session.exec(select(InvocationRow).where(
-            InvocationRow.run_id == self._row.id, col(InvocationRow.ended_at).is_(None))).all()
+        found = self._query(INVOCATION, sa.select(INVOCATION).where(
+            INVOCATION.c.run_id == self._row.id, INVOCATION.c.ended_at.is_(None))
+            .order_by(INVOCATION.c.id))
         return [rows.invocation(r) for r in found]
 
     # -- approvals -------------------------------------------------------------------------
     def open_approval(self, **fields: Any) -> model.Approval:
-        row = ApprovalRow(run_id=self._row.id, state=str(ApprovalState.PENDING),
-                          opened_at=self.now, **fields)
-        self.session.add(row)
-        self.session.flush()
-        return rows.approval(row)
+        return rows.approval(self._insert(APPROVAL, run_id=self._row.id,
+                                          state=str(ApprovalState.PENDING),
+                                          opened_at=self.now, **fields))
 
     def approvals(self, *, pending: bool = False) -> list[model.Approval]:
-        query = select(ApprovalRow).where(ApprovalRow.run_id == self._row.id)
+        query = sa.select(APPROVAL).where(APPROVAL.c.run_id == self._row.id)
         if pending:
-            query = query.where(ApprovalRow.state == str(ApprovalState.PENDING))
-        return [rows.approval(r) for r in self.session.exec(query.order_by(col(ApprovalRow.id)))]
+            query = query.where(APPROVAL.c.state == str(ApprovalState.PENDING))
+        return [rows.approval(r) for r in self._query(APPROVAL, query.order_by(APPROVAL.c.id))]
 
-    def _approval_row(self, approval_id: int) -> ApprovalRow:
-        row = self.session.get(ApprovalRow, approval_id)
+    def _approval_row(self, approval_id: int) -> Record:
+        row = self._get(APPROVAL, approval_id)
         if row is None or row.run_id != self._row.id:
             raise DevflowError(Code.APPROVAL_NOT_FOUND, f"no approval request {approval_id} on "
                                f"run {self._row.id}", hint=f"devflow approvals list --run "
@@ -296,43 +319,41 @@ class RunTx:
                          resolution: str) -> model.Approval:
         row = self._approval_row(approval_id)
         states.check_approval_move(ApprovalState(row.state), to)
-        row.state, row.resolved_at = str(to), self.now
-        row.resolved_by, row.resolution = by, resolution
-        self.session.add(row)
+        row.set({"state": str(to), "resolved_at": self.now, "resolved_by": by,
+                 "resolution": resolution})
         return rows.approval(row)
 
     def set_approval(self, approval_id: int, **fields: Any) -> model.Approval:
         if "state" in fields:
             raise ValueError("an approval's state changes through resolve_approval only")
         row = self._approval_row(approval_id)
-        for name, value in fields.items():
-            setattr(row, name, value)
-        self.session.add(row)
+        row.set(fields)
         return rows.approval(row)
 
     def decision_by_token(self, approval_id: int, token: str) -> model.Decision | None:
-        row = self.session.exec(select(DecisionRow).where(
-            DecisionRow.approval_id == approval_id, DecisionRow.client_token == token)).first()
-        return rows.decision(row) if row else None
+        found = self._query(DECISION, sa.select(DECISION).where(
+            DECISION.c.approval_id == approval_id, DECISION.c.client_token == token))
+        return rows.decision(found[0]) if found else None
 
     def decision_by_token_in_run(self, token: str) -> model.Decision | None:
-        row = self.session.exec(select(DecisionRow).join(
-            ApprovalRow, col(ApprovalRow.id) == DecisionRow.approval_id).where(
-            ApprovalRow.run_id == self._row.id, DecisionRow.client_token == token)).first()
-        return rows.decision(row) if row else None
+        found = self._query(DECISION, sa.select(DECISION).join(
+            APPROVAL, APPROVAL.c.id == DECISION.c.approval_id).where(
+            APPROVAL.c.run_id == self._row.id, DECISION.c.client_token == token))
+        return rows.decision(found[0]) if found else None
 
     def add_decision(self, **fields: Any) -> model.Decision:
-        row = DecisionRow(created_at=self.now, **fields)
-        self.session.add(row)
-        self.session.flush()
-        return rows.decision(row)
+        return rows.decision(self._insert(DECISION, created_at=self.now, **fields))
 
     def decision_outcome(self, decision_id: int) -> dict[str, Any]:
-        row = self.session.get(DecisionRow, decision_id)
+        row = self._get(DECISION, decision_id)
         return dict(row.outcome) if row else {}
 
     def set_decision_outcome(self, decision_id: int, outcome: Mapping[str, Any]) -> None:
-        row = self.session.get(DecisionRow, decision_id)
+        row = self._get(DECISION, decision_id)
         if row is not None:
-            row.outcome = dict(outcome)
-            self.session.add(row)
+            row.set({"outcome": dict(outcome)})
+
+
+def _event(row: Mapping[Any, Any]) -> model.Event:
+    return model.Event(run_id=row["run_id"], seq=row["seq"], type=row["type"],
+                       phase=row["phase"], payload=row["payload"], ts=row["ts"])

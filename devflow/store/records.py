@@ -1,0 +1,107 @@
+"""Rows a transaction holds and changes, read and written with SQLAlchemy Core.
+
+A ``Record`` is a row's columns as attributes (so ``devflow.store.rows`` turns it into
+a model value like any row) plus the columns changed since it was read. The hot
+transactions (a phase's begin and verdict, a decision) read and write through these
+instead of the ORM's unit of work: the ORM spent about four fifths of their time on
+building, instrumenting and flushing SQLModel objects, not in the database.
+
+Statements are built once here and executed with parameters, so SQLAlchemy compiles
+each shape once per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import bindparam
+
+from devflow.store.tables import (
+    ApprovalRow,
+    ArtifactRow,
+    BindingRow,
+    DecisionRow,
+    EventRow,
+    InvocationRow,
+    PhaseRow,
+    RunRow,
+)
+
+RUN: sa.Table = RunRow.__table__  # type: ignore[attr-defined]
+PHASE: sa.Table = PhaseRow.__table__  # type: ignore[attr-defined]
+EVENT: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
+INVOCATION: sa.Table = InvocationRow.__table__  # type: ignore[attr-defined]
+APPROVAL: sa.Table = ApprovalRow.__table__  # type: ignore[attr-defined]
+DECISION: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
+ARTIFACT: sa.Table = ArtifactRow.__table__  # type: ignore[attr-defined]
+BINDING: sa.Table = BindingRow.__table__  # type: ignore[attr-defined]
+
+_COLUMNS: dict[str, frozenset[str]] = {
+    t.name: frozenset(t.c.keys())
+    for t in (RUN, PHASE, EVENT, INVOCATION, APPROVAL, DECISION, ARTIFACT, BINDING)}
+
+
+class Record:
+    """One row's columns as attributes, and which of them changed since it was read."""
+
+    def __init__(self, table: sa.Table, values: Mapping[Any, Any]) -> None:
+        self.__dict__.update(values)
+        self._table = table
+        self._changed: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:  # only for names that are not columns
+        raise AttributeError(f"{self._table.name} has no column {name!r}")
+
+    def set(self, fields: Mapping[str, Any]) -> None:
+        unknown = set(fields) - _COLUMNS[self._table.name]
+        if unknown:
+            raise ValueError(f"{self._table.name} has no column {sorted(unknown)}")
+        self.__dict__.update(fields)
+        self._changed.update(fields)
+
+    def write(self, conn: sa.Connection) -> None:
+        """UPDATE the changed columns, by primary key; nothing when nothing changed."""
+        if self._changed:
+            conn.execute(_UPDATES[self._table.name], {"key_": self.__dict__["id"], **self._changed})
+            self._changed = {}
+
+
+# The SET clause comes from the parameters' keys, so one statement serves every shape.
+_UPDATES: dict[str, sa.Update] = {
+    t.name: sa.update(t).where(t.c.id == bindparam("key_"))
+    for t in (RUN, PHASE, INVOCATION, APPROVAL, DECISION)}
+
+
+def by_id(table: sa.Table) -> sa.Select[Any]:
+    return _BY_ID[table.name]
+
+
+_BY_ID: dict[str, sa.Select[Any]] = {
+    t.name: sa.select(t).where(t.c.id == bindparam("id"))
+    for t in (RUN, INVOCATION, APPROVAL, DECISION)}
+
+
+def insert_returning(table: sa.Table) -> sa.Insert:
+    """INSERT one row and read it back whole (defaults and id), in one statement."""
+    return _INSERTS[table.name]
+
+
+_INSERTS: dict[str, sa.Insert] = {
+    t.name: sa.insert(t).returning(*t.c) for t in (RUN, INVOCATION, APPROVAL, DECISION)}
+#: a run's new phases, read back in the order given
+INSERT_PHASES = sa.insert(PHASE).returning(*PHASE.c, sort_by_parameter_order=True)
+
+#: an invocation of the run changed and read back (the engine closes them without reading)
+UPDATE_INVOCATION = sa.update(INVOCATION).where(
+    INVOCATION.c.id == bindparam("key_"), INVOCATION.c.run_id == bindparam("run_")) \
+    .returning(*INVOCATION.c)
+INSERT_EVENTS = sa.insert(EVENT)
+INSERT_ARTIFACT = sa.insert(ARTIFACT)
+INSERT_BINDINGS = sa.insert(BINDING)
+RUN_PHASES = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id")) \
+    .order_by(PHASE.c.position)
+RUN_PHASE = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id"),
+                                   PHASE.c.key == bindparam("key"))
+EVENT_BY_KEY = sa.select(EVENT).where(EVENT.c.idem_key == bindparam("key"))
