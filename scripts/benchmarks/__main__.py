@@ -73,7 +73,7 @@ def _ratios(report: Report, root: Path, templates: Path, only: set[str], q: bool
             _say("engine")
             for label, url in urls:
                 engine.per_phase(report, url, root / "engine", label, anchor[label],
-                                 2 if q else 5, templates)
+                                 2 if q else 8, templates)
             engine.validation(report, sqlite_url, root)
         if "decide" in only:
             _say("decide")

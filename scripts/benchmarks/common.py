@@ -145,7 +145,7 @@ def start_request(repo: Path, template: str, base: str = "main", run_id: str | N
 def write_templates(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     for name, phases, gated in (("bench20", 20, False), ("bench5", 5, False),
-                                ("benchgate", 1, True)):
+                                ("bench2", 2, False), ("benchgate", 1, True)):
         lines = [f"name: {name}", "version: 1",
                  "roles: {planner: {}, implementer: {}, reviewer: {}}"]
         if gated:
