@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 
 from devflow import approvals, backends, logs, model, redact
 from devflow import sweep as sweep_module
@@ -221,11 +222,14 @@ class App:
         async def main() -> worker.Stats:
             stop = anyio.Event()
             async with anyio.create_task_group() as group:
-                async def signals() -> None:
+                async def signals(*, task_status: anyio.abc.TaskStatus[None]) -> None:
                     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
+                        task_status.started()
                         async for _ in received:
                             stop.set()
-                group.start_soon(signals)
+                # The handlers are in place before the worker registers: a worker that
+                # shows in `devflow workers` stops cleanly when told to.
+                await group.start(signals)
                 stats = await worker.work(self.context(), options, stop)
                 group.cancel_scope.cancel()
             return stats

@@ -581,6 +581,14 @@ class Chaos:
                 "--token", f"approve-{approval.id}", "--no-drive", "--json", name="decide")
 
     def stop(self) -> None:
+        # A worker installs its signal handlers before it registers; one the chaos loop
+        # has just started may still be importing, and SIGTERM would kill it outright.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            registered = {w.pid for w in self.df.app.workers()}
+            if all(p.pid in registered or p.poll() is not None for p in self.workers):
+                break
+            time.sleep(0.1)
         for proc in self.workers:
             proc.kill(signal.SIGTERM)
         for proc in self.workers:
