@@ -156,7 +156,7 @@ def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,
         "approval_id": approval_id, "gate": approval.gate, "round": approval.round,
         "action": req.action, "actor": req.actor, "decision_id": decision.id,
         "reason": req.system_reason, "sections": dict(req.sections)},
-        key=f"{tx.run.id}:approval.resolved:{approval_id}"))
+        key=f"{tx.run.id}:approval.resolved:{approval_id}"), unseen=True)  # it was pending
     outcome = _apply(tx, req, approval)
     tx.set_decision_outcome(decision.id, outcome)
     return DecisionResult(decision, resolved, tx.run, False, outcome)

@@ -54,10 +54,9 @@ def _pick_in(tx: RunTx, req: approvals.DecisionRequest,
     """The request this decision is for, chosen under the lock."""
     if req.approval_id is not None:
         return req.approval_id
-    known = tx.decision_by_token_in_run(req.token)
+    pending, known = tx.gate(req.token)
     if known is not None:
         return known.approval_id  # a retry, even after the request was resolved
-    pending = tx.approvals(pending=True)
     run = tx.run
     if not pending:
         raise DevflowError(Code.NO_PENDING_APPROVAL, f"run {run.id} has no pending approval",

@@ -3,7 +3,11 @@
 SQLite (the embedded default): WAL, ``synchronous=FULL``, foreign keys on, a long
 ``busy_timeout``, and every write transaction opened with ``BEGIN IMMEDIATE`` so
 that writers queue at the start instead of failing at their first write.
-PostgreSQL: a pool with pre-ping; a run is locked with ``SELECT … FOR UPDATE``.
+PostgreSQL: a run is locked with ``SELECT … FOR UPDATE``; reads run without a
+transaction (autocommit: under READ COMMITTED each statement has its own snapshot
+anyway), which saves the BEGIN and COMMIT round trips. The pool does not ping a
+connection before lending it: one that died while pooled fails its first statement,
+which invalidates the pool, and the transaction runs again (below).
 
 ``write(fn)`` runs ``fn(session)`` in one transaction and commits. A transient
 failure before the COMMIT is sent (in ``fn`` or while the ORM flushes its writes:
@@ -58,7 +62,7 @@ class Database:
             _configure_sqlite(self.engine, busy_timeout_ms)
         else:
             self.engine = sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                                           pool_pre_ping=True, pool_timeout=60)
+                                           pool_timeout=60)
         self.pool_size = pool_size
         self._local = threading.local()
 
@@ -74,6 +78,10 @@ class Database:
         with Session(self.engine, expire_on_commit=False) as session:
             if self.is_sqlite:
                 session.connection(execution_options={"devflow_immediate": write})
+            elif not write:
+                # Under READ COMMITTED each statement sees its own snapshot anyway, so a
+                # read needs no transaction: no BEGIN and COMMIT round trips.
+                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield session
 
     def read(self, fn: Callable[[Session], T]) -> T:

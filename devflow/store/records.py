@@ -12,12 +12,14 @@ each shape once per process.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import bindparam
+from sqlalchemy.dialects import postgresql
 
+from devflow.states import ApprovalState
 from devflow.store.tables import (
     ApprovalRow,
     ArtifactRow,
@@ -68,6 +70,52 @@ class Record:
             self._changed = {}
 
 
+def write_together(conn: sa.Connection, rows: Sequence[Record],
+                   events: list[dict[str, Any]]) -> None:
+    """The changed rows' UPDATEs and the new events' INSERT as one statement (PostgreSQL).
+
+    All but the last statement become data-modifying CTEs, which PostgreSQL runs once
+    each, to completion, whether or not the outer statement reads them: one round trip
+    instead of one per row. Each row is updated once, as the CTEs share one snapshot.
+    The events travel as one array per column, so that every count of events is the
+    same statement. Statements are built once per shape (which tables, which columns)
+    and take their values as parameters.
+    """
+    changed = [r for r in rows if r._changed]
+    shape = (tuple((r._table.name, tuple(r._changed)) for r in changed), bool(events))
+    statement = _TOGETHER.get(shape)
+    if statement is None:
+        statement = _TOGETHER[shape] = _together(changed, bool(events))
+    params: dict[str, Any] = {}
+    for i, r in enumerate(changed):
+        params[f"w{i}_key"] = r.__dict__["id"]
+        params.update((f"w{i}_{c}", v) for c, v in r._changed.items())
+        r._changed = {}
+    if events:
+        params.update((f"ev_{c}", [e[c] for e in events]) for c in _EVENT_COLUMNS)
+    if statement is not None:
+        conn.execute(statement, params)
+
+
+def _together(changed: Sequence[Record], events: bool) -> sa.Executable | None:
+    updates = [sa.update(r._table).where(r._table.c.id == bindparam(f"w{i}_key"))
+               .values({c: bindparam(f"w{i}_{c}") for c in r._changed})
+               for i, r in enumerate(changed)]
+    if events:
+        return _INSERT_EVENT_ARRAYS.add_cte(*(u.cte(f"w{i}") for i, u in enumerate(updates)))
+    if not updates:
+        return None
+    *first, last = updates
+    return last.add_cte(*(u.cte(f"w{i}") for i, u in enumerate(first)))
+
+
+_TOGETHER: dict[tuple[Any, ...], sa.Executable | None] = {}
+_EVENT_COLUMNS = tuple(c.key for c in EVENT.c if c.key != "id")
+_INSERT_EVENT_ARRAYS = sa.insert(EVENT).from_select(_EVENT_COLUMNS, sa.select(*(
+    sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(EVENT.c[c].type)))
+    for c in _EVENT_COLUMNS)))
+
+
 # The SET clause comes from the parameters' keys, so one statement serves every shape.
 _UPDATES: dict[str, sa.Update] = {
     t.name: sa.update(t).where(t.c.id == bindparam("key_"))
@@ -105,3 +153,11 @@ RUN_PHASES = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id")) \
 RUN_PHASE = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id"),
                                    PHASE.c.key == bindparam("key"))
 EVENT_BY_KEY = sa.select(EVENT).where(EVENT.c.idem_key == bindparam("key"))
+#: a run's pending approval requests, and the one a decision token was used on (its
+#: decision's columns prefixed ``d_``), for choosing the request a decision is for
+GATE = sa.select(APPROVAL, *(c.label(f"d_{c.key}") for c in DECISION.c)).outerjoin(
+    DECISION, sa.and_(DECISION.c.approval_id == APPROVAL.c.id,
+                      DECISION.c.client_token == bindparam("token"))).where(
+    APPROVAL.c.run_id == bindparam("run_id"),
+    sa.or_(APPROVAL.c.state == str(ApprovalState.PENDING), DECISION.c.id.is_not(None))) \
+    .order_by(APPROVAL.c.id)

@@ -214,12 +214,14 @@ class Runs:
                 if row is None:
                     raise approval_not_found(approval_id)
                 approval = rows.approval(row)
-            else:
-                pending = approvals_in(conn, pending=True, run_id=run.id)
-                approval = pending[0] if len(pending) == 1 else None
-            used = approval is not None and any(
-                d.client_token == token for d in decisions_in(conn, approval_id=approval.id))
-            return Deciding(run, approval, used)
+                used = any(d.client_token == token
+                           for d in decisions_in(conn, approval_id=approval.id))
+                return Deciding(run, approval, used)
+            found = list(conn.execute(records.GATE, {"run_id": run.id, "token": token}))
+            decided = [r for r in found if r.d_id is not None]
+            if decided:  # a retry: the request its token decided
+                return Deciding(run, rows.approval(decided[0]), True)
+            return Deciding(run, rows.approval(found[0]) if len(found) == 1 else None, False)
         return self.db.read(tx)
 
     def phases(self, run_id: str) -> list[model.Phase]:

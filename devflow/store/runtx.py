@@ -37,6 +37,8 @@ class RunTx:
     def __init__(self, session: Session, run: Record, now: datetime,
                  redact: Redactor | None = None) -> None:
         self.conn = session.connection()
+        #: the last writes go as one statement where the database allows it
+        self._together = self.conn.dialect.name == "postgresql"
         self._row = run
         self.now = now
         self._redact = redact
@@ -50,6 +52,8 @@ class RunTx:
         # insert and one update of the run's counter, not one of each per event).
         self._seq = run.last_seq
         self._new_events: dict[str, dict[str, Any]] = {}
+        #: decision tokens looked up in the run and not found
+        self._unused_tokens: set[str] = set()
         #: invocations this transaction closed while their process may still run
         self.closed: list[model.Invocation] = []
 
@@ -63,6 +67,13 @@ class RunTx:
         """Write what this transaction changed; ``Runs.change`` calls it last."""
         if self._new_events:
             self._row.set({"last_seq": self._seq})
+        if self._together:
+            records.write_together(
+                self.conn, [self._row, *(self._phases or self._some_phases).values(),
+                            *self._held.values()],
+                list(self._new_events.values()))
+            self._new_events = {}
+            return
         self._flush()
         if self._new_events:
             self.conn.execute(records.INSERT_EVENTS, list(self._new_events.values()))
@@ -131,9 +142,13 @@ class RunTx:
         return list(self._redact({"v": values})["v"])
 
     # -- events ----------------------------------------------------------------------------
-    def event(self, new: model.NewEvent) -> model.Event:
-        """Append an event; with a key that is already recorded, return that event instead."""
-        if new.key is not None:
+    def event(self, new: model.NewEvent, *, unseen: bool = False) -> model.Event:
+        """Append an event; with a key that is already recorded, return that event instead.
+
+        ``unseen``: the caller knows the key was never used (what it records happens once,
+        under this lock), so it is not looked up; the unique index still refuses a second.
+        """
+        if new.key is not None and not unseen:
             if (pending := self._new_events.get(new.key)) is not None:
                 return _event(pending)
             existing = self.conn.execute(records.EVENT_BY_KEY, {"key": new.key}).first()
@@ -239,19 +254,13 @@ class RunTx:
         if held is None:
             found = self.conn.execute(records.by_id(table), {"id": row_id}).first()
             if found is not None:
-                held = self._held[(table.name, row_id)] = Record(table, found._mapping)
+                held = self._hold(table, found._mapping)
         return held
 
     def _query(self, table: sa.Table, query: sa.Select[Any]) -> list[Record]:
         """The rows ``query`` finds, as the ones held where this transaction holds them."""
         self._flush()
-        found = []
-        for r in self.conn.execute(query):
-            row = self._held.get((table.name, r.id))
-            if row is None:
-                row = self._held[(table.name, r.id)] = Record(table, r._mapping)
-            found.append(row)
-        return found
+        return [self._hold(table, r._mapping) for r in self.conn.execute(query)]
 
     # -- artifacts and invocations ---------------------------------------------------------
     def add_artifact(self, record: model.ArtifactRecord) -> None:
@@ -331,17 +340,39 @@ class RunTx:
         return rows.approval(row)
 
     def decision_by_token(self, approval_id: int, token: str) -> model.Decision | None:
+        if token in self._unused_tokens:  # looked up in the whole run already
+            self._approval_row(approval_id)  # (which holds this request)
+            return None
         found = self._query(DECISION, sa.select(DECISION).where(
             DECISION.c.approval_id == approval_id, DECISION.c.client_token == token))
         return rows.decision(found[0]) if found else None
 
-    def decision_by_token_in_run(self, token: str) -> model.Decision | None:
-        found = self._query(DECISION, sa.select(DECISION).join(
-            APPROVAL, APPROVAL.c.id == DECISION.c.approval_id).where(
-            APPROVAL.c.run_id == self._row.id, DECISION.c.client_token == token))
-        return rows.decision(found[0]) if found else None
+    def gate(self, token: str) -> tuple[list[model.Approval], model.Decision | None]:
+        """The run's pending requests and the decision ``token`` made in the run, if any.
+
+        One query; the requests and the decision are held like rows read one by one.
+        """
+        self._flush()
+        pending, decided = [], None
+        for r in self.conn.execute(records.GATE, {"run_id": self._row.id, "token": token}):
+            values = r._mapping
+            approval = self._hold(APPROVAL, {c.key: values[c.key] for c in APPROVAL.c})
+            if values["d_id"] is not None:
+                decided = self._hold(DECISION, {c.key: values[f"d_{c.key}"] for c in DECISION.c})
+            if approval.state == str(ApprovalState.PENDING):
+                pending.append(rows.approval(approval))
+        if decided is None:
+            self._unused_tokens.add(token)
+        return pending, rows.decision(decided) if decided else None
+
+    def _hold(self, table: sa.Table, values: Mapping[Any, Any]) -> Record:
+        row = self._held.get((table.name, values["id"]))
+        if row is None:
+            row = self._held[(table.name, values["id"])] = Record(table, values)
+        return row
 
     def add_decision(self, **fields: Any) -> model.Decision:
+        self._unused_tokens.discard(fields["client_token"])
         return rows.decision(self._insert(DECISION, created_at=self.now, **fields))
 
     def decision_outcome(self, decision_id: int) -> dict[str, Any]:

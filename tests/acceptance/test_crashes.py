@@ -11,6 +11,7 @@ again, and no decision recorded twice. The figures are printed (run pytest with 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -742,7 +743,7 @@ def test_worker_without_its_database_exits_with_database_error(
 
 
 @pytest.mark.postgresql_only
-def test_read_whose_connection_dies_before_its_commit_is_retried(pg_url: str) -> None:
+def test_read_whose_connection_dies_midway_is_retried(pg_url: str) -> None:
     from devflow.store import Database
     admin = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"),
                             autocommit=True)
@@ -750,13 +751,40 @@ def test_read_whose_connection_dies_before_its_commit_is_retried(pg_url: str) ->
     calls: list[int] = []
 
     def read(session: Any) -> int:
-        pid = int(session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar())
+        conn = session.connection()
+        pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
         calls.append(pid)
-        if len(calls) == 1:  # the connection dies while the transaction is open
+        if len(calls) == 1:  # the connection dies between two statements of the read
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        conn.exec_driver_sql("SELECT 1")
         return pid
     try:
         assert db.read(read) == calls[-1] and len(calls) == 2
+    finally:
+        db.dispose()
+        admin.close()
+
+
+def test_connections_that_died_in_the_pool_are_replaced(pg_url: str) -> None:
+    """The pool does not ping a connection before lending it (a round trip per
+    transaction): one that died while pooled fails its first statement, which
+    invalidates the pool, and the transaction runs again on a new connection."""
+    from devflow.store import Database
+    admin = psycopg.connect(pg_url.replace("postgresql+psycopg://", "postgresql://"),
+                            autocommit=True)
+    db = Database(pg_url, pool_size=3)
+    try:
+        with contextlib.ExitStack() as stack:  # three connections, back in the pool after
+            conns = [stack.enter_context(db.engine.connect()) for _ in range(3)]
+            pids = [int(c.exec_driver_sql("SELECT pg_backend_pid()").scalar()) for c in conns]
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+        def pid_of(session: Any) -> int:
+            return int(session.connection().exec_driver_sql("SELECT pg_backend_pid()")
+                       .scalar())
+        assert db.read(pid_of) not in pids
+        assert db.write(pid_of) not in pids
     finally:
         db.dispose()
         admin.close()

@@ -181,8 +181,9 @@ def test_one_token_racing_with_two_actions_records_one(gapp: App, repo: Path) ->
 
 def test_a_retry_racing_the_first_decision_without_approval_id_gets_its_outcome(
         gapp: App, repo: Path) -> None:
-    """The retry's look-up of the pending request is held until the first decision committed
-    (a SQLAlchemy event on the engine orders the two; nothing of devflow is replaced)."""
+    """The first decision lands after the retry found the request pending, before the retry
+    locks the run (a SQLAlchemy event on the engine orders the two; nothing of devflow is
+    replaced): under the lock, the retry must find the decision its token made."""
     view = start(gapp, repo)
     request = DecisionRequest(run_id=view.run.id, action="approve", actor="tester",
                               token=new_token())
@@ -193,18 +194,18 @@ def test_a_retry_racing_the_first_decision_without_approval_id_gets_its_outcome(
     def hold(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         if threading.get_ident() != retry_thread or held:
             return
-        if "FROM approval_request" in statement and "WHERE approval_request.state" in statement:
+        if "FROM approval_request LEFT OUTER JOIN approval_decision" in statement:
             held.append(statement)
             racer = threading.Thread(target=lambda: first.append(gapp.decide(request)))
             racer.start()
             racer.join(timeout=60)
 
     engine = gapp.store.db.engine
-    sa_event.listen(engine, "before_cursor_execute", hold)
+    sa_event.listen(engine, "after_cursor_execute", hold)
     try:
         retry = gapp.decide(request)
     finally:
-        sa_event.remove(engine, "before_cursor_execute", hold)
+        sa_event.remove(engine, "after_cursor_execute", hold)
     assert held and len(first) == 1, "the interleaving did not happen"
     assert not first[0].replayed
     assert retry.replayed

@@ -151,6 +151,57 @@ def test_foreign_keys_are_enforced(store: Store) -> None:
     assert _count(store, PhaseRow, run_id="no-such-run") == 0
 
 
+def test_one_change_writes_every_row_it_changed_and_its_events_in_order(
+        store: Store, catalog: Catalog) -> None:
+    """The run, two phases, an approval and a decision changed, five events appended: on
+    PostgreSQL all of it goes as one statement at the end, on SQLite one by one."""
+    _run(store, catalog, "ev-all")
+
+    def many(tx: RunTx) -> int:
+        tx.move_run(RunState.EXECUTING, model.NewEvent("run.executing"))
+        tx.move_phase("spec", PhaseState.RUNNING, model.NewEvent("phase.started", "spec"))
+        tx.set_phase("plan", feedback={"note": "kept"})
+        approval = tx.open_approval(phase_key="spec", gate="spec_review", round=1,
+                                    message="Review.", options=["approve"])
+        decision = tx.add_decision(approval_id=approval.id, client_token="t-all",
+                                   action="approve", actor="tester", sections={}, evidence={})
+        tx.set_approval(approval.id, warned_at=tx.now)
+        tx.set_decision_outcome(decision.id, {"action": "approve"})
+        for i in range(3):
+            tx.event(model.NewEvent("note.added", payload={"i": i}))
+        return approval.id
+
+    approval_id = store.runs.change("ev-all", many)
+    run = store.runs.get("ev-all")
+    phases = {p.key: p for p in store.runs.phases("ev-all")}
+    assert run.state is RunState.EXECUTING and run.last_seq == 7
+    assert phases["spec"].state is PhaseState.RUNNING and phases["spec"].started_at
+    assert phases["plan"].feedback == {"note": "kept"}
+    assert store.approvals.get(approval_id).warned_at is not None
+    [decision] = store.approvals.decisions(approval_id=approval_id)
+    assert store.runs.change("ev-all", lambda tx: tx.decision_outcome(decision.id)) \
+        == {"action": "approve"}
+    events = store.events.after("ev-all", 2)
+    assert [(e.seq, e.type) for e in events] == [
+        (3, "run.executing"), (4, "phase.started"), (5, "note.added"), (6, "note.added"),
+        (7, "note.added")]
+    assert [e.payload.get("i") for e in events[2:]] == [0, 1, 2]
+
+
+def test_an_unseen_key_that_was_used_is_refused_by_the_database(
+        store: Store, catalog: Catalog) -> None:
+    """``unseen`` skips the look-up, not the guarantee: the unique index still holds."""
+    _run(store, catalog, "ev-unseen")
+    store.runs.change("ev-unseen", lambda tx: tx.event(
+        model.NewEvent("x.once", key="ev-unseen:once")))
+    with pytest.raises(DevflowError) as caught:
+        store.runs.change("ev-unseen", lambda tx: tx.event(
+            model.NewEvent("x.once", key="ev-unseen:once"), unseen=True))
+    assert caught.value.code is Code.DATABASE_ERROR
+    assert [e.type for e in store.events.after("ev-unseen", 2)] == ["x.once"]
+    assert store.runs.get("ev-unseen").last_seq == 3
+
+
 def test_concurrent_appends_get_distinct_gapless_numbers(store: Store, catalog: Catalog) -> None:
     _run(store, catalog, "ev-c")
     errors: list[BaseException] = []
