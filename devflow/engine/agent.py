@@ -102,7 +102,8 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     async def on_start(pid: int, pgid: int) -> None:
         begun.append(await ctx.achange(run.id, functools.partial(
             _begin, key=phase.key, persona=persona.ref, backend=backend_name,
-            argv=command.argv, pid=pid, pgid=pgid, host=ctx.host, spawn=spawn), lease))
+            argv=command.argv, pid=pid, pgid=pgid, host=ctx.host, spawn=spawn), lease,
+            phase=phase.key))
         log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=attempt, pid=pid)
         faults.point("agent_started")
 
@@ -138,11 +139,13 @@ def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str], pid
         tx.move_run(wanted)
     repair = phase.state is PhaseState.VALIDATING
     attempt = phase.attempt + 1
-    phase = tx.move_phase(key, PhaseState.RUNNING, model.NewEvent(
+    phase = tx.move_phase(key, PhaseState.RUNNING, attempt=attempt,
+                          repairs=phase.repairs + (1 if repair else 0))
+    # the attempt number is taken under this lock: its key cannot have been used
+    tx.event(model.NewEvent(
         "phase.started", key, {"attempt": attempt, "role": phase.definition.role,
                                "persona": persona, "repair": repair},
-        key=f"{tx.run.id}:phase.started:{key}:{attempt}"),
-        attempt=attempt, repairs=phase.repairs + (1 if repair else 0))
+        key=f"{tx.run.id}:phase.started:{key}:{attempt}"), unseen=True)
     invocation = tx.start_invocation(
         phase_key=key, attempt=attempt, kind="agent", backend=backend,
         argv=tx.redact_list(argv), host=host, pid=pid, pgid=pgid,

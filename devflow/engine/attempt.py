@@ -68,7 +68,7 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
                                            result.outcome)
         # The exit and its verdict are recorded in one transaction.
         run, phase = await ctx.achange(run.id, functools.partial(
-            _settle, result=result, verdict=verdict, kept=kept), lease)
+            _settle, result=result, verdict=verdict, kept=kept), lease, phase=phase.key)
         faults.point("phase_accepted")
         if run.state in TERMINAL:
             with anyio.CancelScope(shield=True):

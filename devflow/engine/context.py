@@ -99,11 +99,13 @@ class Context:
                                               limiter=self.limiter)
 
     def change(self, run_id: str, fn: Callable[[RunTx], T],
-               lease: model.Lease | None = None) -> T:
-        """A RunTx on the run; its events go to the observer once it committed."""
+               lease: model.Lease | None = None, phase: str | None = None) -> T:
+        """A RunTx on the run; its events go to the observer once it committed.
+
+        ``phase``: the phase ``fn`` reads, read with the run's lock."""
         def tx(runtx: RunTx) -> tuple[T, list[model.Event], list[model.Invocation]]:
             return fn(runtx), runtx.events, runtx.closed
-        result, events, closed = self.store.runs.change(run_id, tx, lease=lease)
+        result, events, closed = self.store.runs.change(run_id, tx, lease=lease, phase=phase)
         for invocation in closed:  # agents whose invocation this change ended: stop them
             if invocation.host == self.host and invocation.pgid:
                 process.kill_group(invocation.pgid)
@@ -112,5 +114,5 @@ class Context:
         return result
 
     async def achange(self, run_id: str, fn: Callable[[RunTx], T],
-                      lease: model.Lease | None = None) -> T:
-        return await self.call(self.change, run_id, fn, lease)
+                      lease: model.Lease | None = None, phase: str | None = None) -> T:
+        return await self.call(self.change, run_id, fn, lease, phase)

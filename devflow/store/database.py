@@ -143,9 +143,10 @@ class Database:
                             hint="check that the database is reachable (DEVFLOW_DATABASE_URL) "
                                  "and run the command again")
 
-    def lock_run_query(self, stmt: Any) -> Any:
-        """Row-lock a ``select`` of a run; SQLite's immediate transaction already serializes."""
-        return stmt if self.is_sqlite else stmt.with_for_update()
+    def lock_run_query(self, stmt: Any, of: Any = None) -> Any:
+        """Row-lock a ``select`` of a run (only the rows of ``of``, when it joins others);
+        SQLite's immediate transaction already serializes."""
+        return stmt if self.is_sqlite else stmt.with_for_update(of=of)
 
     def serialize(self, session: Session, name: str) -> None:
         """Serialize transactions that use ``name`` (e.g. run starts) until the commit."""

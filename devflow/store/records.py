@@ -71,8 +71,10 @@ class Record:
 
 
 def write_together(conn: sa.Connection, rows: Sequence[Record],
+                   inserts: Sequence[tuple[sa.Table, dict[str, Any]]],
                    events: list[dict[str, Any]]) -> None:
-    """The changed rows' UPDATEs and the new events' INSERT as one statement (PostgreSQL).
+    """The changed rows' UPDATEs, plain INSERTs and the new events as one statement
+    (PostgreSQL).
 
     All but the last statement become data-modifying CTEs, which PostgreSQL runs once
     each, to completion, whether or not the outer statement reads them: one round trip
@@ -82,30 +84,37 @@ def write_together(conn: sa.Connection, rows: Sequence[Record],
     and take their values as parameters.
     """
     changed = [r for r in rows if r._changed]
-    shape = (tuple((r._table.name, tuple(r._changed)) for r in changed), bool(events))
+    shape = (tuple((r._table.name, tuple(r._changed)) for r in changed),
+             tuple((t.name, tuple(values)) for t, values in inserts), bool(events))
     statement = _TOGETHER.get(shape)
     if statement is None:
-        statement = _TOGETHER[shape] = _together(changed, bool(events))
+        statement = _TOGETHER[shape] = _together(changed, inserts, bool(events))
     params: dict[str, Any] = {}
     for i, r in enumerate(changed):
         params[f"w{i}_key"] = r.__dict__["id"]
         params.update((f"w{i}_{c}", v) for c, v in r._changed.items())
         r._changed = {}
+    for j, (_, values) in enumerate(inserts):
+        params.update((f"i{j}_{c}", v) for c, v in values.items())
     if events:
         params.update((f"ev_{c}", [e[c] for e in events]) for c in _EVENT_COLUMNS)
     if statement is not None:
         conn.execute(statement, params)
 
 
-def _together(changed: Sequence[Record], events: bool) -> sa.Executable | None:
-    updates = [sa.update(r._table).where(r._table.c.id == bindparam(f"w{i}_key"))
-               .values({c: bindparam(f"w{i}_{c}") for c in r._changed})
-               for i, r in enumerate(changed)]
+def _together(changed: Sequence[Record], inserts: Sequence[tuple[sa.Table, dict[str, Any]]],
+              events: bool) -> sa.Executable | None:
+    parts: list[sa.UpdateBase] = [
+        sa.update(r._table).where(r._table.c.id == bindparam(f"w{i}_key"))
+        .values({c: bindparam(f"w{i}_{c}") for c in r._changed})
+        for i, r in enumerate(changed)]
+    parts += [sa.insert(table).values({c: bindparam(f"i{j}_{c}") for c in values})
+              for j, (table, values) in enumerate(inserts)]
     if events:
-        return _INSERT_EVENT_ARRAYS.add_cte(*(u.cte(f"w{i}") for i, u in enumerate(updates)))
-    if not updates:
+        return _INSERT_EVENT_ARRAYS.add_cte(*(u.cte(f"w{i}") for i, u in enumerate(parts)))
+    if not parts:
         return None
-    *first, last = updates
+    *first, last = parts
     return last.add_cte(*(u.cte(f"w{i}") for i, u in enumerate(first)))
 
 
@@ -146,8 +155,15 @@ UPDATE_INVOCATION = sa.update(INVOCATION).where(
     INVOCATION.c.id == bindparam("key_"), INVOCATION.c.run_id == bindparam("run_")) \
     .returning(*INVOCATION.c)
 INSERT_EVENTS = sa.insert(EVENT)
-INSERT_ARTIFACT = sa.insert(ARTIFACT)
 INSERT_BINDINGS = sa.insert(BINDING)
+
+
+def plain_insert(table: sa.Table) -> sa.Insert:
+    """An INSERT whose row nothing reads back."""
+    return _PLAIN_INSERTS[table.name]
+
+
+_PLAIN_INSERTS = {t.name: sa.insert(t) for t in (ARTIFACT, BINDING)}
 RUN_PHASES = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id")) \
     .order_by(PHASE.c.position)
 RUN_PHASE = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id"),
@@ -161,3 +177,7 @@ GATE = sa.select(APPROVAL, *(c.label(f"d_{c.key}") for c in DECISION.c)).outerjo
     APPROVAL.c.run_id == bindparam("run_id"),
     sa.or_(APPROVAL.c.state == str(ApprovalState.PENDING), DECISION.c.id.is_not(None))) \
     .order_by(APPROVAL.c.id)
+#: a run and one of its phases (columns prefixed ``p_``), read with the run's lock
+RUN_WITH_PHASE = sa.select(RUN, *(c.label(f"p_{c.key}") for c in PHASE.c)).outerjoin(
+    PHASE, sa.and_(PHASE.c.run_id == RUN.c.id, PHASE.c.key == bindparam("key"))).where(
+    RUN.c.id == bindparam("id"))

@@ -35,7 +35,7 @@ Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 class RunTx:
     def __init__(self, session: Session, run: Record, now: datetime,
-                 redact: Redactor | None = None) -> None:
+                 redact: Redactor | None = None, phase: Record | None = None) -> None:
         self.conn = session.connection()
         #: the last writes go as one statement where the database allows it
         self._together = self.conn.dialect.name == "postgresql"
@@ -43,7 +43,7 @@ class RunTx:
         self.now = now
         self._redact = redact
         self._phases: dict[str, Record] | None = None
-        self._some_phases: dict[str, Record] = {}
+        self._some_phases: dict[str, Record] = {phase.key: phase} if phase else {}
         #: other rows read or written in this transaction, by (table, id): changes to
         #: them are written before the next query and at the end
         self._held: dict[tuple[str, int], Record] = {}
@@ -52,6 +52,8 @@ class RunTx:
         # insert and one update of the run's counter, not one of each per event).
         self._seq = run.last_seq
         self._new_events: dict[str, dict[str, Any]] = {}
+        #: rows to insert that nothing reads back, written with the changed rows
+        self._inserts: list[tuple[sa.Table, dict[str, Any]]] = []
         #: decision tokens looked up in the run and not found
         self._unused_tokens: set[str] = set()
         #: invocations this transaction closed while their process may still run
@@ -70,9 +72,9 @@ class RunTx:
         if self._together:
             records.write_together(
                 self.conn, [self._row, *(self._phases or self._some_phases).values(),
-                            *self._held.values()],
+                            *self._held.values()], self._inserts,
                 list(self._new_events.values()))
-            self._new_events = {}
+            self._new_events, self._inserts = {}, []
             return
         self._flush()
         if self._new_events:
@@ -86,6 +88,9 @@ class RunTx:
             phase.write(self.conn)
         for held in self._held.values():
             held.write(self.conn)
+        for table, values in self._inserts:
+            self.conn.execute(records.plain_insert(table), values)
+        self._inserts = []
 
     @property
     def state(self) -> RunState:
@@ -264,11 +269,11 @@ class RunTx:
 
     # -- artifacts and invocations ---------------------------------------------------------
     def add_artifact(self, record: model.ArtifactRecord) -> None:
-        self.conn.execute(records.INSERT_ARTIFACT, {
+        self._inserts.append((records.ARTIFACT, {
             "run_id": record.run_id, "phase_key": record.phase_key, "attempt": record.attempt,
             "path": record.path, "schema_id": record.schema_id, "sha256": record.sha256,
             "size": record.size, "stored_path": record.stored_path,
-            "created_at": record.created_at})
+            "created_at": record.created_at}))
 
     def start_invocation(self, **fields: Any) -> model.Invocation:
         return rows.invocation(self._insert(INVOCATION, run_id=self._row.id,
