@@ -169,14 +169,19 @@ RUN_PHASES = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id")) \
 RUN_PHASE = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id"),
                                    PHASE.c.key == bindparam("key"))
 EVENT_BY_KEY = sa.select(EVENT).where(EVENT.c.idem_key == bindparam("key"))
-#: a run's pending approval requests, and the one a decision token was used on (its
-#: decision's columns prefixed ``d_``), for choosing the request a decision is for
-GATE = sa.select(APPROVAL, *(c.label(f"d_{c.key}") for c in DECISION.c)).outerjoin(
+#: approval requests that are pending or that a decision token was used on (the
+#: decision's columns prefixed ``d_``): what a decision chooses its request among
+_GATE = sa.select(APPROVAL, *(c.label(f"d_{c.key}") for c in DECISION.c)).outerjoin(
     DECISION, sa.and_(DECISION.c.approval_id == APPROVAL.c.id,
                       DECISION.c.client_token == bindparam("token"))).where(
-    APPROVAL.c.run_id == bindparam("run_id"),
-    sa.or_(APPROVAL.c.state == str(ApprovalState.PENDING), DECISION.c.id.is_not(None))) \
-    .order_by(APPROVAL.c.id)
+    sa.or_(APPROVAL.c.state == str(ApprovalState.PENDING), DECISION.c.id.is_not(None)))
+#: those of one run
+GATE = _GATE.where(APPROVAL.c.run_id == bindparam("run_id")).order_by(APPROVAL.c.id)
+_gate = _GATE.subquery("gate")
+#: a run and those of its requests (their columns prefixed ``a_``), in one statement
+RUN_GATE = sa.select(RUN, *(c.label(f"a_{c.key}") for c in _gate.c)).outerjoin(
+    _gate, _gate.c.run_id == RUN.c.id).where(RUN.c.id == bindparam("id")) \
+    .order_by(_gate.c.id)
 #: a run and one of its phases (columns prefixed ``p_``), read with the run's lock
 RUN_WITH_PHASE = sa.select(RUN, *(c.label(f"p_{c.key}") for c in PHASE.c)).outerjoin(
     PHASE, sa.and_(PHASE.c.run_id == RUN.c.id, PHASE.c.key == bindparam("key"))).where(

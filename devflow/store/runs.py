@@ -221,9 +221,8 @@ class Runs:
         """What a decision on the run starts from, read in one transaction."""
         def tx(session: Session) -> Deciding:
             conn = session.connection()
-            run = rows.run(_run(conn, run_id))
-            approval = None
             if approval_id is not None:
+                run = rows.run(_run(conn, run_id))
                 row = conn.execute(records.by_id(APPROVAL), {"id": approval_id}).first()
                 if row is None:
                     raise approval_not_found(approval_id)
@@ -231,11 +230,20 @@ class Runs:
                 used = any(d.client_token == token
                            for d in decisions_in(conn, approval_id=approval.id))
                 return Deciding(run, approval, used)
-            found = list(conn.execute(records.GATE, {"run_id": run.id, "token": token}))
-            decided = [r for r in found if r.d_id is not None]
+            # the run and its candidate requests in one statement, by the exact id
+            found = conn.execute(records.RUN_GATE, {"id": run_id, "token": token}).all()
+            if found:
+                run = rows.run(found[0])
+                gate = [_prefixed(APPROVAL, r, "a_") for r in found if r.a_id is not None]
+                decided = [r.a_id for r in found if r.a_d_id is not None]
+            else:  # an id prefix
+                run = rows.run(_run(conn, run_id))
+                rest = conn.execute(records.GATE, {"run_id": run.id, "token": token}).all()
+                gate = [_prefixed(APPROVAL, r, "") for r in rest]
+                decided = [r.id for r in rest if r.d_id is not None]
             if decided:  # a retry: the request its token decided
-                return Deciding(run, rows.approval(decided[0]), True)
-            return Deciding(run, rows.approval(found[0]) if len(found) == 1 else None, False)
+                return Deciding(run, next(a for a in gate if a.id == decided[0]), True)
+            return Deciding(run, gate[0] if len(gate) == 1 else None, False)
         return self.db.read(tx)
 
     def phases(self, run_id: str) -> list[model.Phase]:
@@ -312,6 +320,11 @@ def _run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
         if len(found) == 1:
             return found[0]
     raise _not_found(run_id)
+
+
+def _prefixed(table: sa.Table, row: sa.Row[Any], prefix: str) -> model.Approval:
+    values = row._mapping
+    return rows.approval(Record(table, {c.key: values[f"{prefix}{c.key}"] for c in table.c}))
 
 
 def _phases(conn: sa.Connection, run_id: str) -> list[model.Phase]:

@@ -213,6 +213,17 @@ def test_a_retry_racing_the_first_decision_without_approval_id_gets_its_outcome(
     assert len(gapp.store.approvals.decisions(run_id=view.run.id)) == 1
 
 
+def test_a_decision_names_its_run_by_a_unique_prefix(gapp: App, repo: Path) -> None:
+    view = start(gapp, repo)
+    assert view.gate is not None
+    token = new_token()
+    first = decide(gapp, view.run.id[:8], "approve", token=token)
+    assert not first.replayed and first.run.id == view.run.id
+    assert first.decision.approval_id == view.gate.id
+    again = decide(gapp, view.run.id[:8], "approve", token=token)
+    assert again.replayed and again.decision.id == first.decision.id
+
+
 def test_same_token_replays_and_another_action_with_it_conflicts(gapp: App, repo: Path) -> None:
     view = start(gapp, repo)
     assert view.gate is not None
