@@ -144,7 +144,8 @@ class Database:
                                  "and run the command again")
 
     def lock_run_query(self, stmt: Any, of: Any = None) -> Any:
-        """Row-lock a ``select`` of a run (only the rows of ``of``, when it joins others);
+        """Row-lock a ``select`` of a run (the rows of ``of``, when it joins others: only
+        locked rows are read again at their latest version after waiting for the lock);
         SQLite's immediate transaction already serializes."""
         return stmt if self.is_sqlite else stmt.with_for_update(of=of)
 

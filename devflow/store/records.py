@@ -183,6 +183,8 @@ RUN_GATE = sa.select(RUN, *(c.label(f"a_{c.key}") for c in _gate.c)).outerjoin(
     _gate, _gate.c.run_id == RUN.c.id).where(RUN.c.id == bindparam("id")) \
     .order_by(_gate.c.id)
 #: a run and one of its phases (columns prefixed ``p_``), read with the run's lock
-RUN_WITH_PHASE = sa.select(RUN, *(c.label(f"p_{c.key}") for c in PHASE.c)).outerjoin(
+#: (both rows are locked: on PostgreSQL, a statement that waited for the run's lock sees
+#: the latest version of the rows it locks only, and its snapshot's of the others)
+RUN_WITH_PHASE = sa.select(RUN, *(c.label(f"p_{c.key}") for c in PHASE.c)).join(
     PHASE, sa.and_(PHASE.c.run_id == RUN.c.id, PHASE.c.key == bindparam("key"))).where(
     RUN.c.id == bindparam("id"))

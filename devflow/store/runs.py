@@ -99,7 +99,7 @@ class Runs:
         self.clock = clock
         self.redact = redact
         self._lock_query = db.lock_run_query(records.by_id(RUN))
-        self._lock_with_phase = db.lock_run_query(records.RUN_WITH_PHASE, of=RUN)
+        self._lock_with_phase = db.lock_run_query(records.RUN_WITH_PHASE, of=(RUN, records.PHASE))
 
     # -- changing a run --------------------------------------------------------------------
     def change(self, run_id: str, fn: Callable[[RunTx], T], *,
@@ -122,17 +122,18 @@ class Runs:
     def _locked(self, session: Session, run_id: str,
                 phase: str | None) -> tuple[Record, Record | None]:
         conn = session.connection()
-        if phase is None:
-            row = conn.execute(self._lock_query, {"id": run_id}).first()
-        else:
+        if phase is not None:
             row = conn.execute(self._lock_with_phase, {"id": run_id, "key": phase}).first()
+            if row is not None:
+                values = row._mapping
+                return (Record(RUN, {c.key: values[c.key] for c in RUN.c}),
+                        Record(records.PHASE, {c.key: values[f"p_{c.key}"]
+                                               for c in records.PHASE.c}))
+        # no such phase (the transaction will say so) or none asked for
+        row = conn.execute(self._lock_query, {"id": run_id}).first()
         if row is None:
             raise _not_found(run_id)
-        values = row._mapping
-        run = Record(RUN, {c.key: values[c.key] for c in RUN.c})
-        if phase is None or values["p_id"] is None:
-            return run, None
-        return run, Record(records.PHASE, {c.key: values[f"p_{c.key}"] for c in records.PHASE.c})
+        return Record(RUN, row._mapping), None
 
     def create(self, new: NewRun, limits: Limits, *, lease_owner: str | None = None,
                lease_seconds: float = 60.0, ports: Ports | None = None) -> model.Run:

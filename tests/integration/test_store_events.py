@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -200,6 +201,33 @@ def test_an_unseen_key_that_was_used_is_refused_by_the_database(
     assert caught.value.code is Code.DATABASE_ERROR
     assert [e.type for e in store.events.after("ev-unseen", 2)] == ["x.once"]
     assert store.runs.get("ev-unseen").last_seq == 3
+
+
+def test_a_change_that_waited_for_the_lock_reads_its_phase_as_the_holder_left_it(
+        store: Store, catalog: Catalog) -> None:
+    """The phase read with the run's lock (phase=) is the holder's, not the version from
+    before the wait (PostgreSQL reads a joined row at its latest only if it locks it)."""
+    _run(store, catalog, "ev-wait")
+    holding, release = threading.Event(), threading.Event()
+
+    def holder(tx: RunTx) -> None:
+        tx.set_phase("spec", feedback={"by": "holder"})
+        holding.set()
+        assert release.wait(30)
+
+    first = threading.Thread(target=store.runs.change, args=("ev-wait", holder))
+    first.start()
+    assert holding.wait(30)
+    seen: list[object] = []
+    second = threading.Thread(target=lambda: seen.append(store.runs.change(
+        "ev-wait", lambda tx: tx.phase("spec").feedback, phase="spec")))
+    second.start()
+    time.sleep(0.5)  # the second waits for the lock
+    assert seen == []
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert seen == [{"by": "holder"}]
 
 
 def test_concurrent_appends_get_distinct_gapless_numbers(store: Store, catalog: Catalog) -> None:
