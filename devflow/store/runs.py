@@ -198,7 +198,7 @@ class Runs:
         return self.db.read(tx)
 
     def snapshot(self, run_id: str) -> tuple[model.Run, list[model.Phase]]:
-        """The run and its phases, read together in one transaction."""
+        """The run and its phases, read together on one connection."""
         def tx(session: Session) -> tuple[model.Run, list[model.Phase]]:
             conn = session.connection()
             row = conn.execute(records.by_id(RUN), {"id": run_id}).first()
@@ -208,7 +208,7 @@ class Runs:
         return self.db.read(tx)
 
     def history(self, run_id: str, last_events: int = 200) -> History:
-        """Everything a report tells of a run, read in one transaction."""
+        """Everything a report tells of a run, read on one connection."""
         def tx(session: Session) -> History:
             conn = session.connection()
             run = rows.run(_run(conn, run_id))
@@ -219,7 +219,7 @@ class Runs:
         return self.db.read(tx)
 
     def deciding(self, run_id: str, approval_id: int | None, token: str) -> Deciding:
-        """What a decision on the run starts from, read in one transaction."""
+        """What a decision on the run starts from, in one read."""
         def tx(session: Session) -> Deciding:
             conn = session.connection()
             if approval_id is not None:
