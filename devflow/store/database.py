@@ -76,13 +76,17 @@ class Database:
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
-            if self.is_sqlite:
-                session.connection(execution_options={"devflow_immediate": write})
-            elif not write:
-                # Under READ COMMITTED each statement sees its own snapshot anyway, so a
-                # read needs no transaction: no BEGIN and COMMIT round trips.
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            self._begin(session, write)
             yield session
+
+    def _begin(self, session: Session, write: bool) -> None:
+        """Take the session's connection (so a failure to connect happens here)."""
+        if self.is_sqlite:
+            session.connection(execution_options={"devflow_immediate": write})
+        elif not write:
+            # Under READ COMMITTED each statement sees its own snapshot anyway, so a
+            # read needs no transaction: no BEGIN and COMMIT round trips.
+            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
     def read(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn`` in a read transaction (retried on transient errors)."""
@@ -95,8 +99,10 @@ class Database:
     def _run(self, fn: Callable[[Session], T], *, write: bool) -> T:
         delay = 0.05
         for attempt in range(_RETRIES):
-            with self.session(write=write) as session:
+            with Session(self.engine, expire_on_commit=False) as session:
                 try:
+                    # connecting is inside: a server that refuses is retried like the rest
+                    self._begin(session, write)
                     result = fn(session)
                     # The writes are sent here, before COMMIT: a connection lost now
                     # committed nothing, so the whole transaction may run again.

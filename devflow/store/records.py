@@ -91,7 +91,7 @@ def write_together(conn: sa.Connection, rows: Sequence[Record],
         statement = _TOGETHER[shape] = _together(changed, inserts, bool(events))
     params: dict[str, Any] = {}
     for i, r in enumerate(changed):
-        params[f"w{i}_key"] = r.__dict__["id"]
+        params[f"w{i}__id"] = r.__dict__["id"]
         params.update((f"w{i}_{c}", v) for c, v in r._changed.items())
         r._changed = {}
     for j, (_, values) in enumerate(inserts):
@@ -105,7 +105,7 @@ def write_together(conn: sa.Connection, rows: Sequence[Record],
 def _together(changed: Sequence[Record], inserts: Sequence[tuple[sa.Table, dict[str, Any]]],
               events: bool) -> sa.Executable | None:
     parts: list[sa.UpdateBase] = [
-        sa.update(r._table).where(r._table.c.id == bindparam(f"w{i}_key"))
+        sa.update(r._table).where(r._table.c.id == bindparam(f"w{i}__id"))
         .values({c: bindparam(f"w{i}_{c}") for c in r._changed})
         for i, r in enumerate(changed)]
     parts += [sa.insert(table).values({c: bindparam(f"i{j}_{c}") for c in values})
@@ -119,9 +119,16 @@ def _together(changed: Sequence[Record], inserts: Sequence[tuple[sa.Table, dict[
 
 
 _TOGETHER: dict[tuple[Any, ...], sa.Executable | None] = {}
+def _unbounded(type_: Any) -> Any:
+    """A string column's values cast as text: a cast to VARCHAR(n) would cut a value too
+    long silently, where the column's own assignment refuses it."""
+    text = isinstance(type_, sa.String) or isinstance(getattr(type_, "impl", None), sa.String)
+    return sa.Text() if text else type_
+
+
 _EVENT_COLUMNS = tuple(c.key for c in EVENT.c if c.key != "id")
 _INSERT_EVENT_ARRAYS = sa.insert(EVENT).from_select(_EVENT_COLUMNS, sa.select(*(
-    sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(EVENT.c[c].type)))
+    sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(_unbounded(EVENT.c[c].type))))
     for c in _EVENT_COLUMNS)))
 
 

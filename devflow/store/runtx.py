@@ -153,9 +153,9 @@ class RunTx:
         ``unseen``: the caller knows the key was never used (what it records happens once,
         under this lock), so it is not looked up; the unique index still refuses a second.
         """
+        if new.key is not None and (pending := self._new_events.get(new.key)) is not None:
+            return _event(pending)
         if new.key is not None and not unseen:
-            if (pending := self._new_events.get(new.key)) is not None:
-                return _event(pending)
             existing = self.conn.execute(records.EVENT_BY_KEY, {"key": new.key}).first()
             if existing is not None:
                 if existing.run_id != self._row.id:
@@ -362,7 +362,7 @@ class RunTx:
         for r in self.conn.execute(records.GATE, {"run_id": self._row.id, "token": token}):
             values = r._mapping
             approval = self._hold(APPROVAL, {c.key: values[c.key] for c in APPROVAL.c})
-            if values["d_id"] is not None:
+            if values["d_id"] is not None and decided is None:  # the first, as deciding()
                 decided = self._hold(DECISION, {c.key: values[f"d_{c.key}"] for c in DECISION.c})
             if approval.state == str(ApprovalState.PENDING):
                 pending.append(rows.approval(approval))

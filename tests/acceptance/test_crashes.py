@@ -28,7 +28,7 @@ import psycopg
 import pytest
 
 from devflow import git
-from devflow.errors import Code
+from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, RunState
 from tests.acceptance.crash_support import (
@@ -763,6 +763,20 @@ def test_read_whose_connection_dies_midway_is_retried(pg_url: str) -> None:
     finally:
         db.dispose()
         admin.close()
+
+
+def test_a_database_that_refuses_connections_is_a_database_error() -> None:
+    """Connecting is inside the retried part of a transaction: a refused connection is
+    retried, then reported as DATABASE_ERROR, never as a raw driver error."""
+    from devflow.store import Database
+    db = Database("postgresql+psycopg://postgres@127.0.0.1:1/test")
+    try:
+        for run in (db.read, db.write):
+            with pytest.raises(DevflowError) as caught:
+                run(lambda session: session.connection().exec_driver_sql("SELECT 1"))
+            assert caught.value.code is Code.DATABASE_ERROR
+    finally:
+        db.dispose()
 
 
 def test_connections_that_died_in_the_pool_are_replaced(pg_url: str) -> None:

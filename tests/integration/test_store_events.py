@@ -3,6 +3,7 @@ constraints, and one transaction per change."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import threading
 import time
@@ -228,6 +229,34 @@ def test_a_change_that_waited_for_the_lock_reads_its_phase_as_the_holder_left_it
     first.join(30)
     second.join(30)
     assert seen == [{"by": "holder"}]
+
+
+def test_an_unseen_key_used_twice_in_one_change_is_one_event(store: Store,
+                                                               catalog: Catalog) -> None:
+    _run(store, catalog, "ev-twice")
+    pair = store.runs.change("ev-twice", lambda tx: (
+        tx.event(model.NewEvent("x.once", key="ev-twice:once"), unseen=True),
+        tx.event(model.NewEvent("x.once", key="ev-twice:once"), unseen=True)))
+    assert pair[0].seq == pair[1].seq == 3
+    assert [e.seq for e in store.events.after("ev-twice")] == [1, 2, 3]
+    assert store.runs.get("ev-twice").last_seq == 3
+
+
+def test_a_value_too_long_for_its_column_is_refused_or_kept_whole_never_cut(
+        store: Store, catalog: Catalog) -> None:
+    """On PostgreSQL the events go as arrays cast to text, so the column's own length
+    check refuses a type longer than 64; SQLite does not check lengths and keeps it."""
+    _run(store, catalog, "ev-long")
+    change = functools.partial(store.runs.change, "ev-long",
+                               lambda tx: tx.event(model.NewEvent("x" * 80)))
+    if store.db.is_sqlite:
+        change()
+        assert [e.type for e in store.events.after("ev-long", 2)] == ["x" * 80]
+        return
+    with pytest.raises(DevflowError) as caught:
+        change()
+    assert caught.value.code is Code.DATABASE_ERROR
+    assert [e.seq for e in store.events.after("ev-long")] == [1, 2]
 
 
 def test_concurrent_appends_get_distinct_gapless_numbers(store: Store, catalog: Catalog) -> None:
