@@ -119,6 +119,8 @@ def _together(changed: Sequence[Record], inserts: Sequence[tuple[sa.Table, dict[
 
 
 _TOGETHER: dict[tuple[Any, ...], sa.Executable | None] = {}
+
+
 def _unbounded(type_: Any) -> Any:
     """A string column's values cast as text: a cast to VARCHAR(n) would cut a value too
     long silently, where the column's own assignment refuses it."""
@@ -130,6 +132,11 @@ _EVENT_COLUMNS = tuple(c.key for c in EVENT.c if c.key != "id")
 _INSERT_EVENT_ARRAYS = sa.insert(EVENT).from_select(_EVENT_COLUMNS, sa.select(*(
     sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(_unbounded(EVENT.c[c].type))))
     for c in _EVENT_COLUMNS)))
+
+
+def columns(table: sa.Table, values: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
+    """``table``'s columns out of a row that may hold others: those named ``prefix`` + key."""
+    return {c.key: values[f"{prefix}{c.key}"] for c in table.c}
 
 
 # The SET clause comes from the parameters' keys, so one statement serves every shape.
@@ -162,7 +169,6 @@ UPDATE_INVOCATION = sa.update(INVOCATION).where(
     INVOCATION.c.id == bindparam("key_"), INVOCATION.c.run_id == bindparam("run_")) \
     .returning(*INVOCATION.c)
 INSERT_EVENTS = sa.insert(EVENT)
-INSERT_BINDINGS = sa.insert(BINDING)
 
 
 def plain_insert(table: sa.Table) -> sa.Insert:

@@ -125,10 +125,8 @@ class Runs:
         if phase is not None:
             row = conn.execute(self._lock_with_phase, {"id": run_id, "key": phase}).first()
             if row is not None:
-                values = row._mapping
-                return (Record(RUN, {c.key: values[c.key] for c in RUN.c}),
-                        Record(records.PHASE, {c.key: values[f"p_{c.key}"]
-                                               for c in records.PHASE.c}))
+                return (Record(RUN, records.columns(RUN, row._mapping)),
+                        Record(records.PHASE, records.columns(records.PHASE, row._mapping, "p_")))
         # no such phase (the transaction will say so) or none asked for
         row = conn.execute(self._lock_query, {"id": run_id}).first()
         if row is None:
@@ -162,7 +160,7 @@ class Runs:
                               lease_expires_at=now + timedelta(seconds=lease_seconds))
             row = Record(RUN, conn.execute(records.insert_returning(RUN), values).one()._mapping)
             if new.bindings:
-                conn.execute(records.INSERT_BINDINGS, [dict(
+                conn.execute(records.plain_insert(BINDING), [dict(
                     run_id=new.id, role=b.role, persona_name=b.persona_name,
                     persona_version=b.persona_version, persona_hash=b.persona_hash,
                     persona_def=dict(b.persona_def), backend=b.backend,
@@ -235,12 +233,12 @@ class Runs:
             found = conn.execute(records.RUN_GATE, {"id": run_id, "token": token}).all()
             if found:
                 run = rows.run(found[0])
-                gate = [_prefixed(APPROVAL, r, "a_") for r in found if r.a_id is not None]
+                gate = [_approval(r, "a_") for r in found if r.a_id is not None]
                 decided = [r.a_id for r in found if r.a_d_id is not None]
             else:  # an id prefix
                 run = rows.run(_run(conn, run_id))
                 rest = conn.execute(records.GATE, {"run_id": run.id, "token": token}).all()
-                gate = [_prefixed(APPROVAL, r, "") for r in rest]
+                gate = [_approval(r, "") for r in rest]
                 decided = [r.id for r in rest if r.d_id is not None]
             if decided:  # a retry: the request its token decided
                 return Deciding(run, next(a for a in gate if a.id == decided[0]), True)
@@ -323,9 +321,8 @@ def _run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
     raise _not_found(run_id)
 
 
-def _prefixed(table: sa.Table, row: sa.Row[Any], prefix: str) -> model.Approval:
-    values = row._mapping
-    return rows.approval(Record(table, {c.key: values[f"{prefix}{c.key}"] for c in table.c}))
+def _approval(row: sa.Row[Any], prefix: str) -> model.Approval:
+    return rows.approval(Record(APPROVAL, records.columns(APPROVAL, row._mapping, prefix)))
 
 
 def _phases(conn: sa.Connection, run_id: str) -> list[model.Phase]:

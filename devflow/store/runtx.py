@@ -250,9 +250,8 @@ class RunTx:
 
     # -- rows of the other tables ----------------------------------------------------------
     def _insert(self, table: sa.Table, **values: Any) -> Record:
-        found = self.conn.execute(records.insert_returning(table), values).one()
-        row = self._held[(table.name, found.id)] = Record(table, found._mapping)
-        return row
+        return self._hold(table, self.conn.execute(records.insert_returning(table),
+                                                    values).one()._mapping)
 
     def _get(self, table: sa.Table, row_id: int) -> Record | None:
         held = self._held.get((table.name, row_id))
@@ -289,8 +288,7 @@ class RunTx:
             if found is None:
                 raise DevflowError(Code.INTERNAL,
                                    f"invocation {invocation_id} is not of this run")
-            row = self._held[(INVOCATION.name, invocation_id)] = Record(INVOCATION,
-                                                                         found._mapping)
+            row = self._hold(INVOCATION, found._mapping)
         return rows.invocation(row)
 
     def close_invocations(self, outcome: str, reason: str) -> list[model.Invocation]:
@@ -360,10 +358,9 @@ class RunTx:
         self._flush()
         pending, decided = [], None
         for r in self.conn.execute(records.GATE, {"run_id": self._row.id, "token": token}):
-            values = r._mapping
-            approval = self._hold(APPROVAL, {c.key: values[c.key] for c in APPROVAL.c})
-            if values["d_id"] is not None and decided is None:  # the first, as deciding()
-                decided = self._hold(DECISION, {c.key: values[f"d_{c.key}"] for c in DECISION.c})
+            approval = self._hold(APPROVAL, records.columns(APPROVAL, r._mapping))
+            if r.d_id is not None and decided is None:  # the first, as deciding()
+                decided = self._hold(DECISION, records.columns(DECISION, r._mapping, "d_"))
             if approval.state == str(ApprovalState.PENDING):
                 pending.append(rows.approval(approval))
         if decided is None:
