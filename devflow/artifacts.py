@@ -130,8 +130,10 @@ def check_bytes(data: bytes, schema_id: str, schemas: SchemaRegistry) -> Checked
     return Checked(None, [], data, value, digest)
 
 
-def store(data: bytes, destination: Path) -> str:
+def store(checked: Checked, destination: Path) -> str:
     """Write the validated bytes atomically at ``destination``; their sha256."""
+    assert checked.data is not None and checked.sha256 is not None
+    data = checked.data
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
@@ -139,7 +141,7 @@ def store(data: bytes, destination: Path) -> str:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, destination)
-    return hashlib.sha256(data).hexdigest()
+    return checked.sha256
 
 
 def load_stored(path: Path, sha256: str) -> Any:

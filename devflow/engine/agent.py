@@ -191,7 +191,7 @@ def record_exit(tx: RunTx, phase: model.Phase, invocation: model.Invocation,
     if notes:
         _notes(tx, phase.key, phase.attempt, notes)
     tx.update_invocation(
-        invocation.id, ended_at=tx.now, exit_code=exit_.exit_code, signal=exit_.signal,
+        invocation, ended_at=tx.now, exit_code=exit_.exit_code, signal=exit_.signal,
         duration_ms=exit_.duration_ms, tokens_in=outcome.tokens_in,
         tokens_out=outcome.tokens_out, cost_usd=outcome.cost_usd, session_id=outcome.session_id,
         outcome="timeout" if exit_.timed_out else ("ok" if exit_.exit_code == 0 else "failed"),

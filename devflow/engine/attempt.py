@@ -25,7 +25,7 @@ import structlog
 from devflow import approvals, artifacts, faults, model, transitions, worktree
 from devflow.backends import process
 from devflow.backends.base import Outcome
-from devflow.definitions import PHASE_PLAN_SCHEMA
+from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.engine import agent, finish, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
@@ -44,7 +44,7 @@ class Verdict:
 
 
 async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
-                    phases: list[model.Phase], binding: model.Binding,
+                    phases: list[model.Phase], binding: model.Binding, persona: Persona,
                     lease: model.Lease) -> tuple[model.Run, list[model.Phase]] | None:
     """Attempts of ``phase`` until it completes, waits at a gate, fails, or the run stops.
 
@@ -52,7 +52,6 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
     one as it left it (the verdict changes no other phase, so the driver need not read
     them again), or None once the run has ended.
     """
-    persona = ctx.catalog.load_persona_definition(binding.persona_def)
     if phase.feedback.get("reset_to"):
         await ctx.call(worktree.reset, Path(run.worktree), phase.feedback["reset_to"])
         phase = await ctx.achange(run.id, functools.partial(_reset_done, key=phase.key), lease)
@@ -62,13 +61,7 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
         run, phase = result.run, result.phase
         log.info("attempt_exited", run_id=run.id, phase=phase.key, attempt=phase.attempt,
                  exit_code=result.exit.exit_code)
-        verdict, kept = None, None
-        if not _over_budget(run, result.outcome):
-            verdict, kept = await ctx.call(_judge_and_keep, ctx, run, phase, result.exit,
-                                           result.outcome)
-        # The exit and its verdict are recorded in one transaction.
-        run, phase = await ctx.achange(run.id, functools.partial(
-            _settle, result=result, verdict=verdict, kept=kept), lease, phase=phase.key)
+        run, phase = await ctx.call(_conclude, ctx, result, lease)
         faults.point("phase_accepted")
         if run.state in TERMINAL:
             with anyio.CancelScope(shield=True):
@@ -86,6 +79,18 @@ class Kept:
     record: model.ArtifactRecord
     commit: str | None
     evidence: model.Evidence | None
+
+
+def _conclude(ctx: Context, result: agent.Result,
+              lease: model.Lease) -> tuple[model.Run, model.Phase]:
+    """Judge the attempt, keep a valid artifact, and record the exit with its verdict in
+    one transaction: one call on a worker thread for all of it."""
+    run, phase = result.run, result.phase
+    verdict, kept = None, None
+    if not _over_budget(run, result.outcome):
+        verdict, kept = _judge_and_keep(ctx, run, phase, result.exit, result.outcome)
+    return ctx.change(run.id, functools.partial(_settle, result=result, verdict=verdict,
+                                                kept=kept), lease, phase=phase.key)
 
 
 def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
@@ -179,7 +184,7 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     d = phase.definition
     assert d.artifact is not None and checked.data is not None
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
-    sha = artifacts.store(checked.data, stored)
+    sha = artifacts.store(checked, stored)
     faults.point("artifact_stored")
     tree = Path(run.worktree)
     commit = worktree.checkpoint(tree, f"devflow({phase.key}): attempt {phase.attempt}")

@@ -129,6 +129,9 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
     bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
+    # each role's persona, loaded from its binding once per drive, not once per phase
+    personas = {role: ctx.catalog.load_persona_definition(b.persona_def)
+                for role, b in bindings.items()}
     # What the last phase's own transaction left; a change made from elsewhere since
     # (pause, abort) is caught by the next transaction, which locks the run and checks.
     settled: tuple[model.Run, list[model.Phase]] | None = None
@@ -164,8 +167,9 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
         if step.definition.artifact is None:
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)
             continue
-        settled = await attempt.run_phase(ctx, run, step, phases,
-                                          bindings[step.definition.role], lease)
+        role = step.definition.role
+        settled = await attempt.run_phase(ctx, run, step, phases, bindings[role],
+                                          personas[role], lease)
 
 
 def _skip(tx: RunTx, key: str) -> None:

@@ -74,7 +74,7 @@ def _started(tx: RunTx, argv: list[str], number: int, pid: int, pgid: int, host:
 
 
 def _ended(tx: RunTx, invocation: model.Invocation, exit_: process.Exit) -> None:
-    tx.update_invocation(invocation.id, ended_at=tx.now, exit_code=exit_.exit_code,
+    tx.update_invocation(invocation, ended_at=tx.now, exit_code=exit_.exit_code,
                          signal=exit_.signal, duration_ms=exit_.duration_ms,
                          outcome="ok" if exit_.exit_code == 0 else "failed")
 

@@ -164,10 +164,6 @@ _INSERTS: dict[str, sa.Insert] = {
 #: a run's new phases, read back in the order given
 INSERT_PHASES = sa.insert(PHASE).returning(*PHASE.c, sort_by_parameter_order=True)
 
-#: an invocation of the run changed and read back (the engine closes them without reading)
-UPDATE_INVOCATION = sa.update(INVOCATION).where(
-    INVOCATION.c.id == bindparam("key_"), INVOCATION.c.run_id == bindparam("run_")) \
-    .returning(*INVOCATION.c)
 INSERT_EVENTS = sa.insert(EVENT)
 
 

@@ -10,7 +10,7 @@ are gapless per run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import datetime
 from typing import Any
 
@@ -278,22 +278,26 @@ class RunTx:
         return rows.invocation(self._insert(INVOCATION, run_id=self._row.id,
                                             started_at=self.now, **fields))
 
-    def update_invocation(self, invocation_id: int, **fields: Any) -> model.Invocation:
-        row = self._held.get((INVOCATION.name, invocation_id))
-        if row is not None and row.run_id == self._row.id:
-            row.set(fields)
-        else:  # not read yet: changed and read back in one statement
-            found = self.conn.execute(records.UPDATE_INVOCATION, {
-                "key_": invocation_id, "run_": self._row.id, **fields}).first()
-            if found is None:
-                raise DevflowError(Code.INTERNAL,
-                                   f"invocation {invocation_id} is not of this run")
-            row = self._hold(INVOCATION, found._mapping)
+    def update_invocation(self, invocation: model.Invocation, **fields: Any) -> model.Invocation:
+        """Change an invocation of this run.
+
+        One this transaction has not read is taken as the caller holds it (a transaction
+        of this run returned it) instead of being read again: only the changed columns
+        are written, with this transaction's other writes.
+        """
+        if invocation.run_id != self._row.id:
+            raise DevflowError(Code.INTERNAL, f"invocation {invocation.id} is not of run "
+                               f"{self._row.id}", hint="this is a bug in devflow")
+        row = self._held.get((INVOCATION.name, invocation.id))
+        if row is None:
+            row = self._hold(INVOCATION, {**{f: getattr(invocation, f) for f in _INVOCATION},
+                                          "argv": list(invocation.argv)})
+        row.set(fields)
         return rows.invocation(row)
 
     def close_invocations(self, outcome: str, reason: str) -> list[model.Invocation]:
         """Close the run's unfinished invocations; their processes are the caller's to stop."""
-        closed = [self.update_invocation(inv.id, ended_at=self.now, outcome=outcome,
+        closed = [self.update_invocation(inv, ended_at=self.now, outcome=outcome,
                                          reason=reason) for inv in self.open_invocations()]
         self.closed += closed
         return closed
@@ -385,6 +389,9 @@ class RunTx:
         row = self._get(DECISION, decision_id)
         if row is not None:
             row.set({"outcome": dict(outcome)})
+
+
+_INVOCATION = tuple(f.name for f in fields(model.Invocation))
 
 
 def _event(row: Mapping[Any, Any]) -> model.Event:

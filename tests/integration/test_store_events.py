@@ -373,3 +373,32 @@ def test_the_phases_of_a_terminal_run_do_not_move(store: Store, catalog: Catalog
     assert caught.value.hint
     assert store.runs.phases("ev-term")[0].state is PhaseState.PENDING
     assert store.runs.get("ev-term").state is RunState.ABORTED
+
+
+def test_an_invocation_is_changed_as_its_run_returned_it_and_only_for_that_run(
+        store: Store, catalog: Catalog) -> None:
+    """Closing an agent's invocation does not read it again: the changed columns are
+    written with the transaction's other writes, the rest stay as they were; the
+    invocation of another run is refused and nothing of the change is written."""
+    _run(store, catalog, "ev-inv")
+    _run(store, catalog, "ev-inv2")
+    started = store.runs.change("ev-inv", lambda tx: tx.start_invocation(
+        phase_key="spec", attempt=1, kind="agent", backend="scripted", argv=["agent", "-x"],
+        host="here", pid=1234, pgid=1234))
+
+    def close(tx: RunTx) -> model.Invocation:
+        tx.event(model.NewEvent("agent.exited", "spec"))
+        return tx.update_invocation(started, ended_at=tx.now, exit_code=0, outcome="ok")
+
+    returned = store.runs.change("ev-inv", close)
+    [stored] = store.runs.invocations("ev-inv")
+    assert stored == returned
+    assert (stored.exit_code, stored.outcome, stored.argv, stored.pid) == (0, "ok",
+                                                                          ("agent", "-x"), 1234)
+    assert stored.ended_at is not None
+    before = store.runs.get("ev-inv2")
+    with pytest.raises(DevflowError) as caught:
+        store.runs.change("ev-inv2", close)
+    assert caught.value.code is Code.INTERNAL
+    assert store.runs.get("ev-inv2") == before
+    assert store.runs.invocations("ev-inv2") == []
