@@ -4,6 +4,7 @@ valid instance built from any other schema, and an instance a schema refuses."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from functools import cache
 from pathlib import Path
@@ -26,6 +27,12 @@ def valid(schema_id: str, schemas: SchemaRegistry) -> Any:
     if schema_id in _BY_SCHEMA:
         return copy.deepcopy(_sample(_BY_SCHEMA[schema_id]))
     return _minimal(schemas.get(schema_id).contents, schemas, schemas.get(schema_id).contents, 0)
+
+
+@functools.lru_cache(maxsize=64)
+def valid_text(schema_id: str, schemas: SchemaRegistry) -> str:
+    """``valid(schema_id)`` as the indented JSON file an agent writes (made once)."""
+    return json.dumps(valid(schema_id, schemas), indent=2) + "\n"
 
 
 def invalid(schema_id: str, schemas: SchemaRegistry) -> Any:

@@ -38,6 +38,9 @@ SCENARIO: Final = re.compile(
     r"^(ok|invalid-then-ok|invalid|no-artifact|exit-1|edit|hang|crash-worker"
     r"|slow:\d+(\.\d+)?|plan:\d+)$")
 _AGENT: Final = Path(__file__).resolve().parent / "scripted_agent.py"
+#: a script up to this size goes in the agent's environment, a larger one in a file
+#: (Linux caps one environment string at 128 KiB)
+_SCRIPT_IN_ENV: Final = 64 * 1024
 
 
 def check_scenario(name: str) -> str | None:
@@ -75,10 +78,13 @@ class Scripted:
                 or options.get("scenario") or "ok")
 
     def command(self, task: Task, schemas: SchemaRegistry) -> Command:
-        script = self._script(task, self.scenario(task), schemas)
+        script = json.dumps(self._script(task, self.scenario(task), schemas))
+        if len(script) <= _SCRIPT_IN_ENV:  # the common case: no file to write
+            return Command(argv=[sys.executable, "-I", "-S", str(_AGENT)],
+                           env=agent_env(task, {"DEVFLOW_SCRIPT": script}))
         path = task.log_dir / f"attempt-{task.attempt}.script.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(script, indent=1), encoding="utf-8")
+        path.write_text(script, encoding="utf-8")
         return Command(argv=[sys.executable, "-I", "-S", str(_AGENT), str(path)],
                        env=agent_env(task))
 
@@ -102,14 +108,13 @@ class Scripted:
         if task.artifact_path and task.artifact_schema and kind not in (
                 "no-artifact", "exit-1", "hang", "crash-worker"):
             if not good:
-                value = samples.invalid(task.artifact_schema, schemas)
+                content = _text(samples.invalid(task.artifact_schema, schemas))
             elif kind == "plan" and task.artifact_schema == PHASE_PLAN_SCHEMA:
                 role = "implementer" if "implementer" in task.roles else task.role
-                value = samples.phase_plan(int(arg), role, task.phase)
+                content = _text(samples.phase_plan(int(arg), role, task.phase))
             else:
-                value = samples.valid(task.artifact_schema, schemas)
-            script["write"] = {"path": task.artifact_path,
-                               "content": json.dumps(value, indent=2) + "\n"}
+                content = samples.valid_text(task.artifact_schema, schemas)
+            script["write"] = {"path": task.artifact_path, "content": content}
         return script
 
     def progress(self, line: str) -> str | None:
@@ -120,3 +125,7 @@ class Scripted:
 
     def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
         return Outcome()
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, indent=2) + "\n"

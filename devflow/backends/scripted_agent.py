@@ -17,9 +17,12 @@ def say(kind: str, text: str) -> None:
     print(json.dumps({"type": kind, "text": text}), flush=True)
 
 
-def main(path: str) -> int:
-    with open(path, encoding="utf-8") as handle:
-        script = json.load(handle)
+def main(argv: list[str]) -> int:
+    if len(argv) > 1:  # a large script comes in a file
+        with open(argv[1], encoding="utf-8") as handle:
+            script = json.load(handle)
+    else:
+        script = json.loads(os.environ["DEVFLOW_SCRIPT"])
     say("start", script.get("note", "scripted agent"))
     if script.get("kill_parent"):
         say("crash", "killing the process that started me")
@@ -51,4 +54,4 @@ def main(path: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv))

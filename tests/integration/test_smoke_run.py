@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from devflow import git
 from devflow.app import App
 from devflow.approvals import DecisionRequest, new_token
+from devflow.backends import scripted
 from devflow.engine.start import StartRequest
 from tests.conftest import SCRIPTED
+from tests.integration.helpers import quick
 
 
 def test_development_run_reaches_a_validated_report(app: App, repo: Path) -> None:
@@ -34,3 +38,18 @@ def test_development_run_reaches_a_validated_report(app: App, repo: Path) -> Non
                                      for k in ("review", "implement", "plan", "spec")]
     events = list(app.events(view.run.id))
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+
+def test_the_scripted_agent_takes_its_script_from_a_file_when_it_is_large(
+        app: App, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script goes to the agent in its environment, or in a file past a size (an
+    environment string is capped); both ways the agent does the same."""
+    view = app.start(quick(repo))
+    assert view.run.state == "completed"
+    assert not list((Path(view.run.workspace) / "logs").rglob("*.script.json"))
+    monkeypatch.setattr(scripted, "_SCRIPT_IN_ENV", 0)
+    view = app.start(quick(repo))
+    assert view.run.state == "completed"
+    assert [p.state for p in view.phases] == ["completed"] * len(view.phases)
+    files = sorted(p.name for p in (Path(view.run.workspace) / "logs").rglob("*.script.json"))
+    assert files == ["attempt-1.script.json"] * len(view.phases)
