@@ -21,7 +21,7 @@ import memory
 import scale
 import startup
 import throughput
-from common import Figure, Report, pg_database, scratch, write_templates
+from common import Figure, Report, default_scratch, pg_database, scratch, write_templates
 from rich.console import Console
 from rich.table import Table
 
@@ -36,23 +36,30 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections of: {', '.join(SECTIONS)}")
+    parser.add_argument("--scratch", type=Path, default=default_scratch(),
+                        help="where the repositories, workspaces and SQLite files go, in a "
+                             "directory removed afterwards (default: %(default)s, where "
+                             "devflow keeps its workspaces)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if unknown := only - set(SECTIONS):
         parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
     report = Report()
     started = time.perf_counter()
-    with scratch() as tmp:
+    with scratch(args.scratch) as tmp:
         root = Path(tmp)
         templates = write_templates(root / "templates")
+        anchors.cpu(report, "at the start")
         _ratios(report, root, templates, only, args.quick)
         _loads(report, root, templates, only, args.quick)
+        anchors.cpu(report, "at the end")
     elapsed = time.perf_counter() - started
     if args.json:
         print(json.dumps({"elapsed_seconds": round(elapsed, 1), "quick": args.quick,
+                          "scratch": str(args.scratch.resolve()),
                           "figures": [f.to_json() for f in report.figures]}, indent=2))
     else:
-        _table(report.figures, elapsed)
+        _table(report.figures, elapsed, args.scratch.resolve())
     return 0
 
 
@@ -115,8 +122,8 @@ def _say(section: str) -> None:
     print(f"bench: {section} ...", file=sys.stderr, flush=True)
 
 
-def _table(figures: list[Figure], elapsed: float) -> None:
-    table = Table(title=f"devflow bench ({elapsed:.0f} s)", show_lines=False)
+def _table(figures: list[Figure], elapsed: float, where: Path) -> None:
+    table = Table(title=f"devflow bench ({elapsed:.0f} s, in {where})", show_lines=False)
     for header in ("section", "figure", "median", "min", "max", "unit", "target", "ok", "note"):
         table.add_column(header)
     for f in figures:

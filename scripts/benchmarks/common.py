@@ -172,5 +172,13 @@ def devflow_cmd(url: str, root: Path, *args: str, env: dict[str, str] | None = N
                           capture_output=True, text=True, env=full, check=check)
 
 
-def scratch() -> tempfile.TemporaryDirectory[str]:
-    return tempfile.TemporaryDirectory(prefix="devflow-bench-")
+def default_scratch() -> Path:
+    """Where devflow keeps its workspaces by default ($DEVFLOW_HOME, else ~/.devflow): the
+    file system the figures should describe. (On some machines /tmp is not that one: on
+    the one docs/performance.md describes, creating a file in /tmp costs 20 times more.)"""
+    return Path(os.environ.get("DEVFLOW_HOME") or Path.home() / ".devflow").expanduser()
+
+
+def scratch(parent: Path) -> tempfile.TemporaryDirectory[str]:
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix="bench-", dir=parent)
