@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,8 +39,7 @@ def main() -> int:
                         help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--scratch", type=Path, default=default_scratch(),
                         help="where the repositories, workspaces and SQLite files go, in a "
-                             "directory removed afterwards (default: %(default)s, where "
-                             "devflow keeps its workspaces)")
+                             "directory removed afterwards (default: %(default)s)")
     args = parser.parse_args()
     only = set(args.only.split(","))
     if unknown := only - set(SECTIONS):
@@ -120,6 +120,9 @@ def _prepare(url: str) -> None:
 
 def _say(section: str) -> None:
     print(f"bench: {section} ...", file=sys.stderr, flush=True)
+    # Let the disk settle: what the last section wrote and deleted is flushed (and, on a
+    # file system mounted with discard, its freed blocks trimmed) before this one times.
+    os.sync()
 
 
 def _table(figures: list[Figure], elapsed: float, where: Path) -> None:

@@ -173,10 +173,8 @@ def devflow_cmd(url: str, root: Path, *args: str, env: dict[str, str] | None = N
 
 
 def default_scratch() -> Path:
-    """Where devflow keeps its workspaces by default ($DEVFLOW_HOME, else ~/.devflow): the
-    file system the figures should describe. (On some machines /tmp is not that one: on
-    the one docs/performance.md describes, creating a file in /tmp costs 20 times more.)"""
-    return Path(os.environ.get("DEVFLOW_HOME") or Path.home() / ".devflow").expanduser()
+    """The system's temporary directory ($TMPDIR, else /tmp)."""
+    return Path(tempfile.gettempdir())
 
 
 def scratch(parent: Path) -> tempfile.TemporaryDirectory[str]:
