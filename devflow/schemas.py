@@ -5,7 +5,8 @@ such as ``dev/spec@1``. A ``$ref`` names another schema by its id
 (``"$ref": "common/finding@1"``), from any directory. ``format`` is checked.
 
 A validator is built once per schema and reused: building one costs several times
-what checking an artifact with it does.
+what checking an artifact with it does. It is built on the schema with its ``$ref``s
+inlined where that is safe (``devflow.schemarefs``), which halves the checking.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import referencing
 import referencing.exceptions
 from referencing.jsonschema import DRAFT202012
 
+from devflow import schemarefs
 from devflow.errors import Code, DevflowError
 
 SCHEMA_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*@[0-9]+$")
@@ -107,6 +109,15 @@ class SchemaRegistry:
                 return DRAFT202012.create_resource(candidate.contents)
         raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
+    def _contents_at(self, uri: str) -> dict[str, Any] | None:
+        """The schema a reference resolved to ``uri`` names (the same suffixes as above)."""
+        parts = uri.split("/")
+        for i in range(len(parts)):
+            found = self._files.get("/".join(parts[i:]))
+            if found is not None:
+                return found.contents
+        return None
+
     def ids(self) -> list[str]:
         return sorted(self._files)
 
@@ -128,7 +139,8 @@ class SchemaRegistry:
     def validator(self, schema_id: str) -> jsonschema.protocols.Validator:
         validator = self._validators.get(schema_id)
         if validator is None:
-            contents = self.get(schema_id).contents
+            contents = schemarefs.inlined(schema_id, self.get(schema_id).contents,
+                                          self._contents_at)
             validator = jsonschema.Draft202012Validator(
                 contents, registry=self._registry, format_checker=_FORMATS)
             self._validators[schema_id] = validator
