@@ -36,7 +36,7 @@ def cpu(report: Report, when: str) -> None:
     The anchors (a commit, a worktree) wait on the disk; devflow's own cost per phase
     is mostly Python on the CPU. On a shared virtual machine the two drift apart, so a
     table says how fast the CPU was while it was measured: one million iterations of
-    a pure-Python loop (about 90 ms on an idle 2.6 GHz EPYC core here).
+    a pure-Python loop (45 to 75 ms on the machine docs/performance.md describes).
     """
     def spin() -> int:
         total = 0
