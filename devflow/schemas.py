@@ -6,7 +6,8 @@ such as ``dev/spec@1``. A ``$ref`` names another schema by its id
 
 A validator is built once per schema and reused: building one costs several times
 what checking an artifact with it does. It is built on the schema with its ``$ref``s
-inlined where that is safe (``devflow.schemarefs``), which halves the checking.
+inlined where that is safe (``devflow.schemarefs``): the same errors, 2 to 20 times
+faster for the built-in schemas.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ import anyio
 import structlog
 
 from devflow import model
+from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError, LeaseLost
@@ -129,9 +130,8 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
     bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
-    # each role's persona, loaded from its binding once per drive, not once per phase
-    personas = {role: ctx.catalog.load_persona_definition(b.persona_def)
-                for role, b in bindings.items()}
+    #: each role's persona, loaded from its binding once per drive, when first needed
+    personas: dict[str, Persona] = {}
     # What the last phase's own transaction left; a change made from elsewhere since
     # (pause, abort) is caught by the next transaction, which locks the run and checks.
     settled: tuple[model.Run, list[model.Phase]] | None = None
@@ -168,6 +168,8 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)
             continue
         role = step.definition.role
+        if role not in personas:
+            personas[role] = ctx.catalog.load_persona_definition(bindings[role].persona_def)
         settled = await attempt.run_phase(ctx, run, step, phases, bindings[role],
                                           personas[role], lease)
 
