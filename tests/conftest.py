@@ -68,13 +68,18 @@ def pg_template() -> str:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                                   (name,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{name}"')
+                # Built under another name and renamed once migrated: a run killed half-way
+                # leaves no template that looks ready (later runs would clone it empty).
+                building = f"{name}_building"
+                conn.execute(f'DROP DATABASE IF EXISTS "{building}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{building}"')
                 from devflow.store import Database, migrate
-                db = Database(pg_url_for(name))
+                db = Database(pg_url_for(building))
                 try:
                     migrate.upgrade(db)
                 finally:
                     db.dispose()
+                conn.execute(f'ALTER DATABASE "{building}" RENAME TO "{name}"')
         finally:
             conn.execute("SELECT pg_advisory_unlock(424242)")
     return name
