@@ -101,17 +101,17 @@ class SchemaRegistry:
         return registry
 
     def _retrieve(self, uri: str) -> referencing.Resource[Any]:
-        # "$ref": "common/finding@1" inside "dev/spec@1" resolves, by URI rules, to
-        # "dev/common/finding@1"; ids form one flat namespace, so try each suffix.
-        parts = uri.split("/")
-        for i in range(1, len(parts)):
-            candidate = self._files.get("/".join(parts[i:]))
-            if candidate is not None:
-                return DRAFT202012.create_resource(candidate.contents)
-        raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+        contents = self._contents_at(uri)
+        if contents is None:
+            raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
+        return DRAFT202012.create_resource(contents)
 
     def _contents_at(self, uri: str) -> dict[str, Any] | None:
-        """The schema a reference resolved to ``uri`` names (the same suffixes as above)."""
+        """The schema a reference resolved to ``uri`` names.
+
+        ``"$ref": "common/finding@1"`` inside ``dev/spec@1`` resolves, by URI rules, to
+        ``dev/common/finding@1``; ids form one flat namespace, so each suffix is tried.
+        """
         parts = uri.split("/")
         for i in range(len(parts)):
             found = self._files.get("/".join(parts[i:]))

@@ -4,9 +4,8 @@ valid instance built from any other schema, and an instance a schema refuses."""
 from __future__ import annotations
 
 import copy
-import functools
 import json
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Final
 
@@ -29,7 +28,7 @@ def valid(schema_id: str, schemas: SchemaRegistry) -> Any:
     return _minimal(schemas.get(schema_id).contents, schemas, schemas.get(schema_id).contents, 0)
 
 
-@functools.lru_cache(maxsize=64)
+@lru_cache(maxsize=64)
 def valid_text(schema_id: str, schemas: SchemaRegistry) -> str:
     """``valid(schema_id)`` as the indented JSON file an agent writes (made once)."""
     return json.dumps(valid(schema_id, schemas), indent=2) + "\n"
