@@ -180,7 +180,7 @@ def sha256_file(path: Path) -> str:
 
 
 def prompt_text(run_workspace: str | Path, phase: str, attempt: int) -> str:
-    return (Path(run_workspace) / "prompts" / phase / f"attempt-{attempt}.md").read_text(
+    return (Path(run_workspace) / "prompts" / f"{phase}.attempt-{attempt}.md").read_text(
         encoding="utf-8")
 
 

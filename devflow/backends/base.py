@@ -35,6 +35,7 @@ class Task:
     worktree: Path
     prompt: str
     prompt_file: Path
+    #: the run's log directory; this attempt's files are ``log_file(...)``
     log_dir: Path
     timeout: float
     persona: Persona
@@ -46,6 +47,10 @@ class Task:
     roles: Sequence[str] = ()
     #: a directory of the run's own, for CLIs that keep state under HOME
     home: Path | None = None
+
+    def log_file(self, suffix: str) -> Path:
+        """This attempt's log file ending in ``suffix``: ``<phase>.attempt-<n>.<suffix>``."""
+        return self.log_dir / f"{self.phase}.attempt-{self.attempt}.{suffix}"
 
 
 @dataclass(frozen=True, slots=True)

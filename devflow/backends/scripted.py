@@ -82,7 +82,7 @@ class Scripted:
         if len(script) <= _SCRIPT_IN_ENV:  # the common case: no file to write
             return Command(argv=[sys.executable, "-I", "-S", str(_AGENT)],
                            env=agent_env(task, {"DEVFLOW_SCRIPT": script}))
-        path = task.log_dir / f"attempt-{task.attempt}.script.json"
+        path = task.log_file("script.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(script, encoding="utf-8")
         return Command(argv=[sys.executable, "-I", "-S", str(_AGENT), str(path)],

@@ -77,7 +77,7 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     prompt_path = workspace.prompt_file(run, phase.key, attempt)
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
     prompt_path.write_text(text, encoding="utf-8")
-    logs = workspace.log_dir(run, phase.key)
+    logs = workspace.log_dir(run)
     resume = None
     if "interrupted" not in phase.feedback and {"repair", "changes"} & set(phase.feedback):
         resume = await ctx.call(_last_session, ctx, run.id, phase.key)
@@ -94,8 +94,8 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     spawn = process.Spawn(
         argv=command.argv, cwd=Path(run.worktree), env=command.env,
         timeout=command.timeout or task.timeout,
-        stdout_log=logs / f"attempt-{attempt}.stdout.log",
-        stderr_log=logs / f"attempt-{attempt}.stderr.log", stdin_file=command.stdin_file)
+        stdout_log=task.log_file("stdout.log"), stderr_log=task.log_file("stderr.log"),
+        stdin_file=command.stdin_file)
     begun: list[tuple[model.Run, model.Phase, model.Invocation]] = []
     notes = _Notes()
 

@@ -28,12 +28,12 @@ async def run_setup(ctx: Context, run: model.Run, lease: model.Lease) -> bool:
     env.update({"DEVFLOW_RUN_ID": run.id, "DEVFLOW_WORKTREE": run.worktree})
     if run.port_base is not None:
         env["DEVFLOW_PORT_BASE"] = str(run.port_base)
-    logs = workspace.log_dir(run, "setup")
+    logs = workspace.log_dir(run)
     for number, argv in enumerate(commands, start=1):
         spawn = process.Spawn(argv=argv, cwd=Path(run.worktree), env=env,
                               timeout=ctx.settings.agent_timeout,
-                              stdout_log=logs / f"{number}.stdout.log",
-                              stderr_log=logs / f"{number}.stderr.log")
+                              stdout_log=logs / f"setup-{number}.stdout.log",
+                              stderr_log=logs / f"setup-{number}.stderr.log")
         started: list[model.Invocation] = []
 
         async def on_start(pid: int, pgid: int, argv: list[str] = argv, number: int = number,
@@ -67,8 +67,8 @@ def _started(tx: RunTx, argv: list[str], number: int, pid: int, pgid: int, host:
     invocation = tx.start_invocation(
         phase_key=None, attempt=number, kind="setup", backend="setup",
         argv=tx.redact_list(argv), host=host, pid=pid, pgid=pgid,
-        stdout_path=str(logs / f"{number}.stdout.log"),
-        stderr_path=str(logs / f"{number}.stderr.log"))
+        stdout_path=str(logs / f"setup-{number}.stdout.log"),
+        stderr_path=str(logs / f"setup-{number}.stderr.log"))
     tx.event(model.NewEvent("setup.started", payload={"command": number, "pid": pid}))
     return invocation
 

@@ -1,5 +1,11 @@
 """A run's workspace on disk: ``<workspace>/<run_id>/`` holds the worktree (``main/``),
-the kept artifacts, the prompts, the agents' logs and the report."""
+the kept artifacts, the prompts, the agents' logs and the report.
+
+Each kind of file has one directory per run, and an attempt's files are named after
+its phase: ``prompts/<phase>.attempt-<n>.md``, ``artifacts/<phase>.attempt-<n>.json``,
+``logs/<phase>.attempt-<n>.stdout.log``. A phase creates files, not directories: a new
+directory costs the file system several times what a new file in an existing one does.
+"""
 
 from __future__ import annotations
 
@@ -16,16 +22,21 @@ def paths_for(ctx: Context, run_id: str) -> tuple[Path, Path]:
     return workspace, workspace / "main"
 
 
+def attempt_name(phase: str, attempt: int) -> str:
+    """What an attempt's files are named after: ``<phase>.attempt-<n>``."""
+    return f"{phase}.attempt-{attempt}"
+
+
 def artifact_copy(run: model.Run, phase: str, attempt: int) -> Path:
-    return Path(run.workspace) / "artifacts" / phase / f"attempt-{attempt}.json"
+    return Path(run.workspace) / "artifacts" / f"{attempt_name(phase, attempt)}.json"
 
 
 def prompt_file(run: model.Run, phase: str, attempt: int) -> Path:
-    return Path(run.workspace) / "prompts" / phase / f"attempt-{attempt}.md"
+    return Path(run.workspace) / "prompts" / f"{attempt_name(phase, attempt)}.md"
 
 
-def log_dir(run: model.Run, phase: str) -> Path:
-    return Path(run.workspace) / "logs" / phase
+def log_dir(run: model.Run) -> Path:
+    return Path(run.workspace) / "logs"
 
 
 def ensure_worktree(ctx: Context, run: model.Run,

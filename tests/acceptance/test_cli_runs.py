@@ -148,7 +148,7 @@ def test_start_with_a_scenario_per_phase_repairs(cli: Cli, repo: Path, tmp_path:
     assert run["state"] == "completed"
     implement = run["phases"][0]
     assert (implement["key"], implement["attempt"], implement["repairs"]) == ("implement", 2, 1)
-    prompt = Path(run["workspace"]) / "prompts" / "implement" / "attempt-2.md"
+    prompt = Path(run["workspace"]) / "prompts" / "implement.attempt-2.md"
     assert "'summary' is a required property" in prompt.read_text(encoding="utf-8")
 
 
@@ -243,5 +243,5 @@ def test_start_in_a_subdirectory_reads_requirements_from_stdin(cli: Cli, tmp_pat
     assert run["repo"] == str(repo.resolve())
     assert run["base"] == "main"  # the repository's current branch
     assert run["state"] == "completed"
-    prompt = Path(run["workspace"]) / "prompts" / "implement" / "attempt-1.md"
+    prompt = Path(run["workspace"]) / "prompts" / "implement.attempt-1.md"
     assert "Add a farewell, from standard input." in prompt.read_text(encoding="utf-8")

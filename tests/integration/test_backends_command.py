@@ -137,7 +137,7 @@ def test_hostile_placeholder_values_arrive_as_single_arguments(
         (call,) = stub_calls(stub_dir).values()
         worktree = view.run.worktree
         assert call["argv"] == [
-            str(Path(view.run.workspace) / "prompts" / "implement" / "attempt-1.md"),
+            str(Path(view.run.workspace) / "prompts" / "implement.attempt-1.md"),
             artifact, worktree, "implement", view.run.id, "1", HOSTILE,
             "plain words stay as written", "$(touch PWNED)"]
         assert Path(call["argv"][0]).read_text(encoding="utf-8").count(HOSTILE) >= 1
@@ -238,7 +238,7 @@ def test_a_secret_given_to_the_agent_leaks_nowhere(
     stored_argv = json.loads(outputs["report.json"])["invocations"][0]["argv"]
     assert "[redacted]" in stored_argv
     # the agent's own logs keep what it printed, readable by the owner only
-    for log in (workspace / "logs" / "implement").glob("attempt-1.std*.log"):
+    for log in (workspace / "logs").glob("implement.attempt-1.std*.log"):
         assert canary in log.read_text(encoding="utf-8")
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
 

@@ -81,6 +81,9 @@ def test_failing_setup_fails_the_run_with_its_output_in_the_report(
         assert [(i["attempt"], i["exit_code"]) for i in setups] == [(1, 0), (2, 3)]
         assert not [i for i in report["invocations"] if i["kind"] == "agent"]
         assert not (Path(view.run.worktree) / "never-run").exists()
+        logs = Path(view.run.workspace) / "logs"
+        assert (logs / "setup-1.stdout.log").read_text(encoding="utf-8") == "installing deps\n"
+        assert "no wheel for lib 9.9" in (logs / "setup-2.stderr.log").read_text(encoding="utf-8")
         markdown = (Path(view.run.workspace) / "report.md").read_text(encoding="utf-8")
         assert "resolver: no wheel for lib 9.9" in markdown
     finally:

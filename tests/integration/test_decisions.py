@@ -741,8 +741,9 @@ def test_partial_approval_of_a_phase_plan_appends_only_approved_phases(gapp: App
     planned = [e.payload for e in gapp.events(view.run.id) if e.type == "phase.planned"]
     assert planned == [{"phases": ["plan-step-1", "plan-step-3"], "dropped": ["plan-step-2"]}]
     prompts = Path(view.run.workspace) / "prompts"
-    assert (prompts / "plan-step-1").is_dir() and (prompts / "plan-step-3").is_dir()
-    assert not (prompts / "plan-step-2").exists()
+    assert (prompts / "plan-step-1.attempt-1.md").is_file()
+    assert (prompts / "plan-step-3.attempt-1.md").is_file()
+    assert not list(prompts.glob("plan-step-2.*"))
     report = read_report(view.run.workspace)
     assert report["approvals"][0]["decisions"][0]["sections"] == {"plan-step-2": "reject"}
 

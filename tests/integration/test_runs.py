@@ -81,7 +81,7 @@ def test_quick_run_completes_with_a_valid_report(app: App, repo: Path) -> None:
     assert f"# devflow run {view.run.id}: completed" in markdown
     # what was validated is kept with its sha256
     for phase in view.phases:
-        stored = Path(view.run.workspace) / "artifacts" / phase.key / "attempt-1.json"
+        stored = Path(view.run.workspace) / "artifacts" / f"{phase.key}.attempt-1.json"
         assert phase.artifact_stored == str(stored)
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == phase.artifact_sha
     assert [e.type for e in app.events(view.run.id)][-1] == "report.written"
@@ -114,17 +114,17 @@ def test_repair_that_succeeds_feeds_the_errors_back(app: App, repo: Path) -> Non
     messages = [e["message"] for e in refused[0]["errors"]]
     assert any("'summary' is a required property" in m for m in messages)
 
-    prompts = Path(view.run.workspace) / "prompts" / "implement"
-    first = (prompts / "attempt-1.md").read_text(encoding="utf-8")
-    second = (prompts / "attempt-2.md").read_text(encoding="utf-8")
+    prompts = Path(view.run.workspace) / "prompts"
+    first = (prompts / "implement.attempt-1.md").read_text(encoding="utf-8")
+    second = (prompts / "implement.attempt-2.md").read_text(encoding="utf-8")
     assert "previous attempt was refused" not in first
     assert "previous attempt was refused" in second
     assert "artifact_invalid" in second
     for message in messages:
         assert message in second
     # only what validated is kept
-    kept = Path(view.run.workspace) / "artifacts" / "implement"
-    assert sorted(p.name for p in kept.iterdir()) == ["attempt-2.json"]
+    kept = Path(view.run.workspace) / "artifacts"
+    assert sorted(p.name for p in kept.glob("implement.*")) == ["implement.attempt-2.json"]
     body = _valid_report(app, view)
     assert [(v["phase"], v["attempt"]) for v in body["validation_errors"]] == [("implement", 1)]
 
@@ -154,7 +154,7 @@ def test_repairs_exhausted_fail_the_run_with_the_errors_in_the_report(app: App,
     markdown = (Path(view.run.workspace) / "report.md").read_text(encoding="utf-8")
     assert "## Validation errors" in markdown
     assert "'summary' is a required property" in markdown
-    assert not (Path(view.run.workspace) / "artifacts" / "implement").exists()
+    assert not list((Path(view.run.workspace) / "artifacts").glob("implement.*"))
 
 
 @pytest.mark.parametrize(("scenario", "code", "message"), [
@@ -179,8 +179,8 @@ def test_agent_failures_fail_the_run_after_the_repairs(app: App, repo: Path, sce
     assert [v["code"] for v in body["validation_errors"]] == [code] * 3
     assert [i["exit_code"] for i in body["invocations"]] == [expected_exit] * 3
     # the agent's output went to log files in the run's workspace
-    logs = Path(view.run.workspace) / "logs" / "implement"
-    assert (logs / "attempt-1.stdout.log").read_text(encoding="utf-8").strip()
+    logs = Path(view.run.workspace) / "logs"
+    assert (logs / "implement.attempt-1.stdout.log").read_text(encoding="utf-8").strip()
 
 
 _TIMEOUT_TEMPLATE = """\

@@ -52,4 +52,4 @@ def test_the_scripted_agent_takes_its_script_from_a_file_when_it_is_large(
     assert view.run.state == "completed"
     assert [p.state for p in view.phases] == ["completed"] * len(view.phases)
     files = sorted(p.name for p in (Path(view.run.workspace) / "logs").rglob("*.script.json"))
-    assert files == ["attempt-1.script.json"] * len(view.phases)
+    assert files == sorted(f"{p.key}.attempt-1.script.json" for p in view.phases)
