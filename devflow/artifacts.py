@@ -16,13 +16,20 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from devflow import definitions
 from devflow.errors import Code, DevflowError
 from devflow.schemas import Issue, SchemaRegistry
+
+T = TypeVar("T")
+
+#: threads that keep validated copies while their caller does something else
+_KEEPERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="devflow-keep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +149,19 @@ def store(checked: Checked, destination: Path) -> str:
         os.fsync(handle.fileno())
     os.replace(tmp, destination)
     return checked.sha256
+
+
+def store_while(checked: Checked, destination: Path, work: Callable[[], T]) -> tuple[str, T]:
+    """``store`` on another thread while ``work`` runs on this one: the copy's fsync waits
+    on the disk while ``work`` (the checkpoint's git processes) does. Both are done when
+    this returns; an error of ``work`` wins over one of the copy."""
+    kept = _KEEPERS.submit(store, checked, destination)
+    try:
+        result = work()
+    except BaseException:
+        wait([kept])
+        raise
+    return kept.result(), result
 
 
 def load_stored(path: Path, sha256: str) -> Any:

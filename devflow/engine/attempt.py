@@ -180,14 +180,16 @@ def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase, exit_: pro
 
 
 def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked) -> Kept:
-    """Copy the validated bytes into the workspace and commit the checkpoint."""
+    """Copy the validated bytes into the workspace and commit the checkpoint, together."""
     d = phase.definition
     assert d.artifact is not None and checked.data is not None
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
-    sha = artifacts.store(checked, stored)
-    faults.point("artifact_stored")
     tree = Path(run.worktree)
-    commit = worktree.checkpoint(tree, f"devflow({phase.key}): attempt {phase.attempt}")
+    message = f"devflow({phase.key}): attempt {phase.attempt}"
+    # the copy is written and fsynced while git commits the checkpoint
+    sha, commit = artifacts.store_while(checked, stored,
+                                        lambda: worktree.checkpoint(tree, message))
+    faults.point("artifact_stored")
     faults.point("checkpoint_committed")
     evidence: model.Evidence | None = None
     if d.gates:
