@@ -16,9 +16,12 @@ from devflow.schemas import SchemaRegistry
 DOC = b'{"summary": "kept", "files_changed": [], "tests": {"added": [], "commands_run": []}}'
 
 
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+
+
 def _checked() -> artifacts.Checked:
     checked = artifacts.check_bytes(DOC, "dev/implementation@1",
-                                    SchemaRegistry.from_dirs([Path(__file__).parents[2] / "schemas"]))
+                                    SchemaRegistry.from_dirs([SCHEMAS]))
     assert checked.valid, checked.issues
     return checked
 
@@ -65,7 +68,7 @@ def test_an_error_of_the_work_wins_once_the_copy_is_done(tmp_path: Path) -> None
 def test_a_copy_that_cannot_be_written_fails_after_the_work(tmp_path: Path) -> None:
     (tmp_path / "artifacts").write_text("a file where the directory should be")
     done: list[bool] = []
-    with pytest.raises(OSError):
+    with pytest.raises(FileExistsError):
         artifacts.store_while(_checked(), tmp_path / "artifacts" / "x.json",
                               lambda: done.append(True))
     assert done == [True]
