@@ -186,7 +186,9 @@ _GATE = sa.select(APPROVAL, *(c.label(f"d_{c.key}") for c in DECISION.c)).outerj
     sa.or_(APPROVAL.c.state == str(ApprovalState.PENDING), DECISION.c.id.is_not(None)))
 #: those of one run
 GATE = _GATE.where(APPROVAL.c.run_id == bindparam("run_id")).order_by(APPROVAL.c.id)
-_gate = _GATE.subquery("gate")
+#: the same as a subquery, its run's id in its own WHERE: SQLite materializes a subquery
+#: before the join, and without it would read every request in the database
+_gate = _GATE.where(APPROVAL.c.run_id == bindparam("id")).subquery("gate")
 #: a run and those of its requests (their columns prefixed ``a_``), in one statement
 RUN_GATE = sa.select(RUN, *(c.label(f"a_{c.key}") for c in _gate.c)).outerjoin(
     _gate, _gate.c.run_id == RUN.c.id).where(RUN.c.id == bindparam("id")) \

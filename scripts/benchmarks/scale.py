@@ -88,6 +88,8 @@ def measure(report: Report, url: str, root: Path, label: str, runs: int) -> None
         ("run list --state executing", lambda: app.runs([RunState.EXECUTING], limit=50)),
         ("events --after 50", lambda: app.store.events.after(rng.choice(some), 50)),
         ("approvals list --pending", lambda: app.approvals(pending=True)),
+        ("decide's read of the run and its requests",
+         lambda: app.store.runs.deciding(rng.choice(some), None, "bench-token")),
         ("sweep (nothing due)", app.sweep),
     ]
     for name, fn in cases:

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from devflow import model
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
-from devflow.store import Limits, RunTx, Store
+from devflow.store import Limits, RunTx, Store, records
 from devflow.store.tables import EventRow, PhaseRow, RunRow
 from tests.conftest import _pg_admin, pg_url_for
 from tests.integration.test_store_properties import new_run
@@ -402,3 +403,19 @@ def test_an_invocation_is_changed_as_its_run_returned_it_and_only_for_that_run(
     assert caught.value.code is Code.INTERNAL
     assert store.runs.get("ev-inv2") == before
     assert store.runs.invocations("ev-inv2") == []
+
+
+def test_a_decisions_reads_find_requests_through_the_run_index(tmp_path: Path) -> None:
+    """SQLite materializes a subquery before joining it: the requests' subquery of a
+    decision's reads names its run itself, or every request in the database is read."""
+    store = Store.open(f"sqlite:///{tmp_path / 'plans.db'}")
+    try:
+        with store.db.engine.connect() as conn:
+            for query in (records.RUN_GATE, records.GATE):
+                sql = str(query.compile(dialect=conn.dialect))
+                plan = [str(r[-1]) for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))]
+                assert not [p for p in plan if p.startswith("SCAN approval_request")], plan
+                assert any("ix_approval_request_run_id" in p for p in plan), plan
+    finally:
+        store.close()
