@@ -99,13 +99,16 @@ class Context:
                                               limiter=self.limiter)
 
     def change(self, run_id: str, fn: Callable[[RunTx], T],
-               lease: model.Lease | None = None, phase: str | None = None) -> T:
+               lease: model.Lease | None = None, phase: str | None = None,
+               deciding: bool = False) -> T:
         """A RunTx on the run; its events go to the observer once it committed.
 
-        ``phase``: the phase ``fn`` reads, read with the run's lock."""
+        ``phase``: the phase ``fn`` reads, read with the run's lock; ``deciding``: ``fn``
+        may add a decision (``Runs.change``)."""
         def tx(runtx: RunTx) -> tuple[T, list[model.Event], list[model.Invocation]]:
             return fn(runtx), runtx.events, runtx.closed
-        result, events, closed = self.store.runs.change(run_id, tx, lease=lease, phase=phase)
+        result, events, closed = self.store.runs.change(run_id, tx, lease=lease, phase=phase,
+                                                        deciding=deciding)
         for invocation in closed:  # agents whose invocation this change ended: stop them
             if invocation.host == self.host and invocation.pgid:
                 process.kill_group(invocation.pgid)

@@ -43,7 +43,7 @@ def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionRe
         current = approvals.current_evidence(run, candidate, ctx.settings.artifact_max_bytes)
     result = ctx.change(run.id, lambda tx: approvals.decide_in(
         tx, req, _pick_in(tx, req, candidate), current),
-        phase=candidate.phase_key if candidate is not None else None)
+        phase=candidate.phase_key if candidate is not None else None, deciding=True)
     faults.point("decision_recorded")
     if not result.replayed and result.run.state in TERMINAL:
         finish.write_report(ctx, run.id)

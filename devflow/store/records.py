@@ -46,12 +46,14 @@ _COLUMNS: dict[str, frozenset[str]] = {
 
 
 class Record:
-    """One row's columns as attributes, and which of them changed since it was read."""
+    """One row's columns as attributes, and which of them changed since it was read; or a
+    row to insert (``new``: every column given, its id too), written whole."""
 
-    def __init__(self, table: sa.Table, values: Mapping[Any, Any]) -> None:
+    def __init__(self, table: sa.Table, values: Mapping[Any, Any], *, new: bool = False) -> None:
         self.__dict__.update(values)
         self._table = table
         self._changed: dict[str, Any] = {}
+        self._new = new
 
     def __getattr__(self, name: str) -> Any:  # only for names that are not columns
         raise AttributeError(f"{self._table.name} has no column {name!r}")
@@ -64,10 +66,17 @@ class Record:
         self._changed.update(fields)
 
     def write(self, conn: sa.Connection) -> None:
-        """UPDATE the changed columns, by primary key; nothing when nothing changed."""
-        if self._changed:
+        """UPDATE the changed columns, by primary key (nothing when nothing changed); a
+        new row is inserted."""
+        if self._new:
+            conn.execute(sa.insert(self._table), self.values())
+            self._new, self._changed = False, {}
+        elif self._changed:
             conn.execute(_UPDATES[self._table.name], {"key_": self.__dict__["id"], **self._changed})
             self._changed = {}
+
+    def values(self) -> dict[str, Any]:
+        return {c: self.__dict__[c] for c in _COLUMNS[self._table.name]}
 
 
 def write_together(conn: sa.Connection, rows: Sequence[Record],
@@ -83,7 +92,12 @@ def write_together(conn: sa.Connection, rows: Sequence[Record],
     same statement. Statements are built once per shape (which tables, which columns)
     and take their values as parameters.
     """
-    changed = [r for r in rows if r._changed]
+    changed = [r for r in rows if r._changed and not r._new]
+    new = [r for r in rows if r._new]
+    if new:  # inserted with their values as the transaction leaves them
+        inserts = [*inserts, *((r._table, r.values()) for r in new)]
+        for r in new:
+            r._new, r._changed = False, {}
     shape = (tuple((r._table.name, tuple(r._changed)) for r in changed),
              tuple((t.name, tuple(values)) for t, values in inserts), bool(events))
     statement = _TOGETHER.get(shape)
@@ -199,3 +213,8 @@ RUN_GATE = sa.select(RUN, *(c.label(f"a_{c.key}") for c in _gate.c)).outerjoin(
 RUN_WITH_PHASE = sa.select(RUN, *(c.label(f"p_{c.key}") for c in PHASE.c)).join(
     PHASE, sa.and_(PHASE.c.run_id == RUN.c.id, PHASE.c.key == bindparam("key"))).where(
     RUN.c.id == bindparam("id"))
+#: an id for a new decision, taken from its sequence with the run's lock (PostgreSQL): the
+#: decision is then inserted with the transaction's other writes, not on its own to learn
+#: its id (one round trip less)
+NEXT_DECISION_ID = sa.func.nextval(
+    sa.func.pg_get_serial_sequence(DECISION.name, "id")).label("next_decision_id")

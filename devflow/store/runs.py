@@ -100,18 +100,24 @@ class Runs:
         self.redact = redact
         self._lock_query = db.lock_run_query(records.by_id(RUN))
         self._lock_with_phase = db.lock_run_query(records.RUN_WITH_PHASE, of=(RUN, records.PHASE))
+        # SQLite's inserts cost no round trip: a decision is inserted where it is added
+        self._lock_for_decision = self._lock_with_phase if db.is_sqlite else db.lock_run_query(
+            records.RUN_WITH_PHASE.add_columns(records.NEXT_DECISION_ID),
+            of=(RUN, records.PHASE))
 
     # -- changing a run --------------------------------------------------------------------
     def change(self, run_id: str, fn: Callable[[RunTx], T], *,
-               lease: model.Lease | None = None, phase: str | None = None) -> T:
+               lease: model.Lease | None = None, phase: str | None = None,
+               deciding: bool = False) -> T:
         """Run ``fn`` on the locked run in one transaction; with ``lease``, only while held.
 
         ``phase``: the key of the phase ``fn`` will read, read with the lock (one round
-        trip less on PostgreSQL).
+        trip less on PostgreSQL); with it, ``deciding``: ``fn`` may add a decision, whose
+        id is then read with the lock where the database hands ids out.
         """
         def tx(session: Session) -> T:
-            row, held = self._locked(session, run_id, phase)
-            runtx = RunTx(session, row, self.clock(), self.redact, held)
+            row, held, decision_id = self._locked(session, run_id, phase, deciding)
+            runtx = RunTx(session, row, self.clock(), self.redact, held, decision_id)
             if lease is not None:
                 runtx.check_lease(lease)
             result = fn(runtx)
@@ -119,19 +125,24 @@ class Runs:
             return result
         return self.db.write(tx)
 
-    def _locked(self, session: Session, run_id: str,
-                phase: str | None) -> tuple[Record, Record | None]:
+    def _locked(self, session: Session, run_id: str, phase: str | None,
+                deciding: bool = False) -> tuple[Record, Record | None, int | None]:
+        """The locked run; its phase when asked; a new decision's id when deciding (and
+        the database hands ids out)."""
         conn = session.connection()
         if phase is not None:
-            row = conn.execute(self._lock_with_phase, {"id": run_id, "key": phase}).first()
+            query = self._lock_for_decision if deciding else self._lock_with_phase
+            row = conn.execute(query, {"id": run_id, "key": phase}).first()
             if row is not None:
-                return (Record(RUN, records.columns(RUN, row._mapping)),
-                        Record(records.PHASE, records.columns(records.PHASE, row._mapping, "p_")))
+                values = row._mapping
+                return (Record(RUN, records.columns(RUN, values)),
+                        Record(records.PHASE, records.columns(records.PHASE, values, "p_")),
+                        values.get("next_decision_id"))
         # no such phase (the transaction will say so) or none asked for
         row = conn.execute(self._lock_query, {"id": run_id}).first()
         if row is None:
             raise _not_found(run_id)
-        return Record(RUN, row._mapping), None
+        return Record(RUN, row._mapping), None, None
 
     def create(self, new: NewRun, limits: Limits, *, lease_owner: str | None = None,
                lease_seconds: float = 60.0, ports: Ports | None = None) -> model.Run:

@@ -35,7 +35,8 @@ Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 class RunTx:
     def __init__(self, session: Session, run: Record, now: datetime,
-                 redact: Redactor | None = None, phase: Record | None = None) -> None:
+                 redact: Redactor | None = None, phase: Record | None = None,
+                 decision_id: int | None = None) -> None:
         self.conn = session.connection()
         #: the last writes go as one statement where the database allows it
         self._together = self.conn.dialect.name == "postgresql"
@@ -56,6 +57,8 @@ class RunTx:
         self._inserts: list[tuple[sa.Table, dict[str, Any]]] = []
         #: decision tokens looked up in the run and not found
         self._unused_tokens: set[str] = set()
+        #: the id a decision added here takes, when the lock read one
+        self._decision_id = decision_id
         #: invocations this transaction closed while their process may still run
         self.closed: list[model.Invocation] = []
 
@@ -371,15 +374,22 @@ class RunTx:
             self._unused_tokens.add(token)
         return pending, rows.decision(decided) if decided else None
 
-    def _hold(self, table: sa.Table, values: Mapping[Any, Any]) -> Record:
+    def _hold(self, table: sa.Table, values: Mapping[Any, Any], *, new: bool = False) -> Record:
         row = self._held.get((table.name, values["id"]))
         if row is None:
-            row = self._held[(table.name, values["id"])] = Record(table, values)
+            row = self._held[(table.name, values["id"])] = Record(table, values, new=new)
         return row
 
     def add_decision(self, **fields: Any) -> model.Decision:
         self._unused_tokens.discard(fields["client_token"])
-        return rows.decision(self._insert(DECISION, created_at=self.now, **fields))
+        decision_id, self._decision_id = self._decision_id, None
+        if decision_id is None:
+            return rows.decision(self._insert(DECISION, created_at=self.now, **fields))
+        # its id known, it is inserted whole with the other writes, as the transaction
+        # leaves it (its outcome is set later)
+        return rows.decision(self._hold(DECISION, {
+            **dict.fromkeys(DECISION.c.keys()), "sections": {}, "evidence": {}, "outcome": {},
+            "id": decision_id, "created_at": self.now, **fields}, new=True))
 
     def decision_outcome(self, decision_id: int) -> dict[str, Any]:
         row = self._get(DECISION, decision_id)

@@ -224,6 +224,32 @@ def test_a_decision_names_its_run_by_a_unique_prefix(gapp: App, repo: Path) -> N
     assert again.replayed and again.decision.id == first.decision.id
 
 
+def test_the_recorded_decision_is_the_one_returned_and_named_by_its_event(
+        gapp: App, repo: Path) -> None:
+    # On PostgreSQL the decision takes an id from its sequence under the run's lock and is
+    # inserted with the transaction's other writes; what was recorded must be what was
+    # returned, with its outcome, and the event must name it.
+    view = start(gapp, repo)
+    assert view.gate is not None
+    first = decide(gapp, view.run.id, "approve", comment="looks right")
+    recorded = gapp.store.approvals.decisions(approval_id=view.gate.id)
+    assert [d.id for d in recorded] == [first.decision.id]
+    assert recorded[0].comment == "looks right" and recorded[0].action == "approve"
+    assert recorded[0].evidence == first.decision.evidence
+    resolved = [e.payload for e in gapp.events(view.run.id) if e.type == "approval.resolved"]
+    assert resolved[-1]["decision_id"] == first.decision.id
+    again = decide(gapp, view.run.id, "approve", token=first.decision.client_token)
+    assert again.replayed and again.outcome == first.outcome
+    assert first.outcome["run_state"] == str(first.run.state)
+    # the next gate's decision gets an id of its own
+    next_gate = gapp.drive(view.run.id)[0].gate
+    assert next_gate is not None
+    second = decide(gapp, view.run.id, "approve")
+    assert second.decision.id != first.decision.id
+    assert [d.id for d in gapp.store.approvals.decisions(approval_id=next_gate.id)] == [
+        second.decision.id]
+
+
 def test_same_token_replays_and_another_action_with_it_conflicts(gapp: App, repo: Path) -> None:
     view = start(gapp, repo)
     assert view.gate is not None
