@@ -70,25 +70,34 @@ def _ratios(report: Report, root: Path, templates: Path, only: set[str], q: bool
     sqlite_url = f"sqlite:///{root / 'bench.db'}"
     with pg_database() as pg_url:
         _prepare(sqlite_url)
-        anchor = {"sqlite": anchors.session_commit(sqlite_url),
-                  "postgresql": anchors.session_commit(pg_url)}
-        urls = (("sqlite", sqlite_url), ("postgresql", pg_url))
-        if "start" in only:
-            _say("start")
-            startup.run(report, sqlite_url, root / "start", 5 if q else 15, templates)
-        if "engine" in only:
-            _say("engine")
-            for label, url in urls:
-                engine.per_phase(report, url, root / "engine", label, anchor[label],
-                                 2 if q else 8, templates)
-            engine.validation(report, sqlite_url, root)
-        if "decide" in only:
-            _say("decide")
-            for label, url in urls:
-                decisions.library(report, url, root, label, anchor[label], 10 if q else 60,
-                                  templates)
-            decisions.cli(report, sqlite_url, root, 5 if q else 15, templates)
-            decisions.concurrent(report, pg_url, root, 10 if q else 50, templates)
+        anchor = {"sqlite": anchors.SessionCommit(sqlite_url),
+                  "postgresql": anchors.SessionCommit(pg_url)}
+        try:
+            _paired(report, root, templates, only, q, anchor, sqlite_url, pg_url)
+        finally:
+            for each in anchor.values():
+                each.close()
+
+
+def _paired(report: Report, root: Path, templates: Path, only: set[str], q: bool,
+            anchor: dict[str, anchors.SessionCommit], sqlite_url: str, pg_url: str) -> None:
+    urls = (("sqlite", sqlite_url), ("postgresql", pg_url))
+    if "start" in only:
+        _say("start")
+        startup.run(report, sqlite_url, root / "start", 5 if q else 15, templates)
+    if "engine" in only:
+        _say("engine")
+        for label, url in urls:
+            engine.per_phase(report, url, root / "engine", label, anchor[label],
+                             2 if q else 8, templates)
+        engine.validation(report, sqlite_url, root)
+    if "decide" in only:
+        _say("decide")
+        for label, url in urls:
+            decisions.library(report, url, root, label, anchor[label], 10 if q else 60,
+                              templates)
+        decisions.cli(report, sqlite_url, root, 5 if q else 15, templates)
+        decisions.concurrent(report, pg_url, root, 10 if q else 50, templates)
 
 
 def _loads(report: Report, root: Path, templates: Path, only: set[str], q: bool) -> None:

@@ -14,20 +14,30 @@ class BenchAnchor(SQLModel, table=True):
     note: str
 
 
-def session_commit(url: str, n: int = 300) -> Stat:
-    """One small insert and commit through a SQLModel session, on devflow's own engine set-up."""
-    db = Database(url)
-    try:
-        BenchAnchor.__table__.create(db.engine, checkfirst=True)  # type: ignore[attr-defined]
+class SessionCommit:
+    """One small insert and commit through a SQLModel session, on devflow's own engine
+    set-up: the anchor of the engine and decision ratios.
 
-        def once() -> None:
-            with Session(db.engine) as session:
-                session.add(BenchAnchor(note="x"))
-                session.commit()
-        once()
-        return Stat.of(repeat(once, n))
-    finally:
-        db.dispose()
+    A section takes its samples between its own (A B A B), so that the anchor and the
+    figure it divides share the machine's minutes: an fsync's cost drifts by half within
+    minutes here, and an anchor taken before the sections would not.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.db = Database(url)
+        BenchAnchor.__table__.create(self.db.engine, checkfirst=True)  # type: ignore[attr-defined]
+        self.once()
+
+    def once(self) -> None:
+        with Session(self.db.engine) as session:
+            session.add(BenchAnchor(note="x"))
+            session.commit()
+
+    def sample(self, n: int) -> list[float]:
+        return repeat(self.once, n)
+
+    def close(self) -> None:
+        self.db.dispose()
 
 
 def cpu(report: Report, when: str) -> None:
