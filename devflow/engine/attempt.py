@@ -189,6 +189,7 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     # the copy is written and fsynced while git commits the checkpoint
     sha, commit = artifacts.store_while(checked, stored,
                                         lambda: worktree.checkpoint(tree, message))
+    # both points find the copy kept and the checkpoint committed, nothing recorded yet
     faults.point("artifact_stored")
     faults.point("checkpoint_committed")
     evidence: model.Evidence | None = None

@@ -231,7 +231,25 @@ def test_the_recorded_decision_is_the_one_returned_and_named_by_its_event(
     # returned, with its outcome, and the event must name it.
     view = start(gapp, repo)
     assert view.gate is not None
-    first = decide(gapp, view.run.id, "approve", comment="looks right")
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()))
+
+    engine = gapp.store.db.engine
+    sa_event.listen(engine, "before_cursor_execute", seen)
+    try:
+        first = decide(gapp, view.run.id, "approve", comment="looks right")
+    finally:
+        sa_event.remove(engine, "before_cursor_execute", seen)
+    alone = [s for s in statements if s.startswith("INSERT INTO approval_decision")]
+    if gapp.store.db.is_sqlite:
+        assert len(alone) == 1
+    else:  # its id came with the lock; it went with the other writes
+        assert not alone, statements
+        assert any("nextval" in s and "FOR UPDATE" in s for s in statements), statements
+        assert [s for s in statements if s.startswith("WITH") and
+                "INSERT INTO approval_decision" in s], statements
     recorded = gapp.store.approvals.decisions(approval_id=view.gate.id)
     assert [d.id for d in recorded] == [first.decision.id]
     assert recorded[0].comment == "looks right" and recorded[0].action == "approve"
