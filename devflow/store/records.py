@@ -69,7 +69,7 @@ class Record:
         """UPDATE the changed columns, by primary key (nothing when nothing changed); a
         new row is inserted."""
         if self._new:
-            conn.execute(sa.insert(self._table), self.values())
+            conn.execute(plain_insert(self._table), self.values())
             self._new, self._changed = False, {}
         elif self._changed:
             conn.execute(_UPDATES[self._table.name], {"key_": self.__dict__["id"], **self._changed})
@@ -186,7 +186,7 @@ def plain_insert(table: sa.Table) -> sa.Insert:
     return _PLAIN_INSERTS[table.name]
 
 
-_PLAIN_INSERTS = {t.name: sa.insert(t) for t in (ARTIFACT, BINDING)}
+_PLAIN_INSERTS = {t.name: sa.insert(t) for t in (ARTIFACT, BINDING, DECISION)}
 RUN_PHASES = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id")) \
     .order_by(PHASE.c.position)
 RUN_PHASE = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id"),

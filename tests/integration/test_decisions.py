@@ -493,6 +493,10 @@ def test_reject_and_abort_end_the_run_with_a_report(gapp: App, repo: Path, actio
                     comment="Not this way.")
     assert result.outcome["terminal"] is True
     assert result.outcome["run_state"] == state
+    # (ending the run reads its invocations, which writes the decision first on
+    # PostgreSQL; its outcome, set after, must still be recorded)
+    replay = decide(gapp, view.run.id, action, actor="carol", token=token)
+    assert replay.replayed and replay.outcome == result.outcome
     run = gapp.store.runs.get(view.run.id)
     assert (str(run.state), run.failure_code, run.report_status) == (state, code, "written")
     report = read_report(run.workspace)
