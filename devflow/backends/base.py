@@ -24,6 +24,12 @@ BASE_ENV: Final = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYP
                    "TMPDIR", "TERM", "SHELL")
 
 
+def attempt_name(phase: str, attempt: int) -> str:
+    """What an attempt's files are named after, in every directory of the workspace:
+    ``<phase>.attempt-<n>`` (its prompt, its kept artifact, its logs)."""
+    return f"{phase}.attempt-{attempt}"
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One attempt of one phase, as the agent is asked to do it."""
@@ -50,7 +56,7 @@ class Task:
 
     def log_file(self, suffix: str) -> Path:
         """This attempt's log file ending in ``suffix``: ``<phase>.attempt-<n>.<suffix>``."""
-        return self.log_dir / f"{self.phase}.attempt-{self.attempt}.{suffix}"
+        return self.log_dir / f"{attempt_name(self.phase, self.attempt)}.{suffix}"
 
 
 @dataclass(frozen=True, slots=True)

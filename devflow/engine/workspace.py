@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from devflow import model, worktree
+from devflow.backends.base import attempt_name
 from devflow.engine.context import Context
 from devflow.store import RunTx
 
@@ -20,11 +21,6 @@ def paths_for(ctx: Context, run_id: str) -> tuple[Path, Path]:
     """(workspace, worktree) of a new run."""
     workspace = ctx.run_dir(run_id)
     return workspace, workspace / "main"
-
-
-def attempt_name(phase: str, attempt: int) -> str:
-    """What an attempt's files are named after: ``<phase>.attempt-<n>``."""
-    return f"{phase}.attempt-{attempt}"
 
 
 def artifact_copy(run: model.Run, phase: str, attempt: int) -> Path:
