@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import platform
+from pathlib import Path
+
 from common import Figure, Report, Stat, repeat, timed
 from sqlmodel import Field, Session, SQLModel
 
@@ -46,7 +50,8 @@ def cpu(report: Report, when: str) -> None:
     The anchors (a commit, a worktree) wait on the disk; devflow's own cost per phase
     is mostly Python on the CPU. On a shared virtual machine the two drift apart, so a
     table says how fast the CPU was while it was measured: one million iterations of
-    a pure-Python loop (45 to 75 ms on the machine docs/performance.md describes).
+    a pure-Python loop (35 to 38 ms on the Xeon host docs/performance.md describes, 42
+    to 77 ms on the EPYC one), and which CPU it was.
     """
     def spin() -> int:
         total = 0
@@ -55,4 +60,16 @@ def cpu(report: Report, when: str) -> None:
         return total
     report.add(Figure("machine", f"pure-Python loop, 10^6 iterations ({when})", "ms",
                       Stat.of([timed(spin) for _ in range(7)]),
-                      note="CPU speed during this run; engine figures scale with it"))
+                      note=f"CPU speed during this run ({cpu_name()}, {os.cpu_count()} "
+                           f"cores); engine figures scale with it"))
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the machine reports it (a virtual machine's host varies)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
