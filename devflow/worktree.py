@@ -9,7 +9,6 @@ lock file in the repository's git directory, and retried while another git holds
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import subprocess
@@ -41,29 +40,31 @@ class FileStat:
     deleted: int | None
 
 
-def repo_root(path: Path) -> Path:
-    """The top of the git repository at ``path``; ``not_a_git_repo`` otherwise."""
+def locate(path: Path, base: str) -> tuple[Path, str]:
+    """The top of the git repository at ``path`` and the commit ``base`` names there (a
+    branch, remote branch or tag): ``not_a_git_repo`` or ``base_branch_not_found``.
+
+    One git process: it also says where the repository's common git directory is, which
+    the worktree lock needs next.
+    """
     if not path.is_dir():
         raise DevflowError(Code.NOT_A_GIT_REPO, f"{path} is not a directory",
                            hint="pass --repo the path of a git repository")
-    result = git.run(["rev-parse", "--show-toplevel"], path, check=False)
-    if result.returncode != 0 or not result.stdout.strip():
+    result = git.run(["rev-parse", "--show-toplevel", "--git-common-dir", "--verify", "--quiet",
+                      "--end-of-options", f"{base}^{{commit}}"], path, check=False)
+    lines = result.stdout.splitlines()
+    if len(lines) < 2 or not lines[0].strip():  # not a repository: git printed nothing
         raise DevflowError(Code.NOT_A_GIT_REPO, f"{path} is not a git repository",
                            hint="pass --repo the path of a git repository (`git init` makes one)")
-    return Path(result.stdout.strip()).resolve()
-
-
-def resolve_base(repo: Path, base: str) -> str:
-    """The commit ``base`` names (a branch, remote branch or tag); ``base_branch_not_found``."""
-    result = git.run(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{base}^{{commit}}"],
-                     repo, check=False)
-    if result.returncode != 0 or base.startswith("-"):
+    repo = Path(lines[0].strip()).resolve()
+    _COMMON_DIRS[repo] = (path / lines[1].strip()).resolve()
+    if result.returncode != 0 or len(lines) < 3 or base.startswith("-"):
         branches = git.run(["for-each-ref", "--format=%(refname:short)", "--count=10",
                             "refs/heads"], repo, check=False).stdout.split()
         raise DevflowError(Code.BASE_BRANCH_NOT_FOUND, f"{repo} has no branch {base!r}",
                            hint=f"branches there: {', '.join(branches) or 'none (no commit yet?)'}",
                            base=base)
-    return result.stdout.strip()
+    return repo, lines[2].strip()
 
 
 def branch_exists(repo: Path, branch: str) -> bool:
@@ -71,11 +72,15 @@ def branch_exists(repo: Path, branch: str) -> bool:
                    check=False).returncode == 0
 
 
-@functools.lru_cache(maxsize=256)
+#: repository top -> its common git directory (shared by its worktrees; it never moves)
+_COMMON_DIRS: dict[Path, Path] = {}
+
+
 def _common_dir(repo: Path) -> Path:
-    """The repository's common git directory (shared by its worktrees); it never moves."""
-    common = Path(git.out(["rev-parse", "--git-common-dir"], repo))
-    return common if common.is_absolute() else (repo / common).resolve()
+    if (known := _COMMON_DIRS.get(repo)) is None:
+        known = _COMMON_DIRS[repo] = (repo / git.out(["rev-parse", "--git-common-dir"],
+                                                     repo)).resolve()
+    return known
 
 
 def _lock(repo: Path) -> filelock.FileLock:

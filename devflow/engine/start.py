@@ -50,8 +50,7 @@ def new_run_id(ctx: Context) -> str:
 
 def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, model.Lease]:
     """Create the run and its worktree; the caller holds the returned lease."""
-    repo = worktree.repo_root(request.repo.expanduser().resolve())
-    base_sha = worktree.resolve_base(repo, request.base)
+    repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
     _check_scenarios(request.scenarios)
