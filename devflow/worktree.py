@@ -50,21 +50,35 @@ def locate(path: Path, base: str) -> tuple[Path, str]:
     if not path.is_dir():
         raise DevflowError(Code.NOT_A_GIT_REPO, f"{path} is not a directory",
                            hint="pass --repo the path of a git repository")
-    result = git.run(["rev-parse", "--show-toplevel", "--git-common-dir", "--verify", "--quiet",
-                      "--end-of-options", f"{base}^{{commit}}"], path, check=False)
-    lines = result.stdout.splitlines()
-    if len(lines) < 2 or not lines[0].strip():  # not a repository: git printed nothing
+    verify = ["--verify", "--quiet", "--end-of-options", f"{base}^{{commit}}"]
+    if "\n" in str(path):  # git prints paths unquoted, a line each: one question at a time
+        top, common = (_rev_parse(path, [question]) for question in
+                       ("--show-toplevel", "--git-common-dir"))
+        sha = _rev_parse(path, verify) if top is not None else None
+    else:
+        result = git.run(["rev-parse", "--show-toplevel", "--git-common-dir", *verify], path,
+                         check=False)
+        lines = result.stdout.splitlines() if result.returncode in (0, 1) else []
+        top, common = (lines[0], lines[1]) if len(lines) >= 2 else (None, None)
+        sha = lines[2] if result.returncode == 0 and len(lines) == 3 else None
+    if not top or not common:  # not a repository (or a bare one): git printed nothing
         raise DevflowError(Code.NOT_A_GIT_REPO, f"{path} is not a git repository",
                            hint="pass --repo the path of a git repository (`git init` makes one)")
-    repo = Path(lines[0].strip()).resolve()
-    _COMMON_DIRS[repo] = (path / lines[1].strip()).resolve()
-    if result.returncode != 0 or len(lines) < 3 or base.startswith("-"):
+    repo = Path(top).resolve()
+    if not sha or base.startswith("-"):
         branches = git.run(["for-each-ref", "--format=%(refname:short)", "--count=10",
                             "refs/heads"], repo, check=False).stdout.split()
         raise DevflowError(Code.BASE_BRANCH_NOT_FOUND, f"{repo} has no branch {base!r}",
                            hint=f"branches there: {', '.join(branches) or 'none (no commit yet?)'}",
                            base=base)
-    return repo, lines[2].strip()
+    _COMMON_DIRS[repo] = (path / common).resolve()
+    return repo, sha
+
+
+def _rev_parse(path: Path, args: list[str]) -> str | None:
+    """What ``git rev-parse ARGS`` prints in ``path`` (one value, newlines and all), or None."""
+    result = git.run(["rev-parse", *args], path, check=False)
+    return result.stdout.removesuffix("\n") if result.returncode == 0 else None
 
 
 def branch_exists(repo: Path, branch: str) -> bool:
@@ -72,7 +86,8 @@ def branch_exists(repo: Path, branch: str) -> bool:
                    check=False).returncode == 0
 
 
-#: repository top -> its common git directory (shared by its worktrees; it never moves)
+#: repository top -> its common git directory (shared by its worktrees; it never moves);
+#: a process meets few repositories, a worker at most those of its runs
 _COMMON_DIRS: dict[Path, Path] = {}
 
 

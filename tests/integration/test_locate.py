@@ -19,15 +19,34 @@ def _error(path: Path, base: str) -> DevflowError:
 
 def test_from_a_subdirectory_it_finds_the_top_the_base_and_the_lock(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
+    head = git.out(["rev-parse", "main"], repo)
+    worktree._COMMON_DIRS.clear()
+
+    assert worktree.locate(repo / "src" / "sample", "main") == (repo.resolve(), head)
+    # git named the common directory relative to the subdirectory (../../.git); the lock
+    # takes it from there without asking git again
+    assert {repo.resolve(): (repo / ".git").resolve()} == worktree._COMMON_DIRS
+    lock = Path(worktree._lock(repo.resolve()).lock_file)
+    assert lock == (repo / ".git" / "devflow-worktree.lock").resolve()
+
+
+def test_a_tag_or_an_abbreviated_commit_is_a_base(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
     git.run(["tag", "v1"], repo)
     head = git.out(["rev-parse", "main"], repo)
 
-    assert worktree.locate(repo / "src" / "sample", "main") == (repo.resolve(), head)
     assert worktree.locate(repo, "v1") == (repo.resolve(), head)
     assert worktree.locate(repo, head[:10]) == (repo.resolve(), head)
-    # the worktree lock lives in the common git directory git named on the way
-    lock = Path(worktree._lock(repo.resolve()).lock_file)
-    assert lock == (repo / ".git" / "devflow-worktree.lock").resolve()
+
+
+def test_a_newline_in_the_path_does_not_split_the_answer(tmp_path: Path) -> None:
+    """git prints the paths unquoted, one a line: such a path is asked about apart."""
+    repo = make_repo(tmp_path / "odd\nname")
+    head = git.out(["rev-parse", "main"], repo)
+
+    assert worktree.locate(repo / "src", "main") == (repo.resolve(), head)
+    assert worktree._COMMON_DIRS[repo.resolve()] == (repo / ".git").resolve()
+    assert _error(repo, "nope").code is Code.BASE_BRANCH_NOT_FOUND
 
 
 def test_a_linked_worktree_is_its_own_top_and_shares_the_lock(tmp_path: Path) -> None:
