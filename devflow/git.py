@@ -118,7 +118,10 @@ def run(args: Sequence[str], cwd: Path, *, check: bool = True, input_text: str |
     try:
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, input=input_text,
                                 env=clean_env(env), timeout=timeout, check=False)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        if not Path(cwd).is_dir():  # the process could not start in it
+            raise DevflowError(Code.NOT_A_GIT_REPO, f"{cwd} is not a directory",
+                               hint="pass the path of a git repository") from exc
         raise DevflowError(Code.GIT_FAILED, "git is not installed or not on PATH",
                            hint="install git (2.25 or newer)") from exc
     except subprocess.TimeoutExpired as exc:

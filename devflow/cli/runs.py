@@ -114,10 +114,15 @@ def _current_branch(repo: Path) -> str:
     from devflow import git
     from devflow.errors import Code, DevflowError
     result = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], repo, check=False)
-    if result.returncode != 0 or not result.stdout.strip():
-        raise DevflowError(Code.INVALID_INPUT, f"cannot tell the current branch of {repo}",
-                           hint="pass --base BRANCH")
-    return result.stdout.strip()
+    if result.returncode == 0 and result.stdout.strip():
+        return result.stdout.strip()
+    if result.returncode == 1:  # --quiet: HEAD is not a symbolic ref
+        raise DevflowError(Code.INVALID_INPUT, f"HEAD of {repo} is detached: there is no "
+                           "current branch to start from", hint="pass --base BRANCH")
+    if "not a git repository" in result.stderr:
+        raise DevflowError(Code.NOT_A_GIT_REPO, f"{repo} is not a git repository",
+                           hint="pass --repo the path of a git repository (`git init` makes one)")
+    raise git.GitError(["symbolic-ref", "HEAD"], repo, result)
 
 
 @run_group.command("status")

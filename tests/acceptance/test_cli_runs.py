@@ -245,3 +245,35 @@ def test_start_in_a_subdirectory_reads_requirements_from_stdin(cli: Cli, tmp_pat
     assert run["state"] == "completed"
     prompt = Path(run["workspace"]) / "prompts" / "implement.attempt-1.md"
     assert "Add a farewell, from standard input." in prompt.read_text(encoding="utf-8")
+
+
+def test_without_base_a_bad_repo_is_named_as_such(cli: Cli, tmp_path: Path) -> None:
+    """With no --base, devflow asks git for the current branch first: what is wrong with
+    --repo is still said as such, never as git missing or a traceback."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a directory\n", encoding="utf-8")
+    for path, says in ((plain, "is not a git repository"),
+                       (tmp_path / "nowhere", "is not a directory"),
+                       (a_file, "is not a directory")):
+        result = cli("run", "start", "--repo", str(path), "--template", "quick@1",
+                     "--requirements", str(requirements_file(tmp_path)), *QUICK_CLI_BINDS,
+                     "--json", check=2)
+        error = as_json(result)["error"]
+        assert error["code"] == "not_a_git_repo", path
+        assert says in error["message"]
+    assert as_json(cli("run", "list", "--json", check=0)) == {"runs": []}
+
+
+def test_without_base_a_detached_head_asks_for_one(cli: Cli, repo: Path,
+                                                   tmp_path: Path) -> None:
+    git.run(["checkout", "--quiet", "--detach"], repo)
+    result = cli("run", "start", "--repo", str(repo), "--template", "quick@1",
+                 "--requirements", str(requirements_file(tmp_path)), *QUICK_CLI_BINDS,
+                 "--json", check=2)
+    error = as_json(result)["error"]
+    assert error["code"] == "invalid_input"
+    assert "detached" in error["message"]
+    assert error["hint"] == "pass --base BRANCH"
+    assert as_json(cli("run", "list", "--json", check=0)) == {"runs": []}
