@@ -48,7 +48,7 @@ def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = No
                 else None),
                ("usage", f"{run.tokens_in} tokens in, {run.tokens_out} out, ${run.cost_usd:.4f}"
                 if run.tokens_in or run.cost_usd else None),
-               ("report", str(report) if report else None)])
+               ("report", str(report) if report else None), ("driver", _driver(view))])
     marks = {"completed": "✓", "failed": "✗", "skipped": "-", "awaiting_approval": "⏸"}
     click.echo("  phases  " + "  ".join(
         f"{p.key} {marks.get(str(p.state), '·')}" + (f"x{p.attempt}" if p.attempt > 1 else "")
@@ -65,6 +65,23 @@ def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = No
         click.echo(f"  decide:   devflow approve {run.id}   |   devflow request-changes {run.id} "
                    f"--comment '...'   |   devflow reject {run.id}")
     return exit_code(view)
+
+
+def _driver(view: RunView) -> str | None:
+    """Who drives a runnable run, or what will: a run nobody holds waits for a worker."""
+    from devflow.model import utcnow
+    from devflow.states import RUNNABLE
+    run = view.run
+    if run.state not in RUNNABLE:
+        return None
+    if run.lease_owner is None:
+        return (f"none: a worker (`devflow worker`) takes it up, or `devflow run drive {run.id}`"
+                " drives it here")
+    until = run.lease_expires_at
+    if until is not None and until <= utcnow():
+        return (f"none: the lease of {run.lease_owner} ran out at {until:%H:%M:%S} UTC; "
+                "`devflow sweep` recovers the run")
+    return f"{run.lease_owner}" + (f" (lease until {until:%H:%M:%S} UTC)" if until else "")
 
 
 @click.group("run")

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from devflow import git
+from devflow.app import App
 from devflow.catalog import Catalog, Dirs
 from tests.conftest import as_json, make_repo
 from tests.integration.helpers import (
@@ -277,3 +278,29 @@ def test_without_base_a_detached_head_asks_for_one(cli: Cli, repo: Path,
     assert "detached" in error["message"]
     assert error["hint"] == "pass --base BRANCH"
     assert as_json(cli("run", "list", "--json", check=0)) == {"runs": []}
+
+
+def test_status_says_who_drives_a_runnable_run(cli: Cli, app: App, repo: Path,
+                                               tmp_path: Path) -> None:
+    """A run nobody holds waits for a worker: status says so and how to drive it here; a
+    held lease names its owner; a lease that ran out points at the sweep."""
+    run_id = as_json(_start(cli, repo, tmp_path, "--detach", template="quick@1"))["run"]["id"]
+
+    def driver() -> str:
+        lines = cli("run", "status", run_id, check=0).stdout.splitlines()
+        return next(line.split("driver", 1)[1].strip() for line in lines
+                    if line.strip().startswith("driver"))
+
+    assert driver() == (f"none: a worker (`devflow worker`) takes it up, or "
+                        f"`devflow run drive {run_id}` drives it here")
+    lease = app.store.leases.claim(run_id, "w-test", 60)
+    assert lease is not None
+    assert driver().startswith("w-test (lease until ")
+    app.store.leases.release(run_id, lease)
+    gone = app.store.leases.claim(run_id, "w-gone", -5)  # a lease already out
+    assert gone is not None
+    assert driver().startswith("none: the lease of w-gone ran out at ")
+    assert driver().endswith("`devflow sweep` recovers the run")
+    app.store.leases.release(run_id, gone)
+    cli("run", "drive", run_id, check=0)
+    assert "driver" not in cli("run", "status", run_id, check=0).stdout  # completed
