@@ -153,10 +153,9 @@ class App:
     def start(self, request: start.StartRequest, *, detach: bool = False,
               observer: Observer | None = None) -> RunView:
         ctx = self.context(observer)
-        run, lease = start.start(ctx, request, new_owner("cli"))
         if detach:
-            self.store.leases.release(run.id, lease)
-            return self.view(run.id)
+            return self.view(start.start_detached(ctx, request, new_owner("cli")).id)
+        run, lease = start.start(ctx, request, new_owner("cli"))
         _run_async(drive.drive, ctx, run.id, lease)
         return self.view(run.id)
 

@@ -50,6 +50,18 @@ def new_run_id(ctx: Context) -> str:
 
 def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, model.Lease]:
     """Create the run and its worktree; the caller holds the returned lease."""
+    return _create(ctx, request, owner, hand_back=False)
+
+
+def start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run:
+    """Create the run and its worktree and leave the run to workers: the lease taken to
+    create it is given up in the transaction that records the worktree."""
+    run, _ = _create(ctx, request, owner, hand_back=True)
+    return run
+
+
+def _create(ctx: Context, request: StartRequest, owner: str,
+            hand_back: bool) -> tuple[model.Run, model.Lease]:
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
@@ -83,11 +95,11 @@ def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, m
     faults.point("run_inserted")
     try:
         with renewing(ctx, run.id, lease):
-            workspace.ensure_worktree(ctx, run, lease)
+            made = workspace.ensure_worktree(ctx, run, lease, hand_back=hand_back)
     except DevflowError as exc:
         finish.fail(ctx, run.id, exc.code, exc.message, lease=lease)
         raise
-    return ctx.store.runs.get(run.id), lease
+    return made or ctx.store.runs.get(run.id), lease
 
 
 @contextlib.contextmanager

@@ -35,21 +35,28 @@ def log_dir(run: model.Run) -> Path:
     return Path(run.workspace) / "logs"
 
 
-def ensure_worktree(ctx: Context, run: model.Run,
-                    lease: model.Lease | None = None) -> bool:
-    """Create the run's worktree if it is missing (from the run branch when it exists)."""
+def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = None, *,
+                    hand_back: bool = False) -> model.Run | None:
+    """Create the run's worktree if it is missing (from the run branch when it exists).
+
+    Returns the run as the transaction recording the worktree left it, or None when the
+    worktree was there. ``hand_back``: that transaction also gives ``lease`` up (a run
+    started to be left to workers).
+    """
     path = Path(run.worktree)
     if (path / ".git").exists():
-        return False
+        return None
     repo = Path(run.repo)
     from_branch = worktree.add(repo, path, run.branch, run.base_sha or run.base)
     included = worktree.copy_included(repo, path)
-    def record(tx: RunTx) -> None:
+    def record(tx: RunTx) -> model.Run:
         if tx.run.host != ctx.host:
             tx.set_run(host=ctx.host)  # the run's worktree lives here from now on
+        if hand_back:
+            tx.set_run(lease_owner=None, lease_expires_at=None)
         tx.event(model.NewEvent("worktree.created", payload={
             "path": str(path), "branch": run.branch,
             "from": run.branch if from_branch else run.base_sha, "host": ctx.host,
             "included": included[:50]}))
-    ctx.change(run.id, record, lease)
-    return True
+        return tx.run
+    return ctx.change(run.id, record, lease)

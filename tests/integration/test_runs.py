@@ -96,8 +96,26 @@ def test_run_gets_its_own_worktree_and_branch(app: App, repo: Path) -> None:
     assert Path(run.worktree).resolve() in [p.resolve() for p in worktrees(repo)]
     assert git.out(["rev-parse", "--abbrev-ref", "HEAD"], Path(run.worktree)) == run.branch
     assert run.base_sha == git.out(["rev-parse", "main"], repo)
+    # left to workers: the lease taken to create it was given up with its worktree
+    assert (run.lease_owner, run.lease_expires_at, run.lease_fence) == (None, None, 1)
+    assert [e.type for e in app.events(run.id)][-1] == "worktree.created"
+    assert app.store.runs.get(run.id) == run
     view, drove = app.drive(run.id)
     assert drove and view.run.state == "completed"
+    assert view.run.lease_fence == 2
+
+
+def test_a_started_run_is_returned_as_stored(app: App, repo: Path) -> None:
+    """start returns the run as the worktree's transaction left it, not read again."""
+    from devflow.engine import start as engine_start
+    ctx = app.context()
+    detached = engine_start.start_detached(ctx, quick(repo), "tester-1")
+    assert detached == app.store.runs.get(detached.id)
+    git.run(["branch", "other"], repo)  # one active run per branch
+    held, lease = engine_start.start(ctx, quick(repo, base="other"), "tester-2")
+    assert held == app.store.runs.get(held.id)
+    assert (held.lease_owner, held.lease_fence) == (lease.owner, lease.fence) == ("tester-2", 1)
+    assert app.store.leases.release(held.id, lease)
 
 
 # -- repairs ------------------------------------------------------------------------------
