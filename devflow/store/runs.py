@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 
 from devflow import model, states
 from devflow.definitions import PhaseDef
@@ -150,11 +150,14 @@ class Runs:
         def tx(session: Session) -> model.Run:
             self.db.serialize(session, "devflow-run-start")
             conn = session.connection()
-            if conn.execute(records.by_id(RUN), {"id": new.id}).first() is not None:
+            # one read for all the checks: a run of this id, and every active run
+            found = conn.execute(_START_READ, {"id": new.id}).all()
+            if any(r.id == new.id for r in found):
                 raise DevflowError(Code.RUN_ID_EXISTS, f"a run with id {new.id} exists already",
                                    hint="choose another --run-id, or leave it out")
-            _check_limits(session, new, limits)
-            port_base = _port_block(session, ports) if ports else new.port_base
+            active = [r for r in found if r.state in _ACTIVE]
+            _check_limits(active, new, limits)
+            port_base = _port_block(active, ports) if ports else new.port_base
             now = self.clock()
             values: dict[str, Any] = dict(
                 id=new.id, template_name=new.template_name,
@@ -281,11 +284,16 @@ class Runs:
         return self.db.read(tx)
 
 
-def _check_limits(session: Session, new: NewRun, limits: Limits) -> None:
-    active = [str(s) for s in states.ACTIVE]
-    same = session.exec(select(RunRow.id).where(
-        RunRow.repo == new.repo, RunRow.base == new.base, col(RunRow.state).in_(active))
-        .order_by(col(RunRow.created_at))).all()
+_ACTIVE = frozenset(str(s) for s in states.ACTIVE)
+_START_READ = (sa.select(RUN.c.id, RUN.c.state, RUN.c.repo, RUN.c.base, RUN.c.port_base,
+                         RUN.c.created_at)
+               .where(sa.or_(RUN.c.id == sa.bindparam("id"),
+                             RUN.c.state.in_(sorted(_ACTIVE)))))
+
+
+def _check_limits(active: Sequence[Any], new: NewRun, limits: Limits) -> None:
+    same = [r.id for r in sorted(active, key=lambda r: r.created_at)
+            if r.repo == new.repo and r.base == new.base]
     if len(same) >= limits.max_active_per_branch:
         raise DevflowError(
             Code.ACTIVE_RUN_EXISTS,
@@ -294,8 +302,7 @@ def _check_limits(session: Session, new: NewRun, limits: Limits) -> None:
                if limits.max_active_per_branch > 1 else ""),
             hint=f"wait for it (devflow run status {same[0]}), abort it (devflow run abort "
                  f"{same[0]}), or raise max_active_per_branch", active_runs=list(same))
-    total = session.exec(select(func.count()).select_from(RunRow)
-                         .where(col(RunRow.state).in_(active))).one()
+    total = len(active)
     if total >= limits.max_concurrent_runs:
         raise DevflowError(
             Code.ACTIVE_RUN_EXISTS,
@@ -305,11 +312,9 @@ def _check_limits(session: Session, new: NewRun, limits: Limits) -> None:
                  "max_concurrent_runs")
 
 
-def _port_block(session: Session, ports: Ports) -> int:
+def _port_block(active: Sequence[Any], ports: Ports) -> int:
     """The first block no active run holds and whose ports are free on this machine."""
-    active = [str(s) for s in states.ACTIVE]
-    taken = set(session.exec(select(RunRow.port_base).where(
-        col(RunRow.state).in_(active), col(RunRow.port_base).is_not(None))).all())
+    taken = {r.port_base for r in active if r.port_base is not None}
     for base in range(ports.first, ports.last - ports.size + 2, ports.size):
         if base not in taken and ports.is_free(base, ports.size):
             return base
