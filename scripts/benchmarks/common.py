@@ -89,6 +89,27 @@ def timed(fn: Callable[[], Any]) -> float:
     return (time.perf_counter() - start) * 1000
 
 
+@contextlib.contextmanager
+def calls_timed(module: Any, name: str) -> Iterator[list[float]]:
+    """While inside, ``module.name`` records each call's milliseconds in the list yielded
+    (a section takes what it does not measure, git or an agent, out of its figure)."""
+    real = getattr(module, name)
+    spent: list[float] = []
+
+    def timed_call(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return real(*args, **kwargs)
+        finally:
+            spent.append((time.perf_counter() - started) * 1000)
+
+    setattr(module, name, timed_call)
+    try:
+        yield spent
+    finally:
+        setattr(module, name, real)
+
+
 def repeat(fn: Callable[[], Any], n: int) -> list[float]:
     return [timed(fn) for _ in range(n)]
 

@@ -3,18 +3,19 @@ approvers at once on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from anchors import SessionCommit
 from common import (
     Figure,
     Report,
     Stat,
+    calls_timed,
     devflow_cmd,
     make_app,
     repeat,
@@ -48,27 +49,13 @@ def library(report: Report, url: str, root: Path, label: str, anchor: SessionCom
     repo = synthetic_repo(root / f"dec-{label}", 20)
     app = make_app(url, root / f"dec-{label}", templates_dirs=(templates,))
     ids = _gated(app, repo, n + 1, f"d{label}")
-    checks: list[float] = []
-    real = approvals.current_evidence
-
-    def timed_check(*args: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return real(*args)
-        finally:
-            checks.append((time.perf_counter() - started) * 1000)
-
-    approvals.current_evidence = timed_check  # type: ignore[assignment]
-    try:
+    with calls_timed(approvals, "current_evidence") as checks, contextlib.closing(app):
         _decide(app, ids[0])
         checks.clear()
         whole, commits = [], []
         for r in ids[1:]:
             whole.append(timed(lambda r=r: _decide(app, r)))
             commits += anchor.sample(3)
-    finally:
-        approvals.current_evidence = real  # type: ignore[assignment]
-        app.close()
     stat, check, commit = Stat.of(whole), Stat.of(checks), Stat.of(commits)
     rest = Stat.of([w - c for w, c in zip(whole, checks, strict=True)])
     report.add(Figure("decide", f"decide via library ({label})", "ms", stat))

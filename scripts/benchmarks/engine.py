@@ -3,12 +3,13 @@ artifact validation against a cached validator."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
 from anchors import SessionCommit
-from common import Figure, Report, Stat, make_app, start_request, synthetic_repo, timed
+from common import Figure, Report, Stat, calls_timed, make_app, start_request, synthetic_repo, timed
 
 from devflow import artifacts, worktree
 from devflow.backends import samples
@@ -26,16 +27,6 @@ def per_phase(report: Report, url: str, root: Path, label: str, anchor: SessionC
     """
     repo = synthetic_repo(root / f"engine-{label}", 50)
     app = make_app(url, root / label, templates_dirs=(templates,))
-    spent: list[float] = []
-    real_checkpoint = worktree.checkpoint
-
-    def counted(path: Path, message: str) -> str | None:
-        start = time.perf_counter()
-        try:
-            return real_checkpoint(path, message)
-        finally:
-            spent.append((time.perf_counter() - start) * 1000)
-
     def engine_ms(template: str, run_id: str) -> tuple[float, int]:
         view = app.start(start_request(repo, template, run_id=run_id, base="main"),
                          detach=True)
@@ -48,9 +39,8 @@ def per_phase(report: Report, url: str, root: Path, label: str, anchor: SessionC
         commit_ms.append(sum(spent) / len(done.phases))
         return total - agents - sum(spent), len(done.phases)
 
-    worktree.checkpoint = counted  # type: ignore[assignment]
     long_ms, short_ms, amortized, commit_ms, commits = [], [], [], [], []
-    try:
+    with calls_timed(worktree, "checkpoint") as spent, contextlib.closing(app):
         app.drive  # noqa: B018 - resolve before timing
         engine_ms("bench20@1", f"e{label}w")  # warm caches and connections
         for i in range(runs):  # A B A B: the two share the machine's drift
@@ -61,9 +51,6 @@ def per_phase(report: Report, url: str, root: Path, label: str, anchor: SessionC
             long_ms.append(long_)
             short_ms.append(short)
             amortized.append(long_ / phases)
-    finally:
-        worktree.checkpoint = real_checkpoint  # type: ignore[assignment]
-        app.close()
     short_stat = Stat.of(short_ms)
     marginal = Stat.of([(a - b) / (phases - few) for a, b in zip(long_ms, short_ms, strict=True)])
     fixed = short_stat.median - few * marginal.median

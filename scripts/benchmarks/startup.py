@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from pathlib import Path
-from typing import Any
 
-from common import Figure, Report, Stat, make_app, start_request, synthetic_repo, timed
+from common import Figure, Report, Stat, calls_timed, make_app, start_request, synthetic_repo, timed
 
 from devflow import git, worktree
 from devflow.engine import start
@@ -20,18 +19,7 @@ def run(report: Report, url: str, root: Path, n: int, templates: Path) -> None:
     ctx = app.context()
     ctx.catalog.templates()  # load definitions once, as a long-lived process would
     raw, ours, own = [], [], []
-    spent: list[float] = []
-    real_add = worktree.add
-
-    def counted(*args: Any) -> bool:
-        started = time.perf_counter()
-        try:
-            return real_add(*args)
-        finally:
-            spent.append((time.perf_counter() - started) * 1000)
-
-    worktree.add = counted  # type: ignore[assignment]
-    try:
+    with calls_timed(worktree, "add") as spent, contextlib.closing(app):
         for i in range(n + 1):  # A B A B: the two share the machine's drift
             path = root / "raw" / f"w{i}"
             raw_ms = timed(lambda i=i, path=path: git.run(
@@ -46,9 +34,6 @@ def run(report: Report, url: str, root: Path, n: int, templates: Path) -> None:
                 raw.append(raw_ms)
                 ours.append(ours_ms)
                 own.append(ours_ms - sum(spent))
-    finally:
-        worktree.add = real_add  # type: ignore[assignment]
-        app.close()
     a, b = Stat.of(raw), Stat.of(ours)
     report.add(Figure("start", "git worktree add (2,000 files)", "ms", a))
     report.add(Figure("start", "devflow run start (worktree included)", "ms", b))
