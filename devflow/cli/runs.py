@@ -128,7 +128,7 @@ def run_start(state: State, repo: Path, base: str | None, template: str, require
 
 
 def _current_branch(repo: Path) -> str:
-    from devflow import git
+    from devflow import git, worktree
     from devflow.errors import Code, DevflowError
     result = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], repo, check=False)
     if result.returncode == 0 and result.stdout.strip():
@@ -136,9 +136,7 @@ def _current_branch(repo: Path) -> str:
     if result.returncode == 1:  # --quiet: HEAD is not a symbolic ref
         raise DevflowError(Code.INVALID_INPUT, f"HEAD of {repo} is detached: there is no "
                            "current branch to start from", hint="pass --base BRANCH")
-    if "not a git repository" in result.stderr:
-        raise DevflowError(Code.NOT_A_GIT_REPO, f"{repo} is not a git repository",
-                           hint="pass --repo the path of a git repository (`git init` makes one)")
+    worktree.locate(repo.expanduser().resolve(), "HEAD")  # says what is wrong with --repo
     raise git.GitError(["symbolic-ref", "HEAD"], repo, result)
 
 
