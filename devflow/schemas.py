@@ -12,7 +12,6 @@ faster for the built-in schemas.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ import referencing
 import referencing.exceptions
 from referencing.jsonschema import DRAFT202012
 
-from devflow import schemarefs
+from devflow import jsontext, schemarefs
 from devflow.errors import Code, DevflowError
 
 SCHEMA_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*@[0-9]+$")
@@ -172,13 +171,15 @@ def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema
 
 def load_schema_file(path: Path) -> SchemaFile:
     try:
-        contents = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read schema file {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise DevflowError(
-            Code.SCHEMA_INVALID, f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}",
-            hint="fix the JSON syntax at that place") from exc
+        contents = jsontext.loads(path.read_bytes())
+    except OSError as exc:
+        raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read schema file {path}: "
+                           f"{exc.strerror}", hint="check the path and its permissions") from exc
+    except jsontext.BadJSON as exc:
+        where = f"{path}:{exc.line}:{exc.column}" if exc.line else str(path)
+        raise DevflowError(Code.SCHEMA_INVALID, f"{where}: {exc}",
+                           hint="a schema file is one JSON object (UTF-8, at most "
+                                f"{jsontext.MAX_DEPTH} levels deep)", file=str(path)) from exc
     if not isinstance(contents, dict):
         raise DevflowError(Code.SCHEMA_INVALID, f"{path}: a schema must be a JSON object")
     schema_id = contents.get("$id")

@@ -18,13 +18,17 @@ _ACTIONS = {"approve": "approve", "reject": "reject", "request-changes": "reques
 
 def _sections(pairs: tuple[str, ...], sections_file: Path | None) -> tuple[dict[str, str],
                                                                           dict[str, str]]:
+    from devflow import jsontext
     from devflow.errors import Code, DevflowError
     verdicts = _pairs(pairs, "--section")
     comments: dict[str, str] = {}
     if sections_file is not None:
         try:
-            data = json.loads(sections_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = jsontext.loads(sections_file.read_bytes())
+        except OSError as exc:
+            raise DevflowError(Code.INVALID_INPUT, f"--sections-file {sections_file}: "
+                               f"{exc.strerror}", hint="check the path") from exc
+        except jsontext.BadJSON as exc:
             raise DevflowError(Code.INVALID_INPUT, f"--sections-file {sections_file}: {exc}",
                                hint='a JSON object: {"KEY": "approve"} or '
                                     '{"KEY": {"verdict": "reject", "comment": "why"}}') from exc
