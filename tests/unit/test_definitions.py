@@ -154,9 +154,11 @@ def test_escalation_steps_must_be_in_order(catalog: Catalog) -> None:
 
 
 def test_a_nan_timeout_is_refused(catalog: Catalog) -> None:
-    with pytest.raises(DefinitionError) as caught:
+    # NaN is no JSON value: refused where the YAML is read, before the hash or the database
+    with pytest.raises(DevflowError) as caught:
         _template(catalog, GOOD_TEMPLATE.replace("timeout: 30m", "timeout: .nan"))
-    assert caught.value.code is Code.BAD_DURATION
+    assert caught.value.code is Code.YAML_INVALID
+    assert "at /phases/0/timeout: nan is not a JSON number" in caught.value.message
 
 
 @pytest.mark.parametrize(("path", "ok"), [
