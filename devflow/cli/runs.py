@@ -94,8 +94,8 @@ def run_group() -> None:
               help="The git repository to work on.")
 @click.option("--base", help="Branch (or ref) to start from; default: the repo's current branch.")
 @click.option("--template", "-t", required=True, help="NAME or NAME@VERSION, e.g. development@1.")
-@click.option("--requirements", "-r", type=click.File("r", encoding="utf-8"),
-              help="File with the requirements, or - for standard input.")
+@click.option("--requirements", "-r", type=click.File("rb"),
+              help="File with the requirements (UTF-8 text), or - for standard input.")
 @click.option("--objective", "-o", help="One line saying what the run is for.")
 @click.option("--bind", multiple=True, metavar="ROLE=PERSONA[@VERSION]",
               help="Bind a role to a persona (repeatable).")
@@ -111,17 +111,19 @@ def run_start(state: State, repo: Path, base: str | None, template: str, require
               run_id: str | None, max_cost: float | None, detach: bool, as_json: bool) -> int:
     """Start a run of TEMPLATE on REPO and drive it until it ends or waits at a gate."""
     from devflow.cli.progress import Progress
-    from devflow.engine.start import StartRequest
-    from devflow.errors import Code, DevflowError
-    if requirements is None and not objective:
-        raise DevflowError(Code.INVALID_INPUT, "a run needs --requirements FILE (or -) or "
-                           "--objective TEXT", hint="say what the agents should do")
-    text = requirements.read() if requirements is not None else ""
+    from devflow.engine.start import StartRequest, check_text
+    # the bytes as read: the library decodes and checks them, with the objective (here
+    # first, before the repository is looked at; and again where the run starts)
+    data = requirements.read() if requirements is not None else b""
+    source = None if requirements is None else (
+        "-" if requirements.name == "<stdin>" else str(requirements.name))
+    check_text(data, source, objective)
     app = state.app
     request = StartRequest(
-        repo=repo, base=base or _current_branch(repo), template=template, requirements=text,
-        objective=objective, binds=_pairs(bind, "--bind"), run_id=run_id,
-        scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost, actor=app.settings.actor)
+        repo=repo, base=base or _current_branch(repo), template=template, requirements=data,
+        requirements_source=source, objective=objective, binds=_pairs(bind, "--bind"),
+        run_id=run_id, scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost,
+        actor=app.settings.actor)
     with Progress(quiet=as_json or detach) as progress:
         view = app.start(request, detach=detach, observer=progress)
     return show_view(view, as_json=as_json)
