@@ -135,16 +135,21 @@ def check_bytes(data: bytes, schema_id: str, schemas: SchemaRegistry) -> Checked
 
 
 def store(checked: Checked, destination: Path) -> str:
-    """Write the validated bytes atomically at ``destination``; their sha256."""
+    """Write the bytes read (validated, or kept to show why not) atomically at
+    ``destination``; their sha256."""
     assert checked.data is not None and checked.sha256 is not None
     data = checked.data
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, destination)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
+        raise
     return checked.sha256
 
 
