@@ -45,6 +45,10 @@ class State:
 
 
 _PATHS = click.Path(path_type=Path, file_okay=False)
+#: ids, counts and sequence numbers: what the tables' INTEGER columns hold on both
+#: databases (a larger number was the driver's overflow error: internal_error on SQLite,
+#: database_error on PostgreSQL)
+NUMBER = click.IntRange(0, 2**31 - 1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
