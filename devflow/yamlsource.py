@@ -119,7 +119,11 @@ MAX_DEPTH: Final = jsontext.MAX_DEPTH
 
 
 class _Refused(yaml.MarkedYAMLError):
-    """A YAML feature definitions do not allow, at its place."""
+    """A YAML feature definitions do not allow, at its place, with what to do instead."""
+
+    def __init__(self, problem: str, mark: yaml.error.Mark | None, hint: str) -> None:
+        super().__init__(None, None, problem, mark)
+        self.hint = hint
 
 
 class _Loader(yaml.SafeLoader):
@@ -134,13 +138,14 @@ class _Loader(yaml.SafeLoader):
         anchor = getattr(event, "anchor", None)  # aliases, and nodes that define one
         if anchor is not None:
             kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
-            raise _Refused(None, None, f"YAML {kind}{anchor} found: anchors and aliases "
-                           "are not allowed in definitions", _mark(event))
+            raise _Refused(f"YAML {kind}{anchor} found: anchors and aliases are not allowed "
+                           "in definitions", _mark(event),
+                           "write the value out where the alias was; definitions are small")
         if isinstance(event, yaml.CollectionStartEvent):
             self._depth += 1
             if self._depth > MAX_DEPTH:
-                raise _Refused(None, None, f"nested more than {MAX_DEPTH} levels deep",
-                               _mark(event))
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", _mark(event),
+                               f"definitions nest at most {MAX_DEPTH} levels")
         try:
             return super().compose_node(parent, index)
         finally:
@@ -165,10 +170,8 @@ def _mark(event: yaml.Event) -> yaml.error.Mark | None:
 
 
 def _hint(exc: yaml.MarkedYAMLError) -> str:
-    if isinstance(exc, _Refused) and "anchor" in str(exc.problem):
-        return "write the value out where the alias was; definitions are small"
     if isinstance(exc, _Refused):
-        return f"definitions nest at most {MAX_DEPTH} levels"
+        return exc.hint
     return "fix the YAML syntax at that line (indentation, quoting, a missing colon)"
 
 
@@ -180,15 +183,14 @@ _JSON_SCALARS: Final = (str, int, float, bool, type(None))
 
 
 def _not_json(data: Any) -> tuple[tuple[str | int, ...], str] | None:
-    """The first place in ``data`` that is not a JSON value, and why (iteratively)."""
+    """A place in ``data`` that is not a JSON value, and why (walked without recursion)."""
     pending: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
     while pending:
         at, value = pending.pop()
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str):
-                    return at, (f"the key {key!r} is a {type(key).__name__}, not a string "
-                                f"(quote it)")
+                    return at, f"the key {key!r} is not a string (quote it)"
                 pending.append(((*at, key), item))
         elif isinstance(value, list):
             pending.extend(((*at, i), item) for i, item in enumerate(value))

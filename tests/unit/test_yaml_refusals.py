@@ -63,7 +63,7 @@ def test_64_levels_of_yaml_are_read() -> None:
 @pytest.mark.parametrize(("text", "line", "says"), [
     ("name: x\nversion: 2024-01-01\n", 2, "at /version: date values are not JSON"),
     ("when: 2024-01-01 10:00:00\n", 1, "datetime values are not JSON"),
-    ("a:\n  b:\n    1: one\n", 3, "at /a/b: the key 1 is a int, not a string"),
+    ("a:\n  b:\n    1: one\n", 3, "at /a/b: the key 1 is not a string (quote it)"),
     ("a: !!binary aGVsbG8=\n", 1, "bytes values are not JSON"),
     ("a: !!set {x}\n", 1, "set values are not JSON"),
     ("a:\n  - .inf\n", 2, "at /a/0: inf is not a JSON number"),
