@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devflow import definitions
+from devflow import definitions, jsontext
 from devflow.errors import Code, DevflowError
 from devflow.schemas import Issue, SchemaRegistry
 
@@ -121,16 +121,13 @@ def check(worktree: Path, rel: str, schema_id: str, schemas: SchemaRegistry,
 
 
 def check_bytes(data: bytes, schema_id: str, schemas: SchemaRegistry) -> Checked:
+    """Parse (``devflow.jsontext``: UTF-8, at most 64 levels deep, finite numbers) and
+    validate; a document that cannot be read comes back invalid, never as an exception."""
     digest = hashlib.sha256(data).hexdigest()
     try:
-        value = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return Checked(Code.ARTIFACT_INVALID, [Issue("", f"not UTF-8 text: {exc.reason}")],
-                       data, sha256=digest)
-    except json.JSONDecodeError as exc:
-        return Checked(Code.ARTIFACT_INVALID,
-                       [Issue("", f"not valid JSON at line {exc.lineno} column {exc.colno}: "
-                                  f"{exc.msg}")], data, sha256=digest)
+        value = jsontext.loads(data)
+    except jsontext.BadJSON as exc:
+        return Checked(Code.ARTIFACT_INVALID, [Issue("", str(exc))], data, sha256=digest)
     issues = schemas.validate(schema_id, value)
     if issues:
         return Checked(Code.ARTIFACT_INVALID, issues, data, value, digest)
@@ -138,16 +135,21 @@ def check_bytes(data: bytes, schema_id: str, schemas: SchemaRegistry) -> Checked
 
 
 def store(checked: Checked, destination: Path) -> str:
-    """Write the validated bytes atomically at ``destination``; their sha256."""
+    """Write the bytes read (validated, or kept to show why not) atomically at
+    ``destination``; their sha256."""
     assert checked.data is not None and checked.sha256 is not None
     data = checked.data
     destination.parent.mkdir(parents=True, exist_ok=True)
     tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, destination)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, destination)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
+        raise
     return checked.sha256
 
 

@@ -190,6 +190,9 @@ _HINTS: Final[Mapping[Code, str]] = MappingProxyType({
     Code.PATH_ESCAPE: "artifact paths are relative to the worktree, without `..`, e.g. "
                       ".devflow/spec.json",
     Code.BAD_DURATION: "write a number with a unit: 90s, 30m, 24h, 1h30m",
+    Code.SCHEMA_INVALID: "a $ref names another schema by its id (common/finding@1) or a "
+                         "place in the same schema (#/$defs/item); `devflow schemas list` "
+                         "shows the ids",
 })
 
 
@@ -285,6 +288,11 @@ def check_phase(phase: PhaseDef, at: tuple[str | int, ...], roles: Mapping[str, 
         if phase.artifact.schema not in schemas:
             problems.append(Problem(Code.UNKNOWN_SCHEMA, (*at, "artifact", "schema"),
                                     f"no schema with id {phase.artifact.schema!r}"))
+        else:
+            problems += [Problem(Code.SCHEMA_INVALID, (*at, "artifact", "schema"),
+                                 f"phase {phase.key!r} uses schema {phase.artifact.schema}, "
+                                 f"where {dangling}")
+                         for dangling in schemas.dangling(phase.artifact.schema)]
         if why := check_artifact_path(phase.artifact.path):
             problems.append(Problem(Code.PATH_ESCAPE, (*at, "artifact", "path"), why))
     for j, gate in enumerate(phase.gates):

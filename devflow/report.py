@@ -99,12 +99,27 @@ def compose(data: ReportData) -> dict[str, Any]:
         "findings": list(data.findings),
         "validation_errors": [
             {"phase": e.phase or "", "attempt": int(e.payload.get("attempt", 0)),
-             "code": e.payload.get("code"), "errors": list(e.payload.get("errors", []))}
+             "code": e.payload.get("code"), "errors": list(e.payload.get("errors", [])),
+             "artifact": _refused_artifact(e.payload.get("artifact"), run.workspace)}
             for e in data.events if e.type == "phase.artifact_invalid"],
         "unresolved": _unresolved(data),
         "events_tail": [{"seq": e.seq, "type": e.type, "phase": e.phase, "ts": iso(e.ts) or ""}
                         for e in data.events[-25:]],
     }
+
+
+def _refused_artifact(shown: Any, workspace: str) -> dict[str, Any] | None:
+    """What a refused attempt left: where its bytes are kept (with a link relative to the
+    report, which is written in the run's workspace), or why they are not."""
+    if not isinstance(shown, dict):
+        return None  # an event of a run that ended before refused artifacts were kept
+    kept = shown.get("kept")
+    if not kept:
+        return {"kept": None, "why": str(shown.get("why") or "")}
+    path = Path(str(kept))
+    link = path.relative_to(workspace).as_posix() if path.is_relative_to(workspace) else str(path)
+    return {"kept": str(path), "link": link, "sha256": shown.get("sha256"),
+            "bytes": shown.get("bytes")}
 
 
 def _unresolved(data: ReportData) -> list[str]:
@@ -200,12 +215,23 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {v['phase']} attempt {v['attempt']}: "
                          + "; ".join(f"{e.get('pointer') or '/'}: {e.get('message')}"
                                      for e in v["errors"][:5]))
+            lines += _refused_line(v.get("artifact"))
         lines.append("")
     lines += ["## Unresolved", ""] + ([f"- {u}" for u in report["unresolved"]] or ["Nothing."])
     lines += ["", "## Last events", ""]
     lines += [f"- {e['seq']} `{e['type']}` {e.get('phase') or ''} {e.get('ts', '')}"
               for e in report["events_tail"]]
     return "\n".join(lines) + "\n"
+
+
+def _refused_line(artifact: dict[str, Any] | None) -> list[str]:
+    if artifact is None:
+        return []
+    if artifact.get("kept"):
+        link = artifact["link"]
+        return [f"  - what the agent wrote: [{link}](<{link}>) ({artifact.get('bytes')} bytes, "
+                f"sha256 `{str(artifact.get('sha256') or '')[:12]}`)"]
+    return [f"  - not kept: {artifact.get('why') or 'no artifact'}"]
 
 
 def _cell(text: str) -> str:

@@ -122,6 +122,19 @@ class _Inliner:
         return self._done[place]
 
 
+def subschemas(node: Mapping[str, Any]) -> list[Any]:
+    """The schemas directly below the schema ``node``, ``$defs`` included."""
+    found: list[Any] = []
+    for key, value in node.items():
+        if key in _ONE:
+            found.append(value)
+        elif key in _LIST and isinstance(value, list):
+            found.extend(value)
+        elif key in (*_MAP, "$defs", "definitions") and isinstance(value, dict):
+            found.extend(value.values())
+    return found
+
+
 def _walk(root: Mapping[str, Any], fragment: str) -> Any:
     node: Any = root
     for raw in unquote(fragment).split("/"):

@@ -12,19 +12,19 @@ faster for the built-in schemas.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import urljoin
 
 import jsonschema
 import referencing
 import referencing.exceptions
 from referencing.jsonschema import DRAFT202012
 
-from devflow import schemarefs
+from devflow import jsontext, schemarefs
 from devflow.errors import Code, DevflowError
 
 SCHEMA_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*@[0-9]+$")
@@ -44,6 +44,28 @@ class Issue:
 
 def pointer(path: Iterable[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Dangling:
+    """A ``$ref`` that resolves to nothing: the schema it is written in, the ref, why."""
+
+    schema: str
+    ref: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"$ref {self.ref!r} in schema {self.schema} cannot be resolved ({self.why})"
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, referencing.exceptions.PointerToNowhere):
+        return "the pointer leads nowhere in the schema"
+    if isinstance(exc, referencing.exceptions.NoSuchAnchor):
+        return "no such anchor in the schema"
+    if isinstance(exc, referencing.exceptions.Unresolvable):
+        return "no schema has that id"
+    return str(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +93,7 @@ class SchemaRegistry:
         self._registry: referencing.Registry[Any] = referencing.Registry(
             retrieve=self._retrieve).with_resources(resources)  # type: ignore[call-arg]
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
+        self._dangling: dict[str, list[Dangling]] = {}
 
     @classmethod
     def from_dirs(cls, dirs: Sequence[Path]) -> SchemaRegistry:
@@ -118,6 +141,51 @@ class SchemaRegistry:
             if found is not None:
                 return found.contents
         return None
+
+    def _id_at(self, uri: str) -> str:
+        """The id of the schema ``uri`` (without its fragment) names, or ``uri``."""
+        parts = uri.partition("#")[0].split("/")
+        for i in range(len(parts)):
+            if "/".join(parts[i:]) in self._files:
+                return "/".join(parts[i:])
+        return uri
+
+    def dangling(self, schema_id: str) -> list[Dangling]:
+        """Every ``$ref`` that cannot be resolved in ``schema_id`` and in the schemas it
+        refers to, transitively: what jsonschema would only find once an instance reaches
+        the reference (after an agent ran)."""
+        found = self._dangling.get(schema_id)
+        if found is None:
+            found = self._dangling[schema_id] = self._find_dangling(schema_id)
+        return found
+
+    def _find_dangling(self, schema_id: str) -> list[Dangling]:
+        found: set[Dangling] = set()
+        seen: set[int] = set()
+        start = self.get(schema_id).contents
+        # (a schema, the resolver and the base URI its references resolve from; the
+        # resolver's class is not exported by referencing, hence Any)
+        pending: list[tuple[Any, Any, str]] = [
+            (start, self._registry.resolver(base_uri=schema_id), schema_id)]
+        while pending:
+            node, resolver, base = pending.pop()
+            if not isinstance(node, dict) or id(node) in seen:
+                continue
+            seen.add(id(node))
+            if isinstance(node.get("$id"), str) and node is not start:
+                resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+                base = urljoin(base, node["$id"])
+            ref = node.get("$ref")
+            if isinstance(ref, str):
+                try:
+                    resolved = resolver.lookup(ref)
+                    target = urljoin(base, ref).partition("#")[0] or base
+                except (referencing.exceptions.Unresolvable, ValueError) as exc:
+                    found.add(Dangling(self._id_at(base), ref, _why(exc)))
+                else:
+                    pending.append((resolved.contents, resolved.resolver, target))
+            pending.extend((child, resolver, base) for child in schemarefs.subschemas(node))
+        return sorted(found)
 
     def ids(self) -> list[str]:
         return sorted(self._files)
@@ -172,13 +240,15 @@ def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema
 
 def load_schema_file(path: Path) -> SchemaFile:
     try:
-        contents = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read schema file {path}: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise DevflowError(
-            Code.SCHEMA_INVALID, f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}",
-            hint="fix the JSON syntax at that place") from exc
+        contents = jsontext.loads(path.read_bytes())
+    except OSError as exc:
+        raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read schema file {path}: "
+                           f"{exc.strerror}", hint="check the path and its permissions") from exc
+    except jsontext.BadJSON as exc:
+        where = f"{path}:{exc.line}:{exc.column}" if exc.line else str(path)
+        raise DevflowError(Code.SCHEMA_INVALID, f"{where}: {exc}",
+                           hint="a schema file is one JSON object (UTF-8, at most "
+                                f"{jsontext.MAX_DEPTH} levels deep)", file=str(path)) from exc
     if not isinstance(contents, dict):
         raise DevflowError(Code.SCHEMA_INVALID, f"{path}: a schema must be a JSON object")
     schema_id = contents.get("$id")

@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
-from devflow import durations
+from devflow import durations, yamlsource
 from devflow.errors import Code, DevflowError
 
 _INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_bytes",
@@ -139,10 +137,11 @@ def _config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DevflowError(Code.CONFIG_INVALID, f"{path}: not valid YAML: {exc}",
-                           hint="fix or remove the configuration file") from exc
+        data = yamlsource.load_yaml(path).data or {}
+    except DevflowError as exc:  # aliases, nesting and non-JSON values refused as for definitions
+        raise DevflowError(Code.CONFIG_INVALID, exc.message,
+                           hint="fix or remove the configuration file", file=str(path),
+                           line=exc.details.get("line")) from exc
     if not isinstance(data, dict):
         raise DevflowError(Code.CONFIG_INVALID, f"{path}: must be a mapping of settings",
                            hint="e.g. `max_concurrent_runs: 20`")

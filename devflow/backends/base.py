@@ -8,13 +8,13 @@ the process's output once it exited.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from devflow import jsontext
 from devflow.backends.process import Exit
 from devflow.definitions import Persona
 from devflow.schemas import SchemaRegistry
@@ -135,7 +135,7 @@ def json_object(line: str) -> dict[str, Any] | None:
     if not line.startswith("{"):
         return None
     try:
-        value = json.loads(line)
-    except ValueError:
+        value = jsontext.loads(line)  # an agent's line: nesting checked before parsing
+    except jsontext.BadJSON:
         return None
     return value if isinstance(value, dict) else None

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from devflow.backends import samples
-from devflow.backends.base import Availability, Command, Outcome, Task, agent_env
+from devflow.backends.base import Availability, Command, Outcome, Task, agent_env, json_object
 from devflow.backends.process import Exit
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.schemas import SchemaRegistry
@@ -118,10 +118,10 @@ class Scripted:
         return script
 
     def progress(self, line: str) -> str | None:
-        try:
-            return str(json.loads(line).get("text")) or None
-        except (ValueError, AttributeError):
+        value = json_object(line)
+        if value is None:
             return None
+        return str(value.get("text")) or None
 
     def outcome(self, task: Task, exit: Exit, stdout_log: Path, stderr_log: Path) -> Outcome:
         return Outcome()

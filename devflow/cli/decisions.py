@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from devflow.cli import output
-from devflow.cli.main import State
+from devflow.cli.main import NUMBER, State
 from devflow.cli.runs import _pairs, show_view
 
 _ACTIONS = {"approve": "approve", "reject": "reject", "request-changes": "request_changes",
@@ -18,13 +18,17 @@ _ACTIONS = {"approve": "approve", "reject": "reject", "request-changes": "reques
 
 def _sections(pairs: tuple[str, ...], sections_file: Path | None) -> tuple[dict[str, str],
                                                                           dict[str, str]]:
+    from devflow import jsontext
     from devflow.errors import Code, DevflowError
     verdicts = _pairs(pairs, "--section")
     comments: dict[str, str] = {}
     if sections_file is not None:
         try:
-            data = json.loads(sections_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+            data = jsontext.loads(sections_file.read_bytes())
+        except OSError as exc:
+            raise DevflowError(Code.INVALID_INPUT, f"--sections-file {sections_file}: "
+                               f"{exc.strerror}", hint="check the path") from exc
+        except jsontext.BadJSON as exc:
             raise DevflowError(Code.INVALID_INPUT, f"--sections-file {sections_file}: {exc}",
                                hint='a JSON object: {"KEY": "approve"} or '
                                     '{"KEY": {"verdict": "reject", "comment": "why"}}') from exc
@@ -77,7 +81,7 @@ def _decide(state: State, run_id: str, action: str, approval: int | None, token:
 
 def _decision_options(fn: Any) -> Any:
     for option in reversed([
-        click.option("--approval", type=int, help="Approval id (default: the run's only "
+        click.option("--approval", type=NUMBER, help="Approval id (default: the run's only "
                                                   "pending one)."),
         click.option("--token", help="Idempotency token; the same token repeats safely."),
         click.option("--comment", "-m", help="What you want; goes into the next prompt."),
@@ -143,7 +147,7 @@ def approvals_list(state: State, pending: bool, run_id: str | None, as_json: boo
 
 
 @approvals_group.command("show")
-@click.argument("approval_id", type=int)
+@click.argument("approval_id", type=NUMBER)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def approvals_show(state: State, approval_id: int, as_json: bool) -> None:

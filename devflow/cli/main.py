@@ -45,6 +45,10 @@ class State:
 
 
 _PATHS = click.Path(path_type=Path, file_okay=False)
+#: ids, counts and sequence numbers: what the tables' INTEGER columns hold on both
+#: databases (a larger number was the driver's overflow error: internal_error on SQLite,
+#: database_error on PostgreSQL)
+NUMBER = click.IntRange(0, 2**31 - 1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     _register()
     want_json = "--json" in args
     try:
+        _check_text(args)
         code = cli.main(args=args, prog_name="devflow", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
@@ -110,6 +115,28 @@ def main(argv: list[str] | None = None) -> None:
         output.crash(exc, want_json)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _check_text(args: list[str]) -> None:
+    """Arguments are text: bytes that are not UTF-8 reach Python as lone surrogates, which
+    no file, database or git call could take later (paths included: devflow records
+    them). Refused here, naming the argument and the byte, before anything runs."""
+    from devflow import jsontext
+    from devflow.errors import Code, DevflowError
+    for i, arg in enumerate(args, 1):
+        why = jsontext.unstorable(arg)
+        if why is None:
+            continue
+        message = f"argument {i} is not text: it {why}"
+        try:
+            raw = arg.encode("utf-8", "surrogateescape")  # the bytes as they were given
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            message = (f"argument {i} is not UTF-8 text: byte {raw[exc.start]:#04x} at "
+                       f"offset {exc.start}")
+        except UnicodeEncodeError:
+            pass  # not from bytes: the surrogate itself is named
+        raise DevflowError(Code.INVALID_INPUT, message, hint="arguments must be UTF-8 text")
 
 
 if __name__ == "__main__":

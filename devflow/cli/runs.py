@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from devflow.cli import output
-from devflow.cli.main import State
+from devflow.cli.main import NUMBER, State
 
 if TYPE_CHECKING:
     from devflow.app import RunView
@@ -94,8 +94,9 @@ def run_group() -> None:
               help="The git repository to work on.")
 @click.option("--base", help="Branch (or ref) to start from; default: the repo's current branch.")
 @click.option("--template", "-t", required=True, help="NAME or NAME@VERSION, e.g. development@1.")
-@click.option("--requirements", "-r", type=click.File("r", encoding="utf-8"),
-              help="File with the requirements, or - for standard input.")
+@click.option("--requirements", "-r", type=click.Path(exists=True, dir_okay=False,
+                                                      allow_dash=True),
+              help="File with the requirements (UTF-8 text), or - for standard input.")
 @click.option("--objective", "-o", help="One line saying what the run is for.")
 @click.option("--bind", multiple=True, metavar="ROLE=PERSONA[@VERSION]",
               help="Bind a role to a persona (repeatable).")
@@ -106,25 +107,41 @@ def run_group() -> None:
 @click.option("--detach", is_flag=True, help="Create the run and leave it to workers.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
 @click.pass_obj
-def run_start(state: State, repo: Path, base: str | None, template: str, requirements: Any,
-              objective: str | None, bind: tuple[str, ...], scenario: tuple[str, ...],
-              run_id: str | None, max_cost: float | None, detach: bool, as_json: bool) -> int:
+def run_start(state: State, repo: Path, base: str | None, template: str,
+              requirements: str | None, objective: str | None, bind: tuple[str, ...],
+              scenario: tuple[str, ...], run_id: str | None, max_cost: float | None,
+              detach: bool, as_json: bool) -> int:
     """Start a run of TEMPLATE on REPO and drive it until it ends or waits at a gate."""
     from devflow.cli.progress import Progress
-    from devflow.engine.start import StartRequest
-    from devflow.errors import Code, DevflowError
-    if requirements is None and not objective:
-        raise DevflowError(Code.INVALID_INPUT, "a run needs --requirements FILE (or -) or "
-                           "--objective TEXT", hint="say what the agents should do")
-    text = requirements.read() if requirements is not None else ""
+    from devflow.engine.start import StartRequest, check_text
+    # the bytes as read: the library decodes and checks them, with the objective (here
+    # first, before the repository is looked at; and again where the run starts)
+    data = _read_requirements(requirements)
+    check_text(data, requirements, objective)
     app = state.app
     request = StartRequest(
-        repo=repo, base=base or _current_branch(repo), template=template, requirements=text,
-        objective=objective, binds=_pairs(bind, "--bind"), run_id=run_id,
-        scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost, actor=app.settings.actor)
+        repo=repo, base=base or _current_branch(repo), template=template, requirements=data,
+        requirements_source=requirements, objective=objective, binds=_pairs(bind, "--bind"),
+        run_id=run_id, scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost,
+        actor=app.settings.actor)
     with Progress(quiet=as_json or detach) as progress:
         view = app.start(request, detach=detach, observer=progress)
     return show_view(view, as_json=as_json)
+
+
+def _read_requirements(path: str | None) -> bytes:
+    """The bytes of the requirements file (``-``: standard input), read here and closed
+    (a file click opened stayed open when a later option was refused)."""
+    from devflow.errors import Code, DevflowError
+    if path is None:
+        return b""
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DevflowError(Code.INVALID_INPUT, f"requirements file {path} cannot be read: "
+                           f"{exc.strerror}", hint="check the path and its permissions") from exc
 
 
 def _current_branch(repo: Path) -> str:
@@ -152,7 +169,7 @@ def run_status(state: State, run_id: str, as_json: bool) -> int:
 @run_group.command("list")
 @click.option("--state", "states", multiple=True, type=click.Choice(_RUN_STATES))
 @click.option("--repo", type=click.Path(path_type=Path))
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=NUMBER, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def run_list(state: State, states: tuple[str, ...], repo: Path | None, limit: int,
@@ -219,7 +236,8 @@ for _verb in ("pause", "resume", "abort"):
 
 @click.command("events")
 @click.argument("run_id")
-@click.option("--after", type=int, default=0, show_default=True, help="Only events after SEQ.")
+@click.option("--after", type=NUMBER, default=0, show_default=True,
+              help="Only events after SEQ.")
 @click.option("--follow", "-f", is_flag=True, help="Wait for more until the run ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj

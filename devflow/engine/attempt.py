@@ -10,10 +10,14 @@ An attempt is four short transactions around the agent's process:
    as a checkpoint, and the phase completes or its first gate opens; a bad attempt
    (invalid or missing artifact, non-zero exit, timeout) goes back to running with
    the errors in the next prompt, at most ``max_repairs`` times, then fails the run.
+   What a refused attempt left at its artifact path is kept beside the valid copies
+   (``artifacts/<phase>.attempt-<n>.invalid.json``) and named in its
+   ``phase.artifact_invalid`` event, which the report links.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,8 @@ class Verdict:
     code: Code | None
     issues: list[Issue]
     checked: artifacts.Checked | None = None
+    #: for a refused attempt: where the bytes it left are kept, or why they are not
+    shown: dict[str, Any] | None = None
 
 
 async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
@@ -151,9 +157,11 @@ def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit
 
 def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> model.Phase:
     errors = [{"pointer": i.pointer, "message": i.message} for i in verdict.issues[:50]]
-    tx.event(model.NewEvent("phase.artifact_invalid", phase.key, {
-        "attempt": phase.attempt, "code": str(verdict.code), "errors": errors,
-        "repair": more}))
+    payload: dict[str, Any] = {"attempt": phase.attempt, "code": str(verdict.code),
+                               "errors": errors, "repair": more}
+    if verdict.shown is not None:
+        payload["artifact"] = verdict.shown
+    tx.event(model.NewEvent("phase.artifact_invalid", phase.key, payload))
     feedback = dict(tx.phase(phase.key).feedback)
     feedback.pop("interrupted", None)
     feedback["repair"] = {"code": str(verdict.code), "errors": errors}
@@ -176,7 +184,28 @@ def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase, exit_: pro
     verdict = _judge(ctx, run, phase, exit_, outcome)
     if verdict.code is None and verdict.checked is not None:
         return verdict, _keep(ctx, run, phase, verdict.checked)
-    return verdict, None
+    return dataclasses.replace(verdict, shown=_keep_refused(run, phase, verdict)), None
+
+
+def _keep_refused(run: model.Run, phase: model.Phase, verdict: Verdict) -> dict[str, Any] | None:
+    """Keep the bytes a refused attempt left at its artifact path (as read, within the size
+    cap) in the workspace, so a person can see what the agent wrote; or say why not."""
+    if phase.definition.artifact is None:
+        return None
+    checked = verdict.checked
+    if checked is None:
+        return {"kept": None, "why": f"not read: the attempt ended with {verdict.code}"}
+    if checked.data is None:  # missing, too large, not a regular file, outside the worktree
+        why = checked.issues[0].message if checked.issues else str(checked.code)
+        return {"kept": None, "why": why}
+    destination = workspace.invalid_copy(run, phase.key, phase.attempt)
+    try:
+        sha = artifacts.store(checked, destination)
+    except OSError as exc:
+        log.warning("refused_artifact_not_kept", run_id=run.id, phase=phase.key,
+                    attempt=phase.attempt, error=str(exc))
+        return {"kept": None, "why": f"cannot be written to {destination}: {exc.strerror}"}
+    return {"kept": str(destination), "sha256": sha, "bytes": len(checked.data)}
 
 
 def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked) -> Kept:

@@ -10,6 +10,7 @@ failed with a report, never left half-made.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import secrets
 import socket
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import faults, model, worktree
+from devflow import faults, jsontext, model, worktree
 from devflow.backends.scripted import check_scenario
 from devflow.engine import binding, finish, workspace
 from devflow.engine.context import Context
@@ -31,16 +32,21 @@ RUN_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
 @dataclass(frozen=True)
 class StartRequest:
+    """What a run is asked to do. ``requirements`` may be the bytes of a file as read
+    (``requirements_source`` names it): they are decoded and checked here, not by the
+    caller, so every way of starting a run refuses the same input the same way."""
+
     repo: Path
     base: str
     template: str
-    requirements: str
+    requirements: str | bytes
     actor: str
     objective: str | None = None
     binds: Mapping[str, str] = field(default_factory=dict)
     run_id: str | None = None
     scenarios: Mapping[str, str] = field(default_factory=dict)
     max_cost: float | None = None
+    requirements_source: str | None = None
 
 
 def new_run_id(ctx: Context) -> str:
@@ -62,11 +68,13 @@ def start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run
 
 def _create(ctx: Context, request: StartRequest, owner: str,
             hand_back: bool) -> tuple[model.Run, model.Lease]:
+    requirements = requirements_text(request)
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
     _check_scenarios(request.scenarios)
-    if request.max_cost is not None and request.max_cost <= 0:
+    if request.max_cost is not None and not (math.isfinite(request.max_cost)
+                                             and request.max_cost > 0):
         raise DevflowError(Code.INVALID_INPUT, "--max-cost must be a positive amount of USD",
                            hint="e.g. --max-cost 5")
     run_id = request.run_id or new_run_id(ctx)
@@ -87,7 +95,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         template_hash=template.hash, template_def=dict(template.definition), repo=str(repo),
         base=request.base, base_sha=base_sha, branch=f"devflow/{run_id}/main",
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
-        requirements=request.requirements, objective=request.objective,
+        requirements=requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
@@ -133,6 +141,63 @@ def ports_free(first: int, count: int) -> bool:
             except OSError:
                 return False
     return True
+
+
+def requirements_text(request: StartRequest) -> str:
+    return check_text(request.requirements, request.requirements_source, request.objective)
+
+
+def check_text(requirements: str | bytes, source: str | None, objective: str | None) -> str:
+    """The requirements as text, checked with the objective: a run needs one of them,
+    neither may be blank when given, and both must be text a database can keep.
+    ``source`` names the file the requirements were read from (``-``: standard input)."""
+    named = ("standard input" if source == "-" else f"requirements file {source}") \
+        if source else "the requirements"
+    text = requirements
+    if isinstance(text, bytes):
+        text = decode_requirements(text, named)
+    elif why := jsontext.unstorable(text):
+        raise DevflowError(Code.INVALID_INPUT, f"{named}: the text {why}",
+                           hint="requirements are plain text")
+    if objective is not None:
+        if why := jsontext.unstorable(objective):
+            raise DevflowError(Code.INVALID_INPUT, f"--objective: the text {why}",
+                               hint="the objective is one line of plain text")
+        if not objective.strip():
+            raise DevflowError(Code.INVALID_INPUT, "--objective is blank",
+                               hint="say in one line what the run is for, or leave "
+                                    "--objective out and give --requirements FILE")
+    if source and not text.strip():
+        raise DevflowError(Code.INVALID_INPUT, f"{named} is empty" if not text else
+                           f"{named} holds only white space",
+                           hint="write in it what the agents should do")
+    if not text.strip() and objective is None:
+        raise DevflowError(Code.INVALID_INPUT, "a run needs --requirements FILE (or -) or "
+                           "--objective TEXT", hint="say what the agents should do")
+    return text
+
+
+#: control characters that do not belong in text (tab, line feed, vertical tab, form feed
+#: and carriage return do): one of these means the file is binary
+_BINARY: Final = re.compile(rb"[\x00-\x08\x0e-\x1f]")
+
+
+def decode_requirements(data: bytes, named: str) -> str:
+    """``data`` as UTF-8 text (a byte-order mark dropped); ``invalid_input`` naming the
+    offending byte and its offset when it is not UTF-8 or is binary."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DevflowError(Code.INVALID_INPUT, f"{named} is not UTF-8 text: byte "
+                           f"{data[exc.start]:#04x} at offset {exc.start} ({exc.reason})",
+                           hint="save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`",
+                           offset=exc.start) from None
+    if (control := _BINARY.search(data)) is not None:
+        raise DevflowError(Code.INVALID_INPUT, f"{named} looks binary: control byte "
+                           f"{data[control.start()]:#04x} at offset {control.start()}",
+                           hint="requirements are text: a Markdown or plain-text file",
+                           offset=control.start())
+    return text
 
 
 def _check_scenarios(scenarios: Mapping[str, str]) -> None:

@@ -2,7 +2,8 @@
 the kept artifacts, the prompts, the agents' logs and the report.
 
 Each kind of file has one directory per run, and an attempt's files are named after
-its phase: ``prompts/<phase>.attempt-<n>.md``, ``artifacts/<phase>.attempt-<n>.json``,
+its phase: ``prompts/<phase>.attempt-<n>.md``, ``artifacts/<phase>.attempt-<n>.json``
+(``.invalid.json`` for the bytes of an artifact that was refused),
 ``logs/<phase>.attempt-<n>.stdout.log``. A phase creates files, not directories: a new
 directory costs the file system several times what a new file in an existing one does.
 """
@@ -25,6 +26,11 @@ def paths_for(ctx: Context, run_id: str) -> tuple[Path, Path]:
 
 def artifact_copy(run: model.Run, phase: str, attempt: int) -> Path:
     return Path(run.workspace) / "artifacts" / f"{attempt_name(phase, attempt)}.json"
+
+
+def invalid_copy(run: model.Run, phase: str, attempt: int) -> Path:
+    """Where the bytes of an attempt's invalid artifact are kept, for a person to read."""
+    return Path(run.workspace) / "artifacts" / f"{attempt_name(phase, attempt)}.invalid.json"
 
 
 def prompt_file(run: model.Run, phase: str, attempt: int) -> Path:

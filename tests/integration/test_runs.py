@@ -140,9 +140,10 @@ def test_repair_that_succeeds_feeds_the_errors_back(app: App, repo: Path) -> Non
     assert "artifact_invalid" in second
     for message in messages:
         assert message in second
-    # only what validated is kept
+    # what validated is kept as the artifact; the refused bytes beside it, to be read
     kept = Path(view.run.workspace) / "artifacts"
-    assert sorted(p.name for p in kept.glob("implement.*")) == ["implement.attempt-2.json"]
+    assert sorted(p.name for p in kept.glob("implement.*")) == [
+        "implement.attempt-1.invalid.json", "implement.attempt-2.json"]
     body = _valid_report(app, view)
     assert [(v["phase"], v["attempt"]) for v in body["validation_errors"]] == [("implement", 1)]
 
@@ -172,7 +173,9 @@ def test_repairs_exhausted_fail_the_run_with_the_errors_in_the_report(app: App,
     markdown = (Path(view.run.workspace) / "report.md").read_text(encoding="utf-8")
     assert "## Validation errors" in markdown
     assert "'summary' is a required property" in markdown
-    assert not list((Path(view.run.workspace) / "artifacts").glob("implement.*"))
+    # no artifact was kept as valid; what each attempt wrote is kept to be read
+    assert sorted(p.name for p in (Path(view.run.workspace) / "artifacts").glob(
+        "implement.*")) == [f"implement.attempt-{n}.invalid.json" for n in (1, 2, 3)]
 
 
 @pytest.mark.parametrize(("scenario", "code", "message"), [

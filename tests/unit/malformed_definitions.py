@@ -54,6 +54,17 @@ GOOD_PERSONA = textwrap.dedent("""\
     """)
 
 
+def alias_bomb(name: str = "custom-implementer", levels: int = 9) -> str:
+    """A persona whose free-form ``options.scenarios`` expand to 9**levels strings, in
+    0.7 KB: what checking the options, hashing or validating it would expand without end."""
+    lines = ["    l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]"
+              for i in range(1, levels)]
+    return GOOD_PERSONA.replace("custom-implementer", name).replace(
+        "options:\n  scenario: ok\n",
+        "options:\n  scenario: ok\n  scenarios:\n" + "\n".join(lines) + "\n")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str

@@ -154,9 +154,11 @@ def test_escalation_steps_must_be_in_order(catalog: Catalog) -> None:
 
 
 def test_a_nan_timeout_is_refused(catalog: Catalog) -> None:
-    with pytest.raises(DefinitionError) as caught:
+    # NaN is no JSON value: refused where the YAML is read, before the hash or the database
+    with pytest.raises(DevflowError) as caught:
         _template(catalog, GOOD_TEMPLATE.replace("timeout: 30m", "timeout: .nan"))
-    assert caught.value.code is Code.BAD_DURATION
+    assert caught.value.code is Code.YAML_INVALID
+    assert "at /phases/0/timeout: nan is not a JSON number" in caught.value.message
 
 
 @pytest.mark.parametrize(("path", "ok"), [
@@ -254,3 +256,25 @@ def test_version_as_number_or_string_hashes_alike(catalog: Catalog) -> None:
 def test_a_change_of_body_changes_the_hash(catalog: Catalog, old: str, new: str) -> None:
     assert _template(catalog, GOOD_TEMPLATE).hash != _template(
         catalog, GOOD_TEMPLATE.replace(old, new)).hash
+
+
+def test_a_template_whose_schema_has_a_dangling_ref_names_the_schema_and_the_ref(
+        tmp_path: Path) -> None:
+    (tmp_path / "outer.json").write_text(
+        '{"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": "acme/outer@1",'
+        ' "properties": {"x": {"$ref": "acme/missing@1"}}}', encoding="utf-8")
+    catalog = Catalog(Dirs.with_builtins(schemas=[tmp_path]),
+                      check_persona_options=backends.check_options)
+    text = GOOD_TEMPLATE.replace("schema: dev/review@1", "schema: acme/outer@1")
+    path = tmp_path / "custom.yaml"
+    with pytest.raises(DefinitionError) as caught:
+        _template(catalog, text, path)
+    [problem] = caught.value.problems
+    assert problem.code is Code.SCHEMA_INVALID and problem.path == ("phases", 1, "artifact",
+                                                                    "schema")
+    line = next(i for i, t in enumerate(text.splitlines(), 1) if "acme/outer@1" in t)
+    assert caught.value.message == (
+        f"{path}:{line}: at /phases/1/artifact/schema: phase 'review' uses schema "
+        "acme/outer@1, where $ref 'acme/missing@1' in schema acme/outer@1 cannot be resolved "
+        "(no schema has that id)")
+    assert "$ref" in caught.value.hint

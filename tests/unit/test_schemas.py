@@ -206,3 +206,55 @@ def test_any_of_reports_the_specific_problem(tmp_path: Path) -> None:
     assert len(issues) == 1 and issues[0].pointer == "/v"
     # one branch's own complaint, not the umbrella "is not valid under any of the given schemas"
     assert issues[0].message in ("3 is less than the minimum of 10", "3 is not of type 'string'")
+
+
+# -- references that resolve to nothing, found before any instance reaches them -------------
+def test_dangling_references_are_found_transitively_with_where_they_are(tmp_path: Path) -> None:
+    _write(tmp_path, "outer.json", {
+        "$schema": DRAFT, "$id": "acme/outer@1", "type": "object",
+        "properties": {"inner": {"$ref": "acme/inner@1"},
+                       "local": {"$ref": "#/$defs/nowhere"},
+                       "fine": {"$ref": "#/$defs/word"},
+                       "anchored": {"$ref": "#no-such-anchor"},
+                       "tree": {"$ref": "#"}},          # a cycle: followed once
+        "$defs": {"word": {"type": "string"},
+                  "unused": {"items": {"$ref": "acme/typo@1"}}},  # never reached, still found
+    })
+    _write(tmp_path, "inner.json", {
+        "$schema": DRAFT, "$id": "acme/inner@1", "type": "object",
+        "properties": {"finding": {"$ref": "common/finding@1"},
+                       "gone": {"$ref": "common/findng@1#/properties/key"}}})
+    reg = Catalog(Dirs.with_builtins(schemas=[tmp_path])).schemas
+    found = [(d.schema, d.ref, d.why) for d in reg.dangling("acme/outer@1")]
+    assert found == [
+        ("acme/inner@1", "common/findng@1#/properties/key", "no schema has that id"),
+        ("acme/outer@1", "#/$defs/nowhere", "the pointer leads nowhere in the schema"),
+        ("acme/outer@1", "#no-such-anchor", "no such anchor in the schema"),
+        ("acme/outer@1", "acme/typo@1", "no schema has that id"),
+    ]
+    assert str(reg.dangling("acme/outer@1")[1]) == (
+        "$ref '#/$defs/nowhere' in schema acme/outer@1 cannot be resolved (the pointer leads "
+        "nowhere in the schema)")
+    assert reg.dangling("acme/inner@1") == reg.dangling("acme/outer@1")[:1]
+    assert reg.dangling("acme/outer@1") is reg.dangling("acme/outer@1")  # walked once
+
+
+def test_the_builtin_schemas_have_no_dangling_reference() -> None:
+    reg = Catalog(Dirs.with_builtins()).schemas
+    assert {i: reg.dangling(i) for i in reg.ids()} == {i: [] for i in reg.ids()}
+
+
+def test_references_below_an_id_are_judged_as_validation_would(tmp_path: Path) -> None:
+    # an $id below the root moves the base URI (to acme/acme/parts/part@1, relative to
+    # acme/scoped@1), where no schema is registered: validation cannot resolve either
+    # reference, and the walk says so before an instance reaches them
+    _write(tmp_path, "scoped.json", {
+        "$schema": DRAFT, "$id": "acme/scoped@1",
+        "properties": {"part": {"$id": "acme/parts/part@1", "$defs": {"n": {"type": "number"}},
+                                "properties": {"n": {"$ref": "#/$defs/n"},
+                                               "m": {"$ref": "#/$defs/m"}}}}})
+    reg = SchemaRegistry.from_dirs([tmp_path])
+    assert {d.ref for d in reg.dangling("acme/scoped@1")} == {"#/$defs/n", "#/$defs/m"}
+    with pytest.raises(DevflowError) as caught:
+        reg.validate("acme/scoped@1", {"part": {"n": 1}})
+    assert caught.value.code is Code.SCHEMA_INVALID
