@@ -150,6 +150,9 @@ def authorize(policy: Policy, principal: Principal, actor: str, what: str,
         if not policy.approves(actor, gate.approvers):
             refused = principal.describe() + (f" (as {actor})" if actor != principal.name
                                               else "")
+            if not operators and policy.operator(actor):
+                who += ("; operators do not decide gates: they may pause, resume or abort "
+                        "the run (devflow run abort)")
             raise DevflowError(Code.NOT_AUTHORIZED,
                                f"{refused} may not {what}: gate {gate.name} is restricted "
                                f"to {policy.who(gate.approvers)}", hint=who)

@@ -77,7 +77,7 @@ def test_acting_for_another_needs_act_for_others_and_an_approver() -> None:
 
 def test_operators_steer_but_do_not_decide() -> None:
     ops = account("ops")
-    refused(ops, "ops", [LEADS])
+    assert "operators do not decide gates" in refused(ops, "ops", [LEADS]).hint
     assert access.authorize(POLICY, ops, "ops", "pause run r", [LEADS], operators=True) == SELF
     error = refused(account("carol"), "carol", [LEADS], operators=True)
     assert "the operators group: ops" in error.hint
