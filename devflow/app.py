@@ -6,7 +6,6 @@ runs enter the async core with ``anyio.run``.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import signal
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 
-from devflow import approvals, backends, logs, model, redact
+from devflow import access, approvals, backends, logs, model, redact
 from devflow import sweep as sweep_module
 from devflow.backends.base import BASE_ENV
 from devflow.catalog import Catalog, Dirs
@@ -243,19 +242,23 @@ class App:
                            delete_branches=delete_branches, dry_run=dry_run)
 
     # -- people ----------------------------------------------------------------------------
+    # Who the caller is (``principal``) is the interface's to establish: the CLI's is the
+    # OS account running it (the default); the HTTP API's will be its token's actor.
+    # Who may do what is decided below, by access.authorize, for every interface alike.
     def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:
-        if not request.groups and self.settings.groups:
-            request = dataclasses.replace(request, groups=self.settings.groups)
         return control.decide(self.context(), request)
 
-    def pause(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:
-        return control.pause(self.context(), run_id, actor, reason)
+    def pause(self, run_id: str, actor: str, reason: str | None = None,
+              principal: access.Principal | None = None) -> control.Changed:
+        return control.pause(self.context(), run_id, actor, reason, principal)
 
-    def resume(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:
-        return control.resume(self.context(), run_id, actor, reason)
+    def resume(self, run_id: str, actor: str, reason: str | None = None,
+               principal: access.Principal | None = None) -> control.Changed:
+        return control.resume(self.context(), run_id, actor, reason, principal)
 
-    def abort(self, run_id: str, actor: str, reason: str | None = None) -> control.Changed:
-        return control.abort(self.context(), run_id, actor, reason)
+    def abort(self, run_id: str, actor: str, reason: str | None = None,
+              principal: access.Principal | None = None) -> control.Changed:
+        return control.abort(self.context(), run_id, actor, reason, principal)
 
     def approvals(self, *, pending: bool = False,
                   run_id: str | None = None) -> list[model.Approval]:

@@ -5,8 +5,9 @@ the round and the evidence the approver is shown (artifact sha256, worktree HEAD
 tree). A decision is keyed by ``(approval_id, client_token)``: the same token and
 action again returns the first outcome and changes nothing; another action with the
 token, or a decision on a request that is no longer pending, is ``approval_conflict``;
-evidence that changed since the gate opened is ``approval_stale``. Everything a
-decision does happens in one transaction on the locked run.
+evidence that changed since the gate opened is ``approval_stale``; who may decide is
+``access.authorize``'s to say, and how the decision was authenticated is recorded with
+it. Everything a decision does happens in one transaction on the locked run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import artifacts, faults, model, transitions, worktree
+from devflow import access, artifacts, faults, model, transitions, worktree
 from devflow.definitions import GateDef, gate_of
 from devflow.errors import Code, DevflowError
 from devflow.states import ACTION_OUTCOME, TERMINAL, ApprovalState, PhaseState, RunState
@@ -76,11 +77,16 @@ class DecisionRequest:
     sections: Mapping[str, str] = field(default_factory=dict)
     section_comments: Mapping[str, str] = field(default_factory=dict)
     rewind: bool = False
-    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: what the caller was shown; when given it must match the gate's evidence
     expect_artifact_sha: str | None = None
-    #: escalation and timeouts decide without a person's checks
+    #: escalation and timeouts decide without a person's checks (their principal is system)
     system_reason: str | None = None
+    #: who is authenticated (the interface's to establish); None: this process's OS account
+    principal: access.Principal | None = None
+
+    @property
+    def authenticated(self) -> access.Principal:
+        return self.principal or access.os_account()
 
 
 @dataclass(frozen=True)
@@ -130,8 +136,13 @@ def _evidence_on_branch(run: model.Run, shown: model.Evidence,
 
 
 def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,
-              current: model.Evidence | None) -> DecisionResult:
-    """Record one decision and do what it says, in the caller's transaction."""
+              current: model.Evidence | None,
+              policy: access.Policy = access.NO_GRANTS) -> DecisionResult:
+    """Record one decision and do what it says, in the caller's transaction.
+
+    ``policy`` is what the configuration grants (groups, delegates); an empty one grants
+    nothing beyond the approvers named.
+    """
     approval = tx.approval(approval_id)
     existing = tx.decision_by_token(approval_id, req.token)
     if existing is not None:
@@ -143,39 +154,52 @@ def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,
                                     "a new token")
         return DecisionResult(existing, approval, tx.run, True,
                               tx.decision_outcome(existing.id))
-    _check(tx, req, approval, current)
+    authentication = _check(tx, req, approval, current, policy)
     decision = tx.add_decision(
         approval_id=approval_id, client_token=req.token, action=req.action, actor=req.actor,
         comment=req.comment if not req.system_reason else req.system_reason,
         sections=dict(req.sections),
         evidence=(current.to_json() if current else {**approval.evidence.to_json(),
-                                                        "checked": False}))
+                                                        "checked": False}),
+        authentication=authentication)
     resolved = tx.resolve_approval(approval_id, ACTION_OUTCOME[req.action], by=req.actor,
                                    resolution=req.action)
     tx.event(model.NewEvent("approval.resolved", approval.phase_key, {
         "approval_id": approval_id, "gate": approval.gate, "round": approval.round,
         "action": req.action, "actor": req.actor, "decision_id": decision.id,
-        "reason": req.system_reason, "sections": dict(req.sections)},
+        "reason": req.system_reason, "sections": dict(req.sections),
+        "authentication": authentication},
         key=f"{tx.run.id}:approval.resolved:{approval_id}"), unseen=True)  # it was pending
-    outcome = _apply(tx, req, approval)
+    outcome = _apply(tx, req, approval, authentication)
     tx.set_decision_outcome(decision.id, outcome)
     return DecisionResult(decision, resolved, tx.run, False, outcome)
 
 
 def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
-           current: model.Evidence | None) -> None:
+           current: model.Evidence | None, policy: access.Policy) -> dict[str, Any]:
+    """Refuse the decision, or say how it was authenticated (the record to keep)."""
     if approval.state is not ApprovalState.PENDING:
         raise DevflowError(Code.APPROVAL_CONFLICT,
                            f"approval {approval.id} ({approval.gate}) is no longer pending",
                            hint=f"it is {approval.state}"
                                 + (f" by {approval.resolved_by}" if approval.resolved_by else ""),
                            state=str(approval.state))
-    if req.system_reason:
-        return  # the template's own escalation chain or timeout decides
+    principal = req.authenticated
+    if req.system_reason and principal.method == access.SYSTEM:
+        # the template's own escalation chain or timeout decides
+        return principal.record(access.SELF)
+    if req.system_reason or principal.method == access.SYSTEM:
+        raise DevflowError(Code.NOT_AUTHORIZED,
+                           f"{principal.describe()} may not decide for devflow itself",
+                           hint="only escalations and timeouts decide as system")
     if req.actor.startswith("system:"):
         raise DevflowError(Code.INVALID_INPUT, f"actor {req.actor!r} is reserved",
                            hint="names starting with system: are devflow's own (escalations, "
                                 "timeouts); decide under your own name")
+    attribution = access.authorize(
+        policy, principal, req.actor,
+        f"{req.action.replace('_', ' ')} gate {approval.gate} of run {tx.run.id}",
+        [access.Gate(approval.gate, approval.approvers)])
     if req.action not in approval.options:
         raise DevflowError(Code.INVALID_INPUT,
                            f"gate {approval.gate} does not offer {req.action}",
@@ -184,10 +208,6 @@ def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
         raise DevflowError(Code.ILLEGAL_TRANSITION,
                            f"run {tx.run.id} is paused: only reject and abort are accepted",
                            hint=f"devflow run resume {tx.run.id}, then decide")
-    if not authorized(approval.approvers, req.actor, req.groups):
-        raise DevflowError(Code.NOT_AUTHORIZED,
-                           f"{req.actor} may not decide gate {approval.gate}",
-                           hint=f"its approvers: {', '.join(approval.approvers)}")
     recorded = approval.evidence
     if req.expect_artifact_sha and req.expect_artifact_sha != recorded.artifact_sha:
         raise _stale(approval, "the artifact you were shown is not the one at the gate")
@@ -198,19 +218,13 @@ def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
             raise _stale(approval, "the worktree changed since the gate opened")
     if req.sections:
         _check_sections(tx, approval, req.sections)
+    return principal.record(attribution)
 
 
 def _stale(approval: model.Approval, why: str) -> DevflowError:
     return DevflowError(Code.APPROVAL_STALE, f"approval {approval.id} ({approval.gate}): {why}",
                         hint="nothing was decided; look again (devflow approvals show "
                              f"{approval.id}) once the worktree is back as it was shown")
-
-
-def authorized(approvers: tuple[str, ...], actor: str,
-               groups: Mapping[str, tuple[str, ...]]) -> bool:
-    if not approvers:
-        return True
-    return any(actor == a or actor in groups.get(a, ()) for a in approvers)
 
 
 def section_keys(tx: RunTx, approval: model.Approval) -> list[str]:
@@ -239,7 +253,8 @@ def _check_sections(tx: RunTx, approval: model.Approval, sections: Mapping[str, 
                                "approve or reject", hint="--section KEY=approve|reject")
 
 
-def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval) -> dict[str, Any]:
+def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
+           authentication: Mapping[str, Any]) -> dict[str, Any]:
     phase = tx.phase(approval.phase_key)
     outcome: dict[str, Any] = {"action": req.action}
     rejected = [k for k, v in req.sections.items() if v == "reject"]
@@ -265,6 +280,7 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval) -> dict[st
         _changes(tx, req, phase, rejected)
     elif req.action == "reject":
         transitions.terminate_in(tx, RunState.FAILED, by=req.actor,
+                     authentication=authentication,
                      code=str(Code.APPROVAL_TIMEOUT) if req.actor == "system:timeout"
                      else str(Code.APPROVAL_REJECTED),
                      reason=f"gate {approval.gate} rejected by {req.actor}"
@@ -272,7 +288,7 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval) -> dict[st
                                if (req.comment or req.system_reason) else ""))
     else:
         transitions.terminate_in(tx, RunState.ABORTED, by=req.actor,
-                     reason=req.comment or req.system_reason)
+                     authentication=authentication, reason=req.comment or req.system_reason)
     run = tx.run
     outcome.update(approval_state=str(ACTION_OUTCOME[req.action]), run_state=str(run.state),
                    phase_state=str(tx.phase(phase.key).state),

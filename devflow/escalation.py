@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from devflow import model
+from devflow import access, model
 from devflow.approvals import DecisionRequest, decide_in, next_due
 from devflow.definitions import EscalationStep, gate_of
 from devflow.errors import Code
@@ -60,7 +60,8 @@ def step_due(tx: RunTx, approval_id: int) -> Step | None:
     elif not gate.escalation and approval.deadline is not None and now >= approval.deadline:
         decide_in(tx, DecisionRequest(
             run_id=tx.run.id, action="reject", actor="system:timeout",
-            token=f"timeout:{approval_id}", system_reason=str(Code.APPROVAL_TIMEOUT)),
+            token=f"timeout:{approval_id}", system_reason=str(Code.APPROVAL_TIMEOUT),
+            principal=access.system("system:timeout")),
             approval_id, None)
         step = Step("timed_out", approval_id, {"deadline": model.iso(approval.deadline)})
     if step is None:
@@ -95,7 +96,8 @@ def _escalate(tx: RunTx, approval: model.Approval, index: int,
         key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))
     decide_in(tx, DecisionRequest(
         run_id=tx.run.id, action=chain.action, actor="system:escalation",
-        token=f"escalation:{approval.id}:{number}", system_reason=chain.audit_reason),
+        token=f"escalation:{approval.id}:{number}", system_reason=chain.audit_reason,
+        principal=access.system("system:escalation")),
         approval.id, None)
     return Step("decided", approval.id, {"step": number, "action": chain.action,
                                          "reason": chain.audit_reason})

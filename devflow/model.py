@@ -253,11 +253,15 @@ class Decision:
     sections: Mapping[str, str]
     evidence: Mapping[str, Any]
     created_at: datetime
+    #: how it was authenticated (``access.Principal.record``); None before it was recorded
+    authentication: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "approval_id": self.approval_id, "token": self.client_token,
                 "action": self.action, "actor": self.actor, "comment": self.comment,
                 "sections": dict(self.sections), "evidence": dict(self.evidence),
+                "authentication": (dict(self.authentication)
+                                   if self.authentication is not None else None),
                 "created_at": iso(self.created_at)}
 
 

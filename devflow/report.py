@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import faults, model
+from devflow import access, faults, model
 from devflow.durations import format_duration
 from devflow.model import iso, utcnow
 from devflow.worktree import Commit, FileStat
@@ -81,7 +81,10 @@ def compose(data: ReportData) -> dict[str, Any]:
             "resolved_at": iso(a.resolved_at), "artifact_sha256": a.evidence.artifact_sha,
             "decisions": [{"action": d.action, "actor": d.actor, "comment": d.comment,
                            "token": d.client_token, "at": iso(d.created_at),
-                           "sections": dict(d.sections)} for d in by_approval.get(a.id, [])],
+                           "sections": dict(d.sections),
+                           "authentication": (dict(d.authentication)
+                                              if d.authentication is not None else None)}
+                          for d in by_approval.get(a.id, [])],
         } for a in data.approvals],
         "invocations": [{
             "phase": i.phase_key, "attempt": i.attempt, "kind": i.kind, "backend": i.backend,
@@ -181,12 +184,14 @@ def markdown(report: dict[str, Any]) -> str:
                     [[b["role"], b["persona"], f"{b['backend']} {b.get('backend_version') or ''}"]
                      for b in report["bindings"]])
     decisions = [[str(a["id"]), a["gate"], a["phase"], str(a["round"]), d["action"], d["actor"],
+                  access.describe(d.get("authentication"), d["actor"]),
                   (d.get("comment") or "").replace("\n", " ")[:80]]
                  for a in report["approvals"] for d in a["decisions"]]
     lines += _table("Approvals and decisions",
-                    ["approval", "gate", "phase", "round", "decision", "actor", "comment"],
+                    ["approval", "gate", "phase", "round", "decision", "actor", "authenticated",
+                     "comment"],
                     decisions or [[str(a["id"]), a["gate"], a["phase"], str(a["round"]),
-                                   a["state"], "—", ""] for a in report["approvals"]])
+                                   a["state"], "—", "—", ""] for a in report["approvals"]])
     lines += _table("Agent invocations", ["phase", "attempt", "backend", "exit", "duration",
                                           "tokens in/out", "cost"],
                     [[i.get("phase") or "setup", str(i.get("attempt")), i["backend"],

@@ -14,8 +14,12 @@ then command-line options — each overriding the one before.
 | lease_seconds | DEVFLOW_LEASE_SECONDS | 30 |
 | max_recoveries | DEVFLOW_MAX_RECOVERIES | 3 |
 | log_format | DEVFLOW_LOG_FORMAT | auto (console on a terminal, JSON otherwise) |
-| actor | DEVFLOW_ACTOR | the OS user |
-| groups | (config file only) | {} — approver groups: name -> members |
+| actor | DEVFLOW_ACTOR | the OS account running devflow (from its uid) — a name decisions |
+| | | are attributed to; another's name is a label, or needs act_for_others (access.py) |
+| groups | (config file only) | {} — approver groups: name -> members; ``operators`` may |
+| | | pause, resume and abort runs waiting at gates that name approvers |
+| act_for_others | (config file only) | () — OS accounts that may act under another's name |
+| | | (``--as``, DEVFLOW_ACTOR) on gates that name approvers |
 | prices | (config file only) | {} — USD per million tokens by model name (``input``, |
 | | | ``output``, ``cached_input``), for CLIs that print no cost (docs/backends.md) |
 | port_range, port_block | (config file only) | 20000-39999, 10 — TCP port blocks for runs |
@@ -24,7 +28,6 @@ then command-line options — each overriding the one before.
 from __future__ import annotations
 
 import dataclasses
-import getpass
 import os
 import re
 from collections.abc import Mapping
@@ -32,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import durations, yamlsource
+from devflow import access, durations, yamlsource
 from devflow.errors import Code, DevflowError
 
 _INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_bytes",
@@ -61,12 +64,17 @@ class Settings:
     port_range: str = "20000-39999"
     port_block: int = 10
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    act_for_others: tuple[str, ...] = ()
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
     @property
     def ports(self) -> tuple[int, int]:
         first, _, last = self.port_range.partition("-")
         return int(first), int(last)
+
+    @property
+    def policy(self) -> access.Policy:
+        return access.Policy(groups=self.groups, act_for_others=self.act_for_others)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -121,16 +129,29 @@ class Settings:
                 dirs = values[name]
                 dirs = [dirs] if isinstance(dirs, str) else dirs
                 values[name] = tuple(Path(p).expanduser().resolve() for p in dirs)
-        if "groups" in values:
-            values["groups"] = {str(k): (str(v),) if isinstance(v, str) else tuple(map(str, v))
-                                for k, v in (values["groups"] or {}).items()}
+        _access(values)
         if values.get("log_format", "auto") not in ("auto", "console", "json"):
             raise DevflowError(Code.CONFIG_INVALID, f"log_format {values['log_format']!r}",
                                hint="auto, console or json")
         workspace = Path(values.pop("workspace", None) or home / "workspace").expanduser()
         database_url = values.pop("database_url", None) or f"sqlite:///{home / 'devflow.db'}"
-        values.setdefault("actor", _os_user())
+        values.setdefault("actor", access.os_account().name)
         return cls(home=home, database_url=database_url, workspace=workspace.resolve(), **values)
+
+
+def _access(values: dict[str, Any]) -> None:
+    """Groups and act_for_others as written in config.yaml: a name or a list of names."""
+    if "groups" in values:
+        values["groups"] = {str(k): _names(v) for k, v in (values["groups"] or {}).items()}
+    if "act_for_others" in values:
+        values["act_for_others"] = _names(values["act_for_others"])
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A name or a list of names, as written in config.yaml."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(map(str, value or ()))
 
 
 def _config_file(path: Path) -> dict[str, Any]:
@@ -147,9 +168,3 @@ def _config_file(path: Path) -> dict[str, Any]:
                            hint="e.g. `max_concurrent_runs: 20`")
     return data
 
-
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return f"uid:{os.getuid()}"

@@ -175,6 +175,20 @@ def approve_through(app: App, view: RunView, *gates: str) -> RunView:
     return view
 
 
+def snapshot(app: App, run_id: str) -> dict[str, Any]:
+    """Everything a refused decision (or pause, resume, abort) must leave as it was."""
+    run = app.store.runs.get(run_id)
+    return {
+        "state": str(run.state), "paused_from": run.paused_from, "last_seq": run.last_seq,
+        "approvals": [(a.id, str(a.state), a.resolved_by, a.approvers)
+                      for a in app.store.approvals.find(run_id=run_id)],
+        "decisions": [d.id for d in app.store.approvals.decisions(run_id=run_id)],
+        "phases": [(p.key, str(p.state), p.attempt, p.round)
+                   for p in app.store.runs.phases(run_id)],
+        "report": run.report_status,
+    }
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

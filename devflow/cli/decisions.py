@@ -49,16 +49,19 @@ def _decide(state: State, run_id: str, action: str, approval: int | None, token:
             comment: str | None, actor: str | None, no_drive: bool, as_json: bool,
             section: tuple[str, ...], sections_file: Path | None, rewind: bool,
             artifact_sha: str | None) -> int:
+    from devflow import access
     from devflow.approvals import DecisionRequest, new_token
     from devflow.cli.progress import Progress
     app = state.app
     verdicts, comments = _sections(section, sections_file)
     made_token = token is None
+    # who decides is the OS account running this command (its uid); --as and
+    # DEVFLOW_ACTOR only name whom the decision is attributed to
     request = DecisionRequest(
         run_id=run_id, action=_ACTIONS[action], actor=actor or app.settings.actor,
         token=token or new_token(), approval_id=approval, comment=comment, sections=verdicts,
-        section_comments=comments, rewind=rewind, groups=app.settings.groups,
-        expect_artifact_sha=artifact_sha)
+        section_comments=comments, rewind=rewind, expect_artifact_sha=artifact_sha,
+        principal=access.os_account())
     result = app.decide(request)
     if not as_json:
         what = "replayed (already recorded)" if result.replayed else "recorded"
@@ -85,8 +88,10 @@ def _decision_options(fn: Any) -> Any:
                                                   "pending one)."),
         click.option("--token", help="Idempotency token; the same token repeats safely."),
         click.option("--comment", "-m", help="What you want; goes into the next prompt."),
-        click.option("--as", "actor", help="Decide as this actor (default: DEVFLOW_ACTOR or "
-                                           "the OS user)."),
+        click.option("--as", "actor", metavar="NAME",
+                     help="Attribute the decision to NAME (default: DEVFLOW_ACTOR, else your OS "
+                          "account). A label where the gate names no approvers; where it "
+                          "does, refused unless config act_for_others lists your account."),
         click.option("--section", multiple=True, metavar="KEY=approve|reject",
                      help="Decide one item of a sectioned artifact (repeatable)."),
         click.option("--sections-file", type=click.Path(path_type=Path, dir_okay=False),
@@ -170,9 +175,11 @@ def approvals_show(state: State, approval_id: int, as_json: bool) -> None:
                ("sections", approval.sections)])
     if artifact is not None:
         click.echo("\n" + json.dumps(artifact, indent=2, ensure_ascii=False))
+    from devflow import access
     for d in decisions:
         click.echo(f"\n{d.created_at:%Y-%m-%d %H:%M:%S} {d.actor}: {d.action}"
-                   + (f": {d.comment}" if d.comment else ""))
+                   + (f": {d.comment}" if d.comment else "")
+                   + f"\n  authenticated: {access.describe(d.authentication, d.actor)}")
 
 
 def register(cli: click.Group) -> None:

@@ -206,13 +206,21 @@ def _steer(verb: str) -> click.Command:
     @click.command(verb)
     @click.argument("run_id")
     @click.option("--reason", help="Why; recorded with the event.")
+    @click.option("--as", "actor", metavar="NAME",
+                  help="Attribute it to NAME (default: DEVFLOW_ACTOR, else your OS account); "
+                       "at a gate that names approvers, refused unless config act_for_others "
+                       "lists your account.")
     @click.option("--no-drive", is_flag=True, help="(resume) Leave the run to workers.")
     @click.option("--json", "as_json", is_flag=True)
     @click.pass_obj
-    def command(state: State, run_id: str, reason: str | None, no_drive: bool,
-                as_json: bool) -> int:
+    def command(state: State, run_id: str, reason: str | None, actor: str | None,
+                no_drive: bool, as_json: bool) -> int:
+        from devflow import access
         app = state.app
-        result = getattr(app, verb)(run_id, app.settings.actor, reason)
+        # the OS account running this command is who acts; the name is whom it is
+        # attributed to
+        result = getattr(app, verb)(run_id, actor or app.settings.actor, reason,
+                                    access.os_account())
         view = app.view(result.run.id)
         if verb == "resume" and result.changed and not no_drive:
             from devflow.cli.progress import Progress

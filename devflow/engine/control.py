@@ -4,13 +4,19 @@ Each is one transaction on the locked run. Pause, resume and abort repeated are
 no-ops that say ``changed: false``; on a terminal run they are conflicts (abort of an
 aborted run is a repeat, not a conflict). A decision or an abort that ends the run
 kills the run's agents on this host and writes the report.
+
+Who may is ``access.authorize``'s to say, under the lock, before anything changes:
+pause, resume and abort of a run waiting at a gate that names approvers need one of
+them or a member of the ``operators`` group; other runs are open to anyone who can
+reach devflow. Their events record how the caller was authenticated.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from devflow import approvals, faults, model, transitions
+from devflow import access, approvals, faults, model, transitions
 from devflow.engine import finish
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
@@ -41,8 +47,9 @@ def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionRe
     if candidate is not None and candidate.state == "pending" and not req.system_reason \
             and not seen.token_used:
         current = approvals.current_evidence(run, candidate, ctx.settings.artifact_max_bytes)
+    policy = ctx.settings.policy
     result = ctx.change(run.id, lambda tx: approvals.decide_in(
-        tx, req, _pick_in(tx, req, candidate), current),
+        tx, req, _pick_in(tx, req, candidate), current, policy),
         phase=candidate.phase_key if candidate is not None else None, deciding=True)
     faults.point("decision_recorded")
     if not result.replayed and result.run.state in TERMINAL:
@@ -75,8 +82,10 @@ def _pick_in(tx: RunTx, req: approvals.DecisionRequest,
     return pending[0].id
 
 
-def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> Changed:
+def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None,
+          principal: access.Principal | None = None) -> Changed:
     def fn(tx: RunTx) -> Changed:
+        authentication = _authorize(ctx, tx, "pause", actor, principal)
         if tx.state is RunState.PAUSED:
             return Changed(tx.run, False)
         _not_terminal(tx, "paused")
@@ -85,32 +94,49 @@ def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> C
                                f"run {tx.run.id} is {tx.state}: it can be paused once it executes",
                                hint="pause works from executing, planning or awaiting_approval")
         return Changed(tx.move_run(RunState.PAUSED, model.NewEvent(
-            "run.paused", payload={"by": actor, "reason": reason, "from": str(tx.state)})), True)
+            "run.paused", payload={"by": actor, "reason": reason, "from": str(tx.state),
+                                   "authentication": authentication})), True)
     return ctx.change(ctx.store.runs.get(run_id).id, fn)
 
 
-def resume(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> Changed:
+def resume(ctx: Context, run_id: str, actor: str, reason: str | None = None,
+           principal: access.Principal | None = None) -> Changed:
     def fn(tx: RunTx) -> Changed:
+        authentication = _authorize(ctx, tx, "resume", actor, principal)
         _not_terminal(tx, "resumed")
         if tx.state is not RunState.PAUSED:
             return Changed(tx.run, False)
         target = tx.run.paused_from or RunState.EXECUTING
         return Changed(tx.move_run(RunState(target), model.NewEvent(
-            "run.resumed", payload={"by": actor, "reason": reason, "to": str(target)})), True)
+            "run.resumed", payload={"by": actor, "reason": reason, "to": str(target),
+                                    "authentication": authentication})), True)
     return ctx.change(ctx.store.runs.get(run_id).id, fn)
 
 
-def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None) -> Changed:
+def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None,
+          principal: access.Principal | None = None) -> Changed:
     def fn(tx: RunTx) -> Changed:
+        authentication = _authorize(ctx, tx, "abort", actor, principal)
         if tx.state is RunState.ABORTED:
             return Changed(tx.run, False)
         _not_terminal(tx, "aborted")
-        return Changed(transitions.terminate_in(tx, RunState.ABORTED, by=actor, reason=reason),
-                       True)
+        return Changed(transitions.terminate_in(tx, RunState.ABORTED, by=actor, reason=reason,
+                                                authentication=authentication), True)
     result = ctx.change(ctx.store.runs.get(run_id).id, fn)
     if result.changed:
         finish.write_report(ctx, result.run.id)
     return Changed(ctx.store.runs.get(result.run.id), result.changed)
+
+
+def _authorize(ctx: Context, tx: RunTx, verb: str, actor: str,
+               principal: access.Principal | None) -> dict[str, Any]:
+    """Refuse, or say how the caller was authenticated: the gates the run waits at (a
+    paused run's included) decide who may steer it."""
+    principal = principal or access.os_account()
+    gates = [access.Gate(a.gate, a.approvers) for a in tx.approvals(pending=True)]
+    attribution = access.authorize(ctx.settings.policy, principal, actor,
+                                   f"{verb} run {tx.run.id}", gates, operators=True)
+    return principal.record(attribution)
 
 
 def _not_terminal(tx: RunTx, verb: str) -> None:

@@ -78,7 +78,8 @@ def decision(row: Columns) -> model.Decision:
     return model.Decision(
         id=row.id, approval_id=row.approval_id, client_token=row.client_token, action=row.action,
         actor=row.actor, comment=row.comment, sections=dict(row.sections),
-        evidence=dict(row.evidence), created_at=row.created_at)
+        evidence=dict(row.evidence), created_at=row.created_at,
+        authentication=dict(row.authentication) if row.authentication is not None else None)
 
 
 def invocation(row: Columns) -> model.Invocation:

@@ -211,6 +211,9 @@ class DecisionRow(SQLModel, table=True):
     evidence: dict[str, Any] = _json()
     outcome: dict[str, Any] = _json()
     created_at: datetime = _time()
+    #: how the decision was authenticated: method, principal, id, attribution (access.py);
+    #: NULL for decisions recorded before it was kept
+    authentication: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
 
 
 class EventRow(SQLModel, table=True):

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from devflow import access
 from devflow.catalog import Catalog, Dirs
 from tests.conftest import as_json, make_repo
 from tests.gates_support import (
@@ -321,14 +322,22 @@ def test_approvers_by_name_by_actor_variable_and_by_group(dcli: Cli, repo: Path,
     error = error_of(refused)
     assert error["code"] == "not_authorized"
     assert "tester" in error["message"] and "alice" in error["hint"]
+    # --as names alice, but the OS account running the command is not alice: refused,
+    # unless the configuration lets this account act for others
+    as_alice = dcli("approve", run_id, "--as", "alice", "--json", check=3)
+    assert error_of(as_alice)["code"] == "not_authorized"
+    me = access.os_account().name
+    (home / "config.yaml").write_text(f"act_for_others: [{me}]\n", encoding="utf-8")
     by_name = as_json(dcli("approve", run_id, "--as", "alice", "--json", check=0))
     assert by_name["decision"]["actor"] == "alice"
+    assert by_name["decision"]["authentication"]["attribution"] == "delegated"
     assert by_name["gate"]["gate"] == "leads_gate"
     # the actor comes from DEVFLOW_ACTOR; bob may decide only once the group names him
     as_bob = {"DEVFLOW_ACTOR": "bob"}
     before = dcli("approve", run_id, "--json", env=as_bob, check=3)
     assert error_of(before)["code"] == "not_authorized" and "bob" in error_of(before)["message"]
-    (home / "config.yaml").write_text("groups:\n  leads: [bob, dave]\n", encoding="utf-8")
+    (home / "config.yaml").write_text(f"act_for_others: [{me}]\ngroups:\n  leads: [bob, dave]\n",
+                                      encoding="utf-8")
     by_group = as_json(dcli("approve", run_id, "--json", env=as_bob, check=0))
     assert by_group["decision"]["actor"] == "bob"
     assert by_group["run"]["state"] == "completed"

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event as sa_event
 
-from devflow import git, model
+from devflow import access, git, model
 from devflow.app import App
 from devflow.approvals import DecisionRequest, DecisionResult, new_token
 from devflow.engine.start import StartRequest
@@ -39,6 +39,7 @@ from tests.gates_support import (
     prompt_text,
     read_report,
     sha256_file,
+    snapshot,
     start,
     write_templates,
 )
@@ -57,19 +58,6 @@ def gapp(settings: Settings, tpl_dir: Path) -> Iterator[App]:
     application = App(settings.replace(templates_dirs=(tpl_dir,)))
     yield application
     application.close()
-
-
-def snapshot(app: App, run_id: str) -> dict[str, Any]:
-    """Everything a refused decision must leave as it was."""
-    run = app.store.runs.get(run_id)
-    return {
-        "state": str(run.state), "paused_from": run.paused_from, "last_seq": run.last_seq,
-        "approvals": [(a.id, str(a.state), a.resolved_by)
-                      for a in app.store.approvals.find(run_id=run_id)],
-        "decisions": [d.id for d in app.store.approvals.decisions(run_id=run_id)],
-        "phases": [(p.key, str(p.state), p.attempt, p.round)
-                   for p in app.store.runs.phases(run_id)],
-    }
 
 
 def refused(code: Code, fn: Any, *args: Any, **kw: Any) -> DevflowError:
@@ -715,28 +703,47 @@ def test_gate_without_timeout_has_no_deadline(gapp: App, repo: Path) -> None:
 
 
 # -- who may decide ---------------------------------------------------------------------------
-def test_only_approvers_and_members_of_their_groups_may_decide(gapp: App, repo: Path) -> None:
+def account(name: str) -> access.Principal:
+    """An OS account as the CLI would authenticate it (the library trusts its caller's)."""
+    return access.Principal(access.OS_ACCOUNT, name)
+
+
+def test_only_approvers_and_members_of_their_groups_may_decide(gapp: App, settings: Settings,
+                                                               tpl_dir: Path,
+                                                               repo: Path) -> None:
     view = start(gapp, repo, "guarded@1")
     assert view.gate is not None and view.gate.approvers == ("alice",)
     before = snapshot(gapp, view.run.id)
-    for actor in ("tester", "bob", "Alice"):
-        error = refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "approve", actor=actor)
-        assert error.exit_code == 3 and "alice" in error.hint
-    refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "reject", actor="tester")
+    for name in ("tester", "bob", "Alice"):
+        error = refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "approve", actor=name,
+                        principal=account(name))
+        assert error.exit_code == 3 and "alice" in error.hint and name in error.message
+    refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "reject", actor="tester",
+            principal=account("tester"))
     assert snapshot(gapp, view.run.id) == before
-    decide(gapp, view.run.id, "approve", actor="alice")
+    decide(gapp, view.run.id, "approve", actor="alice", principal=account("alice"))
     view, _ = gapp.drive(view.run.id)
     assert view.gate is not None and view.gate.gate == "leads_gate"
-    groups = {"leads": ("bob", "dave")}
-    for actor in ("alice", "tester"):
-        refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "approve", actor=actor,
-                groups=groups)
-    refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "approve", actor="bob")
-    decide(gapp, view.run.id, "approve", actor="bob", groups=groups)
+    refused(Code.NOT_AUTHORIZED, decide, gapp, view.run.id, "approve", actor="bob",
+            principal=account("bob"))
+    grouped = App(settings.replace(templates_dirs=(tpl_dir,),
+                                   groups={"leads": ("bob", "dave")}))
+    try:
+        for name in ("alice", "tester"):
+            error = refused(Code.NOT_AUTHORIZED, decide, grouped, view.run.id, "approve",
+                            actor=name, principal=account(name))
+            assert "leads (bob, dave)" in error.message
+        decide(grouped, view.run.id, "approve", actor="bob", principal=account("bob"))
+    finally:
+        grouped.close()
     view, _ = gapp.drive(view.run.id)
     assert view.run.state == "completed"
-    assert [d.actor for d in gapp.store.approvals.decisions(run_id=view.run.id)] == [
-        "alice", "bob"]
+    decisions = gapp.store.approvals.decisions(run_id=view.run.id)
+    assert [(d.actor, d.authentication) for d in decisions] == [
+        ("alice", {"method": "os_account", "principal": "alice", "id": None,
+                   "attribution": "self"}),
+        ("bob", {"method": "os_account", "principal": "bob", "id": None,
+                 "attribution": "self"})]
 
 
 def test_groups_come_from_the_configuration_file(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow import model
+from devflow import access, model
 from devflow.app import App
 from devflow.approvals import DecisionRequest, new_token
 from devflow.backends import process
@@ -146,6 +146,9 @@ def test_escalation_chain_applies_each_step_once_in_order(timed_app: App, repo: 
     decisions = report["approvals"][0]["decisions"]
     assert [(d["actor"], d["action"], d["comment"]) for d in decisions] == [
         ("system:escalation", "reject", "nobody answered in 3h")]
+    assert decisions[0]["authentication"] == {
+        "method": "system", "principal": "system:escalation", "id": None,
+        "attribution": "self"}
 
 
 def test_escalation_stops_when_a_person_decides(timed_app: App, repo: Path,
@@ -153,8 +156,10 @@ def test_escalation_stops_when_a_person_decides(timed_app: App, repo: Path,
     run_id = _start(timed_app, repo, "gated@1")
     clock.advance(hours=1, minutes=1)
     assert [a.kind for a in timed_app.sweep().actions] == ["escalated"]
+    # bob, the approver the chain escalated to, as the CLI would authenticate him
     timed_app.decide(DecisionRequest(run_id=run_id, action="approve", actor="bob",
-                                     token=new_token()))
+                                     token=new_token(),
+                                     principal=access.Principal(access.OS_ACCOUNT, "bob")))
     clock.advance(hours=9)
     assert timed_app.sweep().actions == []
     assert _types(timed_app, run_id).count("approval.escalated") == 1
