@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -76,9 +77,22 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
                 await ctx.call(ctx.store.leases.release, run_id, lease)
     if outage is not None:
         raise outage
+    run = await ctx.call(ctx.store.runs.get, run_id)
     if lost.is_set():
+        await _say_lost(ctx, run, bound)
+    return run
+
+
+async def _say_lost(ctx: Context, run: model.Run, bound: Any) -> None:
+    """A run ended from elsewhere (an abort takes the lease) is what a person asked for:
+    info, naming who; a lease another driver took is a warning."""
+    if run.state not in TERMINAL:
         bound.warning("lease_lost")
-    return await ctx.call(ctx.store.runs.get, run_id)
+        return
+    ended = await ctx.call(ctx.store.events.tail, run.id, 20)
+    by = next((e.payload.get("by") for e in reversed(ended) if e.type == f"run.{run.state}"),
+              None)
+    bound.info("run_ended_elsewhere", state=str(run.state), by=by)
 
 
 def interrupt_in(tx: RunTx, reason: str) -> list[str]:
