@@ -9,6 +9,7 @@ kept with its error, and named when a lookup misses.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -91,8 +92,11 @@ class _Shelf(Generic[D]):
         if broken:
             raise broken[0].error
         known = ", ".join(sorted({d.ref for d in self.items.values()})) or "none"
+        close = difflib.get_close_matches(name, sorted({d.name for d in self.items.values()}),
+                                          n=1)
         raise DevflowError(self._not_found, f"no {self.kind} {ref}",
-                           hint=f"known {self.kind}s: {known}", ref=ref)
+                           hint=(f"did you mean {close[0]}? " if close else "")
+                           + f"known {self.kind}s: {known}", ref=ref)
 
 
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
