@@ -185,6 +185,9 @@ class App:
             gate = pending[0] if pending else None
         return RunView(run, self.store.runs.phases(run.id), gate)
 
+    def bindings(self, run_id: str) -> list[model.Binding]:
+        return self.store.runs.bindings(self.store.runs.get(run_id).id)
+
     def runs(self, states: list[RunState] | None = None, repo: str | None = None,
              limit: int = 200) -> list[model.Run]:
         return self.store.runs.find(states_in=states, repo=repo, limit=limit)

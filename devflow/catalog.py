@@ -190,12 +190,22 @@ class Catalog:
         return self._personas.all()
 
     def broken(self) -> list[Broken]:
-        schema_broken = [Broken(path, error, path.stem, "schema")
-                         for path, error in self.schemas.broken]
-        return [*self._templates.broken, *self._personas.broken, *schema_broken]
+        return [*self.broken_of("template"), *self.broken_of("persona"),
+                *self.broken_of("schema")]
 
-    def conflicts(self) -> list[DevflowError]:
-        return [*self._templates.conflicts.values(), *self._personas.conflicts.values()]
+    def broken_of(self, kind: str) -> list[Broken]:
+        """The files of one kind left out, and why; loads only that kind."""
+        if kind == "template":
+            return list(self._templates.broken)
+        if kind == "persona":
+            return list(self._personas.broken)
+        return [Broken(path, error, path.stem, "schema") for path, error in self.schemas.broken]
+
+    def conflicts(self, kind: str | None = None) -> list[DevflowError]:
+        """name@version defined twice with different contents (of one kind, if given)."""
+        found = [*self._templates.conflicts.values()] if kind in (None, "template") else []
+        return found + ([*self._personas.conflicts.values()] if kind in (None, "persona")
+                        else [])
 
     def template(self, ref: str) -> Template:
         return self._templates.get(ref)

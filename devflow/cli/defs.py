@@ -31,10 +31,9 @@ def _entry(file: Path | None, error: DevflowError) -> dict[str, Any]:
 def _skipped(state: State, kind: str) -> list[dict[str, Any]]:
     """What the catalog left out of ``kind``, and why."""
     catalog = state.app.catalog
-    if kind == "schema":
-        return [_entry(path, error) for path, error in catalog.schemas.broken]
-    found = [_entry(b.path, b.error) for b in catalog.broken() if b.kind == kind]
-    found += [_entry(None, e) for e in catalog.conflicts() if e.code.startswith(kind)]
+    found = [_entry(b.path, b.error) for b in catalog.broken_of(kind)]
+    if kind != "schema":  # schema conflicts are among the broken files already
+        found += [_entry(None, e) for e in catalog.conflicts(kind)]
     return found
 
 
@@ -63,10 +62,9 @@ def _validate(state: State, kind: str, files: tuple[Path, ...], as_json: bool) -
     else:
         items = app.templates() if kind == "template" else app.personas()
         valid = [{"file": str(i.source), "ref": i.ref, "hash": i.hash} for i in items]
-        broken = [b for b in app.catalog.broken() if b.kind == kind]
-        invalid = [{"file": str(b.path), "error": b.error.to_json()} for b in broken]
-        invalid += [{"file": None, "error": e.to_json()} for e in app.catalog.conflicts()
-                    if e.code.startswith(kind)]
+        invalid = [{"file": str(b.path), "error": b.error.to_json()}
+                   for b in app.catalog.broken_of(kind)]
+        invalid += [{"file": None, "error": e.to_json()} for e in app.catalog.conflicts(kind)]
     return _verdicts(valid, invalid, as_json)
 
 

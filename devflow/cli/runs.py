@@ -13,6 +13,7 @@ from devflow.cli.main import State
 
 if TYPE_CHECKING:
     from devflow.app import RunView
+    from devflow.model import Binding
 
 _RUN_STATES = ["created", "bound", "executing", "planning", "awaiting_approval", "paused",
                "completed", "failed", "aborted"]
@@ -41,7 +42,8 @@ _MARKS = {"completed": "✓", "failed": "✗", "skipped": "-", "awaiting_approva
           "running": "▶", "validating": "▶"}
 
 
-def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = None) -> None:
+def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = None,
+              agents: list[Binding] | None = None) -> None:
     if as_json:
         output.emit_json({**view.to_json(), **(extra or {})})
         return
@@ -51,8 +53,12 @@ def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = No
     click.echo(f"run {click.style(run.id, bold=True)}  {click.style(str(run.state), fg=color)}"
                f"  ({run.template_ref})")
     report = Path(run.workspace) / "report.md" if run.report_status else None
+    pruned = run.terminal and run.worktree and not Path(run.worktree).exists()
     output.kv([("repo", run.repo), ("base", f"{run.base} ({(run.base_sha or '')[:12]})"),
-               ("branch", run.branch), ("worktree", run.worktree),
+               ("branch", run.branch),
+               ("worktree", f"{run.worktree} (removed)" if pruned else run.worktree),
+               ("agents", ", ".join(f"{b.role} {b.persona_ref} ({b.backend})" for b in agents)
+                if agents else None),
                ("failure", f"{run.failure_code}: {run.failure_reason}" if run.failure_code
                 else None),
                ("usage", f"{run.tokens_in} tokens in, {run.tokens_out} out, "
@@ -155,7 +161,13 @@ def run_start(state: State, repo: Path, base: str | None, template: str, require
         scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost, actor=app.settings.actor)
     with Progress(quiet=as_json or detach) as progress:
         view = app.start(request, detach=detach, observer=progress)
-    show_view(view, as_json=as_json)
+    agents = None if as_json else app.bindings(view.run.id)
+    show_view(view, as_json=as_json, agents=agents)
+    if agents and not bind and all(b.backend == "scripted" for b in agents):
+        click.secho(output.commands(
+            "note: every role went to a scripted stand-in, not a real agent: no --bind, and "
+            "no persona of a real agent CLI is available here (`devflow backends list` says "
+            "why)"), fg="yellow", err=True)
     return 0 if detach else outcome(view)
 
 

@@ -329,3 +329,17 @@ def test_hints_name_the_devflow_that_was_run(settings: Settings) -> None:
     found = subprocess.run([str(script), "run", "status", "nope"], capture_output=True,
                            text=True, env=on_path, timeout=120, check=False)
     assert "`devflow run list`" in found.stderr, found.stderr
+
+
+@SQLITE_ONLY
+def test_start_says_which_agents_it_bound_and_when_they_are_stand_ins(cli: Cli,
+                                                                    repo: Path) -> None:
+    # no real agent CLI on this PATH: every role goes to a scripted persona
+    path = f"{Path(sys.executable).parent}{os.pathsep}/usr/bin{os.pathsep}/bin"
+    started = cli("run", "start", "--repo", str(repo), "-t", "quick", "-o", "try it",
+                  env={"PATH": path}, check=0)
+    assert "agents  implementer scripted-implementer@1 (scripted)" in started.stdout
+    assert "scripted stand-in, not a real agent" in started.stderr
+    bound = cli("run", "start", "--repo", str(repo), "-t", "quick", "-o", "again",
+                *QUICK_CLI_BINDS, env={"PATH": path}, check=0)
+    assert "stand-in" not in bound.stderr  # chosen on purpose
