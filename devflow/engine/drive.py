@@ -79,19 +79,22 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
         raise outage
     run = await ctx.call(ctx.store.runs.get, run_id)
     if lost.is_set():
-        await _say_lost(ctx, run, bound)
+        await _say_lost(ctx, run, lease, bound)
     return run
 
 
-async def _say_lost(ctx: Context, run: model.Run, bound: Any) -> None:
-    """A run ended from elsewhere (an abort takes the lease) is what a person asked for:
-    info, naming who; a lease another driver took is a warning."""
-    if run.state not in TERMINAL:
+async def _say_lost(ctx: Context, run: model.Run, lease: model.Lease, bound: Any) -> None:
+    """A run a person ended from elsewhere (an abort or a decision takes the lease, and
+    leaves its fence as it was) is what was asked: info, naming who. A lease another
+    driver or the sweep took is a warning."""
+    by = None
+    if run.state in TERMINAL and run.lease_fence == lease.fence:
+        ended = await ctx.call(ctx.store.events.tail, run.id, 20)
+        by = next((e.payload.get("by") for e in reversed(ended)
+                   if e.type == f"run.{run.state}"), None)
+    if not isinstance(by, str) or by in ("devflow", "sweep") or by.startswith("system:"):
         bound.warning("lease_lost")
         return
-    ended = await ctx.call(ctx.store.events.tail, run.id, 20)
-    by = next((e.payload.get("by") for e in reversed(ended) if e.type == f"run.{run.state}"),
-              None)
     bound.info("run_ended_elsewhere", state=str(run.state), by=by)
 
 
