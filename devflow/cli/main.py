@@ -141,14 +141,11 @@ def main(argv: list[str] | None = None) -> None:
         output.silence_stdout()
         sys.exit(141)
     except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
-        _quietly(output.failure, "interrupted", "devflow was interrupted",
-                 "a run it was creating or deciding is recorded as far as it got: "
-                 "`devflow run list` shows it", want_json)
+        _quietly(output.failure, "interrupted", "devflow was interrupted", "", want_json)
         sys.exit(130)
     except _Terminated:
-        _quietly(output.failure, "terminated", "devflow was stopped by SIGTERM",
-                 "a run it was creating or deciding is recorded as far as it got: "
-                 "`devflow run list` shows it", want_json)
+        _quietly(output.failure, "terminated", "devflow was stopped by SIGTERM", "",
+                 want_json)
         sys.exit(143)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

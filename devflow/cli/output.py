@@ -83,7 +83,8 @@ def failure(code: str, message: str, hint: str, want_json: bool) -> None:
                                          "hint": commands(hint)}}, indent=2))
         return
     click.secho(f"{code}: {message}", fg="yellow", err=True)
-    click.echo(f"  {commands(hint)}", err=True)
+    if hint:
+        click.echo(f"  {commands(hint)}", err=True)
 
 
 def usage_error(exc: click.ClickException, want_json: bool) -> None:
