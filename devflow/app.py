@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona, Template
 from devflow.engine import control, drive, finish, prune, start, worker
 from devflow.engine.context import Context, NoObserver, Observer, new_owner, single
-from devflow.errors import Code, DevflowError
+from devflow.errors import Code, DevflowError, Interrupted
 from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, RunState
 from devflow.store import Store, migrate
@@ -122,6 +123,12 @@ class App:
             users = [p for p in personas if p.backend == name]
             backend = backends.get(name)
             seen = backend.availability(users[0]) if users else None
+            if seen is None and name == "command":
+                # nothing to check until a persona names its program
+                rows.append({"backend": name, "available": True, "version": None,
+                             "reason": "runs the program a persona's options.argv names; no "
+                                       "persona here uses it yet", "personas": []})
+                continue
             rows.append({"backend": name, "available": bool(seen and seen.available),
                          "version": seen.version if seen else None,
                          "reason": seen.reason if seen else "no persona uses it",
@@ -155,7 +162,7 @@ class App:
         if detach:
             return self.view(start.start_detached(ctx, request, new_owner("cli")).id)
         run, lease = start.start(ctx, request, new_owner("cli"))
-        _run_async(drive.drive, ctx, run.id, lease)
+        _drive_here(ctx, run.id, lease)
         return self.view(run.id)
 
     def drive(self, run_id: str, observer: Observer | None = None) -> tuple[RunView, bool]:
@@ -166,7 +173,7 @@ class App:
         lease = self.store.leases.claim(run.id, new_owner("cli"), self.settings.lease_seconds)
         if lease is None:
             return self.view(run.id), False
-        _run_async(drive.drive, self.context(observer), run.id, lease)
+        _drive_here(self.context(observer), run.id, lease)
         return self.view(run.id), True
 
     def view(self, run_id: str) -> RunView:
@@ -176,6 +183,9 @@ class App:
             pending = self.store.approvals.find(pending=True, run_id=run.id)
             gate = pending[0] if pending else None
         return RunView(run, self.store.runs.phases(run.id), gate)
+
+    def bindings(self, run_id: str) -> list[model.Binding]:
+        return self.store.runs.bindings(self.store.runs.get(run_id).id)
 
     def runs(self, states: list[RunState] | None = None, repo: str | None = None,
              limit: int = 200) -> list[model.Run]:
@@ -278,6 +288,43 @@ class App:
             from devflow import artifacts  # noqa: PLC0415 - only this verb needs it
             artifact = artifacts.load_stored(Path(kept.stored_path), kept.sha256)
         return approval, decisions, artifact
+
+
+def _drive_here(ctx: Context, run_id: str, lease: model.Lease) -> None:
+    """Drive in this process, in the foreground. SIGINT (Ctrl-C) or SIGTERM stops the drive
+    as a worker's grace period does, and then raises ``Interrupted``: the attempt under way
+    is recorded as interrupted (its agent stopped), the lease released, the run left
+    runnable for ``devflow run drive`` or a worker."""
+    if threading.current_thread() is not threading.main_thread():
+        _run_async(drive.drive, ctx, run_id, lease)  # signals reach the main thread only
+        return
+    caught: list[int] = []
+    wanted = (signal.SIGINT, signal.SIGTERM)
+    before = {signum: signal.getsignal(signum) for signum in wanted}
+
+    async def main() -> None:
+        driving = anyio.CancelScope()
+
+        async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            # kept until the drive has recorded the interruption: a second Ctrl-C does
+            # not break that off
+            with anyio.open_signal_receiver(*wanted) as received:
+                task_status.started()
+                async for signum in received:
+                    caught.append(signum)
+                    driving.cancel()
+        async with anyio.create_task_group() as group:
+            await group.start(watch)
+            with driving:
+                await drive.drive(ctx, run_id, lease)
+            group.cancel_scope.cancel()
+    try:
+        _run_async(main)
+    finally:
+        for signum, handler in before.items():  # asyncio leaves the defaults behind
+            signal.signal(signum, handler)
+    if caught:
+        raise Interrupted(run_id, caught[0])
 
 
 def _run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

@@ -218,7 +218,23 @@ def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
             raise _stale(approval, "the worktree changed since the gate opened")
     if req.sections:
         _check_sections(tx, approval, req.sections)
+    check_request(req)
     return principal.record(attribution)
+
+
+def check_request(req: DecisionRequest) -> None:
+    """What a decision must say, whoever sends it (CLI or HTTP): changes requested say which
+    (the next attempt's prompt carries them); a rewind goes with request_changes only."""
+    if req.rewind and req.action != "request_changes":
+        raise DevflowError(Code.INVALID_INPUT, f"rewind goes with request_changes, not "
+                           f"{req.action}", hint="drop --rewind, or request changes")
+    if req.action != "request_changes" or (req.comment or "").strip() \
+            or any(verdict == "reject" for verdict in req.sections.values()):
+        return
+    raise DevflowError(Code.INVALID_INPUT,
+                       "request-changes needs a comment or a rejected section: it is what the "
+                       "agent is asked to change", hint="--comment 'what to change' (or, on a "
+                       "gate with sections, --section KEY=reject)")
 
 
 def _stale(approval: model.Approval, why: str) -> DevflowError:

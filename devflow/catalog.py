@@ -9,6 +9,7 @@ kept with its error, and named when a lookup misses.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -91,8 +92,11 @@ class _Shelf(Generic[D]):
         if broken:
             raise broken[0].error
         known = ", ".join(sorted({d.ref for d in self.items.values()})) or "none"
+        close = difflib.get_close_matches(name, sorted({d.name for d in self.items.values()}),
+                                          n=1)
         raise DevflowError(self._not_found, f"no {self.kind} {ref}",
-                           hint=f"known {self.kind}s: {known}", ref=ref)
+                           hint=(f"did you mean {close[0]}? " if close else "")
+                           + f"known {self.kind}s: {known}", ref=ref)
 
 
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -186,12 +190,22 @@ class Catalog:
         return self._personas.all()
 
     def broken(self) -> list[Broken]:
-        schema_broken = [Broken(path, error, path.stem, "schema")
-                         for path, error in self.schemas.broken]
-        return [*self._templates.broken, *self._personas.broken, *schema_broken]
+        return [*self.broken_of("template"), *self.broken_of("persona"),
+                *self.broken_of("schema")]
 
-    def conflicts(self) -> list[DevflowError]:
-        return [*self._templates.conflicts.values(), *self._personas.conflicts.values()]
+    def broken_of(self, kind: str) -> list[Broken]:
+        """The files of one kind left out, and why; loads only that kind."""
+        if kind == "template":
+            return list(self._templates.broken)
+        if kind == "persona":
+            return list(self._personas.broken)
+        return [Broken(path, error, path.stem, "schema") for path, error in self.schemas.broken]
+
+    def conflicts(self, kind: str | None = None) -> list[DevflowError]:
+        """name@version defined twice with different contents (of one kind, if given)."""
+        found = [*self._templates.conflicts.values()] if kind in (None, "template") else []
+        return found + ([*self._personas.conflicts.values()] if kind in (None, "persona")
+                        else [])
 
     def template(self, ref: str) -> Template:
         return self._templates.get(ref)

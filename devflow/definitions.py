@@ -286,7 +286,10 @@ def check_phase(phase: PhaseDef, at: tuple[str | int, ...], roles: Mapping[str, 
                                     f"(roles: {', '.join(sorted(roles))})"))
     if phase.artifact is not None:
         if phase.artifact.schema not in schemas:
+            broken = schemas.broken_error(phase.artifact.schema)
             problems.append(Problem(Code.UNKNOWN_SCHEMA, (*at, "artifact", "schema"),
+                                    f"schema {phase.artifact.schema!r} is broken: "
+                                    f"{broken.message}" if broken else
                                     f"no schema with id {phase.artifact.schema!r}"))
         else:
             problems += [Problem(Code.SCHEMA_INVALID, (*at, "artifact", "schema"),

@@ -52,7 +52,6 @@ class Code(enum.StrEnum):
     DOCUMENT_INVALID = "document_invalid"
     CONFIG_INVALID = "config_invalid"
     NOT_A_GIT_REPO = "not_a_git_repo"
-    BASE_BRANCH_NOT_FOUND = "base_branch_not_found"
     NO_PERSONA_FOR_ROLE = "no_persona_for_role"
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BINDING_INVALID = "binding_invalid"
@@ -64,6 +63,7 @@ class Code(enum.StrEnum):
     RUN_NOT_FOUND = "run_not_found"
     APPROVAL_NOT_FOUND = "approval_not_found"
     FILE_NOT_FOUND = "file_not_found"
+    BASE_BRANCH_NOT_FOUND = "base_branch_not_found"
     # conflicts
     TEMPLATE_VERSION_CONFLICT = "template_version_conflict"
     PERSONA_VERSION_CONFLICT = "persona_version_conflict"
@@ -104,12 +104,13 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
         Code.INVALID_INPUT, Code.YAML_INVALID, Code.DEFINITION_INVALID, Code.UNKNOWN_ROLE,
         Code.UNKNOWN_SCHEMA, Code.UNKNOWN_GATE, Code.DUPLICATE_PHASE, Code.PATH_ESCAPE,
         Code.BAD_DURATION, Code.SCHEMA_INVALID, Code.DOCUMENT_INVALID, Code.CONFIG_INVALID,
-        Code.NOT_A_GIT_REPO, Code.BASE_BRANCH_NOT_FOUND, Code.NO_PERSONA_FOR_ROLE,
-        Code.BACKEND_UNAVAILABLE, Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
+        Code.NOT_A_GIT_REPO, Code.NO_PERSONA_FOR_ROLE, Code.BACKEND_UNAVAILABLE,
+        Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
     )},
     **{c: Kind.NOT_FOUND for c in (
         Code.TEMPLATE_NOT_FOUND, Code.PERSONA_NOT_FOUND, Code.SCHEMA_NOT_FOUND,
         Code.RUN_NOT_FOUND, Code.APPROVAL_NOT_FOUND, Code.FILE_NOT_FOUND,
+        Code.BASE_BRANCH_NOT_FOUND,
     )},
     **{c: Kind.CONFLICT for c in (
         Code.TEMPLATE_VERSION_CONFLICT, Code.PERSONA_VERSION_CONFLICT,
@@ -166,3 +167,13 @@ class LeaseLost(DevflowError):
             hint="another worker or the sweep took the run over; nothing more is written here",
             run_id=run_id,
         )
+
+
+class Interrupted(Exception):
+    """A foreground driver was stopped by a signal (Ctrl-C, SIGTERM): the attempt under way
+    was recorded as interrupted and the lease released; the run is runnable, not aborted."""
+
+    def __init__(self, run_id: str, signum: int) -> None:
+        super().__init__(f"run {run_id} interrupted by signal {signum}")
+        self.run_id = run_id
+        self.signum = signum

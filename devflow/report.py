@@ -185,21 +185,21 @@ def markdown(report: dict[str, Any]) -> str:
                      for b in report["bindings"]])
     decisions = [[str(a["id"]), a["gate"], a["phase"], str(a["round"]), d["action"], d["actor"],
                   access.describe(d.get("authentication"), d["actor"]),
+                  _verdicts(d.get("sections") or {}),
                   (d.get("comment") or "").replace("\n", " ")[:80]]
                  for a in report["approvals"] for d in a["decisions"]]
     lines += _table("Approvals and decisions",
                     ["approval", "gate", "phase", "round", "decision", "actor", "authenticated",
-                     "comment"],
+                     "sections", "comment"],
                     decisions or [[str(a["id"]), a["gate"], a["phase"], str(a["round"]),
-                                   a["state"], "—", "—", ""] for a in report["approvals"]])
+                                   a["state"], "—", "—", "", ""] for a in report["approvals"]])
     lines += _table("Agent invocations", ["phase", "attempt", "backend", "exit", "duration",
-                                          "tokens in/out", "cost"],
-                    [[i.get("phase") or "setup", str(i.get("attempt")), i["backend"],
-                      str(i["exit_code"]) if i["exit_code"] is not None
-                      else f"signal {i['signal']}",
+                                          "tokens in/out", "cost", "note"],
+                    [[i.get("phase") or "setup", str(i.get("attempt")), i["backend"], _exit(i),
                       format_duration((i["duration_ms"] or 0) / 1000),
                       f"{i.get('tokens_in') or 0}/{i.get('tokens_out') or 0}",
-                      f"${i['cost_usd']:.4f}" if i.get("cost_usd") is not None else "—"]
+                      f"${i['cost_usd']:.4f}" if i.get("cost_usd") is not None else "—",
+                      (i.get("reason") or "")[:160]]
                      for i in report["invocations"]])
     usage = report["usage"]
     lines += [f"Usage: {usage['tokens_in']} tokens in, {usage['tokens_out']} out, "
@@ -218,8 +218,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines += ["## Validation errors", ""]
         for v in report["validation_errors"]:
             lines.append(f"- {v['phase']} attempt {v['attempt']}: "
-                         + "; ".join(f"{e.get('pointer') or '/'}: {e.get('message')}"
-                                     for e in v["errors"][:5]))
+                         + "; ".join(f"{e['pointer']}: {e.get('message')}" if e.get("pointer")
+                                     else str(e.get("message")) for e in v["errors"][:5]))
             lines += _refused_line(v.get("artifact"))
         lines.append("")
     lines += ["## Unresolved", ""] + ([f"- {u}" for u in report["unresolved"]] or ["Nothing."])
@@ -237,6 +237,24 @@ def _refused_line(artifact: dict[str, Any] | None) -> list[str]:
         return [f"  - what the agent wrote: [{link}](<{link}>) ({artifact.get('bytes')} bytes, "
                 f"sha256 `{str(artifact.get('sha256') or '')[:12]}`)"]
     return [f"  - not kept: {artifact.get('why') or 'no artifact'}"]
+
+
+def _verdicts(sections: dict[str, Any]) -> str:
+    """Per-section verdicts of a decision, rejected first: ``F2 reject, F1 approve``."""
+    ordered = sorted(sections.items(), key=lambda kv: (kv[1] != "reject", kv[0]))
+    return ", ".join(f"{key} {verdict}" for key, verdict in ordered)
+
+
+def _exit(invocation: dict[str, Any]) -> str:
+    """How an agent ended: its exit code, or timeout / interrupted / the signal that ended it."""
+    outcome = invocation.get("outcome")
+    if outcome == "timeout":
+        return "timeout"
+    if invocation.get("exit_code") is not None:
+        return str(invocation["exit_code"])
+    if outcome and outcome not in ("ok", "failed"):
+        return str(outcome).replace("_", " ")
+    return f"signal {invocation['signal']}" if invocation.get("signal") else "—"
 
 
 def _cell(text: str) -> str:

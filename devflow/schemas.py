@@ -193,17 +193,56 @@ class SchemaRegistry:
     def __contains__(self, schema_id: object) -> bool:
         return schema_id in self._files and schema_id not in self.conflicts
 
+    def broken_error(self, schema_id: str) -> DevflowError | None:
+        """Why the file that defines ``schema_id`` was left out, if one was."""
+        return next((error for _, error in self.broken
+                     if error.details.get("schema") == schema_id), None)
+
     def get(self, schema_id: str) -> SchemaFile:
         if schema_id in self.conflicts:
             raise self.conflicts[schema_id]
         try:
             return self._files[schema_id]
         except KeyError:
+            if broken := self.broken_error(schema_id):
+                raise broken from None
             raise DevflowError(
                 Code.SCHEMA_NOT_FOUND, f"no schema with id {schema_id}",
                 hint="`devflow schemas list` shows the known ids; extra directories come "
-                     "from --schemas-dir or DEVFLOW_SCHEMAS_DIR",
+                     "from --schemas-dir or DEVFLOW_SCHEMAS_DIR"
+                     + (f" ({len(self.broken)} file(s) were left out as broken: `devflow "
+                        "schemas validate` says why)" if self.broken else ""),
             ) from None
+
+    def get_file(self, schema_id: str) -> SchemaFile:
+        """The file kept for ``schema_id``, even when another file conflicts with it."""
+        return self._files[schema_id]
+
+    def check_refs(self, schema_id: str) -> None:
+        """Every ``$ref`` of the schema resolves; ``schema_invalid`` names one that does not."""
+        schema = self.get(schema_id)
+        resolver = self._registry.resolver(base_uri=schema_id)
+        for ref in _refs(schema.contents):
+            try:
+                resolver.lookup(ref)
+            except referencing.exceptions.Unresolvable as exc:
+                raise DevflowError(
+                    Code.SCHEMA_INVALID, f"{schema.path}: $ref {ref!r} cannot be resolved",
+                    hint="a $ref names another schema by its id (common/finding@1) or a place "
+                         "in this one (#/$defs/item)", schema=schema_id) from exc
+
+    def check_file(self, path: Path) -> SchemaFile:
+        """One schema file checked as ``from_dirs`` would keep it, beside the others."""
+        schema = load_schema_file(path)
+        earlier = self._files.get(schema.id)
+        if earlier is not None and earlier.contents != schema.contents:
+            raise DevflowError(
+                Code.SCHEMA_VERSION_CONFLICT, f"schema {schema.id} is defined with other "
+                f"contents in {earlier.path}", hint="give the changed schema a new version "
+                "(…@2) instead of redefining it", schema=schema.id)
+        others = [f for f in self._files.values() if f.id != schema.id]
+        SchemaRegistry([*others, schema]).check_refs(schema.id)
+        return schema
 
     def validator(self, schema_id: str) -> jsonschema.protocols.Validator:
         validator = self._validators.get(schema_id)
@@ -226,6 +265,18 @@ class SchemaRegistry:
             ) from exc
         issues = [Issue(pointer(e.absolute_path), e.message) for e in _leaves(errors)]
         return sorted(issues, key=lambda i: (i.pointer, i.message))
+
+
+def _refs(node: Any) -> list[str]:
+    """Every ``$ref`` string in a schema, in document order."""
+    if isinstance(node, dict):
+        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
+        return own + [ref for key, value in node.items()
+                      if key not in ("enum", "const", "default", "examples")
+                      for ref in _refs(value)]
+    if isinstance(node, list):
+        return [ref for item in node for ref in _refs(item)]
+    return []
 
 
 def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema.ValidationError]:
@@ -262,5 +313,5 @@ def load_schema_file(path: Path) -> SchemaFile:
         raise DevflowError(
             Code.SCHEMA_INVALID, f"{path}: not a valid Draft 2020-12 schema at "
             f"{pointer(exc.absolute_path) or '/'}: {exc.message}",
-            hint="see https://json-schema.org/draft/2020-12") from exc
+            hint="see https://json-schema.org/draft/2020-12", schema=schema_id) from exc
     return SchemaFile(id=schema_id, path=path, contents=contents)

@@ -24,6 +24,9 @@ reports tokens and no cost. ``--no-detect-urls``: with ``--yes-always`` Aider wo
 fetch every URL in the prompt (the JSON Schemas name some) and offer to pip-install a
 browser to do it.
 
+Aider wraps what it prints at ``COLUMNS`` (80 off a terminal): devflow gives it a wide
+``COLUMNS`` so that a line such as ``Applied edit to PATH`` stays one line.
+
 Aider prints no machine-readable output and has no sessions: tokens and cost come from
 its ``Tokens: N sent, M received. Cost: $X message, $Y session.`` lines, and a
 ``litellm.…Error`` with no answer after it is a failed attempt (Aider exits 0 then).
@@ -46,6 +49,7 @@ TOKENS: Final = re.compile(
     r"received(?:\. Cost: \$(?P<message>[\d.,]+) message, \$(?P<session>[\d.,]+) session)?")
 ERROR: Final = re.compile(r"^(litellm\.\w*Error|\w*APIError|\w+Exception): ?(.*)$")
 APPLIED: Final = re.compile(r"^Applied edit to (.+)$")
+WIDTH: Final = 4000
 EDIT_FORMATS: Final = ("whole", "diff", "diff-fenced", "udiff", "udiff-simple", "editor-diff",
                        "editor-whole", "architect", "ask", "code")
 
@@ -104,7 +108,9 @@ class Aider(command.Preset):
         return argv
 
     def defaults(self, task: Task, home: Path) -> dict[str, str]:
-        return {"LITELLM_LOCAL_MODEL_COST_MAP": "True"}
+        # COLUMNS: off a terminal Aider wraps at 80 columns, which splits its "Applied edit
+        # to PATH" line (the progress note) on a long path
+        return {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "COLUMNS": str(WIDTH)}
 
     def stdin(self, task: Task) -> Path | None:
         return None

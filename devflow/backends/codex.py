@@ -6,10 +6,12 @@ argv (the prompt goes on standard input, named by the final ``-``)::
     codex exec resume --json [ARGS...] SESSION -     # a repair: the phase's last session
 
 devflow writes ``$CODEX_HOME/config.toml`` before each attempt: the model, the provider
-(``base_url``/``env_key``/``wire_api`` from the persona's options, else Codex's built-in
-``openai``), ``approval_policy = "never"``, ``sandbox_mode`` (``workspace-write`` unless
-the persona says otherwise), and update checks, analytics, feedback and plugins off, so
-it talks to its model server and to nothing else.
+(``base_url``/``env_key``/``wire_api`` from the persona's options, else Codex's
+built-in ``openai``; ``base_url_env`` names a variable whose value, when set, replaces
+``base_url``, so a gateway or a local model server needs no copy of a persona),
+``approval_policy = "never"``, ``sandbox_mode`` (``workspace-write`` unless the persona
+says otherwise), and update checks, analytics, feedback and plugins off, so it talks to
+its model server and to nothing else.
 
 Its JSON lines give ``thread_id`` (the session), ``turn.completed`` usage and the final
 ``agent_message``; a ``turn.failed`` or top-level ``error`` is a failed attempt. Codex
@@ -20,6 +22,7 @@ options or devflow's configuration.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -37,16 +40,18 @@ _VARIABLE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Codex(command.Preset):
     name = "codex"
     program = "codex"
-    OWN = ("base_url", "env_key", "provider", "wire_api", "sandbox", "prices",
+    OWN = ("base_url", "base_url_env", "env_key", "provider", "wire_api", "sandbox", "prices",
            "request_max_retries", "stream_max_retries")
     VERSION_ENV = {"CODEX_HOME": "{home}/.codex"}
 
     def check_own(self, options: Mapping[str, Any]) -> list[str]:
-        problems = command.check_strings(options, "base_url", "env_key", "provider", "wire_api")
+        problems = command.check_strings(options, "base_url", "base_url_env", "env_key",
+                                         "provider", "wire_api")
         if not _NAME.match(str(options.get("provider", "devflow"))):
             problems.append("provider must be a name of letters, digits, - and _")
-        if "env_key" in options and not _VARIABLE.match(str(options["env_key"])):
-            problems.append("env_key must be the name of an environment variable")
+        for name in ("env_key", "base_url_env"):
+            if name in options and not _VARIABLE.match(str(options[name])):
+                problems.append(f"{name} must be the name of an environment variable")
         if options.get("sandbox", "workspace-write") not in SANDBOXES:
             problems.append(f"sandbox must be one of {', '.join(SANDBOXES)}")
         for name in ("request_max_retries", "stream_max_retries"):
@@ -123,7 +128,8 @@ def config_toml(task: Task) -> str:
     if task.persona.model:
         top["model"] = task.persona.model
     provider = str(options.get("provider", "devflow"))
-    if options.get("base_url"):
+    url = base_url(options)
+    if url:
         top["model_provider"] = provider
     top.update({"approval_policy": "never",
                 "sandbox_mode": str(options.get("sandbox", "workspace-write")),
@@ -133,9 +139,9 @@ def config_toml(task: Task) -> str:
         "feedback": {"enabled": False},
         "features": {"plugins": False, "remote_plugin": False, "apps": False},
     }
-    if options.get("base_url"):
+    if url:
         tables[f"model_providers.{provider}"] = {
-            "name": provider, "base_url": str(options["base_url"]),
+            "name": provider, "base_url": url,
             "env_key": str(options.get("env_key", "OPENAI_API_KEY")),
             "wire_api": str(options.get("wire_api", "responses")),
             **{k: int(options[k]) for k in ("request_max_retries", "stream_max_retries")
@@ -145,6 +151,14 @@ def config_toml(task: Task) -> str:
     for table, entries in tables.items():
         lines += ["", f"[{table}]", *(f"{key} = {_toml(value)}" for key, value in entries.items())]
     return "\n".join(lines) + "\n"
+
+
+def base_url(options: Mapping[str, Any]) -> str | None:
+    """The provider's URL: the variable ``base_url_env`` names when it is set, else
+    ``base_url``; None for Codex's built-in provider."""
+    variable = options.get("base_url_env")
+    found = os.environ.get(str(variable), "").strip() if variable else ""
+    return found or (str(options["base_url"]) if options.get("base_url") else None)
 
 
 def _toml(value: Any) -> str:

@@ -13,11 +13,17 @@ def db() -> None:
     """The database: migrations."""
 
 
-@db.command("upgrade")
-@click.option("--json", "as_json", is_flag=True)
+@db.command("upgrade", epilog="""\b
+Example:
+  export DEVFLOW_DATABASE_URL=postgresql+psycopg://devflow@db/devflow
+  devflow db upgrade""")
+@click.option("--json", "as_json", is_flag=True, help="The revisions before and after as JSON.")
 @click.pass_obj
 def db_upgrade(state: State, as_json: bool) -> None:
-    """Bring the database schema up to date (needed once for PostgreSQL)."""
+    """Bring the database schema up to date (needed once for PostgreSQL).
+
+    The embedded SQLite database upgrades itself on first use.
+    """
     before, after = state.app.db_upgrade()
     if as_json:
         output.emit_json({"before": before, "after": after})
@@ -26,8 +32,10 @@ def db_upgrade(state: State, as_json: bool) -> None:
                                                       else f" (was {before or 'empty'})"))
 
 
-@db.command("current")
-@click.option("--json", "as_json", is_flag=True)
+@db.command("current", epilog="""\b
+Example:
+  devflow db current --json""")
+@click.option("--json", "as_json", is_flag=True, help="URL (password hidden) and revisions.")
 @click.pass_obj
 def db_current(state: State, as_json: bool) -> None:
     """Show the database's URL and revision."""
@@ -44,34 +52,38 @@ def backends_group() -> None:
     """Agent backends."""
 
 
-@backends_group.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@backends_group.command("list", epilog="""\b
+Example:
+  devflow backends list --json | jq '.backends[] | select(.available) | .backend'""")
+@click.option("--json", "as_json", is_flag=True, help="The backends as JSON.")
 @click.pass_obj
 def backends_list(state: State, as_json: bool) -> None:
-    """Which backends are available here, with versions."""
+    """Which agent backends can run here, with versions and the personas that use them."""
     rows = state.app.backends()
     if as_json:
         output.emit_json({"backends": rows})
         return
-    output.table(["backend", "available", "version", "personas", "why not"],
+    output.table(["backend", "available", "version", "personas", "notes"],
                  [[r["backend"], "yes" if r["available"] else "no", r["version"] or "",
-                   ", ".join(r["personas"]), "" if r["available"] else r["reason"]]
-                  for r in rows])
+                   ", ".join(r["personas"]), r["reason"] or ""] for r in rows],
+                 wrap=("personas", "notes"))
 
 
-@click.command("sweep")
+@click.command("sweep", epilog="""\b
+Examples:
+  devflow sweep --dry-run
+  * * * * * cd /srv/devflow && .venv/bin/devflow sweep --json >> sweep.log   (cron)""")
 @click.option("--policy", type=click.Choice(["resume", "fail"]), default="resume",
               show_default=True, help="What to do with runs whose driver died.")
 @click.option("--max-recoveries", type=int, help="Fail a run recovered more often than this.")
 @click.option("--dry-run", is_flag=True, help="Say what would be done; change nothing.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="What was done, as JSON.")
 @click.pass_obj
 def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
           as_json: bool) -> None:
     """Recover what crashes left, apply gate deadlines and escalations, write missing reports.
 
-    Safe beside workers and beside another sweep; meant for cron, e.g. every minute:
-    `* * * * * cd /srv/devflow && .venv/bin/devflow sweep --json >> sweep.log`
+    Safe beside workers and beside another sweep; meant for cron, every minute.
     """
     result = state.app.sweep(policy=policy, max_recoveries=max_recoveries, dry_run=dry_run)
     if as_json:
@@ -80,12 +92,14 @@ def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
     if not result.actions:
         click.echo("sweep: nothing to do")
     for action in result.actions:
-        detail = " ".join(f"{k}={v}" for k, v in action.detail.items()
-                          if k not in ("agents",) and v not in (None, "", []))
-        click.echo(f"{action.run_id}  {action.kind}  {detail}")
+        detail = output.pairs_text({k: v for k, v in action.detail.items() if k != "agents"})
+        click.echo(f"{action.run_id}  {action.kind}  {detail}".rstrip())
 
 
-@click.command("worker")
+@click.command("worker", epilog="""\b
+Examples:
+  devflow worker --concurrency 4 --name ci-1
+  devflow worker --once            # drive what is runnable now, then exit""")
 @click.option("--concurrency", "-c", type=int, default=4, show_default=True,
               help="Runs driven at once.")
 @click.option("--poll", type=float, default=1.0, show_default=True,
@@ -94,11 +108,15 @@ def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
 @click.option("--name", default="worker", show_default=True, help="A name for `workers list`.")
 @click.option("--grace", type=float, default=30.0, show_default=True,
               help="Seconds a stopping worker lets its drives finish their step.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="What it drove, as JSON, when it stops.")
 @click.pass_obj
 def worker(state: State, concurrency: int, poll: float, once: bool, name: str, grace: float,
            as_json: bool) -> None:
-    """Claim runnable runs and drive them until SIGTERM or SIGINT."""
+    """Claim runnable runs and drive them until SIGTERM or SIGINT.
+
+    Told to stop, it claims nothing more and lets each drive end its step; after
+    --grace seconds the attempts still going are recorded as interrupted.
+    """
     from devflow.engine.worker import Options
     from devflow.errors import Code, DevflowError
     if concurrency < 1 or poll <= 0 or grace < 0:
@@ -118,9 +136,11 @@ def workers() -> None:
     """Workers that drive runs."""
 
 
-@workers.command("list")
+@workers.command("list", epilog="""\b
+Example:
+  devflow workers list --all""")
 @click.option("--all", "include_stopped", is_flag=True, help="Include stopped workers.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The workers as JSON.")
 @click.pass_obj
 def workers_list(state: State, include_stopped: bool, as_json: bool) -> None:
     """List registered workers with their host, pid and last heartbeat."""
@@ -138,11 +158,14 @@ def worktree_group() -> None:
     """Worktrees of runs."""
 
 
-@worktree_group.command("prune")
+@worktree_group.command("prune", epilog="""\b
+Examples:
+  devflow worktree prune --older-than 7d --dry-run
+  devflow worktree prune --delete-branches""")
 @click.option("--older-than", help="Only runs that ended longer ago than this (e.g. 7d).")
 @click.option("--delete-branches", is_flag=True, help="Delete the run branches too.")
-@click.option("--dry-run", is_flag=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="What was removed, as JSON.")
 @click.pass_obj
 def worktree_prune(state: State, older_than: str | None, delete_branches: bool, dry_run: bool,
                    as_json: bool) -> None:

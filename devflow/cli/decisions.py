@@ -1,8 +1,13 @@
-"""Commands of approvers: decide (approve, reject, request-changes, abort), approvals list|show."""
+"""Commands of approvers: decide (approve, reject, request-changes, abort), approvals list|show.
+
+``decide RUN ACTION`` takes every option; the shortcuts take only what their action
+uses (``approve --help`` offers no ``--rewind``).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +15,7 @@ import click
 
 from devflow.cli import output
 from devflow.cli.main import NUMBER, State
-from devflow.cli.runs import _pairs, show_view
+from devflow.cli.runs import DRIVER_EXIT, _pairs, outcome, show_view
 
 _ACTIONS = {"approve": "approve", "reject": "reject", "request-changes": "request_changes",
             "request_changes": "request_changes", "abort": "abort"}
@@ -25,6 +30,9 @@ def _sections(pairs: tuple[str, ...], sections_file: Path | None) -> tuple[dict[
     if sections_file is not None:
         try:
             data = jsontext.loads(sections_file.read_bytes())
+        except FileNotFoundError as exc:
+            raise DevflowError(Code.FILE_NOT_FOUND, f"--sections-file {sections_file}: no such "
+                               "file", hint="check the path") from exc
         except OSError as exc:
             raise DevflowError(Code.INVALID_INPUT, f"--sections-file {sections_file}: "
                                f"{exc.strerror}", hint="check the path") from exc
@@ -45,10 +53,11 @@ def _sections(pairs: tuple[str, ...], sections_file: Path | None) -> tuple[dict[
     return verdicts, comments
 
 
-def _decide(state: State, run_id: str, action: str, approval: int | None, token: str | None,
-            comment: str | None, actor: str | None, no_drive: bool, as_json: bool,
-            section: tuple[str, ...], sections_file: Path | None, rewind: bool,
-            artifact_sha: str | None) -> int:
+def _decide(state: State, run_id: str, action: str, *, approval: int | None = None,
+            token: str | None = None, comment: str | None = None, actor: str | None = None,
+            no_drive: bool = False, as_json: bool = False, section: tuple[str, ...] = (),
+            sections_file: Path | None = None, rewind: bool = False,
+            artifact_sha: str | None = None) -> int:
     from devflow import access
     from devflow.approvals import DecisionRequest, new_token
     from devflow.cli.progress import Progress
@@ -76,71 +85,138 @@ def _decide(state: State, run_id: str, action: str, approval: int | None, token:
             view, drove = app.drive(result.run.id, observer=progress)
         if not drove and not as_json:
             click.echo("a worker holds the run; it continues there", err=True)
-    code = show_view(view, as_json=as_json, extra={**result.to_json(), "driven": drove})
-    # The decision was recorded (or replayed): success, even when it ended the run;
-    # 1 only when the run failed while this command drove it on.
-    return code if drove else 0
+    show_view(view, as_json=as_json, extra={**result.to_json(), "driven": drove})
+    # The decision was recorded (or replayed): success, even when it ended the run as
+    # asked (reject, abort); 1 only when the run failed while this command drove it on.
+    return outcome(view) if drove else 0
 
 
-def _decision_options(fn: Any) -> Any:
-    for option in reversed([
-        click.option("--approval", type=NUMBER, help="Approval id (default: the run's only "
-                                                  "pending one)."),
-        click.option("--token", help="Idempotency token; the same token repeats safely."),
-        click.option("--comment", "-m", help="What you want; goes into the next prompt."),
-        click.option("--as", "actor", metavar="NAME",
-                     help="Attribute the decision to NAME (default: DEVFLOW_ACTOR, else your OS "
-                          "account). A label where the gate names no approvers; where it "
-                          "does, refused unless config act_for_others lists your account."),
-        click.option("--section", multiple=True, metavar="KEY=approve|reject",
-                     help="Decide one item of a sectioned artifact (repeatable)."),
-        click.option("--sections-file", type=click.Path(path_type=Path, dir_okay=False),
-                     help="JSON object of section verdicts (and comments)."),
-        click.option("--rewind", is_flag=True,
-                     help="(request-changes) Reset the worktree to the phase's previous "
-                          "checkpoint first."),
-        click.option("--artifact-sha", help="The artifact sha256 you were shown; refused "
-                                            "(approval_stale) if the gate shows other bytes."),
-        click.option("--no-drive", is_flag=True, help="Record only; leave the run to workers."),
-        click.option("--json", "as_json", is_flag=True),
-    ]):
-        fn = option(fn)
-    return fn
+# -- the options, each once; every command takes the ones its action uses -----------------
+_Option = Callable[[Any], Any]
+_APPROVAL = click.option("--approval", type=NUMBER, help="Approval id (default: the run's only "
+                                                      "pending one).")
+_TOKEN = click.option("--token", help="Idempotency token; the same token repeats safely.")
+_AS = click.option("--as", "actor", metavar="NAME",
+                   help="Attribute the decision to NAME (default: DEVFLOW_ACTOR, else your OS "
+                        "account). A label where the gate names no approvers; where it does, "
+                        "refused unless config act_for_others lists your account.")
+_SECTION = click.option("--section", multiple=True, metavar="KEY=approve|reject",
+                        help="Decide one item of a sectioned artifact (repeatable).")
+_SECTIONS_FILE = click.option("--sections-file", type=click.Path(path_type=Path, dir_okay=False),
+                              help="JSON object of section verdicts (and comments).")
+_REWIND = click.option("--rewind", is_flag=True, help="Reset the worktree to the phase's "
+                                                      "previous checkpoint first.")
+_SHA = click.option("--artifact-sha", help="The artifact sha256 you were shown; refused "
+                                           "(approval_stale) if the gate shows other bytes.")
+_NO_DRIVE = click.option("--no-drive", is_flag=True,
+                         help="Record only; leave the run to workers.")
+_JSON = click.option("--json", "as_json", is_flag=True,
+                     help="The decision, its outcome and the run as JSON.")
 
 
-@click.command("decide")
+def _comment(text: str) -> _Option:
+    return click.option("--comment", "-m", help=text)
+
+
+def _with(options: list[_Option]) -> _Option:
+    def apply(fn: Any) -> Any:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+@click.command("decide", epilog=f"""\b
+Examples:
+  devflow decide 20260101-abc234 approve --token t-1
+  devflow decide 20260101-abc234 request-changes -m "cover the empty title" --rewind
+
+approve and request-changes drive the run on here (unless --no-drive or a worker holds
+it); reject fails the run and abort aborts it, each with its report. {DRIVER_EXIT}
+reject and abort exit 0 once the run ended as asked.""")
 @click.argument("run_id")
 @click.argument("action", type=click.Choice(sorted(set(_ACTIONS))))
-@_decision_options
+@_with([_APPROVAL, _TOKEN, _comment("What you want changed, or why; goes into the next prompt "
+                                    "(request-changes) and the report."),
+        _AS, _SECTION, _SECTIONS_FILE, _REWIND, _SHA, _NO_DRIVE, _JSON])
 @click.pass_obj
 def decide(state: State, /, run_id: str, action: str, **kw: Any) -> int:
-    """Decide the pending gate of RUN_ID: approve, reject, request-changes or abort."""
+    """Decide the pending gate of RUN_ID: approve, reject, request-changes or abort.
+
+    A decision is bound to the evidence the gate shows (the artifact's sha256 and the
+    worktree); the same --token repeats a decision safely.
+    """
     return _decide(state, run_id, action, **kw)
 
 
-def _shortcut(action: str) -> click.Command:
-    @click.command(action)
-    @click.argument("run_id")
-    @_decision_options
-    @click.pass_obj
-    def command(state: State, /, run_id: str, **kw: Any) -> int:
-        return _decide(state, run_id, action, **kw)
-    command.__doc__ = f"Short for `devflow decide RUN_ID {action}`."
-    return command
+@click.command("approve", epilog=f"""\b
+Examples:
+  devflow approve 20260101-abc234
+  devflow approve 20260101-abc234 --section F2=reject    # approve all but finding F2
+
+{DRIVER_EXIT}""")
+@click.argument("run_id")
+@_with([_APPROVAL, _TOKEN, _comment("A note for the report."), _AS, _SECTION, _SECTIONS_FILE,
+        _SHA, _NO_DRIVE, _JSON])
+@click.pass_obj
+def approve(state: State, /, run_id: str, **kw: Any) -> int:
+    """Approve the pending gate of RUN_ID and drive the run on to its next gate or its end.
+
+    With --section KEY=reject, the rejected items go back to the agent as changes
+    requested (on a phase plan: the rejected phases are left out).
+    """
+    return _decide(state, run_id, "approve", **kw)
 
 
+@click.command("request-changes", epilog=f"""\b
+Examples:
+  devflow request-changes 20260101-abc234 -m "keep the public API unchanged"
+  devflow request-changes 20260101-abc234 --section F1=reject --rewind
+
+{DRIVER_EXIT}""")
+@click.argument("run_id")
+@_with([_APPROVAL, _TOKEN, _comment("What to change; goes into the next prompt (needed unless "
+                                    "a --section is rejected)."),
+        _AS, _SECTION, _SECTIONS_FILE, _REWIND, _SHA, _NO_DRIVE, _JSON])
+@click.pass_obj
+def request_changes(state: State, /, run_id: str, **kw: Any) -> int:
+    """Send the pending gate's phase back to its agent with what to change, and drive it.
+
+    The agent's next attempt gets your comment (and rejected sections); --rewind
+    first resets the worktree to where the phase started.
+    """
+    return _decide(state, run_id, "request-changes", **kw)
+
+
+@click.command("reject", epilog="""\b
+Example:
+  devflow reject 20260101-abc234 -m "not the change we need"
+
+Exit 0 once the run failed as asked (approval_rejected), with its report.""")
+@click.argument("run_id")
+@_with([_APPROVAL, _TOKEN, _comment("Why; goes into the report."), _AS, _SHA, _JSON])
+@click.pass_obj
+def reject(state: State, /, run_id: str, **kw: Any) -> int:
+    """Reject the pending gate of RUN_ID: the run fails and its report is written."""
+    return _decide(state, run_id, "reject", **kw)
+
+
+# -- approval requests ----------------------------------------------------------------------
 @click.group("approvals")
 def approvals_group() -> None:
     """Approval requests: what gates wait for whom."""
 
 
-@approvals_group.command("list")
+@approvals_group.command("list", epilog="""\b
+Examples:
+  devflow approvals list --pending
+  devflow approvals list --run 20260101-abc234 --json""")
 @click.option("--pending", is_flag=True, help="Only requests still waiting.")
 @click.option("--run", "run_id", help="Only this run's requests.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The requests as JSON.")
 @click.pass_obj
 def approvals_list(state: State, pending: bool, run_id: str | None, as_json: bool) -> None:
-    """List approval requests."""
+    """List approval requests, their gates and their state."""
     items = state.app.approvals(pending=pending, run_id=run_id)
     if as_json:
         output.emit_json({"approvals": [a.to_json() for a in items]})
@@ -151,12 +227,15 @@ def approvals_list(state: State, pending: bool, run_id: str | None, as_json: boo
                    f"{a.deadline:%Y-%m-%d %H:%M}" if a.deadline else ""] for a in items])
 
 
-@approvals_group.command("show")
+@approvals_group.command("show", epilog="""\b
+Example:
+  devflow approvals show 3""")
 @click.argument("approval_id", type=NUMBER)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="The request, its decisions and the artifact as JSON.")
 @click.pass_obj
 def approvals_show(state: State, approval_id: int, as_json: bool) -> None:
-    """Show a request, the evidence, the artifact and the decisions made."""
+    """Show a request: the gate's message, the evidence, the artifact and the decisions."""
     approval, decisions, artifact = state.app.approval(approval_id)
     if as_json:
         output.emit_json({"approval": approval.to_json(),
@@ -165,13 +244,14 @@ def approvals_show(state: State, approval_id: int, as_json: bool) -> None:
     click.secho(f"approval {approval.id}: gate {approval.gate} of run {approval.run_id}, "
                 f"phase {approval.phase_key}, round {approval.round}: {approval.state}", bold=True)
     if approval.message:
-        click.echo("\n" + approval.message.strip() + "\n")
+        click.echo("\n" + output.paragraphs(approval.message) + "\n")
     ev = approval.evidence
     output.kv([("options", ", ".join(approval.options)),
                ("approvers", ", ".join(approval.approvers) or "anyone"),
                ("artifact", f"{ev.artifact_path}  sha256 {ev.artifact_sha}"),
                ("worktree", f"HEAD {ev.head_sha}  tree {ev.tree_sha}"),
-               ("deadline", str(approval.deadline) if approval.deadline else None),
+               ("deadline", f"{approval.deadline:%Y-%m-%d %H:%M} UTC" if approval.deadline
+                else None),
                ("sections", approval.sections)])
     if artifact is not None:
         click.echo("\n" + json.dumps(artifact, indent=2, ensure_ascii=False))
@@ -179,11 +259,11 @@ def approvals_show(state: State, approval_id: int, as_json: bool) -> None:
     for d in decisions:
         click.echo(f"\n{d.created_at:%Y-%m-%d %H:%M:%S} {d.actor}: {d.action}"
                    + (f": {d.comment}" if d.comment else "")
+                   + (f"  sections {output.value_text('', dict(d.sections))}"
+                      if d.sections else "")
                    + f"\n  authenticated: {access.describe(d.authentication, d.actor)}")
 
 
 def register(cli: click.Group) -> None:
-    cli.add_command(decide)
-    for action in ("approve", "reject", "request-changes"):
-        cli.add_command(_shortcut(action))
-    cli.add_command(approvals_group)
+    for command in (decide, approve, request_changes, reject, approvals_group):
+        cli.add_command(command)

@@ -1,21 +1,41 @@
 """The ``devflow`` command: parse, call the app, render text or ``--json``, exit with a code.
 
-Exit codes: 0 ok (including "stopped at a gate"), 1 run failed or aborted, 2 invalid
-input, 3 conflict, 4 not found. With ``--json`` an error prints
-``{"error": {"code", "message", "hint"}}``. Heavy modules are imported inside the
-commands so that ``devflow --help`` starts fast.
+The exit code says how the command went (``EXIT_CODES`` below, printed by ``--help``).
+With ``--json`` an error prints ``{"error": {"code", "message", "hint"}}``. Heavy
+modules are imported inside the commands so that ``devflow --help`` starts fast.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 if TYPE_CHECKING:
     from devflow.app import App
+
+EXIT_CODES = """\
+Exit codes, the same for every command:
+
+\b
+  0    done as asked: a run that stopped at a gate or was paused included
+  1    it failed; a command that drives a run (run start, run drive, run resume,
+       approve, request-changes, decide approve|request-changes, demo) also
+       exits 1 when the run is failed or aborted at its end
+  2    invalid input: nothing was changed
+  3    conflict: the state of things forbids it now (nothing was changed)
+  4    not found: a run, approval, template, persona, schema, file or branch
+  130  interrupted (Ctrl-C), 143 stopped by SIGTERM: a run being driven is left
+       runnable, not aborted
+  141  the reader of the output went away (a closed pipe)
+
+Commands that show things (run status, report, events, ...) exit 0 whatever state
+the run is in, and reject, decide abort and run abort exit 0 once the run ended as
+asked: the run's state is in their output (`--json` for scripts).
+"""
 
 
 class State:
@@ -44,6 +64,18 @@ class State:
             self._app.close()
 
 
+class _Root(click.Group):
+    """The root group: a closed pipe under any command becomes ``PipeClosed`` here, before
+    click's own handling (which would exit 1)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from devflow.cli import output
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError as exc:
+            raise output.PipeClosed() from exc
+
+
 _PATHS = click.Path(path_type=Path, file_okay=False)
 #: ids, counts and sequence numbers: what the tables' INTEGER columns hold on both
 #: databases (a larger number was the driver's overflow error: internal_error on SQLite,
@@ -51,12 +83,14 @@ _PATHS = click.Path(path_type=Path, file_okay=False)
 NUMBER = click.IntRange(0, 2**31 - 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=_Root, epilog=EXIT_CODES,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--templates-dir", multiple=True, type=_PATHS, help="Extra template directory.")
 @click.option("--personas-dir", multiple=True, type=_PATHS, help="Extra persona directory.")
 @click.option("--schemas-dir", multiple=True, type=_PATHS, help="Extra schema directory.")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default=None,
-              help="Log format on stderr (default: console on a terminal, else JSON).")
+              help="Logs and progress on stderr: console text or JSON lines (default: console "
+                   "on a terminal, else JSON).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
 @click.version_option(package_name="devflow")
 @click.pass_context
@@ -68,7 +102,8 @@ def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple
     makes every phase leave a schema-validated artifact, waits at gates for a
     person's decision, and ends with a report.
 
-    Start with `devflow demo`, then `devflow run start --help`.
+    Start with `devflow demo`, then `devflow run start --help`. Every command has
+    its own --help with an example, and --json for scripts.
     """
     overrides: dict[str, Any] = {
         "templates_dirs": [str(p) for p in templates_dir] or None,
@@ -86,33 +121,53 @@ def _register() -> None:
         module.register(cli)
 
 
+class _Terminated(BaseException):
+    """SIGTERM outside a drive (which has its own handling): unwind like Ctrl-C does."""
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    raise _Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     from devflow.cli import output
     args = sys.argv[1:] if argv is None else argv
     _register()
     want_json = "--json" in args
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         _check_text(args)
         code = cli.main(args=args, prog_name="devflow", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
+    except output.PipeClosed:
+        output.silence_stdout()
+        sys.exit(141)
+    except BrokenPipeError:  # the final flush
+        output.silence_stdout()
+        sys.exit(141)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # click turns Ctrl-C into Abort
+        _quietly(output.failure, "interrupted", "devflow was interrupted", "", want_json)
         sys.exit(130)
+    except _Terminated:
+        _quietly(output.failure, "terminated", "devflow was stopped by SIGTERM", "",
+                 want_json)
+        sys.exit(143)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        output.usage_error(exc, want_json)
+        _quietly(output.usage_error, exc, want_json)
         sys.exit(2)
     except BaseException as exc:
-        from devflow.errors import DevflowError
+        from devflow.errors import DevflowError, Interrupted
+        if isinstance(exc, Interrupted):
+            _quietly(_interrupted, exc, want_json)
+            sys.exit(128 + exc.signum)
         if isinstance(exc, DevflowError):
-            output.error(exc, want_json)
+            _quietly(output.error, exc, want_json)
             sys.exit(exc.exit_code)
-        if isinstance(exc, KeyboardInterrupt):
-            click.echo("interrupted", err=True)
-            sys.exit(130)
         if isinstance(exc, SystemExit):
             raise
-        output.crash(exc, want_json)
+        _quietly(output.crash, exc, want_json)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -137,6 +192,25 @@ def _check_text(args: list[str]) -> None:
         except UnicodeEncodeError:
             pass  # not from bytes: the surrogate itself is named
         raise DevflowError(Code.INVALID_INPUT, message, hint="arguments must be UTF-8 text")
+
+
+def _interrupted(exc: Any, want_json: bool) -> None:
+    from devflow.cli import output
+    name = signal.Signals(exc.signum).name
+    output.failure("interrupted", f"{name}: run {exc.run_id} was interrupted, not aborted; "
+                   "the attempt under way is recorded as interrupted and its agent stopped",
+                   f"continue with `devflow run drive {exc.run_id}` or abort with "
+                   f"`devflow run abort {exc.run_id}`", want_json)
+
+
+def _quietly(say: Any, *args: Any) -> None:
+    """Print an error; if even that finds the pipe closed, leave it."""
+    from devflow.cli import output
+    try:
+        say(*args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        output.silence_stdout()
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
 """Live progress while a run is driven: a table on a terminal, event lines otherwise.
 
 It is the engine's observer: it gets each event once its transaction committed, and
-short notes from the agent's output (what it is doing now).
+short notes from the agent's output (what it is doing now). Off a terminal it follows
+the log format, so stderr is one stream: JSON records (the logs' ``timestamp``,
+``level`` and ``event``, the event's type, then ``run_id``, ``seq``, ``phase`` and
+``payload`` as ``events --json`` has them) beside JSON logs, text
+lines beside console logs. A reader that went away ends the printing, not the run.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -15,7 +20,8 @@ from typing import Any
 
 import click
 
-from devflow import model
+from devflow import logs, model
+from devflow.cli import output
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Progress:
     def __init__(self, *, quiet: bool = False) -> None:
         self.quiet = quiet
         self.live_mode = not quiet and sys.stderr.isatty()
+        self.json_lines = logs.current_format() == "json"
         self._rows: dict[str, _Row] = {}
         self._lock = threading.Lock()
         self._live: Any = None
@@ -53,10 +60,22 @@ class Progress:
     def event(self, event: model.Event) -> None:
         with self._lock:
             self._apply(event)
-        if not self.quiet and not self.live_mode:
+        if self.quiet or self.live_mode:
+            return
+        if self.json_lines:
+            line = json.dumps({"timestamp": model.iso(event.ts), "level": "info",
+                               "event": event.type, "logger": "devflow.progress",
+                               "run_id": event.run_id, "seq": event.seq, "phase": event.phase,
+                               "payload": dict(event.payload)}, ensure_ascii=False, default=str)
+        else:
             detail = _detail(event)
-            click.echo(f"{event.ts:%H:%M:%S} {event.phase or '-':<12} {event.type}"
-                       + (f"  {detail}" if detail else ""), err=True)
+            line = (f"{event.ts:%H:%M:%S} {event.phase or '-':<12} {event.type}"
+                    + (f"  {detail}" if detail else ""))
+        try:
+            with self._lock:
+                click.echo(line, err=True)
+        except (BrokenPipeError, ValueError):  # stderr closed: stop printing, drive on
+            self.quiet = True
 
     def progress(self, run_id: str, phase: str, text: str) -> None:
         with self._lock:
@@ -93,6 +112,7 @@ class Progress:
             row.state, row.note = "pending", "changes requested"
         elif kind == "phase.interrupted":
             row.state, row.note = "pending", "interrupted"
+            row.ended = time.monotonic()
 
     def _render(self) -> Any:
         from rich.table import Table
@@ -113,6 +133,6 @@ class Progress:
 
 
 def _detail(event: model.Event) -> str:
-    p = event.payload
-    keys = ("attempt", "code", "exit_code", "gate", "action", "actor", "sha", "reason", "phases")
-    return " ".join(f"{k}={p[k]}" for k in keys if p.get(k) not in (None, "", []))[:160]
+    keys = ("attempt", "code", "exit_code", "gate", "action", "actor", "sha", "reason", "phases",
+            "by", "cost_usd")
+    return output.pairs_text(dict(event.payload), keys)

@@ -13,9 +13,14 @@ from devflow.cli.main import NUMBER, State
 
 if TYPE_CHECKING:
     from devflow.app import RunView
+    from devflow.model import Binding
 
 _RUN_STATES = ["created", "bound", "executing", "planning", "awaiting_approval", "paused",
                "completed", "failed", "aborted"]
+
+#: what the exit code of a command that drives a run says, for its --help
+DRIVER_EXIT = ("Exit 0 when the run completed, waits at a gate or is paused; 1 when it is "
+               "failed or aborted at the end; 130 on Ctrl-C (the run is left runnable).")
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -28,43 +33,59 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     return pairs
 
 
-def exit_code(view: RunView) -> int:
+def outcome(view: RunView) -> int:
+    """The exit code of a command that drove ``view``'s run: 1 if it ended failed or aborted."""
     return 1 if str(view.run.state) in ("failed", "aborted") else 0
 
 
-def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = None) -> int:
+_MARKS = {"completed": "✓", "failed": "✗", "skipped": "-", "awaiting_approval": "⏸",
+          "running": "▶", "validating": "▶"}
+
+
+def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = None,
+              agents: list[Binding] | None = None) -> None:
     if as_json:
         output.emit_json({**view.to_json(), **(extra or {})})
-        return exit_code(view)
+        return
     run = view.run
     color = {"completed": "green", "failed": "red", "aborted": "red",
              "awaiting_approval": "yellow"}.get(str(run.state))
     click.echo(f"run {click.style(run.id, bold=True)}  {click.style(str(run.state), fg=color)}"
                f"  ({run.template_ref})")
     report = Path(run.workspace) / "report.md" if run.report_status else None
+    pruned = run.terminal and run.worktree and not Path(run.worktree).exists()
     output.kv([("repo", run.repo), ("base", f"{run.base} ({(run.base_sha or '')[:12]})"),
-               ("branch", run.branch), ("worktree", run.worktree),
+               ("branch", run.branch),
+               ("worktree", f"{run.worktree} (removed)" if pruned else run.worktree),
+               ("agents", ", ".join(f"{b.role} {b.persona_ref} ({b.backend})" for b in agents)
+                if agents else None),
                ("failure", f"{run.failure_code}: {run.failure_reason}" if run.failure_code
                 else None),
-               ("usage", f"{run.tokens_in} tokens in, {run.tokens_out} out, ${run.cost_usd:.4f}"
-                if run.tokens_in or run.cost_usd else None),
-               ("report", str(report) if report else None), ("driver", _driver(view))])
-    marks = {"completed": "✓", "failed": "✗", "skipped": "-", "awaiting_approval": "⏸"}
-    click.echo("  phases  " + "  ".join(
-        f"{p.key} {marks.get(str(p.state), '·')}" + (f"x{p.attempt}" if p.attempt > 1 else "")
-        for p in view.phases))
+               ("usage", f"{run.tokens_in} tokens in, {run.tokens_out} out, "
+                         f"{output.money(run.cost_usd)}" if run.tokens_in or run.cost_usd
+                else None),
+               ("report", str(report) if report else None),
+               ("driver", output.commands(_driver(view) or ""))])
+    click.echo("  phases")
+    width = max((len(p.key) for p in view.phases), default=0)
+    for p in view.phases:
+        state = str(p.state).replace("_", " ")
+        attempts = f"attempt {p.attempt}" if p.state in ("running", "validating") \
+            else (f"{p.attempt} attempts" if p.attempt > 1 else "")
+        click.echo(f"    {_MARKS.get(str(p.state), '·')} {p.key.ljust(width)}  "
+                   f"{state:<18} {attempts}".rstrip())
     if view.gate is not None:
         g = view.gate
+        name = output.program()
         click.echo()
         click.secho(f"waiting at gate {g.gate} (phase {g.phase_key}, round {g.round}), "
                     f"approval {g.id}", fg="yellow", bold=True)
         if g.message:
-            click.echo("  " + g.message.strip().replace("\n", "\n  "))
+            click.echo(output.paragraphs(g.message, indent="  "))
         click.echo(f"  artifact  {g.evidence.artifact_path}  sha256 {g.evidence.artifact_sha}")
-        click.echo(f"  read it:  devflow approvals show {g.id}")
-        click.echo(f"  decide:   devflow approve {run.id}   |   devflow request-changes {run.id} "
-                   f"--comment '...'   |   devflow reject {run.id}")
-    return exit_code(view)
+        click.echo(f"  read it:  {name} approvals show {g.id}")
+        click.echo(f"  decide:   {name} approve {run.id}   |   {name} request-changes {run.id} "
+                   f"--comment '...'   |   {name} reject {run.id}")
 
 
 def _driver(view: RunView) -> str | None:
@@ -84,14 +105,25 @@ def _driver(view: RunView) -> str | None:
     return f"{run.lease_owner}" + (f" (lease until {until:%H:%M:%S} UTC)" if until else "")
 
 
+def _drive_here(state: State, run_id: str, as_json: bool) -> tuple[RunView, bool]:
+    from devflow.cli.progress import Progress
+    with Progress(quiet=as_json) as progress:
+        return state.app.drive(run_id, observer=progress)
+
+
 @click.group("run")
 def run_group() -> None:
     """Start, watch and steer runs."""
 
 
-@run_group.command("start")
+@run_group.command("start", epilog=f"""\b
+Examples:
+  devflow run start --repo ~/src/app --base main -t development@1 -r requirements.md
+  echo "Add a --verbose flag" | devflow run start -t quick@1 -r - --detach --json
+
+{DRIVER_EXIT} With --detach: 0 once the run is created.""")
 @click.option("--repo", type=click.Path(path_type=Path), default=".", show_default=True,
-              help="The git repository to work on.")
+              help="The git repository to work on (any directory inside it).")
 @click.option("--base", help="Branch (or ref) to start from; default: the repo's current branch.")
 @click.option("--template", "-t", required=True, help="NAME or NAME@VERSION, e.g. development@1.")
 @click.option("--requirements", "-r", type=click.Path(exists=True, dir_okay=False,
@@ -101,7 +133,8 @@ def run_group() -> None:
 @click.option("--bind", multiple=True, metavar="ROLE=PERSONA[@VERSION]",
               help="Bind a role to a persona (repeatable).")
 @click.option("--scenario", multiple=True, metavar="PHASE=NAME",
-              help="Scripted agents: the scenario of a phase (repeatable).")
+              help="Scripted agents: the scenario of a phase of the template (repeatable): ok, "
+                   "invalid-then-ok, invalid, no-artifact, exit-1, slow:SECONDS, plan:N, edit.")
 @click.option("--run-id", help="Choose the run id (letters, digits, - and _).")
 @click.option("--max-cost", type=float, help="Fail the run when agents' cost passes this (USD).")
 @click.option("--detach", is_flag=True, help="Create the run and leave it to workers.")
@@ -111,7 +144,11 @@ def run_start(state: State, repo: Path, base: str | None, template: str,
               requirements: str | None, objective: str | None, bind: tuple[str, ...],
               scenario: tuple[str, ...], run_id: str | None, max_cost: float | None,
               detach: bool, as_json: bool) -> int:
-    """Start a run of TEMPLATE on REPO and drive it until it ends or waits at a gate."""
+    """Start a run of TEMPLATE on REPO and drive it until it ends or waits at a gate.
+
+    The run works in a worktree of its own on branch devflow/RUN/main; the repository's
+    own branches are never touched. Progress shows on stderr while agents work.
+    """
     from devflow.cli.progress import Progress
     from devflow.engine.start import StartRequest, check_text
     # the bytes as read: the library decodes and checks them, with the objective (here
@@ -126,7 +163,14 @@ def run_start(state: State, repo: Path, base: str | None, template: str,
         actor=app.settings.actor)
     with Progress(quiet=as_json or detach) as progress:
         view = app.start(request, detach=detach, observer=progress)
-    return show_view(view, as_json=as_json)
+    agents = None if as_json else app.bindings(view.run.id)
+    show_view(view, as_json=as_json, agents=agents)
+    if agents and not bind and all(b.backend == "scripted" for b in agents):
+        click.secho(output.commands(
+            "note: every role went to a scripted stand-in, not a real agent: no --bind, and "
+            "no persona of a real agent CLI is available here (`devflow backends list` says "
+            "why)"), fg="yellow", err=True)
+    return 0 if detach else outcome(view)
 
 
 def _read_requirements(path: str | None) -> bytes:
@@ -157,95 +201,167 @@ def _current_branch(repo: Path) -> str:
     raise git.GitError(["symbolic-ref", "HEAD"], repo, result)
 
 
-@run_group.command("status")
+def _repo_top(path: Path) -> str:
+    """The repository ``run start --repo PATH`` would record: the top of the one containing
+    PATH; a path that is no repository (any more) stands for itself."""
+    from devflow import git
+    resolved = path.expanduser().resolve()
+    if resolved.is_dir():
+        found = git.run(["rev-parse", "--show-toplevel"], resolved, check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return str(Path(found.stdout.rstrip("\n")).resolve())
+    return str(resolved)
+
+
+@run_group.command("status", epilog="""\b
+Example:
+  devflow run status 20260101-abc234 --json | jq -r .run.state
+
+Exit 0 whatever state the run is in (failed included); 4 if there is no such run.""")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The run, its phases and its gate as JSON.")
 @click.pass_obj
-def run_status(state: State, run_id: str, as_json: bool) -> int:
+def run_status(state: State, run_id: str, as_json: bool) -> None:
     """Show a run, its phases and, at a gate, how to decide."""
-    return show_view(state.app.view(run_id), as_json=as_json)
+    show_view(state.app.view(run_id), as_json=as_json)
 
 
-@run_group.command("list")
-@click.option("--state", "states", multiple=True, type=click.Choice(_RUN_STATES))
-@click.option("--repo", type=click.Path(path_type=Path))
-@click.option("--limit", type=NUMBER, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@run_group.command("list", epilog="""\b
+Examples:
+  devflow run list --state awaiting_approval
+  devflow run list --repo . --json""")
+@click.option("--state", "states", multiple=True, type=click.Choice(_RUN_STATES),
+              help="Only runs in this state (repeatable).")
+@click.option("--repo", type=click.Path(path_type=Path),
+              help="Only runs of the repository containing this path.")
+@click.option("--limit", type=NUMBER, default=50, show_default=True,
+              help="At most this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="The runs as JSON.")
 @click.pass_obj
 def run_list(state: State, states: tuple[str, ...], repo: Path | None, limit: int,
              as_json: bool) -> None:
     """List runs, newest first."""
     from devflow.states import RunState
     runs = state.app.runs([RunState(s) for s in states] or None,
-                          str(repo.resolve()) if repo else None, limit)
+                          _repo_top(repo) if repo else None, limit)
     if as_json:
         output.emit_json({"runs": [r.to_json() for r in runs]})
         return
     output.table(["run", "state", "template", "repo", "base", "created"],
                  [[r.id, r.state, r.template_ref, r.repo, r.base, f"{r.created_at:%Y-%m-%d %H:%M}"]
-                  for r in runs])
+                  for r in runs], wrap=("repo",))
 
 
-@run_group.command("drive")
+@run_group.command("drive", epilog=f"""\b
+Example:
+  devflow run drive 20260101-abc234
+
+{DRIVER_EXIT}""")
 @click.argument("run_id")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="The run as JSON when the drive stops.")
 @click.pass_obj
 def run_drive(state: State, run_id: str, as_json: bool) -> int:
-    """Drive a runnable run in the foreground (e.g. after `devflow sweep` recovered it)."""
-    from devflow.cli.progress import Progress
-    with Progress(quiet=as_json) as progress:
-        view, drove = state.app.drive(run_id, observer=progress)
+    """Drive a runnable run in the foreground (e.g. after an interruption or a sweep).
+
+    A run that a live worker holds is left to it; a run at a gate waits for a decision.
+    """
+    view, drove = _drive_here(state, run_id, as_json)
     if not drove and not as_json:
         click.echo(f"not driven here: the run is {view.run.state}"
                    + (f", held by {view.run.lease_owner}" if view.run.lease_owner else ""),
                    err=True)
-    return show_view(view, as_json=as_json, extra={"driven": drove})
+    show_view(view, as_json=as_json, extra={"driven": drove})
+    return outcome(view)
 
 
-def _steer(verb: str) -> click.Command:
-    @click.command(verb)
-    @click.argument("run_id")
-    @click.option("--reason", help="Why; recorded with the event.")
-    @click.option("--as", "actor", metavar="NAME",
-                  help="Attribute it to NAME (default: DEVFLOW_ACTOR, else your OS account); "
-                       "at a gate that names approvers, refused unless config act_for_others "
-                       "lists your account.")
-    @click.option("--no-drive", is_flag=True, help="(resume) Leave the run to workers.")
-    @click.option("--json", "as_json", is_flag=True)
-    @click.pass_obj
-    def command(state: State, run_id: str, reason: str | None, actor: str | None,
-                no_drive: bool, as_json: bool) -> int:
-        from devflow import access
-        app = state.app
-        # the OS account running this command is who acts; the name is whom it is
-        # attributed to
-        result = getattr(app, verb)(run_id, actor or app.settings.actor, reason,
-                                    access.os_account())
-        view = app.view(result.run.id)
-        if verb == "resume" and result.changed and not no_drive:
-            from devflow.cli.progress import Progress
-            with Progress(quiet=as_json) as progress:
-                view, _ = app.drive(result.run.id, observer=progress)
-        if not as_json:
-            click.echo(f"{verb}: " + ("done" if result.changed else "nothing to do (no change)"))
-        show_view(view, as_json=as_json, extra={"changed": result.changed})
-        # the command did what was asked (or it was already so): that is success, even for
-        # an aborted run; refusals are errors with their own codes
-        return 0 if verb != "resume" else exit_code(view)
-    command.__doc__ = {"pause": "Pause a run: its driver stops before its next step.",
-                       "resume": "Resume a paused run where it was, and drive it.",
-                       "abort": "Abort a run: its agent is stopped and its report written."}[verb]
-    return command
+def _steered(state: State, verb: str, run_id: str, reason: str | None, actor: str | None,
+             as_json: bool) -> tuple[RunView, bool]:
+    from devflow import access
+    app = state.app
+    # the OS account running this command is who acts; the name is whom it is attributed to
+    result = getattr(app, verb)(run_id, actor or app.settings.actor, reason,
+                                access.os_account())
+    if not as_json:
+        click.echo(f"{verb}: " + ("done" if result.changed else "nothing to do (no change)"))
+    return app.view(result.run.id), result.changed
 
 
-for _verb in ("pause", "resume", "abort"):
-    run_group.add_command(_steer(_verb))
+_REASON = click.option("--reason", help="Why; recorded with the event.")
+_AS = click.option("--as", "actor", metavar="NAME",
+                   help="Attribute it to NAME (default: DEVFLOW_ACTOR, else your OS account); "
+                        "at a gate that names approvers, refused unless config act_for_others "
+                        "lists your account.")
+_JSON = click.option("--json", "as_json", is_flag=True, help="The run as JSON.")
 
 
-@click.command("events")
+@run_group.command("pause", epilog="""\b
+Example:
+  devflow run pause 20260101-abc234 --reason "waiting for the API freeze"
+
+Exit 0 once the run is paused (or already was); 3 if it already ended.""")
+@click.argument("run_id")
+@_REASON
+@_AS
+@_JSON
+@click.pass_obj
+def run_pause(state: State, run_id: str, reason: str | None, actor: str | None,
+              as_json: bool) -> None:
+    """Pause a run: its driver stops before its next step; an agent at work finishes."""
+    view, changed = _steered(state, "pause", run_id, reason, actor, as_json)
+    show_view(view, as_json=as_json, extra={"changed": changed})
+
+
+@run_group.command("resume", epilog=f"""\b
+Examples:
+  devflow run resume 20260101-abc234
+  devflow run resume 20260101-abc234 --no-drive     # a worker continues it
+
+{DRIVER_EXIT} With --no-drive, or when the run was not paused: 0.""")
+@click.argument("run_id")
+@_REASON
+@_AS
+@click.option("--no-drive", is_flag=True, help="Leave the run to workers; do not drive it here.")
+@_JSON
+@click.pass_obj
+def run_resume(state: State, run_id: str, reason: str | None, actor: str | None,
+               no_drive: bool, as_json: bool) -> int:
+    """Resume a paused run where it was, and drive it here."""
+    view, changed = _steered(state, "resume", run_id, reason, actor, as_json)
+    drove = False
+    if changed and not no_drive:
+        view, drove = _drive_here(state, view.run.id, as_json)
+    show_view(view, as_json=as_json, extra={"changed": changed, "driven": drove})
+    return outcome(view) if drove else 0
+
+
+@run_group.command("abort", epilog="""\b
+Example:
+  devflow run abort 20260101-abc234 --reason "requirements changed"
+
+Exit 0 once the run is aborted (or already was): that is what was asked; 3 if it
+already completed or failed.""")
+@click.argument("run_id")
+@_REASON
+@_AS
+@_JSON
+@click.pass_obj
+def run_abort(state: State, run_id: str, reason: str | None, actor: str | None,
+              as_json: bool) -> None:
+    """Abort a run: its agent is stopped, its gates closed, and its report written."""
+    view, changed = _steered(state, "abort", run_id, reason, actor, as_json)
+    show_view(view, as_json=as_json, extra={"changed": changed})
+
+
+@click.command("events", epilog="""\b
+Examples:
+  devflow events 20260101-abc234 --follow
+  devflow events 20260101-abc234 --after 40 --json | jq .type
+
+Each line: sequence number, time (UTC), type, phase, and the payload as key=value
+with JSON values. --json: one JSON object per line.""")
 @click.argument("run_id")
 @click.option("--after", type=NUMBER, default=0, show_default=True,
-              help="Only events after SEQ.")
+              help="Only events after sequence number SEQ.")
 @click.option("--follow", "-f", is_flag=True, help="Wait for more until the run ends.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_obj
@@ -255,22 +371,40 @@ def events(state: State, run_id: str, after: int, follow: bool, as_json: bool) -
         if as_json:
             output.emit_line(event.to_json())
         else:
-            payload = " ".join(f"{k}={v}" for k, v in event.payload.items() if v not in (None, ""))
             click.echo(f"{event.seq:>5} {event.ts:%Y-%m-%d %H:%M:%S} {event.type:<24} "
-                       f"{event.phase or '':<14} {payload[:200]}")
+                       f"{event.phase or '-':<14} {output.pairs_text(dict(event.payload))}"
+                       .rstrip())
         sys.stdout.flush()
 
 
-@click.command("report")
+@click.command("report", epilog="""\b
+Examples:
+  devflow report 20260101-abc234                 # Markdown, for people
+  devflow report 20260101-abc234 --json | jq .unresolved
+  devflow report 20260101-abc234 --path          # where report.md is
+
+Exit 3 while the run has not ended (its report is written when it does).""")
 @click.argument("run_id")
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md",
-              show_default=True)
-@click.option("--path", "path_only", is_flag=True, help="Print only the report's path.")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default=None,
+              help="md (default) or json (common/final-report@1).")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
+@click.option("--path", "path_only", is_flag=True, help="Print only the report file's path.")
 @click.pass_obj
-def report(state: State, run_id: str, fmt: str, path_only: bool) -> None:
-    """Print the final report of a terminal run."""
-    path = state.app.report_path(run_id, fmt)
-    click.echo(str(path) if path_only else path.read_text(encoding="utf-8"), nl=path_only)
+def report(state: State, run_id: str, fmt: str | None, as_json: bool, path_only: bool) -> None:
+    """Print the final report of a run that ended (completed, failed or aborted)."""
+    from devflow.errors import Code, DevflowError
+    if as_json and fmt == "md":
+        raise DevflowError(Code.INVALID_INPUT, "--json and --format md contradict each other",
+                           hint="use one of them")
+    chosen = "json" if as_json else (fmt or "md")
+    path = state.app.report_path(run_id, chosen)
+    if path_only:
+        if as_json:
+            output.emit_json({"path": str(path)})
+        else:
+            click.echo(str(path))
+        return
+    click.echo(path.read_text(encoding="utf-8"), nl=False)
 
 
 def register(cli: click.Group) -> None:

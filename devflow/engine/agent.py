@@ -22,6 +22,7 @@ from devflow import backends, faults, model
 from devflow.backends import process
 from devflow.backends.base import Backend, Outcome, Task
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
+from devflow.durations import format_duration
 from devflow.engine import prompt, workspace
 from devflow.engine.context import Context, single
 from devflow.states import PhaseState, RunState
@@ -45,6 +46,8 @@ class Result:
     phase: model.Phase
     invocation: model.Invocation
     notes: list[str]
+    #: the time limit it had, in seconds
+    timeout: float | None = None
 
 
 @dataclass
@@ -123,7 +126,8 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     outcome = _outcome(backend, task, exit_, spawn)
     faults.point("agent_exited")
     current, started_phase, invocation = begun[0]
-    return Result(exit_, outcome, current, started_phase, invocation, notes.take())
+    return Result(exit_, outcome, current, started_phase, invocation, notes.take(),
+                  spawn.timeout)
 
 
 def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str], pid: int,
@@ -186,16 +190,22 @@ def _notes(tx: RunTx, key: str, attempt: int, notes: list[str]) -> None:
 
 
 def record_exit(tx: RunTx, phase: model.Phase, invocation: model.Invocation,
-                exit_: process.Exit, outcome: Outcome, notes: list[str]) -> model.Run:
+                exit_: process.Exit, outcome: Outcome, notes: list[str],
+                timeout: float | None = None) -> model.Run:
     """The invocation closed, usage added up, ``agent.exited``, the phase validating."""
     if notes:
         _notes(tx, phase.key, phase.attempt, notes)
+    reason = outcome.failure
+    if exit_.timed_out and not reason:
+        limit = timeout if timeout is not None else exit_.duration_ms / 1000
+        reason = f"timeout after {format_duration(limit)}: the agent was stopped"
+
     tx.update_invocation(
         invocation, ended_at=tx.now, exit_code=exit_.exit_code, signal=exit_.signal,
         duration_ms=exit_.duration_ms, tokens_in=outcome.tokens_in,
         tokens_out=outcome.tokens_out, cost_usd=outcome.cost_usd, session_id=outcome.session_id,
         outcome="timeout" if exit_.timed_out else ("ok" if exit_.exit_code == 0 else "failed"),
-        reason=outcome.failure)
+        reason=reason)
     current = tx.phase(phase.key)
     tx.set_phase(phase.key, tokens_in=current.tokens_in + (outcome.tokens_in or 0),
                  tokens_out=current.tokens_out + (outcome.tokens_out or 0),

@@ -27,9 +27,9 @@ import anyio
 import structlog
 
 from devflow import approvals, artifacts, faults, model, transitions, worktree
-from devflow.backends import process
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
+from devflow.durations import format_duration
 from devflow.engine import agent, finish, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
@@ -94,7 +94,7 @@ def _conclude(ctx: Context, result: agent.Result,
     run, phase = result.run, result.phase
     verdict, kept = None, None
     if not _over_budget(run, result.outcome):
-        verdict, kept = _judge_and_keep(ctx, run, phase, result.exit, result.outcome)
+        verdict, kept = _judge_and_keep(ctx, run, phase, result)
     return ctx.change(run.id, functools.partial(_settle, result=result, verdict=verdict,
                                                 kept=kept), lease, phase=phase.key)
 
@@ -103,7 +103,7 @@ def _settle(tx: RunTx, result: agent.Result, verdict: Verdict | None,
             kept: Kept | None) -> tuple[model.Run, model.Phase]:
     phase = result.phase
     run = agent.record_exit(tx, phase, result.invocation, result.exit, result.outcome,
-                            result.notes)
+                            result.notes, result.timeout)
     if verdict is None:  # over budget: not validated, not kept
         limit = float(run.options["max_cost"])
         transitions.terminate_in(tx, RunState.FAILED, code=str(Code.BUDGET_EXCEEDED),
@@ -128,18 +128,20 @@ def _reset_done(tx: RunTx, key: str) -> model.Phase:
     return tx.set_phase(key, feedback=feedback)
 
 
-def _judge(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit,
-           outcome: Outcome) -> Verdict:
+def _judge(ctx: Context, run: model.Run, phase: model.Phase, result: agent.Result) -> Verdict:
     d = phase.definition
+    exit_, outcome = result.exit, result.outcome
     if exit_.timed_out:
-        seconds = exit_.duration_ms / 1000
+        limit = result.timeout if result.timeout is not None else exit_.duration_ms / 1000
         return Verdict(Code.AGENT_TIMEOUT, [Issue("", f"the agent did not finish within its "
-                                                      f"time limit ({seconds:.0f}s) and was "
-                                                      f"killed")])
+                                                      f"time limit ({format_duration(limit)}) "
+                                                      f"and was stopped")])
     if exit_.exit_code != 0:
         how = (f"exit code {exit_.exit_code}" if exit_.exit_code is not None
                else f"signal {exit_.signal}")
-        why = f": {outcome.failure}" if outcome.failure else "; see its stderr log"
+        log_path = result.invocation.stderr_path
+        why = (f": {outcome.failure}" if outcome.failure
+               else f"; see its stderr log {log_path}" if log_path else "")
         return Verdict(Code.AGENT_FAILED, [Issue("", f"the agent failed with {how}{why}")])
     if outcome.failure:
         return Verdict(Code.AGENT_FAILED, [Issue("", outcome.failure)])
@@ -168,7 +170,7 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     tx.set_phase(phase.key, feedback=feedback)
     if not more:
         reason = (f"{verdict.code} after {phase.attempt} attempt(s): "
-                  + "; ".join(str(i) for i in verdict.issues[:3]))
+                  + "; ".join(str(i) if i.pointer else i.message for i in verdict.issues[:3]))
         tx.move_phase(phase.key, PhaseState.FAILED, model.NewEvent(
             "phase.failed", phase.key, {"attempt": phase.attempt, "code": str(verdict.code),
                                         "reason": reason}),
@@ -178,10 +180,10 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     return tx.phase(phase.key)
 
 
-def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase, exit_: process.Exit,
-                    outcome: Outcome) -> tuple[Verdict, Kept | None]:
+def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase,
+                    result: agent.Result) -> tuple[Verdict, Kept | None]:
     """The attempt's verdict and, when its artifact is valid, the artifact kept."""
-    verdict = _judge(ctx, run, phase, exit_, outcome)
+    verdict = _judge(ctx, run, phase, result)
     if verdict.code is None and verdict.checked is not None:
         return verdict, _keep(ctx, run, phase, verdict.checked)
     return dataclasses.replace(verdict, shown=_keep_refused(run, phase, verdict)), None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -76,9 +77,25 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
                 await ctx.call(ctx.store.leases.release, run_id, lease)
     if outage is not None:
         raise outage
+    run = await ctx.call(ctx.store.runs.get, run_id)
     if lost.is_set():
+        await _say_lost(ctx, run, lease, bound)
+    return run
+
+
+async def _say_lost(ctx: Context, run: model.Run, lease: model.Lease, bound: Any) -> None:
+    """A run a person ended from elsewhere (an abort or a decision takes the lease, and
+    leaves its fence as it was) is what was asked: info, naming who. A lease another
+    driver or the sweep took is a warning."""
+    by = None
+    if run.state in TERMINAL and run.lease_fence == lease.fence:
+        ended = await ctx.call(ctx.store.events.tail, run.id, 20)
+        by = next((e.payload.get("by") for e in reversed(ended)
+                   if e.type == f"run.{run.state}"), None)
+    if not isinstance(by, str) or by in ("devflow", "sweep") or by.startswith("system:"):
         bound.warning("lease_lost")
-    return await ctx.call(ctx.store.runs.get, run_id)
+        return
+    bound.info("run_ended_elsewhere", state=str(run.state), by=by)
 
 
 def interrupt_in(tx: RunTx, reason: str) -> list[str]:

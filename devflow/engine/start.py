@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from devflow import faults, jsontext, model, worktree
 from devflow.backends.scripted import check_scenario
+from devflow.definitions import Template
 from devflow.engine import binding, finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
@@ -72,7 +73,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
-    _check_scenarios(request.scenarios)
+    _check_scenarios(request.scenarios, template, bindings)
     if request.max_cost is not None and not (math.isfinite(request.max_cost)
                                              and request.max_cost > 0):
         raise DevflowError(Code.INVALID_INPUT, "--max-cost must be a positive amount of USD",
@@ -200,8 +201,26 @@ def decode_requirements(data: bytes, named: str) -> str:
     return text
 
 
-def _check_scenarios(scenarios: Mapping[str, str]) -> None:
+def _check_scenarios(scenarios: Mapping[str, str], template: Template,
+                     bindings: list[model.Binding]) -> None:
+    """A scenario names a phase of the template done by a scripted agent, and a known
+    scenario: a typo is an error, never a scenario silently left unused."""
+    phases = {p.key: p for p in template.phases}
+    backend_of = {b.role: (b.persona_ref, b.backend) for b in bindings}
     for phase, name in scenarios.items():
+        if phase not in phases:
+            raise DevflowError(Code.INVALID_INPUT,
+                               f"--scenario {phase}={name}: {template.ref} has no phase "
+                               f"{phase!r}", hint=f"its phases: {', '.join(phases)} (a phase "
+                               "a plan adds later takes its scenario from the scripted "
+                               "persona's options.scenarios)")
+        persona, backend = backend_of[phases[phase].role]
+        if backend != "scripted":
+            raise DevflowError(Code.INVALID_INPUT,
+                               f"--scenario {phase}={name}: phase {phase} is done by persona "
+                               f"{persona} on backend {backend}; scenarios are for scripted "
+                               "agents", hint="bind its role to a scripted persona, e.g. "
+                               "--bind implementer=scripted-implementer, or drop --scenario")
         if why := check_scenario(name):
             raise DevflowError(Code.INVALID_INPUT, f"--scenario {phase}={name}: {why}",
                                hint="e.g. --scenario spec=invalid-then-ok")

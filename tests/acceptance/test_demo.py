@@ -17,9 +17,11 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 def test_demo_ends_with_a_valid_report_and_checkpoint_commits(cli: Cli,
                                                               tmp_path: Path) -> None:
     result = cli("demo", "--dir", str(tmp_path / "demo"), check=0, timeout=240)
-    found = re.search(r"^\s*report\s+(\S+report\.json)\s*$", result.stdout, re.MULTILINE)
+    found = re.search(r"^demo finished: run (\S+) completed$", result.stdout, re.MULTILINE)
     assert found, result.stdout
-    report_path = Path(found.group(1))
+    assert f"devflow report {found.group(1)}" in result.stdout
+    report_path = Path(json.loads(cli("report", found.group(1), "--json", "--path",
+                                      check=0).stdout)["path"])
     report = json.loads(report_path.read_text(encoding="utf-8"))
     assert Catalog(Dirs.with_builtins()).schemas.validate("common/final-report@1", report) == []
     assert report["run"]["state"] == "completed"
@@ -43,3 +45,26 @@ def test_demo_ends_with_a_valid_report_and_checkpoint_commits(cli: Cli,
     assert {d["actor"] for a in report["approvals"] for d in a["decisions"]} == {"demo"}
     # the main branch of the sample project is left as it was
     assert git.out(["log", "--format=%s", "main"], repo).splitlines() == ["textkit: slugify"]
+
+
+def test_a_second_demo_in_the_same_dir_reuses_it_and_says_where_a_gate_waits(
+        cli: Cli, tmp_path: Path) -> None:
+    first = cli("demo", "--dir", str(tmp_path / "demo"), "--json", check=0, timeout=240)
+    assert json.loads(first.stdout)["run"]["state"] == "completed"
+    waiting = cli("demo", "--dir", str(tmp_path / "demo"), "--no-auto-approve", check=0,
+                  timeout=240)
+    assert "made by an earlier demo" in waiting.stdout
+    assert "demo finished" not in waiting.stdout
+    found = re.search(r"^demo: the run waits at gate spec_review", waiting.stdout, re.MULTILINE)
+    assert found, waiting.stdout
+    run_id = re.search(r"^run (\S+)  awaiting_approval", waiting.stdout, re.MULTILINE)
+    assert run_id, waiting.stdout
+    assert f"approve {run_id.group(1)}" in waiting.stdout  # how to decide
+    assert "Traceback" not in waiting.stderr
+    # a directory holding something else under textkit is left alone
+    other = tmp_path / "other" / "textkit"
+    other.mkdir(parents=True)
+    (other / "mine.txt").write_text("mine\n", encoding="utf-8")
+    refused = cli("demo", "--dir", str(tmp_path / "other"), "--json", check=2)
+    assert json.loads(refused.stdout)["error"]["code"] == "invalid_input"
+    assert sorted(p.name for p in other.iterdir()) == ["mine.txt"]

@@ -104,8 +104,7 @@ def test_preset_drives_quick_to_a_report_with_usage(backend: str, settings: Sett
         assert {s.mode for s in fake.agentic() if s.mode} == {"ok"}
         # live progress from the CLI's output became events
         notes = [n for e in _events(app, view.run.id, "agent.progress") for n in e["notes"]]
-        if backend != "aider":
-            assert any(IMPLEMENTATION in n for n in notes), notes
+        assert any(IMPLEMENTATION in n for n in notes), notes
         # the bound version came from the real binary
         versions = {b.backend_version for b in app.store.runs.bindings(view.run.id)}
         assert all(v and any(ch.isdigit() for ch in v) for v in versions), versions
@@ -135,6 +134,28 @@ def _procs_in(directory: Path) -> list[psutil.Process]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
             continue
     return found
+
+
+def test_aider_names_a_long_artifact_path_in_one_note(settings: Settings, repo: Path,
+                                                     fake: FakeModel, personas_dir: Path,
+                                                     tmp_path: Path) -> None:
+    # Off a terminal Aider wraps at COLUMNS (80 by default): 'Applied edit to PATH' on a
+    # long path would lose its end; devflow gives it a wide COLUMNS.
+    long_path = ".devflow/" + "a-directory-name-long-enough-to-wrap/" * 3 + "implementation.json"
+    directory = tmp_path / "templates"
+    write_template(directory, "once", ONCE.replace("TIMEOUT", "120s").replace(
+        "path: .devflow/implementation.json", f"path: {long_path}"))
+    ref = agents.write_persona(personas_dir, "fake-aider-long", "implementer", "aider", fake,
+                               agents.real_cli_bin("aider"))
+    app = _app(settings, personas_dir, directory)
+    try:
+        view = _start(app, repo, {"implementer": ref}, template="once@1",
+                      artifacts={long_path: "dev/implementation@1"})
+        assert view.run.state == "completed", view.run.failure_reason
+        notes = [n for e in _events(app, view.run.id, "agent.progress") for n in e["notes"]]
+        assert f"Applied edit to {long_path}" in notes, notes
+    finally:
+        app.close()
 
 
 # -- repairs resume the session -----------------------------------------------------------

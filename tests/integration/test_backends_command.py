@@ -19,6 +19,7 @@ from devflow import backends
 from devflow.app import App
 from devflow.backends import claude_code, codex
 from devflow.backends.base import BASE_ENV, Task
+from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona
 from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError
@@ -387,6 +388,26 @@ def test_codex_config_and_argv(tmp_path: Path) -> None:
         "model") == 0
 
 
+def test_codex_takes_its_base_url_from_the_variable_the_persona_names(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tomllib
+    shipped = Catalog(Dirs.with_builtins()).persona("codex-implementer")
+    assert shipped.options["base_url_env"] == "OPENAI_BASE_URL"
+
+    def provider() -> dict[str, Any]:
+        config = tomllib.loads(codex.config_toml(_task(tmp_path, shipped)))
+        return dict(config["model_providers"][config["model_provider"]])
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert provider()["base_url"] == "https://api.openai.com/v1"
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:8111/v1")
+    assert provider()["base_url"] == "http://127.0.0.1:8111/v1"
+    assert provider()["env_key"] == "OPENAI_API_KEY"
+    monkeypatch.setenv("OPENAI_BASE_URL", " ")  # set but empty: the persona's own
+    assert provider()["base_url"] == "https://api.openai.com/v1"
+    assert backends.check_options("codex", {"base_url_env": "not a name"}) != []
+
+
 def test_aider_argv_keeps_its_files_out_of_the_worktree(tmp_path: Path) -> None:
     persona = _persona("aider", {"bin": sys.executable, "api_base": "http://127.0.0.1:9/v1",
                                  "prices": {"input": 2, "output": 8}, "read": ["README.md"]},
@@ -402,6 +423,7 @@ def test_aider_argv_keeps_its_files_out_of_the_worktree(tmp_path: Path) -> None:
     assert argv[-2:] == ["--", IMPLEMENTATION]
     assert command.stdin_file is None
     assert command.env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
+    assert int(command.env["COLUMNS"]) >= 1000  # "Applied edit to PATH" stays one line
     metadata = json.loads(Path(argv[argv.index("--model-metadata-file") + 1]).read_text())
     assert metadata["openai/gpt-4.1"]["input_cost_per_token"] == pytest.approx(2e-6)
     assert (tmp_path / "wt" / ".devflow").is_dir()

@@ -123,7 +123,7 @@ def test_racing_decisions_with_different_tokens_record_one(gapp: App, repo: Path
     def one(action: str) -> DecisionResult | DevflowError:
         barrier.wait(timeout=120)
         try:
-            return decide(gapp, view.run.id, action, approval_id=gate.id)
+            return decide(gapp, view.run.id, action, approval_id=gate.id, comment="why")
         except DevflowError as exc:
             return exc
 
@@ -449,6 +449,22 @@ def test_two_rounds_of_changes_then_approve(gapp: App, repo: Path) -> None:
     assert (str(spec.state), spec.attempt, spec.round) == ("completed", 3, 3)
     view, _ = gapp.drive(run_id)
     assert view.gate is not None and view.gate.gate == "final_review"
+
+
+def test_changes_requested_must_say_which_and_rewind_goes_only_with_them(
+        gapp: App, repo: Path) -> None:
+    view = start(gapp, repo, "gated-plan@1", scenarios={"plan": "plan:2"})
+    assert view.gate is not None
+    before = snapshot(gapp, view.run.id)
+    for kw in ({}, {"comment": "  \n"}, {"sections": {"plan-step-1": "approve"}}):
+        error = refused(Code.INVALID_INPUT, decide, gapp, view.run.id, "request_changes", **kw)
+        assert "comment" in error.hint and error.exit_code == 2
+    error = refused(Code.INVALID_INPUT, decide, gapp, view.run.id, "approve", rewind=True)
+    assert "request_changes" in error.message
+    assert snapshot(gapp, view.run.id) == before
+    # a rejected section says what to change, without a comment
+    done = decide(gapp, view.run.id, "request_changes", sections={"plan-step-1": "reject"})
+    assert done.outcome["phase_state"] == "pending"
 
 
 @pytest.mark.parametrize("rewind", [True, False], ids=["rewind", "no-rewind"])

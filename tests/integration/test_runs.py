@@ -577,3 +577,36 @@ def test_role_no_persona_fills_is_refused_naming_it(settings: Settings, repo: Pa
         assert [p.resolve() for p in worktrees(repo)] == [repo.resolve()]
     finally:
         app.close()
+
+
+_COMMAND_PERSONA = """\
+    name: cmd-implementer
+    version: 1
+    description: Any program, here python doing nothing.
+    roles: [implementer]
+    backend: command
+    options:
+      argv: [python3, -c, pass]
+    prompt: You implement.
+"""
+
+
+def test_a_scenario_names_a_phase_of_the_template_done_by_a_scripted_agent(
+        settings: Settings, repo: Path, tmp_path: Path) -> None:
+    write_template(tmp_path / "personas", "cmd-implementer", _COMMAND_PERSONA)
+    app = App(settings.replace(personas_dirs=(tmp_path / "personas",)))
+    try:
+        with pytest.raises(DevflowError) as typo:
+            app.start(quick(repo, scenarios={"implment": "ok"}))
+        assert typo.value.code is Code.INVALID_INPUT
+        assert "implment" in typo.value.message and "implement, review" in typo.value.hint
+        with pytest.raises(DevflowError) as real:
+            app.start(StartRequest(
+                repo=repo, base="main", template="quick@1", requirements="x", actor="tester",
+                binds={"implementer": "cmd-implementer", "reviewer": "scripted-reviewer"},
+                scenarios={"implement": "exit-1"}))
+        assert real.value.code is Code.INVALID_INPUT
+        assert "cmd-implementer@1" in real.value.message and "command" in real.value.message
+        assert app.runs() == []  # bad input leaves nothing
+    finally:
+        app.close()
