@@ -227,7 +227,10 @@ def _level_files(cwd: Path, git_dir: Path | None) -> list[str]:
     return [os.path.normpath(f) for f in files if f]
 
 
+@functools.lru_cache(maxsize=512)
 def _common_of(git_dir: Path) -> Path:
+    """The common git directory of ``git_dir`` (a worktree's admin directory names it; an
+    admin directory never changes repository, so this is asked once)."""
     try:
         text = (git_dir / "commondir").read_text(encoding="utf-8").strip()
     except OSError:

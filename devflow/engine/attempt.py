@@ -52,9 +52,10 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
     one as it left it (the verdict changes no other phase, so the driver need not read
     them again), or None once the run has ended.
     """
-    if reset_to := phase.feedback.get("reset_to"):
-        found = await ctx.call(lambda: worktree.reset(worktree.of_run(run), reset_to))
-        phase = await ctx.achange(run.id, functools.partial(_reset_done, key=phase.key,
+    reset_to = phase.feedback.get("reset_to")
+    found = await ctx.call(_ready, run, reset_to)
+    if reset_to or found:
+        phase = await ctx.achange(run.id, functools.partial(_readied, key=phase.key,
                                                             sha=reset_to, found=found), lease)
     earlier = [p for p in phases if p.state is PhaseState.COMPLETED and p.key != phase.key]
     while True:
@@ -130,14 +131,26 @@ def _put_back(run: model.Run, phase: model.Phase) -> list[Issue]:
                       f"alone (devflow commits your work)") for what in found]
 
 
-def _reset_done(tx: RunTx, key: str, sha: str, found: list[str]) -> model.Phase:
-    """The worktree was reset to ``sha``: the run's branch is there now."""
+def _ready(run: model.Run, reset_to: str | None) -> list[str]:
+    """Before a phase's first attempt here: the worktree reset to ``reset_to`` (recovery,
+    rewind), or else its ``.git``, HEAD and branch put back if something changed them
+    since the last attempt; what was found changed."""
+    tree = worktree.of_run(run)
+    if reset_to:
+        return worktree.reset(tree, reset_to)
+    return runtree.restore(tree, run.checkpoint_sha)
+
+
+def _readied(tx: RunTx, key: str, sha: str | None, found: list[str]) -> model.Phase:
+    """Record what ``_ready`` did: the run's branch is at ``sha`` after a reset."""
     feedback = dict(tx.phase(key).feedback)
-    feedback.pop("reset_to", None)
-    if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
-        tx.set_run(checkpoint_sha=sha)
+    if sha is not None:
+        feedback.pop("reset_to", None)
+        if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
+            tx.set_run(checkpoint_sha=sha)
     if found:
-        tx.event(model.NewEvent("worktree.restored", key, {"found": found, "sha": sha}))
+        tx.event(model.NewEvent("worktree.restored", key, {
+            "found": found, "sha": sha or tx.run.checkpoint_sha}))
     return tx.set_phase(key, feedback=feedback)
 
 

@@ -144,3 +144,37 @@ def test_tampering_on_the_last_repair_fails_the_run_and_still_puts_git_back(
         assert runtree.branch_tip(tree) == view.run.base_sha
     finally:
         app.close()
+
+
+def test_hostile_changes_between_attempts_are_put_back_before_the_next(
+        app: App, settings: Settings, tmp_path: Path) -> None:
+    """What changes ``.git``, HEAD or the run's branch while no agent of the run works (a
+    process an agent left behind, a person) is put back before the next attempt, and
+    recorded (``worktree.restored``); no attempt is blamed for it."""
+    repo = make_repo(tmp_path / "repo")
+    view = app.start(quick(repo, run_id="between"), detach=True)
+    run = view.run
+    user_sha = user_commit(repo, "mine\n")
+    before = refs(repo, but=f"refs/heads/{run.branch}")
+    tree = worktree.of_run(run)
+    (tree.path / ".git").write_text(f"gitdir: {tree.common}\n", encoding="utf-8")
+    git.run(["update-ref", f"refs/heads/{run.branch}", user_sha], repo)
+
+    done, _ = app.drive(run.id)
+
+    assert done.run.state == "completed", done.run.failure_reason
+    events = app.store.events.after(run.id)
+    assert [e.type for e in events if e.type == "phase.artifact_invalid"] == []
+    restored = [e.payload for e in events if e.type == "worktree.restored"]
+    assert len(restored) == 1 and restored[0]["sha"] == run.base_sha
+    assert [f.split()[0:3] for f in restored[0]["found"]] == [
+        ["the", "worktree's", ".git"], ["the", "run's", "branch"]]
+    assert refs(repo, but=f"refs/heads/{run.branch}") == before
+    assert git.out(["rev-parse", "main"], repo) == user_sha
+    assert subjects(repo, run.base_sha or "", run.branch) == [
+        "devflow(implement): attempt 1", "devflow(review): attempt 1"]
+    assert as_dot_git_says(worktree.of_run(done.run))
+    (tmp_path / "hostile.json").write_text(json.dumps({
+        "escape": "git: .git and run branch changed between attempts",
+        "outcome": "put back before the next attempt (worktree.restored); run completed",
+        "database": database_of(settings)}), encoding="utf-8")
