@@ -99,9 +99,9 @@ def tampering(tree: Tree, tip: str | None) -> list[str]:
     found = []
     if (dot_git := _dot_git_problem(tree)) is not None:
         found.append(dot_git)
-    head = _read(tree.admin / "HEAD")
-    if head is None or head.strip() != f"ref: {tree.ref}":
-        shown = "missing" if head is None else repr(head.strip()[:120])
+    head = _head(tree)
+    if head != f"ref: {tree.ref}":
+        shown = "missing" if head is None else repr(head[:120])
         found.append(f"HEAD was changed to {shown}; devflow keeps it on {tree.ref}")
     if tip is not None:
         now = branch_tip(tree)
@@ -114,10 +114,10 @@ def tampering(tree: Tree, tip: str | None) -> list[str]:
 
 def _dot_git_problem(tree: Tree) -> str | None:
     dot_git = tree.path / ".git"
+    if dot_git.is_symlink() or dot_git.is_dir():
+        kind = "a symbolic link" if dot_git.is_symlink() else "a directory"
+        return f"the worktree's .git file was replaced by {kind}"
     try:
-        if dot_git.is_symlink() or not dot_git.is_file():
-            kind = "a symbolic link" if dot_git.is_symlink() else "a directory"
-            return f"the worktree's .git was replaced by {kind}"
         text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
     except FileNotFoundError:
         return "the worktree's .git file was deleted"
@@ -128,6 +128,20 @@ def _dot_git_problem(tree: Tree) -> str | None:
         return None
     return (f"the worktree's .git file was changed to say {text[:200]!r}; devflow made it "
             f"say 'gitdir: {tree.admin}'")
+
+
+def _head(tree: Tree) -> str | None:
+    """What HEAD says (``ref: refs/heads/…``, or a sha when detached), None when it is
+    missing; from its file, or from git when the refs are kept in a reftable."""
+    if not (tree.common / "reftable").exists():
+        text = _read(tree.admin / "HEAD")
+        return None if text is None else text.strip()
+    result = git.run(["symbolic-ref", "--quiet", "HEAD"], tree.path, git_dir=tree.admin,
+                     check=False)
+    if result.returncode == 0:
+        return f"ref: {result.stdout.strip()}"
+    return git.run(["rev-parse", "--verify", "--quiet", "HEAD"], tree.path,
+                   git_dir=tree.admin, check=False).stdout.strip() or None
 
 
 def branch_tip(tree: Tree) -> str | None:
@@ -168,9 +182,11 @@ def restore(tree: Tree, tip: str | None) -> list[str]:
     if _dot_git_problem(tree) is not None:
         _write_dot_git(tree)
     why = "devflow: put back what an agent changed"
-    head = _read(tree.admin / "HEAD")
-    if head is None or head.strip() != f"ref: {tree.ref}":
-        tree.run(["symbolic-ref", "-m", why, "HEAD", tree.ref])
+    if _head(tree) != f"ref: {tree.ref}":
+        if (tree.common / "reftable").exists():
+            tree.run(["symbolic-ref", "-m", why, "HEAD", tree.ref])
+        else:  # the file itself: git takes no directory without a valid HEAD for its own
+            _write_file(tree.admin / "HEAD", f"ref: {tree.ref}\n")
     if tip is not None and branch_tip(tree) != tip:
         tree.run(["update-ref", "-m", why, "--no-deref", tree.ref, tip])
     return found
@@ -180,8 +196,13 @@ def _write_dot_git(tree: Tree) -> None:
     dot_git = tree.path / ".git"
     if dot_git.is_dir() and not dot_git.is_symlink():
         shutil.rmtree(dot_git)  # a repository the agent made in place of the file
-    fd, temp = tempfile.mkstemp(prefix=".git.", dir=tree.path)
+    _write_file(dot_git, f"gitdir: {tree.admin}\n")
+
+
+def _write_file(path: Path, text: str) -> None:
+    """Replace ``path`` (a symbolic link itself, not its target) with ``text``, atomically."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(f"gitdir: {tree.admin}\n")
-    os.replace(temp, dot_git)
+        handle.write(text)
+    os.replace(temp, path)
 
