@@ -120,7 +120,7 @@ def test_hostile_agent_changing_devflows_git_fails_its_attempt(
         encoding="utf-8")
 
 
-def test_tampering_on_the_last_repair_fails_the_run_and_still_puts_git_back(
+def test_hostile_agent_tampering_on_every_attempt_fails_the_run_with_git_put_back(
         settings: Settings, tmp_path: Path) -> None:
     """An agent that tampers on every attempt fails the run (agent_tampered), and the
     worktree it leaves is devflow's again: the user's git there is the run's."""
@@ -144,6 +144,10 @@ def test_tampering_on_the_last_repair_fails_the_run_and_still_puts_git_back(
         assert runtree.branch_tip(tree) == view.run.base_sha
     finally:
         app.close()
+    (tmp_path / "hostile.json").write_text(json.dumps({
+        "escape": "git: dot-git on every attempt",
+        "outcome": "every attempt failed agent_tampered; run failed, .git put back",
+        "database": database_of(settings)}), encoding="utf-8")
 
 
 def test_hostile_changes_between_attempts_are_put_back_before_the_next(
