@@ -164,6 +164,7 @@ def add(repo: Path, path: Path, branch: str, start: str) -> bool:
 
 
 def _check_out(tree: Tree) -> None:
+    runtree.restore(tree, None)  # HEAD must name the run's branch before a reset reads it
     tree.run(["reset", "--hard", "--quiet"])
 
 

@@ -5,6 +5,7 @@ or the run's branch can be changed is seen and put back, and nothing else moves.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,3 +183,25 @@ def test_the_tip_of_a_packed_branch_is_read_without_git(
     assert not (tree.common / tree.ref).exists()
     assert runtree.branch_tip(tree) == tip
     assert runtree.tampering(tree, tip) == []
+
+
+def test_a_checkout_a_crash_interrupted_is_done_by_the_next_drive(
+        made: tuple[Path, runtree.Tree, str]) -> None:
+    """`worktree add --no-checkout` registered it, then the process died: no index, no
+    files. The next ``ready`` checks it out, on the run's branch even if HEAD was moved."""
+    repo, tree, tip = made
+    user_sha = _user_commit(repo)
+    (tree.admin / "index").unlink()
+    for child in tree.path.iterdir():
+        if child.name != ".git":
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    _head_to_main(repo, tree, tip)
+    assert worktree.ready(repo, tree.path, BRANCH)
+    assert (tree.path / "README.md").is_file() and not (tree.path / "USER.md").exists()
+    assert runtree.tampering(tree, tip) == []
+    assert worktree.is_clean(tree)
+    assert git.out(["rev-parse", "main"], repo) == user_sha
+    assert worktree.ready(repo, tree.path, BRANCH)  # and then it is simply there
