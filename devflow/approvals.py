@@ -106,18 +106,18 @@ class DecisionResult:
 def current_evidence(run: model.Run, approval: model.Approval,
                      max_bytes: int) -> model.Evidence | None:
     """The evidence as it is now, or None when the worktree is not on this machine."""
-    tree = Path(run.worktree)
     shown = approval.evidence
     if shown.artifact_path is None:
         return None
-    if not (tree / ".git").exists():
+    tree = worktree.find(Path(run.repo), Path(run.worktree), run.branch)
+    if tree is None:
         return _evidence_on_branch(run, shown, max_bytes)
     head, clean = worktree.head_and_clean(tree)
     # A gate opens right after its checkpoint commit, when the worktree is clean: if it
     # is still clean at the same HEAD, its tree is the one shown, without computing it.
     tree_sha = shown.tree_sha if clean and head == shown.head_sha else worktree.tree_sha(tree)
     return model.Evidence(shown.artifact_path,
-                          artifacts.file_sha(tree, shown.artifact_path, max_bytes),
+                          artifacts.file_sha(tree.path, shown.artifact_path, max_bytes),
                           head, tree_sha)
 
 

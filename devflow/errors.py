@@ -89,6 +89,9 @@ class Code(enum.StrEnum):
     ARTIFACT_TAMPERED = "artifact_tampered"
     AGENT_FAILED = "agent_failed"
     AGENT_TIMEOUT = "agent_timeout"
+    #: an attempt changed the worktree's .git file, HEAD or the run's branch (kind FAILED:
+    #: repaired like any failed attempt, after devflow put them back)
+    AGENT_TAMPERED = "agent_tampered"
     PHASE_PLAN_INVALID = "phase_plan_invalid"
     REPORT_FAILED = "report_failed"
     BUDGET_EXCEEDED = "budget_exceeded"

@@ -4,11 +4,21 @@ Every git child gets:
 
 - an environment without git's repository-local variables (those ``git rev-parse
   --local-env-vars`` lists: ``GIT_DIR``, ``GIT_WORK_TREE``, ``GIT_INDEX_FILE``, …) and
-  without ``GIT_CONFIG_*``, so a caller's environment cannot redirect it;
-- ``-c`` options that stop a repository's own configuration from making git run a
-  program: no hooks, no fsmonitor, no commit signing, no background gc, and every
-  filter driver the repository configures neutralized (a ``process`` filter runs a
-  program on ``git add``).
+  without ``GIT_CONFIG_*`` pairs, so a caller's environment cannot redirect it; the C
+  locale, so git's words can be read;
+- where the caller knows them, its git directory and work tree named explicitly
+  (``--git-dir``, ``--work-tree``), so no ``.git`` file decides where git writes;
+- ``-c`` options that stop any configuration from making git run a program: no hooks,
+  no fsmonitor, no commit signing or signature checks, no background gc, no transport
+  (a partial clone's lazy fetch would run ssh or a remote helper), no submodule
+  recursion, and every filter driver that any level configures neutralized.
+
+Filter drivers are named by the configuration itself, so they are enumerated: ``git
+config --list --show-origin --includes`` with the same git directory, work tree and
+environment as the command, which sees every level git would (system, global, the
+common config, the per-worktree config, included files). The answer is cached by
+the stat of every file it came from, of every file an include names, and of the
+files each level would be read from even when they do not exist yet.
 
 GitPython is not used to start git: it copies ``os.environ`` into every child and
 can add variables but never remove one, which is the leak this module closes.
@@ -32,17 +42,26 @@ _FALLBACK_LOCAL_VARS: Final = (
     "GIT_REPLACE_REF_BASE", "GIT_PREFIX", "GIT_INTERNAL_SUPER_PREFIX", "GIT_SHALLOW_FILE",
     "GIT_COMMON_DIR",
 )
+#: What no configuration may turn on for devflow's git, whatever level sets it. The
+#: program-running keys not listed cannot run in the commands devflow uses: editors
+#: (every commit has -m), merge drivers (nothing merges), external diffs and textconv
+#: (the one diff passes --no-ext-diff --no-textconv), pagers (output is never a
+#: terminal), ssh, remote helpers, upload-pack and credential helpers (no transport).
 SAFE_CONFIG: Final = (
     "-c", "core.fsmonitor=false",
     "-c", "core.hooksPath=/dev/null",
     "-c", "commit.gpgSign=false",
     "-c", "tag.gpgSign=false",
+    "-c", "log.showSignature=false",
     "-c", "gc.auto=0",
     "-c", "maintenance.auto=false",
     "-c", "core.pager=cat",
     "-c", "credential.helper=",
+    "-c", "protocol.allow=never",
+    "-c", "submodule.recurse=false",
     "-c", "advice.detachedHead=false",
 )
+_FILTER_KEYS: Final = ("clean=", "smudge=", "process=", "required=false")
 AUTHOR: Final = {"GIT_AUTHOR_NAME": "devflow", "GIT_AUTHOR_EMAIL": "devflow@localhost",
                  "GIT_COMMITTER_NAME": "devflow", "GIT_COMMITTER_EMAIL": "devflow@localhost"}
 
@@ -72,58 +91,39 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-@functools.lru_cache(maxsize=256)
-def _filter_overrides(git_dir: str, config_mtime: float) -> tuple[str, ...]:
-    del config_mtime  # part of the cache key only: the config changed, ask again
-    out = subprocess.run(
-        ["git", "--git-dir", git_dir, *SAFE_CONFIG, "config", "--get-regexp", r"^filter\."],
-        capture_output=True, text=True, env=clean_env(), check=False, timeout=30).stdout
-    drivers = sorted({line.split()[0].split(".")[1] for line in out.splitlines() if line.strip()})
-    args: list[str] = []
-    for driver in drivers:
-        for key in ("clean", "smudge", "process"):
-            args += ["-c", f"filter.{driver}.{key}="]
-    return tuple(args)
+# -- where git runs -----------------------------------------------------------------------
+def place_args(git_dir: Path | None, work_tree: Path | None) -> tuple[str, ...]:
+    args: tuple[str, ...] = ()
+    if git_dir is not None:
+        args += (f"--git-dir={git_dir}",)
+    if work_tree is not None:
+        args += (f"--work-tree={work_tree}",)
+    return args
 
 
-def _common_dir(repo: Path) -> Path | None:
-    dot_git = repo / ".git"
-    if dot_git.is_dir():
-        return dot_git
-    if dot_git.is_file():  # a worktree: "gitdir: <main>/.git/worktrees/<name>"
-        text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
-        if text.startswith("gitdir:"):
-            gitdir = (repo / text.split(":", 1)[1].strip()).resolve()
-            common = gitdir / "commondir"
-            if common.is_file():
-                return (gitdir / common.read_text().strip()).resolve()
-            return gitdir
-    return None
+def command(args: Sequence[str], cwd: Path, *, git_dir: Path | None = None,
+            work_tree: Path | None = None) -> list[str]:
+    """The argv of ``git ARGS`` as devflow runs it (explicit places, neutralizing -c)."""
+    return ["git", *place_args(git_dir, work_tree), *config_args(cwd, git_dir, work_tree),
+            *args]
 
 
-def config_args(repo: Path) -> tuple[str, ...]:
-    common = _common_dir(repo)
-    if common is None:
-        return SAFE_CONFIG
-    config = common / "config"
-    mtime = config.stat().st_mtime if config.exists() else 0.0
-    return SAFE_CONFIG + _filter_overrides(str(common), mtime)
-
-
-def run(args: Sequence[str], cwd: Path, *, check: bool = True, input_text: str | None = None,
+def run(args: Sequence[str], cwd: Path, *, git_dir: Path | None = None,
+        work_tree: Path | None = None, check: bool = True, input_text: str | None = None,
         env: Mapping[str, str] | None = None,
         timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``git ARGS`` in ``cwd`` safely; a failure is ``git_failed`` with git's own words."""
-    argv = ["git", *config_args(cwd), *args]
+    """Run ``git ARGS`` in ``cwd`` safely; a failure is ``git_failed`` with git's own words.
+
+    ``git_dir`` / ``work_tree`` name where git works; without them git finds its
+    repository from ``cwd``, which is for repositories a person named, not for a run's
+    worktree (whose ``.git`` file the agent can rewrite).
+    """
     try:
+        argv = command(args, cwd, git_dir=git_dir, work_tree=work_tree)
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, input=input_text,
                                 env=clean_env(env), timeout=timeout, check=False)
     except (FileNotFoundError, NotADirectoryError) as exc:
-        if not Path(cwd).is_dir():  # the process could not start in it
-            raise DevflowError(Code.NOT_A_GIT_REPO, f"{cwd} is not a directory",
-                               hint="pass the path of a git repository") from exc
-        raise DevflowError(Code.GIT_FAILED, "git is not installed or not on PATH",
-                           hint="install git (2.25 or newer)") from exc
+        raise _not_started(cwd) from exc
     except subprocess.TimeoutExpired as exc:
         raise DevflowError(Code.GIT_FAILED, f"git {args[0]} did not finish in {timeout:.0f}s",
                            hint=f"look at the repository in {cwd}") from exc
@@ -132,9 +132,19 @@ def run(args: Sequence[str], cwd: Path, *, check: bool = True, input_text: str |
     return result
 
 
-def out(args: Sequence[str], cwd: Path, *, check: bool = True,
+def _not_started(cwd: Path) -> DevflowError:
+    if not Path(cwd).is_dir():  # the process could not start in it
+        return DevflowError(Code.NOT_A_GIT_REPO, f"{cwd} is not a directory",
+                            hint="pass the path of a git repository")
+    return DevflowError(Code.GIT_FAILED, "git is not installed or not on PATH",
+                        hint="install git (2.25 or newer)")
+
+
+def out(args: Sequence[str], cwd: Path, *, git_dir: Path | None = None,
+        work_tree: Path | None = None, check: bool = True,
         env: Mapping[str, str] | None = None) -> str:
-    return run(args, cwd, check=check, env=env).stdout.strip()
+    return run(args, cwd, git_dir=git_dir, work_tree=work_tree, check=check,
+               env=env).stdout.strip()
 
 
 class GitError(DevflowError):
@@ -148,3 +158,149 @@ class GitError(DevflowError):
             f"{self.stderr.splitlines()[-1] if self.stderr else 'no message'}",
             hint="the message above is git's own; fix the repository state it names",
             stderr=self.stderr[-2000:])
+
+
+# -- what any configuration level could make git run ---------------------------------------
+#: a file's identity and contents as stat sees them; None when it does not exist
+_Stamp = tuple[int, int, int, int] | None
+#: (cwd, git dir, work tree, the files of each level) -> (the files the answer came from,
+#: their stamps, the -c options)
+_SEEN: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[_Stamp, ...], tuple[str, ...]]] = {}
+
+
+def config_args(cwd: Path, git_dir: Path | None = None,
+                work_tree: Path | None = None) -> tuple[str, ...]:
+    """``SAFE_CONFIG`` and the ``-c`` that neutralize every filter driver git would see for
+    a command run with these places; cached while no config file involved changed."""
+    levels = _level_files(cwd, git_dir)  # which files depends on the environment too
+    key = (str(cwd) if git_dir is None else "", str(git_dir), str(work_tree), *levels)
+    seen = _SEEN.get(key)
+    if seen is not None and _stamps(seen[0]) == seen[1]:
+        return seen[2]
+    files = set(levels) | set(seen[0] if seen else ())
+    while True:  # stamped before asking, so a change made meanwhile shows next time
+        ordered = tuple(sorted(files))
+        stamps = _stamps(ordered)
+        origins, drivers = _enumerate(cwd, git_dir, work_tree)
+        if origins <= files:
+            break
+        files |= origins  # an include not seen before: stamp it too, and ask again
+    args = SAFE_CONFIG + tuple(a for d in sorted(drivers) for k in _FILTER_KEYS
+                               for a in ("-c", f"filter.{d}.{k}"))
+    if len(_SEEN) > 512:
+        _SEEN.clear()
+    _SEEN[key] = (ordered, stamps, args)
+    return args
+
+
+def _stamps(files: tuple[str, ...]) -> tuple[_Stamp, ...]:
+    stamps: list[_Stamp] = []
+    for name in files:
+        try:
+            st = os.stat(name)
+        except OSError:
+            stamps.append(None)
+        else:
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(stamps)
+
+
+def _level_files(cwd: Path, git_dir: Path | None) -> list[str]:
+    """The files git reads each level from, whether they exist or not (a file created
+    later must change the cache key)."""
+    env = os.environ
+    files = []
+    if not env.get("GIT_CONFIG_NOSYSTEM"):
+        files.append(env.get("GIT_CONFIG_SYSTEM") or "/etc/gitconfig")
+    if "GIT_CONFIG_GLOBAL" in env:
+        files.append(env["GIT_CONFIG_GLOBAL"])
+    else:
+        home = env.get("HOME", "")
+        xdg = env.get("XDG_CONFIG_HOME") or (f"{home}/.config" if home else "")
+        files += [f"{xdg}/git/config" if xdg else "", f"{home}/.gitconfig" if home else ""]
+    dirs = (git_dir, _common_of(git_dir)) if git_dir is not None else _discover(cwd)
+    own, common = dirs
+    if common is not None:
+        files.append(str(common / "config"))
+    if own is not None:
+        files.append(str(own / "config.worktree"))
+    return [os.path.normpath(f) for f in files if f]
+
+
+@functools.lru_cache(maxsize=512)
+def _common_of(git_dir: Path) -> Path:
+    """The common git directory of ``git_dir`` (a worktree's admin directory names it; an
+    admin directory never changes repository, so this is asked once)."""
+    try:
+        text = (git_dir / "commondir").read_text(encoding="utf-8").strip()
+    except OSError:
+        return git_dir
+    return (git_dir / text).resolve()
+
+
+def _discover(cwd: Path) -> tuple[Path | None, Path | None]:
+    """(git dir, common dir) of the repository at ``cwd``, read from files the way git
+    finds them (``.git`` a directory, or a file naming one); Nones when not found."""
+    for top in (cwd, *cwd.parents):
+        dot_git = top / ".git"
+        if dot_git.is_dir():
+            return dot_git, _common_of(dot_git)
+        if dot_git.is_file():
+            text = dot_git.read_text(encoding="utf-8", errors="replace").strip()
+            if not text.startswith("gitdir:"):
+                return None, None
+            own = (top / text.split(":", 1)[1].strip()).resolve()
+            return own, _common_of(own)
+    return None, None
+
+
+def _enumerate(cwd: Path, git_dir: Path | None,
+               work_tree: Path | None) -> tuple[set[str], set[str]]:
+    """(the files the configuration came from and those its includes name, the filter
+    drivers it configures), as git sees them for a command run with these places."""
+    argv = ["git", *place_args(git_dir, work_tree), *SAFE_CONFIG,
+            "config", "--list", "--show-origin", "--includes", "-z"]
+    try:
+        result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
+                                env=clean_env(), check=False, timeout=30)
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise _not_started(cwd) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise DevflowError(Code.GIT_FAILED, "git config --list did not finish in 30s",
+                           hint=f"look at the repository in {cwd}") from exc
+    if result.returncode not in (0, 1):  # 1: nothing configured; else a broken config
+        raise GitError(["config", "--list"], cwd, result)
+    fields = result.stdout.split("\0")
+    files: set[str] = set()
+    drivers: set[str] = set()
+    for origin, entry in zip(fields[0::2], fields[1::2], strict=False):
+        name, _, value = entry.partition("\n")
+        source = None
+        if origin.startswith("file:"):  # relative to cwd when git found the repository
+            source = os.path.normpath(os.path.join(cwd, origin.removeprefix("file:")))
+            files.add(source)
+        section, _, rest = name.partition(".")
+        section = section.lower()
+        if section == "filter" and "." in rest:
+            drivers.add(_driver(rest.rpartition(".")[0], cwd))
+        elif section in ("include", "includeif") and name.lower().endswith(".path") and value:
+            files.add(_include_target(value, source))
+    return files, drivers
+
+
+def _driver(name: str, cwd: Path) -> str:
+    if "=" in name or "\n" in name or not name:
+        raise DevflowError(
+            Code.GIT_FAILED, f"the git configuration of {cwd} names a filter driver "
+                             f"{name!r} that devflow cannot neutralize",
+            hint="rename the filter driver (its name must not contain '=' or a newline)")
+    return name
+
+
+def _include_target(value: str, source: str | None) -> str:
+    """The file an ``include.path`` / ``includeIf.*.path`` value names (git's rules:
+    ``~`` is the home directory, a relative path is relative to the including file)."""
+    path = os.path.expanduser(value)
+    if not os.path.isabs(path) and source is not None:
+        path = os.path.join(os.path.dirname(source), path)
+    return os.path.normpath(path)

@@ -99,15 +99,16 @@ def _inspect(ctx: Context, run: model.Run, kill: bool) -> _Found:
         else:
             seen["agent"] = "alive"
         agents.append(seen)
-    tree = Path(run.worktree)
-    if run.host != ctx.host and not tree.exists():
+    path = Path(run.worktree)
+    if run.host != ctx.host and not path.exists():
         return _Found(agents, "not checked", "on another host")
-    if not (tree / ".git").exists():
+    tree = worktree.find(Path(run.repo), path, run.branch)
+    if tree is None:
         return _Found(agents, "absent", "missing")
     active = [p for p in ctx.store.runs.phases(run.id) if p.state in states.PHASE_ACTIVE]
     present = "absent"
     if active and active[0].definition.artifact is not None:
-        sha = artifacts.file_sha(tree, active[0].definition.artifact.path,
+        sha = artifacts.file_sha(path, active[0].definition.artifact.path,
                                  ctx.settings.artifact_max_bytes)
         present = "present" if sha else "absent"
     dirty = "dirty" if not worktree.is_clean(tree) or (

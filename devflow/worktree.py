@@ -1,8 +1,13 @@
 """Git worktrees of runs: create, re-create, checkpoint, evidence, summary, remove.
 
 Every git call goes through ``devflow.git`` (scrubbed environment, no hooks, no
-filters). ``git worktree add`` on one repository is serialized across processes by a
-lock file in the repository's git directory, and retried while another git holds
+filters). Those on a run's worktree name its git directory and work tree
+(``runtree.Tree``); those on the repository name its common git directory. Nothing
+that writes runs before ``runtree`` found the worktree's ``.git``, HEAD and branch as
+devflow left them, so devflow's git only ever moves the run's own branch.
+
+``git worktree add`` on one repository is serialized across processes by a lock file
+in the repository's git directory, and retried while another git holds
 ``config.lock`` or ``index.lock``.
 """
 
@@ -21,8 +26,9 @@ from typing import Final
 import filelock
 import pathspec
 
-from devflow import git
+from devflow import git, model, runtree
 from devflow.errors import Code, DevflowError
+from devflow.runtree import Tree
 
 _LOCK_RETRIES: Final = 20
 
@@ -82,8 +88,13 @@ def _rev_parse(path: Path, args: list[str]) -> str | None:
 
 
 def branch_exists(repo: Path, branch: str) -> bool:
-    return git.run(["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"], repo,
-                   check=False).returncode == 0
+    return _git(repo, ["rev-parse", "--verify", "--quiet", f"refs/heads/{branch}"],
+                check=False).returncode == 0
+
+
+def _git(repo: Path, args: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``git ARGS`` on the repository's common git directory (its refs and objects), named."""
+    return git.run(args, repo, git_dir=_common_dir(repo), check=check)
 
 
 #: repository top -> its common git directory (shared by its worktrees; it never moves);
@@ -98,6 +109,36 @@ def _common_dir(repo: Path) -> Path:
     return known
 
 
+def find(repo: Path, path: Path, branch: str) -> Tree | None:
+    """The worktree at ``path`` as git registered it in ``repo``, or None (not made yet,
+    removed, pruned, its directory deleted, or the repository not on this machine)."""
+    if not repo.is_dir() or not path.is_dir():
+        return None
+    return runtree.find(_common_dir(repo), path, branch)
+
+
+def of_run(run: model.Run) -> Tree:
+    """The run's worktree as git registered it; ``worktree_failed`` when there is none."""
+    found = find(Path(run.repo), Path(run.worktree), run.branch)
+    if found is None:
+        raise DevflowError(Code.WORKTREE_FAILED,
+                           f"{run.worktree} is not a worktree of {run.repo} (run {run.id})",
+                           hint="`devflow run drive` re-creates a missing worktree; "
+                                "`git worktree list` in the repository shows what is there")
+    return found
+
+
+def ready(repo: Path, path: Path, branch: str) -> bool:
+    """Whether the worktree at ``path`` is there: registered with git, its directory
+    present, checked out (a checkout a crash interrupted is done now)."""
+    tree = find(repo, path, branch)
+    if tree is None:
+        return False
+    if not (tree.admin / "index").exists():
+        _check_out(tree)
+    return True
+
+
 def _lock(repo: Path) -> filelock.FileLock:
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 
@@ -106,20 +147,37 @@ def add(repo: Path, path: Path, branch: str, start: str) -> bool:
     """``git worktree add`` at ``path``: a new ``branch`` from ``start``, or ``branch`` itself
     when it exists (re-creating a run's worktree). Returns whether ``branch`` existed.
 
-    The common case costs one git process: what would need more (a branch that exists, a
-    stale registration of ``path``, another git holding a lock) is learnt from git's
-    refusal, in the C locale ``git.run`` sets.
+    The common case costs two git processes: the worktree is added without a checkout,
+    then checked out by a command that names its git directory (so the filters git
+    would see for it are those neutralized). What would need more (a branch that
+    exists, a stale registration of ``path``, another git holding a lock) is learnt
+    from git's refusal, in the C locale ``git.run`` sets.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = _add(repo, path, branch, start)
+    tree = find(repo, path, branch)
+    if tree is None:
+        raise DevflowError(Code.WORKTREE_FAILED, f"git worktree add {path} registered nothing",
+                           hint="`git worktree list` in the repository shows what is there")
+    _check_out(tree)
+    return existed
+
+
+def _check_out(tree: Tree) -> None:
+    runtree.restore(tree, None)  # HEAD must name the run's branch before a reset reads it
+    tree.run(["reset", "--hard", "--quiet"])
+
+
+def _add(repo: Path, path: Path, branch: str, start: str) -> bool:
     existed, pruned = False, False
     with _lock(repo):
         if path.exists() and not any(path.iterdir()):
             path.rmdir()
         attempt = 0
         while True:
-            args = (["worktree", "add", "--quiet", str(path), branch] if existed else
-                    ["worktree", "add", "--quiet", "-b", branch, str(path), start])
-            result = git.run(args, repo, check=False)
+            args = ["worktree", "add", "--quiet", "--no-checkout",
+                    *([str(path), branch] if existed else ["-b", branch, str(path), start])]
+            result = _git(repo, args, check=False)
             if result.returncode == 0:
                 return existed
             err = result.stderr
@@ -128,9 +186,9 @@ def add(repo: Path, path: Path, branch: str, start: str) -> bool:
                 continue
             if not existed and branch_exists(repo, branch):
                 # git made the branch before it failed: do not leave it in the user's repo
-                git.run(["branch", "-D", branch], repo, check=False)
+                _git(repo, ["branch", "-D", branch], check=False)
             if "missing but already registered worktree" in err and not pruned:
-                git.run(["worktree", "prune"], repo)  # its directory was deleted by hand
+                _git(repo, ["worktree", "prune"])  # its directory was deleted by hand
                 pruned = True
                 continue
             attempt += 1
@@ -184,37 +242,38 @@ def _copy(source: Path, destination: Path) -> None:
 def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
     with _lock(repo):
         if path.exists():
-            result = git.run(["worktree", "remove", "--force", "--force", str(path)], repo,
-                             check=False)
+            result = _git(repo, ["worktree", "remove", "--force", "--force", str(path)],
+                          check=False)
             if result.returncode != 0:
                 shutil.rmtree(path, ignore_errors=True)
-        git.run(["worktree", "prune"], repo, check=False)
+        _git(repo, ["worktree", "prune"], check=False)
         if branch and branch_exists(repo, branch):
-            git.run(["branch", "-D", branch], repo)
+            _git(repo, ["branch", "-D", branch])
 
 
-def head(worktree: Path) -> str:
-    return git.out(["rev-parse", "HEAD"], worktree)
+def head(tree: Tree) -> str:
+    return tree.out(["rev-parse", "HEAD"])
 
 
 def rev(repo: Path, name: str) -> str:
-    return git.out(["rev-parse", "--verify", "--end-of-options", name], repo)
+    return _git(repo, ["rev-parse", "--verify", "--end-of-options", name]).stdout.strip()
 
 
 def blob(repo: Path, commit: str, path: str, max_bytes: int) -> bytes | None:
     """The bytes of ``path`` at ``commit`` (None when it is not there or too large)."""
     spec = f"{commit}:{path}"
-    size = git.run(["cat-file", "-s", spec], repo, check=False)
+    size = _git(repo, ["cat-file", "-s", spec], check=False)
     if size.returncode != 0 or int(size.stdout.strip() or 0) > max_bytes:
         return None
-    result = subprocess.run(["git", *git.config_args(repo), "cat-file", "blob", spec], cwd=repo,
-                            capture_output=True, env=git.clean_env(), check=False, timeout=60)
+    argv = git.command(["cat-file", "blob", spec], repo, git_dir=_common_dir(repo))
+    result = subprocess.run(argv, cwd=repo, capture_output=True, env=git.clean_env(),
+                            check=False, timeout=60)
     return result.stdout if result.returncode == 0 else None
 
 
-def head_and_clean(worktree: Path) -> tuple[str, bool]:
+def head_and_clean(tree: Tree) -> tuple[str, bool]:
     """HEAD and whether nothing differs from it (untracked files count), in one git call."""
-    text = git.out(["status", "--porcelain=v2", "--branch", "--untracked-files=all"], worktree)
+    text = tree.out(["status", "--porcelain=v2", "--branch", "--untracked-files=all"])
     head, clean = "", True
     for line in text.splitlines():
         if line.startswith("# branch.oid "):
@@ -224,58 +283,69 @@ def head_and_clean(worktree: Path) -> tuple[str, bool]:
     return head, clean
 
 
-def is_clean(worktree: Path) -> bool:
-    return not git.out(["status", "--porcelain", "--untracked-files=all"], worktree)
+def is_clean(tree: Tree) -> bool:
+    return not tree.out(["status", "--porcelain", "--untracked-files=all"])
 
 
-def tree_sha(worktree: Path) -> str:
+def tree_sha(tree: Tree) -> str:
     """The tree of the worktree as it is on disk, tracked and untracked files included."""
-    if is_clean(worktree):
-        return git.out(["rev-parse", "HEAD^{tree}"], worktree)
+    if is_clean(tree):
+        return tree.out(["rev-parse", "HEAD^{tree}"])
     with tempfile.TemporaryDirectory(prefix="devflow-index-") as tmp:
         index = Path(tmp) / "index"
-        real = Path(git.out(["rev-parse", "--git-path", "index"], worktree))
-        if not real.is_absolute():
-            real = worktree / real
-        if real.exists():
-            shutil.copyfile(real, index)
+        if (tree.admin / "index").exists():
+            shutil.copyfile(tree.admin / "index", index)
         env = {"GIT_INDEX_FILE": str(index)}
-        git.run(["add", "--all", "--", "."], worktree, env=env)
-        return git.out(["write-tree"], worktree, env=env)
+        tree.run(["add", "--all", "--", "."], env=env)
+        return tree.out(["write-tree"], env=env)
 
 
-def checkpoint(worktree: Path, message: str) -> str | None:
-    """Commit everything in the worktree as devflow; None when there is nothing to commit.
+def guard(tree: Tree, tip: str | None) -> None:
+    """``agent_tampered`` unless the worktree's ``.git`` file, HEAD and the run's branch
+    (at ``tip``, the run's last checkpoint) are as devflow left them."""
+    found = runtree.tampering(tree, tip)
+    if found:
+        raise DevflowError(Code.AGENT_TAMPERED,
+                           f"the worktree {tree.path} is not as devflow left it: "
+                           + "; ".join(found),
+                           hint="devflow puts its .git file, HEAD and the run's branch back "
+                                "before the next attempt")
 
-    Idempotent: when HEAD already is this checkpoint and nothing changed since, its sha
-    is returned, so a driver that crashed after committing does not commit twice.
-    """
-    git.run(["add", "--all", "--", "."], worktree)
+
+def checkpoint(tree: Tree, message: str, tip: str | None) -> str | None:
+    """Commit everything in the worktree onto the run's branch as devflow; None when there
+    is nothing to commit. ``tip`` is the run's last checkpoint: when the branch is not
+    there, or ``.git`` or HEAD were changed, nothing is written (``agent_tampered``)."""
+    guard(tree, tip)
+    tree.run(["add", "--all", "--", "."])
     args = ["commit", "--no-verify", "--quiet", "--no-gpg-sign", "-m", message]
-    committed = git.run(args, worktree, env=git.AUTHOR, check=False)
+    committed = tree.run(args, env=git.AUTHOR, check=False)
     if committed.returncode != 0:  # nothing to commit, or a real failure
-        if not is_clean(worktree):
-            raise git.GitError(args, worktree, committed)
-        subject = git.out(["log", "-1", "--format=%s"], worktree, check=False)
-        return head(worktree) if subject == message else None
-    return head(worktree)
+        if not is_clean(tree):
+            raise git.GitError(args, tree.path, committed)
+        return None
+    return runtree.branch_tip(tree)
 
 
-def reset(worktree: Path, sha: str) -> None:
-    """Put the worktree back at ``sha``, dropping what an interrupted attempt left."""
-    git.run(["reset", "--hard", "--quiet", sha], worktree)
-    git.run(["clean", "-fd", "--quiet"], worktree)
+def reset(tree: Tree, sha: str) -> list[str]:
+    """Put the worktree and the run's branch back at ``sha``, dropping what an interrupted
+    attempt left. Its ``.git`` file and HEAD are put back first when they were changed
+    (what was found is returned), so only the run's branch moves."""
+    found = runtree.restore(tree, None)
+    tree.run(["reset", "--hard", "--quiet", sha])
+    tree.run(["clean", "-fd", "--quiet"])
+    return found
 
 
 def commits(repo: Path, base_sha: str, branch: str) -> list[Commit]:
-    text = git.out(["log", "--format=%H%x1f%s", f"{base_sha}..refs/heads/{branch}", "--"], repo,
-                   check=False)
+    text = _git(repo, ["log", "--format=%H%x1f%s", f"{base_sha}..refs/heads/{branch}", "--"],
+                check=False).stdout.strip()
     return [Commit(*line.split("\x1f", 1)) for line in text.splitlines() if "\x1f" in line]
 
 
 def diffstat(repo: Path, base_sha: str, branch: str) -> list[FileStat]:
-    text = git.out(["diff", "--numstat", "--no-ext-diff", "--no-textconv", "--no-renames",
-                    base_sha, f"refs/heads/{branch}", "--"], repo, check=False)
+    text = _git(repo, ["diff", "--numstat", "--no-ext-diff", "--no-textconv", "--no-renames",
+                       base_sha, f"refs/heads/{branch}", "--"], check=False).stdout.strip()
     stats = []
     for line in text.splitlines():
         added, deleted, path = line.split("\t", 2)

@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 import structlog
 
-from devflow import approvals, artifacts, faults, model, transitions, worktree
+from devflow import approvals, artifacts, faults, model, runtree, transitions, worktree
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
@@ -58,9 +58,11 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
     one as it left it (the verdict changes no other phase, so the driver need not read
     them again), or None once the run has ended.
     """
-    if phase.feedback.get("reset_to"):
-        await ctx.call(worktree.reset, Path(run.worktree), phase.feedback["reset_to"])
-        phase = await ctx.achange(run.id, functools.partial(_reset_done, key=phase.key), lease)
+    reset_to = phase.feedback.get("reset_to")
+    found = await ctx.call(_ready, run, reset_to)
+    if reset_to or found:
+        phase = await ctx.achange(run.id, functools.partial(_readied, key=phase.key,
+                                                            sha=reset_to, found=found), lease)
     earlier = [p for p in phases if p.state is PhaseState.COMPLETED and p.key != phase.key]
     while True:
         result = await agent.run(ctx, run, phase, persona, binding.backend, lease, earlier)
@@ -92,9 +94,11 @@ def _conclude(ctx: Context, result: agent.Result,
     """Judge the attempt, keep a valid artifact, and record the exit with its verdict in
     one transaction: one call on a worker thread for all of it."""
     run, phase = result.run, result.phase
+    tampered = _put_back(run, phase)
     verdict, kept = None, None
     if not _over_budget(run, result.outcome):
-        verdict, kept = _judge_and_keep(ctx, run, phase, result)
+        verdict, kept = ((Verdict(Code.AGENT_TAMPERED, tampered), None) if tampered else
+                         _judge_and_keep(ctx, run, phase, result))
     return ctx.change(run.id, functools.partial(_settle, result=result, verdict=verdict,
                                                 kept=kept), lease, phase=phase.key)
 
@@ -122,9 +126,37 @@ def _over_budget(run: model.Run, outcome: Outcome) -> bool:
     return limit is not None and run.cost_usd + (outcome.cost_usd or 0.0) > float(limit)
 
 
-def _reset_done(tx: RunTx, key: str) -> model.Phase:
+def _put_back(run: model.Run, phase: model.Phase) -> list[Issue]:
+    """Put back the worktree's ``.git`` file, HEAD and the run's branch if the agent changed
+    them; what it changed, as the reasons its attempt failed."""
+    found = runtree.restore(worktree.of_run(run), run.checkpoint_sha)
+    if found:
+        log.warning("agent_tampered", run_id=run.id, phase=phase.key, attempt=phase.attempt,
+                    found=found)
+    return [Issue("", f"{what}. devflow put it back; leave .git, HEAD and the branches "
+                      f"alone (devflow commits your work)") for what in found]
+
+
+def _ready(run: model.Run, reset_to: str | None) -> list[str]:
+    """Before a phase's first attempt here: the worktree reset to ``reset_to`` (recovery,
+    rewind), or else its ``.git``, HEAD and branch put back if something changed them
+    since the last attempt; what was found changed."""
+    tree = worktree.of_run(run)
+    if reset_to:
+        return worktree.reset(tree, reset_to)
+    return runtree.restore(tree, run.checkpoint_sha)
+
+
+def _readied(tx: RunTx, key: str, sha: str | None, found: list[str]) -> model.Phase:
+    """Record what ``_ready`` did: the run's branch is at ``sha`` after a reset."""
     feedback = dict(tx.phase(key).feedback)
-    feedback.pop("reset_to", None)
+    if sha is not None:
+        feedback.pop("reset_to", None)
+        if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
+            tx.set_run(checkpoint_sha=sha)
+    if found:
+        tx.event(model.NewEvent("worktree.restored", key, {
+            "found": found, "sha": sha or tx.run.checkpoint_sha}))
     return tx.set_phase(key, feedback=feedback)
 
 
@@ -215,18 +247,18 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     d = phase.definition
     assert d.artifact is not None and checked.data is not None
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
-    tree = Path(run.worktree)
+    tree = worktree.of_run(run)
     message = f"devflow({phase.key}): attempt {phase.attempt}"
     # the copy is written and fsynced while git commits the checkpoint
-    sha, commit = artifacts.store_while(checked, stored,
-                                        lambda: worktree.checkpoint(tree, message))
+    sha, commit = artifacts.store_while(
+        checked, stored, lambda: worktree.checkpoint(tree, message, run.checkpoint_sha))
     # both points find the copy kept and the checkpoint committed, nothing recorded yet
     faults.point("artifact_stored")
     faults.point("checkpoint_committed")
     evidence: model.Evidence | None = None
     if d.gates:
-        evidence = model.Evidence(d.artifact.path, sha, worktree.head(tree),
-                                  worktree.tree_sha(tree))
+        evidence = model.Evidence(d.artifact.path, sha, commit or run.checkpoint_sha or
+                                  worktree.head(tree), worktree.tree_sha(tree))
     record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
                                   d.artifact.schema, sha, len(checked.data), str(stored),
                                   ctx.clock())

@@ -92,7 +92,8 @@ def _feedback(feedback: Mapping[str, Any]) -> str:
     if repair:
         errors = "\n".join(f"- `{e.get('pointer') or '/'}`: {e.get('message')}"
                            for e in repair.get("errors", []))
-        parts.append("## Your previous attempt was refused\n\nIt did not leave a valid "
-                     f"artifact ({repair.get('code')}). Fix every point and write the whole "
-                     f"file again:\n\n{errors}")
+        why = ("It changed the worktree's git metadata" if repair.get("code") == "agent_tampered"
+               else "It did not leave a valid artifact")
+        parts.append(f"## Your previous attempt was refused\n\n{why} ({repair.get('code')}). "
+                     f"Fix every point and write the whole file again:\n\n{errors}")
     return "\n\n".join(parts)

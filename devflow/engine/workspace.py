@@ -49,10 +49,9 @@ def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = No
     worktree was there. ``hand_back``: that transaction also gives ``lease`` up (a run
     started to be left to workers).
     """
-    path = Path(run.worktree)
-    if (path / ".git").exists():
+    path, repo = Path(run.worktree), Path(run.repo)
+    if worktree.ready(repo, path, run.branch):
         return None
-    repo = Path(run.repo)
     from_branch = worktree.add(repo, path, run.branch, run.base_sha or run.base)
     included = worktree.copy_included(repo, path)
     def record(tx: RunTx) -> model.Run:

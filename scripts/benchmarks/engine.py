@@ -13,6 +13,7 @@ from common import Figure, Report, Stat, calls_timed, make_app, start_request, s
 
 from devflow import artifacts, worktree
 from devflow.backends import samples
+from devflow.engine import attempt
 
 
 def per_phase(report: Report, url: str, root: Path, label: str, anchor: SessionCommit,
@@ -37,10 +38,14 @@ def per_phase(report: Report, url: str, root: Path, label: str, anchor: SessionC
         assert done.run.state == "completed", done.run.failure_reason
         agents = sum(inv.duration_ms or 0 for inv in app.store.runs.invocations(view.run.id))
         commit_ms.append(sum(spent) / len(done.phases))
+        checks_ms.append((sum(before) + sum(after)) / len(done.phases))
+        before.clear()
+        after.clear()
         return total - agents - sum(spent), len(done.phases)
 
-    long_ms, short_ms, amortized, commit_ms, commits = [], [], [], [], []
-    with calls_timed(worktree, "checkpoint") as spent, contextlib.closing(app):
+    long_ms, short_ms, amortized, commit_ms, commits, checks_ms = [], [], [], [], [], []
+    with calls_timed(worktree, "checkpoint") as spent, contextlib.closing(app), \
+            calls_timed(attempt, "_ready") as before, calls_timed(attempt, "_put_back") as after:
         app.drive  # noqa: B018 - resolve before timing
         engine_ms("bench20@1", f"e{label}w")  # warm caches and connections
         for i in range(runs):  # A B A B: the two share the machine's drift
@@ -70,6 +75,10 @@ def per_phase(report: Report, url: str, root: Path, label: str, anchor: SessionC
                       note=f"its {phases} phases and the run's own cost, per phase"))
     report.add(Figure("engine", f"checkpoint commit per phase ({label}, timed apart)", "ms",
                       Stat.of(commit_ms)))
+    report.add(Figure("engine", f"git checks per phase ({label}, in the engine cost)", "ms",
+                      Stat.of(checks_ms[1:]),
+                      note=".git, HEAD and the run branch, before the phase and after "
+                           "each attempt"))
 
 
 def validation(report: Report, url: str, root: Path) -> None:

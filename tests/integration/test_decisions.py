@@ -483,6 +483,8 @@ def test_request_changes_with_rewind_resets_the_worktree_first(gapp: App, repo: 
                        repo).splitlines()
     assert subjects == (["devflow(build): attempt 2"] if rewind else
                         ["devflow(build): attempt 2", "devflow(build): attempt 1"])
+    # the run's last checkpoint is where its branch is (a later recovery resets there)
+    assert view.run.checkpoint_sha == git.out(["rev-parse", view.run.branch], repo)
     changed = [e for e in gapp.events(view.run.id) if e.type == "phase.changes_requested"]
     assert [e.payload["rewind"] for e in changed] == [rewind]
 

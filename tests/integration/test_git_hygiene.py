@@ -1,6 +1,8 @@
 """A repository's own configuration cannot make devflow run a program (DESIGN.md §3.6):
-fsmonitor, hooks (core.hooksPath and .git/hooks), filter drivers, diff drivers and commit
-signing are all configured to write a marker; a whole run leaves no marker."""
+fsmonitor, hooks (core.hooksPath and .git/hooks), filter drivers (one of them in a file
+only the run worktrees' git directories include), diff drivers and commit signing are all
+configured to write a marker; a whole run leaves no marker. Each configuration level on
+its own: ``test_git_config_levels.py``."""
 
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def _booby_trapped_repo(tmp_path: Path, marker: Path) -> Path:
     repo = make_repo(tmp_path / "trapped", files={
         "README.md": "# trapped\n",
         "src/app.py": "print('hi')\n",
-        ".gitattributes": "* filter=x diff=x\n",
+        ".gitattributes": "* filter=x diff=x\n*.md filter=y\n",
     })
     scripts = tmp_path / "scripts"
     config = {
@@ -45,9 +47,17 @@ def _booby_trapped_repo(tmp_path: Path, marker: Path) -> Path:
     for hook in HOOKS:
         _marker_script(scripts / "hooks" / hook, marker, "hooksPath")
         _marker_script(repo / ".git" / "hooks" / hook, marker, "git-hooks")
+    # a filter only the run worktrees' git directories see (not the common one)
+    only_worktrees = tmp_path / "worktrees.gitconfig"
+    config[f"includeIf.gitdir:{(repo / '.git').resolve()}/worktrees/.path"] = only_worktrees
     for key, value in config.items():
         # plain git on purpose, with the caller's environment: this is the user's own setup
         subprocess.run(["git", "config", key, str(value)], cwd=repo, check=True)
+    for key in ("clean", "smudge", "process"):
+        subprocess.run(["git", "config", "--file", str(only_worktrees), f"filter.y.{key}",
+                        _marker_script(scripts / f"y-{key}", marker, "filter-y")], check=True)
+    subprocess.run(["git", "config", "--file", str(only_worktrees), "filter.y.required", "true"],
+                   check=True)
     return repo
 
 
@@ -80,5 +90,7 @@ def test_repository_config_cannot_make_devflow_run_a_program(app: App, tmp_path:
     _plain_git(["add", "README.md"], tree)  # the filter (git then fails: it is no filter)
     _plain_git(["-c", "filter.x.process=", "-c", "filter.x.clean=", "-c", "filter.x.smudge=",
                 "commit", "--allow-empty", "-m", "by hand"], tree)  # the hooks
+    (tree / "src" / "app.py").write_text("print('changed')\n", encoding="utf-8")
+    _plain_git(["add", "src/app.py"], tree)
     seen = {line.split()[0] for line in marker.read_text(encoding="utf-8").splitlines()}
-    assert {"fsmonitor", "filter", "hooksPath"} <= seen, seen
+    assert {"fsmonitor", "filter", "filter-y", "hooksPath"} <= seen, seen
