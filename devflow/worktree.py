@@ -98,6 +98,11 @@ def _common_dir(repo: Path) -> Path:
     return known
 
 
+def common_dir(repo: Path) -> Path:
+    """The repository's common git directory: its refs, objects and config."""
+    return _common_dir(repo)
+
+
 def _lock(repo: Path) -> filelock.FileLock:
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 

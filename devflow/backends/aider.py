@@ -109,6 +109,10 @@ class Aider(command.Preset):
     def stdin(self, task: Task) -> Path | None:
         return None
 
+    def reads(self, task: Task) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in task.persona.options.get("read") or ()
+                     if Path(p).is_absolute())
+
     def progress(self, line: str) -> str | None:
         text = line.strip()
         if APPLIED.match(text) or TOKENS.search(text) or ERROR.match(text):

@@ -7,9 +7,14 @@ argv (the prompt goes on standard input, named by the final ``-``)::
 
 devflow writes ``$CODEX_HOME/config.toml`` before each attempt: the model, the provider
 (``base_url``/``env_key``/``wire_api`` from the persona's options, else Codex's built-in
-``openai``), ``approval_policy = "never"``, ``sandbox_mode`` (``workspace-write`` unless
-the persona says otherwise), and update checks, analytics, feedback and plugins off, so
-it talks to its model server and to nothing else.
+``openai``), ``approval_policy = "never"``, ``sandbox_mode``, and update checks,
+analytics, feedback and plugins off, so it talks to its model server and to nothing else.
+
+``sandbox_mode``: inside devflow's sandbox, ``danger-full-access``: devflow's sandbox is
+the boundary, and Codex's own (bubblewrap, seccomp and Landlock on Linux) cannot be
+nested in it (its ``apply_patch`` then fails to write any file). Run unsandboxed by
+devflow (``sandbox: none``), ``workspace-write``, Codex's own. A persona's ``sandbox``
+option wins over both.
 
 Its JSON lines give ``thread_id`` (the session), ``turn.completed`` usage and the final
 ``agent_message``; a ``turn.failed`` or top-level ``error`` is a failed attempt. Codex
@@ -125,8 +130,9 @@ def config_toml(task: Task) -> str:
     provider = str(options.get("provider", "devflow"))
     if options.get("base_url"):
         top["model_provider"] = provider
+    own = "danger-full-access" if task.sandboxed else "workspace-write"
     top.update({"approval_policy": "never",
-                "sandbox_mode": str(options.get("sandbox", "workspace-write")),
+                "sandbox_mode": str(options.get("sandbox", own)),
                 "check_for_update_on_startup": False})
     tables: dict[str, dict[str, Any]] = {
         "analytics": {"enabled": False},

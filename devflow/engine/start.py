@@ -65,6 +65,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
+    sandboxes = binding.sandboxes(bindings, personas, ctx.settings)
     _check_scenarios(request.scenarios)
     if request.max_cost is not None and request.max_cost <= 0:
         raise DevflowError(Code.INVALID_INPUT, "--max-cost must be a positive amount of USD",
@@ -89,6 +90,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=request.requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
+        sandboxes=sandboxes,
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)
