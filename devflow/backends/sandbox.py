@@ -7,6 +7,7 @@ An agent sees (``Spec``, turned into ``bwrap`` options by ``command``):
   read is hidden;
 - its own ``/proc`` (a PID namespace of its own: no process of devflow's is there, nor
   their environments), ``/proc/sys`` read-only, a minimal ``/dev``, an empty ``/tmp``;
+  the rest of its root is read-only and holds only what is listed here;
 - read-only: the programs its backend runs, each with what it runs on (``expose``), the
   run's prompts, the repository's common git directory, the persona's ``read_only``;
 - writable: the worktree, its own HOME, the persona's ``writable``;
@@ -153,7 +154,8 @@ def command(spec: Spec, bwrap: str) -> list[str]:
     if (spec.worktree / ".git").is_file():
         dot_git = str(spec.worktree / ".git")
         argv += ["--ro-bind", dot_git, dot_git]
-    return [*argv, "--chdir", str(spec.worktree), "--"]
+    # the sandbox's own root is read-only too: nothing lands outside what was bound
+    return [*argv, "--remount-ro", "/", "--chdir", str(spec.worktree), "--"]
 
 
 def _system(bound: list[Path]) -> list[str]:

@@ -48,15 +48,25 @@ def backends_group() -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_obj
 def backends_list(state: State, as_json: bool) -> None:
-    """Which backends are available here, with versions."""
+    """Which backends are available here, with versions, and how their agents are sandboxed."""
     rows = state.app.backends()
+    box = state.app.sandbox()
     if as_json:
-        output.emit_json({"backends": rows})
+        output.emit_json({"backends": rows, "sandbox": box})
         return
-    output.table(["backend", "available", "version", "personas", "why not"],
+    output.table(["backend", "available", "version", "sandbox", "personas", "why not"],
                  [[r["backend"], "yes" if r["available"] else "no", r["version"] or "",
-                   ", ".join(r["personas"]), "" if r["available"] else r["reason"]]
+                   r["sandbox"] or "-", ", ".join(r["personas"]),
+                   "" if r["available"] else r["reason"]]
                   for r in rows])
+    if box["available"]:
+        click.echo(f"sandbox: {box['version'] or 'bubblewrap'} ({box['path']})")
+    elif box["allow_unsandboxed"]:
+        click.echo(f"WARNING: agents run UNSANDBOXED here: {box['reason']} "
+                   f"(allow_unsandboxed is set)")
+    else:
+        click.echo(f"WARNING: no sandbox here: {box['reason']}; agents that need one are "
+                   f"refused (sandbox_unavailable)")
 
 
 @click.command("sweep")

@@ -7,9 +7,9 @@ candidate at all is ``no_persona_for_role``, naming what was passed over and why
 
 Then each bound persona's sandbox (``sandboxes``): where bubblewrap cannot run, a persona
 that does not say ``sandbox: none`` is ``sandbox_unavailable`` unless the configuration
-allows unsandboxed agents; an agent that will run unsandboxed is logged as a warning.
+allows unsandboxed agents.
 A persona is never passed over for its sandbox: that would be a silent fallback to one
-that runs unsandboxed.
+that runs unsandboxed. ``run start`` prints ``unsandboxed_warning`` for such a role.
 """
 
 from __future__ import annotations
@@ -89,13 +89,17 @@ def _first_available(role: str, catalog: Catalog) -> tuple[Persona, str | None]:
 
 
 def sandboxes(bindings: Sequence[model.Binding], personas: Sequence[Persona],
-              settings: Settings) -> dict[str, str]:
+              settings: Settings) -> dict[str, sandbox.Plan]:
     """role -> how its agent will run here; ``sandbox_unavailable`` when one cannot."""
     found = {}
     for bound, persona in zip(bindings, personas, strict=True):
-        plan = sandbox.plan(persona, settings)
+        plan = found[bound.role] = sandbox.plan(persona, settings)
         if not plan.sandboxed:
-            log.warning("agent_unsandboxed", role=bound.role, persona=persona.ref,
-                        why=plan.label)
-        found[bound.role] = plan.label
+            log.info("agent_unsandboxed", role=bound.role, persona=persona.ref,
+                     why=plan.label)
     return found
+
+
+def unsandboxed_warning(role: str, persona: str, plan: sandbox.Plan) -> str:
+    return (f"role {role}: the agent of {persona} will run UNSANDBOXED, with all your "
+            f"account can read and write ({plan.label.removeprefix('none: ')})")

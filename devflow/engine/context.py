@@ -36,12 +36,18 @@ class Observer(Protocol):
 
     def progress(self, run_id: str, phase: str, text: str) -> None: ...
 
+    def warning(self, text: str) -> None:
+        """Something a person must not miss (an agent about to run unsandboxed)."""
+
 
 class NoObserver:
     def event(self, event: model.Event) -> None:
         pass
 
     def progress(self, run_id: str, phase: str, text: str) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
         pass
 
 

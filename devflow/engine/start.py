@@ -66,6 +66,10 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
     sandboxes = binding.sandboxes(bindings, personas, ctx.settings)
+    for bound in bindings:
+        if not sandboxes[bound.role].sandboxed:
+            ctx.observer.warning(binding.unsandboxed_warning(
+                bound.role, bound.persona_ref, sandboxes[bound.role]))
     _check_scenarios(request.scenarios)
     if request.max_cost is not None and request.max_cost <= 0:
         raise DevflowError(Code.INVALID_INPUT, "--max-cost must be a positive amount of USD",
@@ -90,7 +94,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=request.requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
-        sandboxes=sandboxes,
+        sandboxes={role: plan.label for role, plan in sandboxes.items()},
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)
