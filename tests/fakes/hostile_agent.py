@@ -4,9 +4,9 @@ Run as ``python -I hostile_agent.py`` by a ``command`` persona (standard library
 ``HOSTILE_ESCAPE`` names the escape, ``HOSTILE_TARGETS`` (JSON) what it aims at, and
 ``HOSTILE_MARK`` is a value its daemons carry in their environment, so the test can look
 for them on the host. It prints one line ``{"hostile": {...}}`` saying what it found or
-did, then writes ``HOSTILE_ARTIFACT`` (JSON text) to ``$DEVFLOW_ARTIFACT`` and exits 0:
-whatever the escape did, the run goes on, and the test judges from the line and the
-world outside.
+did, waits ``HOSTILE_WAIT`` seconds (a test may kill devflow meanwhile), then writes
+``HOSTILE_ARTIFACT`` (JSON text) to ``$DEVFLOW_ARTIFACT`` and exits 0: whatever the
+escape did, the run goes on, and the test judges from the line and the world outside.
 """
 
 import contextlib
@@ -186,6 +186,7 @@ def main():
     except Exception as exc:  # noqa: BLE001 - what failed is the finding
         found = {"raised": f"{type(exc).__name__}: {exc}"}
     print(json.dumps({"hostile": {"escape": escape, **found}}), flush=True)
+    time.sleep(float(os.environ.get("HOSTILE_WAIT", "0")))  # for a test that kills devflow
     artifact = os.environ.get("DEVFLOW_ARTIFACT")
     if artifact:
         os.makedirs(os.path.dirname(artifact) or ".", exist_ok=True)
