@@ -93,6 +93,9 @@ def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
         detail = " ".join(f"{k}={v}" for k, v in action.detail.items()
                           if k not in ("agents",) and v not in (None, "", []))
         click.echo(f"{action.run_id}  {action.kind}  {detail}")
+        for agent in action.detail.get("agents") or ():
+            click.echo(f"    agent pid {agent.get('pid')} ({agent.get('phase')}, attempt "
+                       f"{agent.get('attempt')}): {agent.get('agent')}")
 
 
 @click.command("worker")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -17,11 +18,11 @@ import psutil
 import pytest
 import yaml
 
-from devflow import git
+from devflow import git, model
 from devflow.app import App
-from devflow.backends import samples
+from devflow.backends import process, samples
 from devflow.settings import Settings
-from devflow.states import RunState
+from devflow.states import PhaseState, RunState
 from tests.acceptance.crash_support import Devflow, publish, schemas, wait_until
 from tests.conftest import make_repo
 from tests.fakes import agents, hostile_agent
@@ -158,6 +159,39 @@ def test_kill_9_of_a_worker_ends_the_real_codex(devflow: Devflow, dirs: tuple[Pa
                    "the sleep Codex runs")
         _kill_worker_and_wait(devflow, worker, "DEVFLOW_RUN_ID", "codex9", tmp_path,
                               "kill -9 of a worker, real Codex")
+
+
+# -- PID reuse -------------------------------------------------------------------------------
+def test_the_sweep_leaves_a_reused_pid_alone_and_says_so(devflow: Devflow,
+                                                         tmp_path: Path) -> None:
+    """A dead driver's invocation names a pid that an unrelated process holds now (its
+    start time differs from the one recorded): `devflow sweep` recovers the run, kills
+    nothing, and prints why."""
+    _start(devflow, make_repo(tmp_path / "repo"), "reused", "scripted-implementer@1",
+           "--detach")
+    app = devflow.app
+    lease = app.store.leases.claim("reused", "ghost:host:1", 0.5)
+    assert lease is not None
+    unrelated = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        def ghost(tx: Any) -> None:
+            tx.move_run(RunState.EXECUTING)
+            tx.move_phase("implement", PhaseState.RUNNING, model.NewEvent(
+                "phase.started", "implement", {"attempt": 1}), attempt=1)
+            tx.start_invocation(
+                phase_key="implement", attempt=1, kind="agent", backend="command",
+                argv=["agent"], host=app.context().host, pid=unrelated.pid,
+                pgid=unrelated.pid, process_start=process.start_time(unrelated.pid) - 1)
+        app.store.runs.change("reused", ghost, lease=lease)
+        wait_until(lambda: "reused" in app.store.leases.expired(), "the lease to expire")
+        said = devflow.run("sweep", name="sweep").stdout()
+        assert "reused  recovered" in said, said
+        assert (f"agent pid {unrelated.pid} (implement, attempt 1): gone; pid "
+                f"{unrelated.pid} now belongs to another process, left alone") in said, said
+        assert unrelated.poll() is None
+    finally:
+        unrelated.kill()
+        unrelated.wait()
 
 
 # -- unsandboxed, on purpose or allowed --------------------------------------------------------
