@@ -22,6 +22,7 @@ import anyio.abc
 
 from devflow import access, approvals, backends, logs, model, redact
 from devflow import sweep as sweep_module
+from devflow.backends import sandbox
 from devflow.backends.base import BASE_ENV
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona, Template
@@ -132,8 +133,33 @@ class App:
             rows.append({"backend": name, "available": bool(seen and seen.available),
                          "version": seen.version if seen else None,
                          "reason": seen.reason if seen else "no persona uses it",
-                         "personas": [p.ref for p in users]})
+                         "personas": [p.ref for p in users],
+                         "sandbox": self._sandboxes(users)})
         return rows
+
+    def sandbox(self) -> dict[str, Any]:
+        """bubblewrap here: its path and version, or why agents cannot be sandboxed."""
+        found = sandbox.probe(self.settings.bwrap)
+        return {"available": found.works, "path": found.path, "version": found.version,
+                "reason": found.reason, "allow_unsandboxed": self.settings.allow_unsandboxed}
+
+    def _sandboxes(self, personas: list[Persona]) -> str:
+        """How these personas' agents run here, in a word or two, each answer once: bwrap
+        (with its network when it is none), NONE (the persona's choice or the allowed
+        fallback), or REFUSED (``sandbox_unavailable``)."""
+        words = []
+        for persona in personas:
+            try:
+                plan = sandbox.plan(persona, self.settings)
+            except DevflowError:
+                word = "REFUSED"
+            else:
+                word = ("bwrap" + (", no network" if persona.sandbox.network == "none" else "")
+                        if plan.sandboxed else
+                        "NONE (persona)" if not persona.sandbox.enabled else "NONE (allowed)")
+            if word not in words:
+                words.append(word)
+        return "; ".join(words)
 
     # -- database --------------------------------------------------------------------------
     def db_upgrade(self) -> tuple[str | None, str | None]:

@@ -142,6 +142,23 @@ class Template:
 
 
 @dataclass(frozen=True, slots=True)
+class SandboxDef:
+    """A persona's ``sandbox``: off (``sandbox: none``), or its network and the paths it adds
+    to what its agent sees (``~`` is the home of the account running devflow)."""
+
+    enabled: bool = True
+    network: str = "host"
+    read_only: tuple[str, ...] = ()
+    writable: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any] | str:
+        if not self.enabled:
+            return "none"
+        return {"network": self.network, "read_only": list(self.read_only),
+                "writable": list(self.writable)}
+
+
+@dataclass(frozen=True, slots=True)
 class Persona:
     name: str
     version: str
@@ -156,6 +173,7 @@ class Persona:
     definition: Mapping[str, Any] = field(repr=False)
     hash: str
     source: Path | None = None
+    sandbox: SandboxDef = SandboxDef()
 
     @property
     def ref(self) -> str:
@@ -263,6 +281,23 @@ def parse_template(source: Source, schemas: SchemaRegistry) -> Template:
     )
 
 
+def _sandbox(value: Any) -> SandboxDef | Problem:
+    """The persona's ``sandbox`` (its shape is the meta-schema's): paths must be absolute
+    (or start with ``~``), so that what an agent sees never depends on where devflow runs."""
+    if value is None:
+        return SandboxDef()
+    if value == "none":
+        return SandboxDef(enabled=False)
+    for key in ("read_only", "writable"):
+        for index, path in enumerate(value.get(key) or ()):
+            if not (path.startswith(("/", "~/")) or path == "~"):
+                return Problem(Code.DEFINITION_INVALID, ("sandbox", key, index),
+                               f"{path!r}: write an absolute path (or one starting with ~/)")
+    return SandboxDef(network=value.get("network", "host"),
+                      read_only=tuple(value.get("read_only") or ()),
+                      writable=tuple(value.get("writable") or ()))
+
+
 def _phase(body: Mapping[str, Any], at: tuple[str | int, ...], problems: list[Problem]) -> PhaseDef:
     artifact = body.get("artifact")
     return PhaseDef(
@@ -364,11 +399,14 @@ def parse_persona(source: Source, schemas: SchemaRegistry,
         if found:
             raise DefinitionError(source, found)
     env = data.get("env") or {}
+    sandbox = _sandbox(data.get("sandbox"))
+    if isinstance(sandbox, Problem):
+        raise DefinitionError(source, [sandbox])
     return Persona(
         name=data["name"], version=str(data["version"]),
         description=data.get("description", ""), roles=tuple(data["roles"]),
         backend=data["backend"], model=data.get("model"), prompt=data.get("prompt", ""),
         options=MappingProxyType(dict(options)), env_allow=tuple(env.get("allow") or ()),
         env_set=MappingProxyType({k: str(v) for k, v in (env.get("set") or {}).items()}),
-        definition=data, hash=definition_hash(data), source=source.path,
+        definition=data, hash=definition_hash(data), source=source.path, sandbox=sandbox,
     )

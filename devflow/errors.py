@@ -56,6 +56,7 @@ class Code(enum.StrEnum):
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BINDING_INVALID = "binding_invalid"
     UNKNOWN_SECTION = "unknown_section"
+    SANDBOX_UNAVAILABLE = "sandbox_unavailable"
     # not found
     TEMPLATE_NOT_FOUND = "template_not_found"
     PERSONA_NOT_FOUND = "persona_not_found"
@@ -107,8 +108,9 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
         Code.INVALID_INPUT, Code.YAML_INVALID, Code.DEFINITION_INVALID, Code.UNKNOWN_ROLE,
         Code.UNKNOWN_SCHEMA, Code.UNKNOWN_GATE, Code.DUPLICATE_PHASE, Code.PATH_ESCAPE,
         Code.BAD_DURATION, Code.SCHEMA_INVALID, Code.DOCUMENT_INVALID, Code.CONFIG_INVALID,
-        Code.NOT_A_GIT_REPO, Code.NO_PERSONA_FOR_ROLE, Code.BACKEND_UNAVAILABLE,
-        Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
+        Code.NOT_A_GIT_REPO, Code.BASE_BRANCH_NOT_FOUND, Code.NO_PERSONA_FOR_ROLE,
+        Code.BACKEND_UNAVAILABLE, Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
+        Code.SANDBOX_UNAVAILABLE,
     )},
     **{c: Kind.NOT_FOUND for c in (
         Code.TEMPLATE_NOT_FOUND, Code.PERSONA_NOT_FOUND, Code.SCHEMA_NOT_FOUND,

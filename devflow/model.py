@@ -278,6 +278,8 @@ class Invocation:
     started_at: datetime
     pid: int | None = None
     pgid: int | None = None
+    #: the process's start time (clock ticks since boot): with ``pid``, who it is
+    process_start: int | None = None
     ended_at: datetime | None = None
     exit_code: int | None = None
     signal: int | None = None

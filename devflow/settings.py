@@ -23,6 +23,9 @@ then command-line options — each overriding the one before.
 | prices | (config file only) | {} — USD per million tokens by model name (``input``, |
 | | | ``output``, ``cached_input``), for CLIs that print no cost (docs/backends.md) |
 | port_range, port_block | (config file only) | 20000-39999, 10 — TCP port blocks for runs |
+| allow_unsandboxed | DEVFLOW_ALLOW_UNSANDBOXED | false — run agents without a sandbox where |
+| | | bubblewrap is missing, instead of refusing (``sandbox_unavailable``) |
+| bwrap | DEVFLOW_BWRAP | bwrap — the bubblewrap program (a name on PATH or a path) |
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ _INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_by
                 "max_recoveries", "port_block")
 _DURATIONS: Final = ("agent_timeout", "lease_seconds")
 _DIRS: Final = ("templates_dirs", "personas_dirs", "schemas_dirs")
+_BOOLS: Final = ("allow_unsandboxed",)
+_TRUE: Final = ("1", "true", "yes", "on")
+_FALSE: Final = ("0", "false", "no", "off", "")
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,9 @@ class Settings:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     act_for_others: tuple[str, ...] = ()
     prices: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    #: where bubblewrap is missing, run agents unsandboxed (loudly) instead of refusing
+    allow_unsandboxed: bool = False
+    bwrap: str = "bwrap"
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -89,7 +98,8 @@ class Settings:
         home = Path(overrides.pop("home", None) or env.get("DEVFLOW_HOME")
                     or Path.home() / ".devflow").expanduser().resolve()
         values: dict[str, Any] = _config_file(home / "config.yaml")
-        for name in (*_INTS, *_DURATIONS, "log_format", "actor", "database_url", "workspace"):
+        for name in (*_INTS, *_DURATIONS, *_BOOLS, "log_format", "actor", "database_url",
+                     "workspace", "bwrap"):
             variable = f"DEVFLOW_{name.upper()}"
             if env.get(variable):
                 values[name] = env[variable]
@@ -124,6 +134,7 @@ class Settings:
         for name in _DURATIONS:
             if name in values:
                 values[name] = durations.parse_duration(values[name], field=name)
+        _sandbox_settings(values)
         for name in _DIRS:
             if name in values:
                 dirs = values[name]
@@ -167,4 +178,23 @@ def _config_file(path: Path) -> dict[str, Any]:
         raise DevflowError(Code.CONFIG_INVALID, f"{path}: must be a mapping of settings",
                            hint="e.g. `max_concurrent_runs: 20`")
     return data
+
+
+def _sandbox_settings(values: dict[str, Any]) -> None:
+    for name in _BOOLS:
+        if name in values:
+            values[name] = _bool(name, values[name])
+    if not str(values.get("bwrap", "bwrap")).strip():
+        raise DevflowError(Code.CONFIG_INVALID, "bwrap must name a program",
+                           hint="e.g. `bwrap: /usr/bin/bwrap`, or leave it out")
+
+
+def _bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise DevflowError(Code.CONFIG_INVALID, f"{name} {value!r} is not true or false",
+                       hint=f"write {name}: true (or false)")
 

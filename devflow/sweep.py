@@ -1,7 +1,9 @@
 """The restart sweep (``devflow sweep``, from cron): what a crash or a clock leaves to do.
 
-1. Runs whose lease expired: their driver is gone. The agent it left is killed if its
-   process group still lives on this host, the interrupted attempt is recorded
+1. Runs whose lease expired: their driver is gone. The agent it left is killed if it
+   still lives on this host, known by its pid *and* start time (a pid that another
+   process has since taken is left alone, and the sweep says so); killing a sandboxed
+   agent's ``bwrap`` ends its whole sandbox. The interrupted attempt is recorded
    (``phase.interrupted`` with what was found), the lease is cleared and the run is
    runnable again, its worktree re-created if it went missing. After
    ``max_recoveries`` recoveries, or with ``policy="fail"``, the run fails with
@@ -26,7 +28,7 @@ import structlog
 
 from devflow import artifacts, escalation, model, states, transitions, worktree
 from devflow.backends import process
-from devflow.engine import finish, workspace
+from devflow.engine import context, finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
@@ -89,15 +91,10 @@ def _inspect(ctx: Context, run: model.Run, kill: bool) -> _Found:
             continue
         seen: dict[str, Any] = {"pid": inv.pid, "host": inv.host, "phase": inv.phase_key,
                                 "attempt": inv.attempt}
-        if inv.host != ctx.host or not inv.pgid:
+        if inv.host != ctx.host or not inv.pgid or not inv.pid:
             seen["agent"] = "not checked (another host)"
-        elif not process.group_alive(inv.pgid):
-            seen["agent"] = "gone"
-        elif kill:
-            process.kill_group(inv.pgid)
-            seen["agent"] = "killed" if _wait_gone(inv.pgid) else "kill sent, still alive"
         else:
-            seen["agent"] = "alive"
+            seen["agent"] = _agent(inv, kill)
         agents.append(seen)
     path = Path(run.worktree)
     if run.host != ctx.host and not path.exists():
@@ -116,10 +113,36 @@ def _inspect(ctx: Context, run: model.Run, kill: bool) -> _Found:
     return _Found(agents, present, dirty)
 
 
-def _wait_gone(pgid: int, seconds: float = 5.0) -> bool:
+def _agent(inv: model.Invocation, kill: bool) -> str:
+    """What became of an unfinished invocation's process: killed, gone, or left alone."""
+    assert inv.pid is not None and inv.pgid is not None
+    if inv.process_start is None:
+        return "not checked: no start time recorded (an invocation older than devflow's " \
+               "migration 0002)"
+    marks = context.marks(inv)
+    if not kill:
+        if process.remains(inv.pid, inv.pgid, inv.process_start, marks):
+            return "alive"
+        return _gone_or_reused(inv)
+    outcome = context.stop(inv)
+    if outcome == "signalled":
+        return "killed" if _wait_gone(inv, marks) else "kill sent, still alive"
+    return _gone_or_reused(inv) if outcome in ("gone", "reused") else outcome
+
+
+def _gone_or_reused(inv: model.Invocation) -> str:
+    assert inv.pid is not None
+    now = process.start_time(inv.pid)
+    if now is not None and now != inv.process_start:
+        return f"gone; pid {inv.pid} now belongs to another process, left alone"
+    return "gone"
+
+
+def _wait_gone(inv: model.Invocation, marks: dict[str, str], seconds: float = 5.0) -> bool:
+    assert inv.pid is not None and inv.pgid is not None and inv.process_start is not None
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not process.group_alive(pgid):
+        if not process.remains(inv.pid, inv.pgid, inv.process_start, marks):
             return True
         time.sleep(0.05)
     return False

@@ -139,6 +139,11 @@ def ready(repo: Path, path: Path, branch: str) -> bool:
     return True
 
 
+def common_dir(repo: Path) -> Path:
+    """The repository's common git directory: its refs, objects and config."""
+    return _common_dir(repo)
+
+
 def _lock(repo: Path) -> filelock.FileLock:
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 

@@ -209,6 +209,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     tmp = getattr(item, "funcargs", {}).get("tmp_path")
     if tmp is not None and (tmp / "figures.json").is_file():
         report.user_properties.append(("crash_figures", (tmp / "figures.json").read_text()))
+    if tmp is not None and (tmp / "hostile.json").is_file():
+        report.user_properties.append(("hostile", (tmp / "hostile.json").read_text()))
 
 
 def _database_of(item: pytest.Item) -> str | None:
@@ -240,3 +242,25 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("crash suite figures")
         for line in sorted(shown):
             terminalreporter.write_line(line)
+    _hostile_table(terminalreporter)
+
+
+def _hostile_table(terminalreporter: Any) -> None:
+    """The hostile suite's table: each escape an agent tried, what became of it, the
+    database, and whether its test passed (every row must say passed)."""
+    rows = []
+    for outcome, reports in terminalreporter.stats.items():
+        for r in reports:
+            for name, value in getattr(r, "user_properties", ()):
+                if name == "hostile":
+                    row = json.loads(value)
+                    rows.append((str(row.get("escape", "?")), str(row.get("outcome", "?")),
+                                 str(row.get("database", "?")), outcome))
+    if not rows:
+        return
+    terminalreporter.section("hostile agents: escape, outcome")
+    widths = [max(len(r[i]) for r in [*rows, ("escape", "outcome", "database", "test")])
+              for i in range(4)]
+    for row in [("escape", "outcome", "database", "test"), *sorted(rows)]:
+        terminalreporter.write_line("  ".join(c.ljust(w) for c, w in zip(row, widths,
+                                                                           strict=True)).rstrip())

@@ -12,7 +12,9 @@ argv::
           -- ARTIFACT [FILES...]
 
 devflow makes the checkpoint commits, so Aider commits nothing; its history files live
-in the run's own directory (``H``), and ``--map-tokens 0`` (the default of
+in the run's own directory (``H``, its HOME), and so does a ``.gitconfig`` naming a git
+user: without one, Aider writes one into the repository's config, which the sandbox
+keeps read-only (and which is the user's). ``--map-tokens 0`` (the default of
 ``map_tokens``) keeps its tag cache out of the worktree. The weak and editor models are
 the main one unless the persona names others.
 
@@ -50,6 +52,8 @@ TOKENS: Final = re.compile(
 ERROR: Final = re.compile(r"^(litellm\.\w*Error|\w*APIError|\w+Exception): ?(.*)$")
 APPLIED: Final = re.compile(r"^Applied edit to (.+)$")
 WIDTH: Final = 4000
+#: Aider's git user, never used (it commits nothing), so it writes none into the repository
+GITCONFIG: Final = "[user]\n\tname = Aider (devflow)\n\temail = aider@devflow.invalid\n"
 EDIT_FORMATS: Final = ("whole", "diff", "diff-fenced", "udiff", "udiff-simple", "editor-diff",
                        "editor-whole", "architect", "ask", "code")
 
@@ -78,6 +82,7 @@ class Aider(command.Preset):
         options = task.persona.options
         metadata = home / "model-metadata.json"
         metadata.write_text(json.dumps(model_metadata(task), indent=1), encoding="utf-8")
+        (home / ".gitconfig").write_text(GITCONFIG, encoding="utf-8")
         argv = ["--message-file", str(task.prompt_file), "--yes-always", "--no-auto-commits",
                 "--no-dirty-commits", "--no-gitignore", "--no-check-update",
                 "--no-show-model-warnings", "--no-show-release-notes", "--analytics-disable",
@@ -114,6 +119,10 @@ class Aider(command.Preset):
 
     def stdin(self, task: Task) -> Path | None:
         return None
+
+    def reads(self, task: Task) -> tuple[Path, ...]:
+        return tuple(Path(p) for p in task.persona.options.get("read") or ()
+                     if Path(p).is_absolute())
 
     def progress(self, line: str) -> str | None:
         text = line.strip()

@@ -51,8 +51,11 @@ class Task:
     resume_session: str | None = None
     port_base: int | None = None
     roles: Sequence[str] = ()
-    #: a directory of the run's own, for CLIs that keep state under HOME
+    #: the agent's HOME: a directory of the run's own (``<run workspace>/home``)
     home: Path | None = None
+    #: whether the agent runs in devflow's sandbox (a CLI with a sandbox of its own is
+    #: told how to run inside it)
+    sandboxed: bool = False
 
     def log_file(self, suffix: str) -> Path:
         """This attempt's log file ending in ``suffix``: ``<phase>.attempt-<n>.<suffix>``."""
@@ -66,6 +69,9 @@ class Command:
     stdin_file: Path | None = None
     #: seconds; a persona's own ``timeout`` option, which wins over the phase's ``Task.timeout``
     timeout: float | None = None
+    #: the programs and files the process runs or reads outside the worktree and its HOME:
+    #: the sandbox shows these read-only, each program with what it runs on
+    reads: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +113,12 @@ class Backend(Protocol):
 
 
 def agent_env(task: Task, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The agent's whole environment: the base, the persona's allowlist and values, the task."""
+    """The agent's whole environment: the base (with the run's HOME), the persona's allowlist
+    and values, the task."""
     persona = task.persona
     env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    if task.home is not None:  # the agent's own HOME, never the account's
+        env["HOME"] = str(task.home)
     for pattern in persona.env_allow:
         if pattern.endswith("*"):
             env.update({k: v for k, v in os.environ.items() if k.startswith(pattern[:-1])})

@@ -9,6 +9,12 @@ Environment: ``HOME`` and ``CLAUDE_CONFIG_DIR`` in the run's own directory (sess
 stay there, so a repair attempt can ``--resume``), and the variables that keep it from
 calling its vendor's other hosts (a persona's ``env.set`` may override those).
 
+Inside devflow's sandbox, ``IS_SANDBOX=1`` says so to Claude Code (which then accepts
+``bypassPermissions`` when run as root). Its permission mode stays what the persona
+says: it decides which tools Claude Code may use; devflow's sandbox decides what they
+can reach. Claude Code's own bash sandbox is off unless its settings turn it on (it
+cannot be nested in devflow's).
+
 The last ``result`` line gives the session, ``total_cost_usd`` and token usage; an
 ``is_error`` result or a non-empty ``permission_denials`` is a failed attempt: with too
 narrow a permission mode Claude Code exits 0 having written nothing.
@@ -63,7 +69,7 @@ class ClaudeCode(command.Preset):
         return argv + extra
 
     def defaults(self, task: Task, home: Path) -> dict[str, str]:
-        return dict(QUIET)
+        return {**QUIET, "IS_SANDBOX": "1"} if task.sandboxed else dict(QUIET)
 
     def forced(self, task: Task, home: Path) -> dict[str, str]:
         return {"HOME": str(home), "CLAUDE_CONFIG_DIR": str(home / ".claude")}

@@ -9,9 +9,14 @@ devflow writes ``$CODEX_HOME/config.toml`` before each attempt: the model, the p
 (``base_url``/``env_key``/``wire_api`` from the persona's options, else Codex's
 built-in ``openai``; ``base_url_env`` names a variable whose value, when set, replaces
 ``base_url``, so a gateway or a local model server needs no copy of a persona),
-``approval_policy = "never"``, ``sandbox_mode`` (``workspace-write`` unless the persona
-says otherwise), and update checks, analytics, feedback and plugins off, so it talks to
-its model server and to nothing else.
+``approval_policy = "never"``, ``sandbox_mode`` (below), and update checks, analytics,
+feedback and plugins off, so it talks to its model server and to nothing else.
+
+``sandbox_mode``: inside devflow's sandbox, ``danger-full-access``: devflow's sandbox is
+the boundary, and Codex's own (bubblewrap, seccomp and Landlock on Linux) cannot be
+nested in it (its ``apply_patch`` then fails to write any file). Run unsandboxed by
+devflow (``sandbox: none``), ``workspace-write``, Codex's own. A persona's ``sandbox``
+option wins over both.
 
 Its JSON lines give ``thread_id`` (the session), ``turn.completed`` usage and the final
 ``agent_message``; a ``turn.failed`` or top-level ``error`` is a failed attempt. Codex
@@ -131,8 +136,9 @@ def config_toml(task: Task) -> str:
     url = base_url(options)
     if url:
         top["model_provider"] = provider
+    own = "danger-full-access" if task.sandboxed else "workspace-write"
     top.update({"approval_policy": "never",
-                "sandbox_mode": str(options.get("sandbox", "workspace-write")),
+                "sandbox_mode": str(options.get("sandbox", own)),
                 "check_for_update_on_startup": False})
     tables: dict[str, dict[str, Any]] = {
         "analytics": {"enabled": False},

@@ -208,7 +208,7 @@ class CommandBackend:
         argv[0] = resolve(argv[0]) or argv[0]
         return Command(argv=argv, env=agent_env(task),
                        stdin_file=task.prompt_file if options.get("stdin") == "prompt" else None,
-                       timeout=timeout_of(options))
+                       timeout=timeout_of(options), reads=(Path(argv[0]),))
 
     def progress(self, line: str) -> str | None:
         return None
@@ -272,7 +272,8 @@ class Preset:
                     if k not in task.persona.env_set})
         env.update(self.forced(task, home))
         return Command(argv=argv, env=env, stdin_file=self.stdin(task),
-                       timeout=timeout_of(task.persona.options))
+                       timeout=timeout_of(task.persona.options),
+                       reads=(Path(path), *self.reads(task)))
 
     def home(self, task: Task) -> Path:
         """The CLI's own HOME, one per run and preset, kept across attempts (for resuming)."""
@@ -292,6 +293,10 @@ class Preset:
 
     def stdin(self, task: Task) -> Path | None:
         return task.prompt_file
+
+    def reads(self, task: Task) -> tuple[Path, ...]:
+        """Files outside the worktree the CLI reads, beside its program (for the sandbox)."""
+        return ()
 
     def progress(self, line: str) -> str | None:
         return None

@@ -16,13 +16,19 @@ is a *scenario*, chosen per phase by ``--scenario PHASE=NAME``, the persona's
 | plan:N | a valid phase plan adding N phases (for a dev/phase-plan@1 phase) |
 | edit | changes a file of the worktree, then writes a valid artifact |
 | hang | never ends, with a child process (for timeouts) |
-| crash-worker | kills the devflow process that started it (for crash tests) |
+| crash-worker | has the devflow process that started it killed (for crash tests) |
+
+``crash-worker``: an agent in its sandbox cannot see devflow's process, let alone
+signal it, so the agent asks and the backend does it: the devflow process that reads
+the agent's ``crash`` line (and only the one that started it) kills itself with SIGKILL.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -79,14 +85,15 @@ class Scripted:
 
     def command(self, task: Task, schemas: SchemaRegistry) -> Command:
         script = json.dumps(self._script(task, self.scenario(task), schemas))
+        reads = (Path(sys.executable), _AGENT)
         if len(script) <= _SCRIPT_IN_ENV:  # the common case: no file to write
             return Command(argv=[sys.executable, "-I", "-S", str(_AGENT)],
-                           env=agent_env(task, {"DEVFLOW_SCRIPT": script}))
+                           env=agent_env(task, {"DEVFLOW_SCRIPT": script}), reads=reads)
         path = task.log_file("script.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(script, encoding="utf-8")
         return Command(argv=[sys.executable, "-I", "-S", str(_AGENT), str(path)],
-                       env=agent_env(task))
+                       env=agent_env(task), reads=(*reads, path))
 
     def _script(self, task: Task, scenario: str, schemas: SchemaRegistry) -> dict[str, Any]:
         script: dict[str, Any] = {"note": f"scenario {scenario}, attempt {task.attempt}"}
@@ -98,7 +105,7 @@ class Scripted:
         elif kind == "hang":
             script["hang"] = True
         elif kind == "crash-worker":
-            script["kill_parent"] = True
+            script["kill_parent"] = os.getpid()
         elif kind == "slow":
             script["sleep"] = float(arg)
         elif kind == "edit":
@@ -120,6 +127,9 @@ class Scripted:
     def progress(self, line: str) -> str | None:
         value = json_object(line)
         if value is None:
+            return None
+        if value.get("type") == "crash" and value.get("pid") == os.getpid():
+            os.kill(os.getpid(), signal.SIGKILL)  # crash-worker: see the module's text
             return None
         return str(value.get("text")) or None
 

@@ -13,8 +13,8 @@ import sys
 import time
 
 
-def say(kind: str, text: str) -> None:
-    print(json.dumps({"type": kind, "text": text}), flush=True)
+def say(kind: str, text: str, **more: object) -> None:
+    print(json.dumps({"type": kind, "text": text, **more}), flush=True)
 
 
 def main(argv: list[str]) -> int:
@@ -25,8 +25,10 @@ def main(argv: list[str]) -> int:
         script = json.loads(os.environ["DEVFLOW_SCRIPT"])
     say("start", script.get("note", "scripted agent"))
     if script.get("kill_parent"):
-        say("crash", "killing the process that started me")
-        os.kill(os.getppid(), signal.SIGKILL)
+        # sandboxed, devflow's process is out of sight: the line asks it to die
+        say("crash", "killing the process that started me", pid=script["kill_parent"])
+        if os.getppid() == script["kill_parent"]:  # unsandboxed: do it here
+            os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(30)
     if script.get("hang"):
         subprocess.Popen(["sleep", "3600"])  # a child that must die with the group

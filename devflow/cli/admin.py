@@ -58,15 +58,25 @@ Example:
 @click.option("--json", "as_json", is_flag=True, help="The backends as JSON.")
 @click.pass_obj
 def backends_list(state: State, as_json: bool) -> None:
-    """Which agent backends can run here, with versions and the personas that use them."""
+    """Which backends are available here, with versions, and how their agents are sandboxed."""
     rows = state.app.backends()
+    box = state.app.sandbox()
     if as_json:
-        output.emit_json({"backends": rows})
+        output.emit_json({"backends": rows, "sandbox": box})
         return
-    output.table(["backend", "available", "version", "personas", "notes"],
+    output.table(["backend", "available", "version", "sandbox", "personas", "notes"],
                  [[r["backend"], "yes" if r["available"] else "no", r["version"] or "",
-                   ", ".join(r["personas"]), r["reason"] or ""] for r in rows],
+                   r["sandbox"] or "-", ", ".join(r["personas"]), r["reason"] or ""]
+                  for r in rows],
                  wrap=("personas", "notes"))
+    if box["available"]:
+        click.echo(f"sandbox: {box['version'] or 'bubblewrap'} ({box['path']})")
+    elif box["allow_unsandboxed"]:
+        click.echo(f"WARNING: agents run UNSANDBOXED here: {box['reason']} "
+                   f"(allow_unsandboxed is set)")
+    else:
+        click.echo(f"WARNING: no sandbox here: {box['reason']}; agents that need one are "
+                   f"refused (sandbox_unavailable)")
 
 
 @click.command("sweep", epilog="""\b
@@ -94,6 +104,9 @@ def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
     for action in result.actions:
         detail = output.pairs_text({k: v for k, v in action.detail.items() if k != "agents"})
         click.echo(f"{action.run_id}  {action.kind}  {detail}".rstrip())
+        for agent in action.detail.get("agents") or ():
+            click.echo(f"    agent pid {agent.get('pid')} ({agent.get('phase')}, attempt "
+                       f"{agent.get('attempt')}): {agent.get('agent')}")
 
 
 @click.command("worker", epilog="""\b

@@ -81,6 +81,14 @@ class Progress:
         with self._lock:
             self._rows.setdefault(phase, _Row()).note = text[:80]
 
+    def warning(self, text: str) -> None:
+        """Printed even when quiet (--json, --detach): on standard error, never missed."""
+        if self._live is not None:
+            from rich.text import Text
+            self._live.console.print(Text.assemble(("warning: ", "bold red"), text))
+        else:
+            click.echo(f"warning: {text}", err=True)
+
     def _apply(self, event: model.Event) -> None:
         if event.type == "run.created":
             self._status = f"run {event.run_id}"

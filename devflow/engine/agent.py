@@ -1,12 +1,14 @@
 """One agent process for one attempt: prompt, process, live progress, invocation, usage.
 
-The prompt is written to the run's workspace and handed to the backend. The process
-is recorded (pid, process group, host) as soon as it started, so the sweep can find
-it. What the agent reports while it works (tool calls, files written) goes to the
-progress display at once and, a few notes per second at most, into the event log
-(``agent.progress``). A repair or a changes-requested attempt resumes the agent's
-previous session when the backend reported one. Tokens and cost are added to the
-phase's and the run's totals with the invocation.
+The prompt is written to the run's workspace and handed to the backend. The agent
+runs in its sandbox (``engine.confine``) unless its persona or the configuration says
+otherwise, which is logged as a warning and recorded with ``agent.started``. The
+process is recorded (pid, start time, process group, host) as soon as it started, so
+the sweep can find it, and only it. What the agent reports while it works (tool calls,
+files written) goes to the progress display at once and, a few notes per second at
+most, into the event log (``agent.progress``). A repair or a changes-requested attempt
+resumes the agent's previous session when the backend reported one. Tokens and cost
+are added to the phase's and the run's totals with the invocation.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ import anyio
 import structlog
 
 from devflow import backends, faults, model
-from devflow.backends import process
+from devflow.backends import process, sandbox
 from devflow.backends.base import Backend, Outcome, Task
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
-from devflow.engine import prompt, workspace
+from devflow.engine import confine, prompt, workspace
 from devflow.engine.context import Context, single
 from devflow.states import PhaseState, RunState
 from devflow.store import RunTx
@@ -74,6 +76,10 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     killed before it did anything that counts.
     """
     backend = backends.get(backend_name)
+    plan = sandbox.plan(persona, ctx.settings)  # this host's, which may not be the starter's
+    if not plan.sandboxed:
+        log.warning("agent_unsandboxed", run_id=run.id, phase=phase.key,
+                    persona=persona.ref, why=plan.label)
     d = phase.definition
     attempt = phase.attempt + 1
     text = prompt.compose(run, phase, attempt, persona, earlier, ctx.catalog.schemas)
@@ -81,6 +87,8 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
     prompt_path.write_text(text, encoding="utf-8")
     logs = workspace.log_dir(run)
+    home = Path(run.workspace) / "home"
+    home.mkdir(mode=0o700, exist_ok=True)
     resume = None
     if "interrupted" not in phase.feedback and {"repair", "changes"} & set(phase.feedback):
         resume = await ctx.call(_last_session, ctx, run.id, phase.key)
@@ -92,22 +100,25 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
         artifact_schema=d.artifact.schema if d.artifact else None,
         scenario=dict(run.options.get("scenarios", {})).get(phase.key),
         resume_session=resume, port_base=run.port_base,
-        roles=tuple(dict(run.template_def.get("roles", {}))), home=ctx.run_dir(run.id) / "home")
+        roles=tuple(dict(run.template_def.get("roles", {}))),
+        home=home, sandboxed=plan.sandboxed)
     command = backend.command(task, ctx.catalog.schemas)
     spawn = process.Spawn(
-        argv=command.argv, cwd=Path(run.worktree), env=command.env,
+        argv=confine.argv(ctx, run, task, command, plan), cwd=Path(run.worktree),
+        env=confine.env(command, plan),
         timeout=command.timeout or task.timeout,
         stdout_log=task.log_file("stdout.log"), stderr_log=task.log_file("stderr.log"),
         stdin_file=command.stdin_file)
     begun: list[tuple[model.Run, model.Phase, model.Invocation]] = []
     notes = _Notes()
 
-    async def on_start(pid: int, pgid: int) -> None:
+    async def on_start(started: process.Started) -> None:
         begun.append(await ctx.achange(run.id, functools.partial(
             _begin, key=phase.key, persona=persona.ref, backend=backend_name,
-            argv=command.argv, pid=pid, pgid=pgid, host=ctx.host, spawn=spawn), lease,
-            phase=phase.key))
-        log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=attempt, pid=pid)
+            argv=command.argv, started=started, host=ctx.host, spawn=spawn,
+            sandbox=plan.label), lease, phase=phase.key))
+        log.info("attempt_started", run_id=run.id, phase=phase.key, attempt=attempt,
+                 pid=started.pid)
         faults.point("agent_started")
 
     def on_line(line: str) -> None:
@@ -130,8 +141,8 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
                   spawn.timeout)
 
 
-def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str], pid: int,
-           pgid: int, host: str, spawn: process.Spawn,
+def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str],
+           started: process.Started, host: str, spawn: process.Spawn, sandbox: str,
            ) -> tuple[model.Run, model.Phase, model.Invocation]:
     phase = tx.phase(key)
     if tx.state not in (RunState.BOUND, RunState.EXECUTING, RunState.PLANNING):
@@ -152,11 +163,12 @@ def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str], pid
         key=f"{tx.run.id}:phase.started:{key}:{attempt}"), unseen=True)
     invocation = tx.start_invocation(
         phase_key=key, attempt=attempt, kind="agent", backend=backend,
-        argv=tx.redact_list(argv), host=host, pid=pid, pgid=pgid,
+        argv=tx.redact_list(argv), host=host, pid=started.pid, pgid=started.pgid,
+        process_start=started.start,
         stdout_path=str(spawn.stdout_log), stderr_path=str(spawn.stderr_log))
     tx.event(model.NewEvent("agent.started", key, {
-        "attempt": attempt, "backend": backend, "pid": pid, "host": host,
-        "invocation": invocation.id}))
+        "attempt": attempt, "backend": backend, "pid": started.pid, "host": host,
+        "invocation": invocation.id, "sandbox": sandbox}))
     return tx.run, phase, invocation
 
 

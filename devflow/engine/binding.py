@@ -4,16 +4,28 @@
 name (its latest version) that fills the role and whose backend is available here.
 An explicit binding to an unavailable backend is ``backend_unavailable``; no
 candidate at all is ``no_persona_for_role``, naming what was passed over and why.
+
+Then each bound persona's sandbox (``sandboxes``): where bubblewrap cannot run, a persona
+that does not say ``sandbox: none`` is ``sandbox_unavailable`` unless the configuration
+allows unsandboxed agents.
+A persona is never passed over for its sandbox: that would be a silent fallback to one
+that runs unsandboxed. ``run start`` prints ``unsandboxed_warning`` for such a role.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import structlog
 
 from devflow import backends, model
+from devflow.backends import sandbox
 from devflow.catalog import Catalog
 from devflow.definitions import Persona, Template
 from devflow.errors import Code, DevflowError
+from devflow.settings import Settings
+
+log = structlog.get_logger("devflow.engine")
 
 
 def bind(template: Template, catalog: Catalog,
@@ -74,3 +86,20 @@ def _first_available(role: str, catalog: Catalog) -> tuple[Persona, str | None]:
            else "; no persona lists that role"),
         hint=f"add a persona for {role!r} (--personas-dir) or install a backend it needs",
         role=role, passed_over=passed_over)
+
+
+def sandboxes(bindings: Sequence[model.Binding], personas: Sequence[Persona],
+              settings: Settings) -> dict[str, sandbox.Plan]:
+    """role -> how its agent will run here; ``sandbox_unavailable`` when one cannot."""
+    found = {}
+    for bound, persona in zip(bindings, personas, strict=True):
+        plan = found[bound.role] = sandbox.plan(persona, settings)
+        if not plan.sandboxed:
+            log.info("agent_unsandboxed", role=bound.role, persona=persona.ref,
+                     why=plan.label)
+    return found
+
+
+def unsandboxed_warning(role: str, persona: str, plan: sandbox.Plan) -> str:
+    return (f"role {role}: the agent of {persona} will run UNSANDBOXED, with all your "
+            f"account can read and write ({plan.label.removeprefix('none: ')})")

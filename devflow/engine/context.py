@@ -36,12 +36,18 @@ class Observer(Protocol):
 
     def progress(self, run_id: str, phase: str, text: str) -> None: ...
 
+    def warning(self, text: str) -> None:
+        """Something a person must not miss (an agent about to run unsandboxed)."""
+
 
 class NoObserver:
     def event(self, event: model.Event) -> None:
         pass
 
     def progress(self, run_id: str, phase: str, text: str) -> None:
+        pass
+
+    def warning(self, text: str) -> None:
         pass
 
 
@@ -63,6 +69,24 @@ def single(group: BaseExceptionGroup[BaseException]) -> BaseException:
             leaves.append(error)
     walk(group)
     return leaves[0] if len(leaves) == 1 else group
+
+
+def marks(invocation: model.Invocation) -> dict[str, str]:
+    """What devflow put in the environment of an invocation's processes (and their
+    children's, unless they dropped it)."""
+    found = {"DEVFLOW_RUN_ID": invocation.run_id}
+    if invocation.kind == "agent" and invocation.phase_key:
+        found.update(DEVFLOW_PHASE=invocation.phase_key, DEVFLOW_ATTEMPT=str(invocation.attempt))
+    return found
+
+
+def stop(invocation: model.Invocation) -> str:
+    """SIGKILL an invocation's process (and its group, and so its sandbox) on this host,
+    if it is still the one recorded: ``process.stop``'s answer."""
+    if not invocation.pid or not invocation.pgid:
+        return "gone"
+    return process.stop(invocation.pid, invocation.pgid, invocation.process_start,
+                        marks=marks(invocation))
 
 
 def new_owner(kind: str) -> str:
@@ -110,8 +134,8 @@ class Context:
         result, events, closed = self.store.runs.change(run_id, tx, lease=lease, phase=phase,
                                                         deciding=deciding)
         for invocation in closed:  # agents whose invocation this change ended: stop them
-            if invocation.host == self.host and invocation.pgid:
-                process.kill_group(invocation.pgid)
+            if invocation.host == self.host:
+                stop(invocation)
         for event in events:
             self.observer.event(event)
         return result

@@ -36,10 +36,11 @@ async def run_setup(ctx: Context, run: model.Run, lease: model.Lease) -> bool:
                               stderr_log=logs / f"setup-{number}.stderr.log")
         started: list[model.Invocation] = []
 
-        async def on_start(pid: int, pgid: int, argv: list[str] = argv, number: int = number,
+        async def on_start(process_: process.Started, argv: list[str] = argv,
+                           number: int = number,
                            started: list[model.Invocation] = started) -> None:
             started.append(await ctx.achange(run.id, functools.partial(
-                _started, argv=argv, number=number, pid=pid, pgid=pgid, host=ctx.host,
+                _started, argv=argv, number=number, process_=process_, host=ctx.host,
                 logs=logs), lease))
 
         try:
@@ -62,11 +63,13 @@ async def run_setup(ctx: Context, run: model.Run, lease: model.Lease) -> bool:
     return True
 
 
-def _started(tx: RunTx, argv: list[str], number: int, pid: int, pgid: int, host: str,
+def _started(tx: RunTx, argv: list[str], number: int, process_: process.Started, host: str,
              logs: Path) -> model.Invocation:
+    pid = process_.pid
     invocation = tx.start_invocation(
         phase_key=None, attempt=number, kind="setup", backend="setup",
-        argv=tx.redact_list(argv), host=host, pid=pid, pgid=pgid,
+        argv=tx.redact_list(argv), host=host, pid=pid, pgid=process_.pgid,
+        process_start=process_.start,
         stdout_path=str(logs / f"setup-{number}.stdout.log"),
         stderr_path=str(logs / f"setup-{number}.stderr.log"))
     tx.event(model.NewEvent("setup.started", payload={"command": number, "pid": pid}))

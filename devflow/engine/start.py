@@ -73,6 +73,11 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
+    sandboxes = binding.sandboxes(bindings, personas, ctx.settings)
+    for bound in bindings:
+        if not sandboxes[bound.role].sandboxed:
+            ctx.observer.warning(binding.unsandboxed_warning(
+                bound.role, bound.persona_ref, sandboxes[bound.role]))
     _check_scenarios(request.scenarios, template, bindings)
     if request.max_cost is not None and not (math.isfinite(request.max_cost)
                                              and request.max_cost > 0):
@@ -98,6 +103,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
+        sandboxes={role: plan.label for role, plan in sandboxes.items()},
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)

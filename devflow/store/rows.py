@@ -87,7 +87,8 @@ def invocation(row: Columns) -> model.Invocation:
     return model.Invocation(
         id=row.id, run_id=row.run_id, phase_key=row.phase_key, attempt=row.attempt,
         kind=row.kind, backend=row.backend, argv=tuple(row.argv), host=row.host,
-        started_at=row.started_at, pid=row.pid, pgid=row.pgid, ended_at=row.ended_at,
+        started_at=row.started_at, pid=row.pid, pgid=row.pgid,
+        process_start=row.process_start, ended_at=row.ended_at,
         exit_code=row.exit_code, signal=row.signal, duration_ms=row.duration_ms,
         stdout_path=row.stdout_path, stderr_path=row.stderr_path, tokens_in=row.tokens_in,
         tokens_out=row.tokens_out, cost_usd=row.cost_usd, session_id=row.session_id,

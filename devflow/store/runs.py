@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -49,6 +49,8 @@ class NewRun:
     phases: Sequence[PhaseDef]
     options: dict[str, Any] = field(default_factory=dict)
     port_base: int | None = None
+    #: role -> how its agent runs here (its sandbox, or why none), for ``run.bound``
+    sandboxes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,8 @@ class Runs:
                 "branch": new.branch, "by": new.created_by}))
             runtx.add_phases(new.phases, origin="template")
             bound = runtx.move_run(RunState.BOUND, model.NewEvent("run.bound", payload={
-                "bindings": {b.role: b.persona_ref for b in new.bindings}}))
+                "bindings": {b.role: b.persona_ref for b in new.bindings},
+                **({"sandbox": dict(new.sandboxes)} if new.sandboxes else {})}))
             runtx.finish()
             return bound
         return self.db.write(tx)

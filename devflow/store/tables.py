@@ -245,6 +245,8 @@ class InvocationRow(SQLModel, table=True):
     host: str = Field(max_length=255)
     pid: int | None = None
     pgid: int | None = None
+    #: /proc/<pid>/stat field 22: PID reuse cannot make another process match it
+    process_start: int | None = Field(default=None, sa_type=sa.BigInteger)
     started_at: datetime = _time()
     ended_at: datetime | None = _time(default=None)
     exit_code: int | None = None

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from devflow.app import App
@@ -21,11 +22,14 @@ def stub_persona(directory: Path, name: str, role: str, stub_dir: Path, *,
                  options: dict[str, Any] | None = None, env_set: dict[str, str] | None = None,
                  allow: list[str] | None = None) -> str:
     directory.mkdir(parents=True, exist_ok=True)
+    stub_dir.mkdir(parents=True, exist_ok=True)
     body = {"name": name, "version": 1, "roles": [role], "backend": "command", "model": model,
             "prompt": "A stub agent of devflow's tests.",
             "options": {"argv": argv or [sys.executable, "-I", STUB], **(options or {})},
             "env": {"allow": allow or [], "set": {"STUB_DIR": str(stub_dir),
-                                                  **(env_set or {})}}}
+                                                  **(env_set or {})}},
+            # the stub's script, read-only, and the directory it reports into, writable
+            "sandbox": {"read_only": [str(Path(STUB).parent)], "writable": [str(stub_dir)]}}
     (directory / f"{name}.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
     return f"{name}@1"
 
@@ -37,6 +41,21 @@ def stub_artifacts(app: App, stub_dir: Path, **paths: str) -> None:
                          "review.json": "dev/review@1", "spec.json": "dev/spec@1", **paths}.items():
         (stub_dir / "artifacts" / name).write_text(
             json.dumps(samples.valid(schema, app.catalog.schemas)), encoding="utf-8")
+
+
+def live_stubs(stub_dir: Path) -> list[int]:
+    """Host pids of the stub's processes (its environment names ``stub_dir``) still alive:
+    what the stub itself records are pids of its sandbox's PID namespace."""
+    wanted = f"{stub_dir}"
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("STUB_DIR") == wanted and \
+                    proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
 
 
 def stub_calls(stub_dir: Path) -> dict[str, dict[str, Any]]:

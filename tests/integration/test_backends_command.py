@@ -4,6 +4,7 @@ given to it leaks nowhere out), availability and binding, and what each preset b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -12,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from devflow import backends
@@ -24,7 +24,7 @@ from devflow.definitions import Persona
 from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
-from tests.fakes.stubs import STUB, stub_artifacts, stub_calls, stub_persona
+from tests.fakes.stubs import STUB, live_stubs, stub_artifacts, stub_calls, stub_persona
 from tests.integration.helpers import requirements_file, write_template
 
 #: text a shell would act on, a parser would split, or an option parser would take
@@ -284,9 +284,8 @@ def test_persona_timeout_stops_the_agent_and_its_child(
         assert view.run.state == "failed"
         assert view.run.failure_code == "agent_timeout"
         assert "time limit (2s)" in (view.run.failure_reason or "")
-        child = int((stub_dir / "calls" / "implement-1.child").read_text())
-        assert psutil.pid_exists(child) is False or psutil.Process(child).status() == \
-            psutil.STATUS_ZOMBIE
+        assert (stub_dir / "calls" / "implement-1.child").exists()  # it had a child
+        assert live_stubs(stub_dir) == []  # the child ended with its sandbox
     finally:
         app.close()
 
@@ -360,6 +359,10 @@ def test_claude_code_argv_and_environment(tmp_path: Path) -> None:
     assert command.env["DISABLE_TELEMETRY"] == "0"  # the persona's value wins
     assert command.env["DEVFLOW_PORT_BASE"] == "21000"
     assert set(claude_code.QUIET) <= set(command.env)
+    assert "IS_SANDBOX" not in command.env
+    assert command.reads == (Path(sys.executable),)  # what the sandbox must show
+    boxed = dataclasses.replace(_task(tmp_path, persona), sandboxed=True)
+    assert backends.get("claude-code").command(boxed, None).env["IS_SANDBOX"] == "1"  # type: ignore[arg-type]
 
 
 def test_codex_config_and_argv(tmp_path: Path) -> None:
@@ -386,6 +389,11 @@ def test_codex_config_and_argv(tmp_path: Path) -> None:
         "wire_api": "responses", "request_max_retries": 1}
     assert codex.config_toml(_task(tmp_path, _persona("codex", {}, model=None))).count(
         "model") == 0
+    # in devflow's sandbox, Codex's own sandbox is off (it cannot nest); the persona wins
+    boxed = dataclasses.replace(_task(tmp_path, persona), sandboxed=True)
+    assert tomllib.loads(codex.config_toml(boxed))["sandbox_mode"] == "danger-full-access"
+    strict = dataclasses.replace(boxed, persona=_persona("codex", {"sandbox": "read-only"}))
+    assert tomllib.loads(codex.config_toml(strict))["sandbox_mode"] == "read-only"
 
 
 def test_codex_takes_its_base_url_from_the_variable_the_persona_names(
@@ -427,6 +435,8 @@ def test_aider_argv_keeps_its_files_out_of_the_worktree(tmp_path: Path) -> None:
     metadata = json.loads(Path(argv[argv.index("--model-metadata-file") + 1]).read_text())
     assert metadata["openai/gpt-4.1"]["input_cost_per_token"] == pytest.approx(2e-6)
     assert (tmp_path / "wt" / ".devflow").is_dir()
+    # a git user of its own, so Aider writes none into the repository's config
+    assert "name = " in (home / ".gitconfig").read_text(encoding="utf-8")
 
 
 def test_outcomes_are_read_from_the_clis_output(tmp_path: Path) -> None:

@@ -181,11 +181,14 @@ def test_gate_timeout_without_chain_warns_once_then_rejects(timed_app: App, repo
     assert run.report_status == "written"
 
 
-def _ghost_attempt(app: App, run_id: str, clock: Clock) -> subprocess.Popen[bytes]:
-    """What a driver that died mid-agent leaves: a lease, a running phase, a live agent."""
+def _ghost_attempt(app: App, run_id: str, clock: Clock,
+                   start: int | None = None) -> subprocess.Popen[bytes]:
+    """What a driver that died mid-agent leaves: a lease, a running phase, a live agent
+    (recorded with its start time, or with ``start`` when given)."""
     lease = app.store.leases.claim(run_id, "ghost:host:1", 30)
     assert lease is not None
     agent = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    recorded = process.start_time(agent.pid) if start is None else start
 
     def fn(tx: object) -> None:
         from devflow.store import RunTx
@@ -195,7 +198,7 @@ def _ghost_attempt(app: App, run_id: str, clock: Clock) -> subprocess.Popen[byte
                       "implement", {"attempt": 1}), attempt=1)
         tx.start_invocation(phase_key="implement", attempt=1, kind="agent", backend="scripted",
                             argv=["sleep", "60"], host=app.context().host, pid=agent.pid,
-                            pgid=agent.pid)
+                            pgid=agent.pid, process_start=recorded)
     app.store.runs.change(run_id, fn, lease=lease)
     return agent
 
@@ -225,6 +228,29 @@ def test_expired_lease_is_recovered_and_its_orphan_killed(timed_app: App, repo: 
     assert drove and view.run.state is RunState.COMPLETED
     implement = next(p for p in view.phases if p.key == "implement")
     assert implement.attempt == 2
+
+
+def test_a_reused_pid_is_left_alone_and_the_sweep_says_so(timed_app: App, repo: Path,
+                                                           clock: Clock) -> None:
+    """The recorded pid is that of a live, unrelated process (it started at another time
+    than the recorded agent): the sweep recovers the run and kills nothing."""
+    run_id = _start(timed_app, repo, "quick@1", detach=True)
+    unrelated = _ghost_attempt(timed_app, run_id, clock, start=1)  # not its start time
+    try:
+        clock.advance(seconds=31)
+        dry = timed_app.sweep(dry_run=True).actions
+        assert dry[0].detail["agents"][0]["agent"].startswith("gone; pid ")
+        actions = timed_app.sweep().actions
+        assert [a.kind for a in actions] == ["recovered"]
+        said = actions[0].detail["agents"][0]["agent"]
+        assert said == (f"gone; pid {unrelated.pid} now belongs to another process, "
+                        f"left alone"), said
+        assert unrelated.poll() is None and process.group_alive(unrelated.pid)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+    interrupted = [e for e in timed_app.events(run_id) if e.type == "phase.interrupted"]
+    assert "left alone" in interrupted[0].payload["agents"][0]["agent"]
 
 
 def test_too_many_recoveries_fail_the_run_with_a_report(timed_app: App, repo: Path,

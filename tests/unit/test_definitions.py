@@ -191,6 +191,24 @@ def test_a_good_persona_parses(catalog: Catalog) -> None:
     assert p.hash == definitions.definition_hash(p.definition)
 
 
+def test_a_persona_says_how_its_agent_is_sandboxed(catalog: Catalog) -> None:
+    assert _persona(catalog, GOOD_PERSONA).sandbox == definitions.SandboxDef()
+    off = _persona(catalog, GOOD_PERSONA + "sandbox: none\n")
+    assert off.sandbox.enabled is False and off.sandbox.to_json() == "none"
+    wide = _persona(catalog, GOOD_PERSONA + "sandbox:\n  network: none\n"
+                                            "  read_only: [/opt/tools, ~/.config/tool]\n"
+                                            "  writable: [~/.cache/tool]\n")
+    assert wide.sandbox == definitions.SandboxDef(
+        network="none", read_only=("/opt/tools", "~/.config/tool"),
+        writable=("~/.cache/tool",))
+    for bad, where in (("sandbox: off\n", "/sandbox"),
+                       ("sandbox: {network: lan}\n", "/sandbox"),
+                       ("sandbox: {writable: [cache]}\n", "/sandbox/writable/0")):
+        with pytest.raises(DefinitionError) as caught:
+            _persona(catalog, GOOD_PERSONA + bad)
+        assert caught.value.places[0][1] == where, (bad, caught.value.places)
+
+
 def test_persona_options_are_checked_by_the_backend(catalog: Catalog) -> None:
     text = GOOD_PERSONA.replace("scenario: ok", "scenario: no-such-scenario-at-all")
     with pytest.raises(DefinitionError) as caught:

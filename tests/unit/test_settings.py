@@ -147,3 +147,22 @@ def test_an_unknown_log_format_is_config_invalid(tmp_path: Path) -> None:
     with pytest.raises(DevflowError) as caught:
         Settings.load(env={"DEVFLOW_HOME": str(tmp_path), "DEVFLOW_LOG_FORMAT": "xml"})
     assert caught.value.code is Code.CONFIG_INVALID
+
+
+def test_the_sandbox_settings(tmp_path: Path) -> None:
+    s = Settings.load(env={"DEVFLOW_HOME": str(tmp_path)})
+    assert (s.allow_unsandboxed, s.bwrap) == (False, "bwrap")
+    _config(tmp_path, "allow_unsandboxed: true\nbwrap: /opt/bwrap\n")
+    s = Settings.load(env={"DEVFLOW_HOME": str(tmp_path)})
+    assert (s.allow_unsandboxed, s.bwrap) == (True, "/opt/bwrap")
+    s = Settings.load(env={"DEVFLOW_HOME": str(tmp_path), "DEVFLOW_ALLOW_UNSANDBOXED": "0",
+                           "DEVFLOW_BWRAP": "/usr/bin/bwrap"})
+    assert (s.allow_unsandboxed, s.bwrap) == (False, "/usr/bin/bwrap")
+    for env in ({"DEVFLOW_ALLOW_UNSANDBOXED": "maybe"},):
+        with pytest.raises(DevflowError) as caught:
+            Settings.load(env={"DEVFLOW_HOME": str(tmp_path), **env})
+        assert caught.value.code is Code.CONFIG_INVALID
+    _config(tmp_path, "bwrap: ' '\n")
+    with pytest.raises(DevflowError) as caught:
+        Settings.load(env={"DEVFLOW_HOME": str(tmp_path)})
+    assert caught.value.code is Code.CONFIG_INVALID

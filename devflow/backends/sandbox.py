@@ -1,0 +1,369 @@
+"""The sandbox around one agent: bubblewrap's command line, and whether bubblewrap works here.
+
+An agent sees (``Spec``, turned into ``bwrap`` options by ``command``):
+
+- the system, read-only: ``/usr``, ``/etc``, ``/opt`` and ``/bin``, ``/sbin``, ``/lib*`` (as
+  the links or directories they are here); what in ``/etc`` only privileged accounts may
+  read is hidden;
+- its own ``/proc`` (a PID namespace of its own: no process of devflow's is there, nor
+  their environments), ``/proc/sys`` read-only, a minimal ``/dev``, an empty ``/tmp``;
+  the rest of its root is read-only and holds only what is listed here;
+- read-only: the programs its backend runs, each with what it runs on (``expose``), the
+  run's prompts, the repository's common git directory, the persona's ``read_only``;
+- writable: the worktree, its own HOME, the persona's ``writable``;
+- never: the paths in ``hidden`` (devflow's home, workspace, database, config). Where a
+  wider path would show one, it is masked, and the run's own pieces are bound over the
+  mask. The worktree's ``.git`` file is bound read-only over itself, so the agent cannot
+  point the worktree at another git directory.
+
+Namespaces: PID, IPC, UTS, cgroup (where the kernel allows), and the network with
+``network: none``. ``--die-with-parent`` and the PID namespace make the whole tree end
+with the sandbox: when the agent's main process exits, PID 1 of the namespace exits and
+the kernel kills everything left in it (``setsid`` daemons, double forks); when the
+outer ``bwrap`` dies (killed, or its devflow process died) the namespace dies with it.
+As root, every capability is dropped (bubblewrap keeps them for root otherwise), and
+bubblewrap sets ``no_new_privs``, so nothing the agent executes gets them back.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from devflow.definitions import Persona
+from devflow.errors import Code, DevflowError
+from devflow.settings import Settings
+
+#: the system's read-only part; the merged-/usr links are recreated as links
+SYSTEM_DIRS: Final = ("/usr", "/etc", "/opt")
+SYSTEM_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+NETWORKS: Final = ("host", "none")
+_PROBE_TIMEOUT: Final = 10.0
+_MAX_HOPS: Final = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """What ``bwrap`` is here: its path and version, or why it cannot be used."""
+
+    path: str | None
+    version: str | None = None
+    reason: str = ""
+
+    @property
+    def works(self) -> bool:
+        return self.path is not None and not self.reason
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What one agent may see and write."""
+
+    worktree: Path
+    home: Path
+    #: programs and files the backend runs or reads (each shown with what it runs on)
+    tools: tuple[Path, ...] = ()
+    #: the persona's paths, shown read-only, then writable, when they exist
+    read_only: tuple[Path, ...] = ()
+    writable: tuple[Path, ...] = ()
+    #: read-only whatever else is writable: the run's prompts, the common git directory
+    locked: tuple[Path, ...] = ()
+    #: never visible, whatever else is
+    hidden: tuple[Path, ...] = ()
+    network: str = "host"
+    #: the agent's PATH, to find what ``#!/usr/bin/env NAME`` runs
+    path_env: str = os.defpath
+
+
+# -- is bubblewrap here, and does it work ------------------------------------------------
+def probe(bwrap: str = "bwrap") -> Probe:
+    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program."""
+    if sys.platform != "linux":
+        return Probe(None, reason=f"bubblewrap runs on Linux only (this is {sys.platform})")
+    path = shutil.which(bwrap)
+    if path is None:
+        return Probe(None, reason=f"{bwrap!r} is not installed (Debian and Ubuntu: "
+                                  f"apt-get install bubblewrap)")
+    return _probe(path, os.stat(path).st_mtime_ns)
+
+
+@functools.cache
+def _probe(path: str, _stamp: int) -> Probe:
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 timeout=_PROBE_TIMEOUT, check=False).stdout.strip() or None
+        with tempfile.TemporaryDirectory(prefix="devflow-bwrap-") as scratch:
+            here = Path(scratch)
+            trial = subprocess.run(
+                [*command(Spec(worktree=here, home=here), path), "true"], capture_output=True,
+                text=True, timeout=_PROBE_TIMEOUT, check=False, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Probe(path, reason=f"{path} could not be run: {exc}")
+    if trial.returncode != 0:
+        said = (trial.stderr.strip().splitlines() or [f"exit {trial.returncode}"])[-1]
+        return Probe(path, version, reason=f"{path} cannot make a sandbox here: {said[:300]}")
+    return Probe(path, version)
+
+
+# -- the command line --------------------------------------------------------------------
+def command(spec: Spec, bwrap: str) -> list[str]:
+    """``bwrap`` and its options for ``spec``, up to and including ``--``: the agent's argv
+    follows. Later mounts win over earlier ones, so the order is the policy: the system,
+    the tools and the persona's paths; then what stays read-only whatever those made
+    writable; then the masks over devflow's own files; then the run's own pieces."""
+    argv = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try"]
+    if spec.network == "none":
+        argv.append("--unshare-net")
+    if os.geteuid() == 0:
+        argv += ["--cap-drop", "ALL"]
+    bound: list[Path] = []  # what is visible so far, to know what the masks must cover
+    argv += _system(bound)
+    argv += ["--proc", "/proc", "--ro-bind-try", "/proc/sys", "/proc/sys",
+             "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
+             "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - the sandbox's own, empty
+    exposure = expose(spec.tools, spec.path_env)
+    shown: list[tuple[str, Path]] = [("--ro-bind", p) for p in exposure.roots]
+    shown += [("--ro-bind-try", p) for p in spec.read_only]
+    shown += [("--bind-try", p) for p in spec.writable]
+    shown += [("--ro-bind", p) for p in spec.locked]
+    for flag, path in shown:
+        argv += [flag, str(path), str(path)]
+    bound += [path for _, path in shown]
+    for link, target in exposure.links:
+        if not _covered(link, bound):
+            argv += ["--symlink", target, str(link)]
+    masks = [h for h in spec.hidden if h.exists() and _covered(h, bound)]
+    for hidden in masks:
+        argv += ["--tmpfs", str(hidden)] if hidden.is_dir() else \
+            ["--ro-bind", "/dev/null", str(hidden)]
+    # what was asked for on its own inside a mask comes back over it
+    for flag, path in shown:
+        if any(_inside(path, mask) and path != mask for mask in masks):
+            argv += [flag, str(path), str(path)]
+    argv += ["--bind", str(spec.worktree), str(spec.worktree),
+             "--bind", str(spec.home), str(spec.home)]
+    if (spec.worktree / ".git").is_file():
+        dot_git = str(spec.worktree / ".git")
+        argv += ["--ro-bind", dot_git, dot_git]
+    # the sandbox's own root is read-only too: nothing lands outside what was bound
+    return [*argv, "--remount-ro", "/", "--chdir", str(spec.worktree), "--"]
+
+
+def _system(bound: list[Path]) -> list[str]:
+    argv: list[str] = []
+    for name in SYSTEM_DIRS:
+        if os.path.isdir(name):
+            argv += ["--ro-bind", name, name]
+            bound.append(Path(name))
+    for name in SYSTEM_LINKS:
+        if os.path.islink(name):
+            argv += ["--symlink", os.readlink(name), name]
+        elif os.path.isdir(name):
+            argv += ["--ro-bind", name, name]
+            bound.append(Path(name))
+    for secret in _etc_secrets():
+        argv += ["--tmpfs", secret] if os.path.isdir(secret) else \
+            ["--ro-bind", "/dev/null", secret]
+    resolv = Path("/etc/resolv.conf")
+    if resolv.is_symlink() and resolv.exists():
+        real = resolv.resolve()
+        if not _covered(real, bound):
+            argv += ["--ro-bind", str(real), str(real)]
+            bound.append(real)
+    return argv
+
+
+@functools.cache
+def _etc_secrets() -> tuple[str, ...]:
+    """What in /etc others may not read (shadow files, private keys): hidden from agents,
+    which run as the account devflow runs as, root included."""
+    found: list[str] = []
+    for top, dirs, files in os.walk("/etc"):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:
+                continue
+            if os.path.islink(path) or mode & 0o004:
+                continue
+            found.append(path)
+        dirs[:] = [d for d in dirs if os.path.join(top, d) not in found]
+    return tuple(found)
+
+
+def _inside(path: Path, parent: Path) -> bool:
+    top = str(parent).rstrip("/") + "/"  # by text: Path.parents is slow, and paths are absolute
+    return path == parent or str(path).startswith(top)
+
+
+def _covered(path: Path, bound: Iterable[Path]) -> bool:
+    return any(_inside(path, b) for b in bound)
+
+
+# -- what a program runs on --------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """What shows a set of programs: paths bound read-only at their real place, and the
+    symbolic links met on the way to them, recreated as links."""
+
+    roots: tuple[Path, ...]
+    links: tuple[tuple[Path, str], ...]
+
+
+def expose(paths: Sequence[Path], path_env: str = os.defpath) -> Exposure:
+    """Each path with its links resolved, and where it lives: the outermost
+    ``node_modules`` it is in, the Python virtual environment it is in (with the Python it
+    was made from), or, for a program in a ``bin`` directory beside a ``lib``, that
+    ``lib``; and, for a script, its interpreter the same way (``#!/usr/bin/env NAME``
+    looks NAME up on ``path_env``)."""
+    roots: list[Path] = []
+    links: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+
+    def walk(path: Path, depth: int) -> None:
+        if not path.is_absolute() or path in seen or depth > 4:
+            return
+        seen.add(path)
+        real, met = resolve(path)
+        if not real.exists():
+            return
+        links.extend(met)
+        for place in (path, *(link for link, _ in met), real):
+            roots.extend(_venv(place))
+        roots.extend(_home_of(real))
+        interpreter = _interpreter(real, path_env)
+        if interpreter is not None:
+            walk(interpreter, depth + 1)
+
+    for path in paths:
+        walk(Path(path), 0)
+    kept: list[Path] = []
+    for root in sorted(set(roots), key=lambda p: len(p.parts)):
+        if not _covered(root, kept) and not _covered(root, map(Path, SYSTEM_DIRS)):
+            kept.append(root)
+    return Exposure(tuple(kept), tuple(dict.fromkeys(links)))
+
+
+def resolve(path: Path) -> tuple[Path, list[tuple[Path, str]]]:
+    """``path`` with every symbolic link resolved, and each link met: (where, target)."""
+    parts = list(path.parts[1:])
+    current = Path("/")
+    met: list[tuple[Path, str]] = []
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            current = current.parent
+            continue
+        step = current / name
+        if not step.is_symlink():
+            current = step
+            continue
+        if len(met) >= _MAX_HOPS:
+            break
+        target = os.readlink(step)
+        met.append((step, target))
+        given = Path(target)
+        parts = [*(given.parts[1:] if given.is_absolute() else given.parts), *parts]
+        current = Path("/") if given.is_absolute() else current
+    return current, met
+
+
+def _venv(place: Path) -> list[Path]:
+    for parent in place.parents:
+        if (parent / "pyvenv.cfg").is_file():
+            return [parent, *_base_python(parent / "pyvenv.cfg")]
+    return []
+
+
+def _base_python(config: Path) -> list[Path]:
+    """The ``lib`` of the Python a virtual environment was made from (``home = …/bin``)."""
+    try:
+        lines = config.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "home" and value.strip():
+            prefix = resolve(Path(value.strip()))[0].parent
+            return [p for p in (prefix / "lib", prefix / "lib64") if p.is_dir()]
+    return []
+
+
+def _home_of(real: Path) -> list[Path]:
+    outermost = None
+    for parent in real.parents:
+        if parent.name == "node_modules":
+            outermost = parent
+    if outermost is not None:
+        return [outermost]
+    if real.parent.name in ("bin", "sbin") and len(real.parents) > 2:
+        prefix = real.parent.parent
+        libs = [p for p in (prefix / "lib", prefix / "lib64") if p.is_dir()]
+        return [real, *libs]
+    return [real]
+
+
+def _interpreter(real: Path, path_env: str) -> Path | None:
+    """The program a ``#!`` script runs on, or None for anything else."""
+    try:
+        with open(real, "rb") as handle:
+            head = handle.read(256)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    words = head[2:].split(b"\n", 1)[0].decode("utf-8", errors="replace").split()
+    if not words:
+        return None
+    if os.path.basename(words[0]) != "env":
+        return Path(words[0])
+    names = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
+    found = shutil.which(names[0], path=path_env) if names else None
+    return Path(found) if found else None
+
+
+# -- whether an agent runs in one --------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a persona's agent runs here: in bubblewrap (``bwrap`` is its path) or not, and
+    a line saying so for the binding, the events and ``backends list``."""
+
+    bwrap: str | None
+    label: str
+
+    @property
+    def sandboxed(self) -> bool:
+        return self.bwrap is not None
+
+
+def plan(persona: Persona, settings: Settings) -> Plan:
+    """The sandbox of ``persona``'s agent on this machine: ``sandbox_unavailable`` where it
+    needs bubblewrap, bubblewrap cannot run here and ``allow_unsandboxed`` is not set."""
+    box = persona.sandbox
+    if not box.enabled:
+        return Plan(None, "none: the persona says `sandbox: none`")
+    found = probe(settings.bwrap)
+    if found.works:
+        return Plan(found.path, f"{found.version or 'bubblewrap'}, network {box.network}")
+    if settings.allow_unsandboxed:
+        return Plan(None, f"none: {found.reason}; allowed by allow_unsandboxed")
+    raise DevflowError(
+        Code.SANDBOX_UNAVAILABLE,
+        f"persona {persona.ref} runs its agent in a sandbox, and none can be made here: "
+        f"{found.reason}",
+        hint="install bubblewrap (apt-get install bubblewrap); or, knowing the agent then "
+             "sees all your account can, set allow_unsandboxed: true in config.yaml "
+             "(DEVFLOW_ALLOW_UNSANDBOXED=1) or give the persona `sandbox: none`",
+        persona=persona.ref)

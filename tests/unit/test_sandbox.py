@@ -1,0 +1,179 @@
+"""The sandbox's command line, what a program is shown with, the probe and the plan."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devflow.backends import sandbox
+from devflow.definitions import Persona, SandboxDef
+from devflow.errors import Code, DevflowError
+from devflow.settings import Settings
+
+needs_bwrap = pytest.mark.skipif(not sandbox.probe().works, reason="bubblewrap cannot run here")
+
+
+def _pairs(argv: list[str], flag: str) -> list[str]:
+    """The destinations of each ``flag SRC DEST`` (or ``flag DEST`` for --tmpfs)."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == flag:
+            found.append(argv[i + 1] if flag in ("--tmpfs", "--remount-ro") else argv[i + 2])
+    return found
+
+
+def _at(argv: list[str], flag: str, dest: str) -> int:
+    """The position of the mount ``flag … dest``."""
+    for i, arg in enumerate(argv):
+        if arg == flag and dest in (argv[i + 1:i + 3] if flag != "--tmpfs" else argv[i + 1:i + 2]):
+            return i
+    raise AssertionError(f"no {flag} {dest} in {argv}")
+
+
+def _spec(tmp_path: Path, **more: object) -> sandbox.Spec:
+    worktree, home = tmp_path / "ws" / "run" / "main", tmp_path / "ws" / "run" / "home"
+    worktree.mkdir(parents=True)
+    home.mkdir()
+    (worktree / ".git").write_text("gitdir: /somewhere\n")
+    return sandbox.Spec(worktree=worktree, home=home, **more)  # type: ignore[arg-type]
+
+
+def test_the_command_line_in_order(tmp_path: Path) -> None:
+    prompts = tmp_path / "ws" / "run" / "prompts"
+    prompts.mkdir(parents=True)
+    extra_ro, extra_rw, common = tmp_path / "ro", tmp_path / "rw", tmp_path / "repo" / ".git"
+    spec = _spec(tmp_path, read_only=(extra_ro,), writable=(extra_rw,),
+                 locked=(prompts, common))
+    argv = sandbox.command(spec, "/usr/bin/bwrap")
+    assert argv[:6] == ["/usr/bin/bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc",
+                        "--unshare-uts", "--unshare-cgroup-try"]
+    assert "--unshare-net" not in argv
+    assert ("--cap-drop" in argv) == (os.geteuid() == 0)
+    assert argv[-5:] == ["--remount-ro", "/", "--chdir", str(spec.worktree), "--"]
+    # the system, then the sandbox's own /proc, /dev and /tmp, then what the run adds
+    assert _at(argv, "--ro-bind", "/usr") < _at(argv, "--proc", "/proc") \
+        < _at(argv, "--tmpfs", "/tmp") < _at(argv, "--ro-bind-try", str(extra_ro))
+    assert _at(argv, "--ro-bind-try", "/proc/sys") > _at(argv, "--proc", "/proc")
+    # what stays read-only comes after what the persona made writable; the run's own last
+    assert _at(argv, "--bind-try", str(extra_rw)) < _at(argv, "--ro-bind", str(common))
+    assert _at(argv, "--ro-bind", str(prompts)) < _at(argv, "--bind", str(spec.worktree)) \
+        < _at(argv, "--ro-bind", str(spec.worktree / ".git"))
+    assert _pairs(argv, "--bind") == [str(spec.worktree), str(spec.home)]
+
+
+def test_network_none_unshares_the_network(tmp_path: Path) -> None:
+    argv = sandbox.command(_spec(tmp_path, network="none"), "bwrap")
+    assert "--unshare-net" in argv
+
+
+def test_hidden_paths_are_masked_where_a_wider_path_shows_them(tmp_path: Path) -> None:
+    """A persona shows the whole of ``wide``: devflow's home and database in it are masked,
+    and a tool that lives inside the masked home comes back over the mask."""
+    wide = tmp_path / "wide"
+    home = wide / "devflow-home"
+    tool = home / "tools" / "agent"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("binary")
+    database = wide / "db" / "devflow.db"
+    database.parent.mkdir()
+    database.write_text("")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    spec = _spec(tmp_path, read_only=(wide,), tools=(tool,),
+                 hidden=(home, database, elsewhere, tmp_path / "missing"))
+    argv = sandbox.command(spec, "bwrap")
+    assert _pairs(argv, "--tmpfs")[-1:] == [str(home)]
+    assert str(elsewhere) not in argv  # shown nowhere: nothing to mask
+    assert str(tmp_path / "missing") not in argv
+    mask = _at(argv, "--tmpfs", str(home))
+    assert _at(argv, "--ro-bind-try", str(wide)) < mask
+    db_mask = argv.index(str(database))
+    assert argv[db_mask - 2:db_mask + 1] == ["--ro-bind", "/dev/null", str(database)]
+    rebinds = [i for i, a in enumerate(argv) if a == str(tool) and argv[i - 2] == "--ro-bind"]
+    assert len(rebinds) == 2 and rebinds[0] < mask < rebinds[1]
+
+
+def test_expose_follows_links_venvs_node_modules_and_interpreters(tmp_path: Path) -> None:
+    # a Python: prefix/bin/python3.11 with prefix/lib; a venv made from it; a script in it
+    prefix = tmp_path / "python"
+    (prefix / "lib" / "python3.11").mkdir(parents=True)
+    (prefix / "bin").mkdir()
+    (prefix / "bin" / "python3.11").write_text("ELF")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text(f"home = {prefix / 'bin'}\n")
+    (venv / "bin" / "python").symlink_to(prefix / "bin" / "python3.11")
+    script = venv / "bin" / "tool"
+    script.write_text(f"#!{venv / 'bin' / 'python'}\nimport tool\n")
+    # an npm CLI: bin/cli -> node_modules/.bin/cli -> ../pkg/cli.js, run by `env fake-node`
+    npm = tmp_path / "npm"
+    (npm / "node_modules" / "pkg").mkdir(parents=True)
+    (npm / "node_modules" / ".bin").mkdir()
+    (npm / "node_modules" / "pkg" / "cli.js").write_text("#!/usr/bin/env -S fake-node --x\n")
+    (npm / "node_modules" / ".bin" / "cli").symlink_to("../pkg/cli.js")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "cli").symlink_to(npm / "node_modules" / ".bin" / "cli")
+    node = tmp_path / "node" / "bin" / "fake-node"
+    node.parent.mkdir(parents=True)
+    node.write_text("ELF")
+    node.chmod(0o755)
+    found = sandbox.expose([script, tmp_path / "bin" / "cli"], path_env=str(node.parent))
+    assert set(found.roots) == {venv, prefix / "lib", prefix / "bin" / "python3.11",
+                                npm / "node_modules", node}
+    assert (tmp_path / "bin" / "cli", str(npm / "node_modules" / ".bin" / "cli")) in found.links
+    assert sandbox.expose([Path("/usr/bin/env")]).roots == ()  # the system is there anyway
+
+
+@needs_bwrap
+def test_a_program_runs_in_the_sandbox_with_what_it_was_shown(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, tools=(Path(sys.executable),))
+    (spec.worktree / ".git").unlink()
+    argv = sandbox.command(spec, sandbox.probe().path or "bwrap")
+    code = ("import json, os; open('made', 'w').write('x'); print(json.dumps([os.getpid(), "
+            "sorted(int(p) for p in os.listdir('/proc') if p.isdigit()), os.getcwd()]))")
+    done = subprocess.run([*argv, sys.executable, "-I", "-c", code], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    pid, pids, cwd = json.loads(done.stdout)
+    assert (pid, pids, cwd) == (2, [1, 2], str(spec.worktree))  # bwrap's init, then it
+    assert (spec.worktree / "made").read_text() == "x"
+
+
+def test_the_probe_says_why_not(tmp_path: Path) -> None:
+    missing = sandbox.probe(str(tmp_path / "no-bwrap"))
+    assert not missing.works and "is not installed" in missing.reason
+    broken = tmp_path / "bwrap"
+    broken.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\n"
+                      "exit 1\n")
+    broken.chmod(0o755)
+    seen = sandbox.probe(str(broken))
+    assert not seen.works and "No permissions to create new namespace" in seen.reason
+    if shutil.which("bwrap"):
+        assert sandbox.probe().works == sandbox.probe("bwrap").works
+
+
+def _persona(box: SandboxDef) -> Persona:
+    return Persona(name="p", version="1", description="", roles=("implementer",),
+                   backend="scripted", model=None, prompt="", options={}, env_allow=(),
+                   env_set={}, definition={}, hash="h", sandbox=box)
+
+
+def test_the_plan(tmp_path: Path) -> None:
+    settings = Settings.load(env={"DEVFLOW_HOME": str(tmp_path)})
+    off = sandbox.plan(_persona(SandboxDef(enabled=False)), settings)
+    assert not off.sandboxed and "sandbox: none" in off.label
+    missing = settings.replace(bwrap=str(tmp_path / "no-bwrap"))
+    with pytest.raises(DevflowError) as caught:
+        sandbox.plan(_persona(SandboxDef()), missing)
+    assert caught.value.code is Code.SANDBOX_UNAVAILABLE and caught.value.exit_code == 2
+    allowed = sandbox.plan(_persona(SandboxDef()), missing.replace(allow_unsandboxed=True))
+    assert not allowed.sandboxed and "allowed by allow_unsandboxed" in allowed.label
+    if sandbox.probe().works:
+        boxed = sandbox.plan(_persona(SandboxDef(network="none")), settings)
+        assert boxed.sandboxed and boxed.label.endswith("network none")
