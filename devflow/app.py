@@ -128,7 +128,8 @@ class App:
                 # nothing to check until a persona names its program
                 rows.append({"backend": name, "available": True, "version": None,
                              "reason": "runs the program a persona's options.argv names; no "
-                                       "persona here uses it yet", "personas": []})
+                                       "persona here uses it yet", "personas": [],
+                             "sandbox": None})
                 continue
             rows.append({"backend": name, "available": bool(seen and seen.available),
                          "version": seen.version if seen else None,

@@ -33,7 +33,7 @@ def test_hostile_dot_git_then_crash_recovery_resets_only_the_runs_worktree(
     git.run(["branch", "other"], repo)
     personas, stub_dir = tmp_path / "personas", tmp_path / "stub"
     stub_persona(personas, "tamperer", "implementer", stub_dir, argv=TAMPERER,
-                 env_set={"TAMPER": "dot-git"})
+                 sandbox="none", env_set={"TAMPER": "dot-git"})
     df = Devflow(settings, tmp_path / "df", env={"DEVFLOW_PERSONAS_DIR": str(personas)})
     try:
         stub_artifacts(df.app, stub_dir)

@@ -20,7 +20,9 @@ STUB = str(Path(stub_agent.__file__).resolve())
 def stub_persona(directory: Path, name: str, role: str, stub_dir: Path, *,
                  argv: list[str] | None = None, model: str = "stub-model",
                  options: dict[str, Any] | None = None, env_set: dict[str, str] | None = None,
-                 allow: list[str] | None = None) -> str:
+                 allow: list[str] | None = None, sandbox: str | None = None) -> str:
+    """A ``command`` persona running the stub (or ``argv``); ``sandbox="none"`` runs it
+    unsandboxed, as a persona may choose."""
     directory.mkdir(parents=True, exist_ok=True)
     stub_dir.mkdir(parents=True, exist_ok=True)
     body = {"name": name, "version": 1, "roles": [role], "backend": "command", "model": model,
@@ -29,7 +31,8 @@ def stub_persona(directory: Path, name: str, role: str, stub_dir: Path, *,
             "env": {"allow": allow or [], "set": {"STUB_DIR": str(stub_dir),
                                                   **(env_set or {})}},
             # the stub's script, read-only, and the directory it reports into, writable
-            "sandbox": {"read_only": [str(Path(STUB).parent)], "writable": [str(stub_dir)]}}
+            "sandbox": sandbox or {"read_only": [str(Path(STUB).parent)],
+                                   "writable": [str(stub_dir)]}}
     (directory / f"{name}.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
     return f"{name}@1"
 

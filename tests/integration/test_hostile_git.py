@@ -1,12 +1,14 @@
 """An agent that tries to make devflow's git write outside the run's branch (DESIGN.md §3.6).
 
-A ``command`` persona running ``tests/fakes/tamper_agent.py`` (no sandbox here, so it can
-do all of it) rewrites its worktree's ``.git`` file to name the repository's common git
-dir, points HEAD at the user's ``main``, commits onto the run's branch by itself, or
-moves the run's branch to ``main``. Each time its attempt fails with ``agent_tampered``
-(the reason in its next prompt), devflow puts ``.git``, HEAD and the branch back, the
-repair attempt completes the run, and the user's branches (``main`` with a commit the
-user made meanwhile), the run's branch and another run are as they were.
+A ``command`` persona running ``tests/fakes/tamper_agent.py`` unsandboxed (``sandbox:
+none``, a persona's explicit choice: sandboxed, the common git dir and ``.git`` are
+read-only and none of this reaches git; here devflow's git alone must catch it)
+rewrites its worktree's ``.git`` file to name the repository's common git dir, points
+HEAD at the user's ``main``, commits onto the run's branch by itself, or moves the
+run's branch to ``main``. Each time its attempt fails with ``agent_tampered`` (the
+reason in its next prompt), devflow puts ``.git``, HEAD and the branch back, the repair
+attempt completes the run, and the user's branches (``main`` with a commit the user
+made meanwhile), the run's branch and another run are as they were.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def user_commit(repo: Path, text: str) -> str:
 def tamper_app(settings: Settings, tmp_path: Path, how: str) -> tuple[App, str]:
     personas, stub_dir = tmp_path / "personas", tmp_path / "stub"
     ref = stub_persona(personas, "tamperer", "implementer", stub_dir, argv=TAMPERER,
-                       env_set={"TAMPER": how})
+                       sandbox="none", env_set={"TAMPER": how})
     app = App(settings.replace(personas_dirs=(personas,)))
     stub_artifacts(app, stub_dir)
     return app, ref
@@ -127,6 +129,7 @@ def test_hostile_agent_tampering_on_every_attempt_fails_the_run_with_git_put_bac
     repo = make_repo(tmp_path / "repo")
     personas, stub_dir = tmp_path / "personas", tmp_path / "stub"
     ref = stub_persona(personas, "tamperer", "implementer", stub_dir, argv=TAMPERER,
+                       sandbox="none",
                        env_set={"TAMPER": "dot-git", "TAMPER_ON": "1,2,3,4,5,6,7,8,9"})
     app = App(settings.replace(personas_dirs=(personas,)))
     try:
