@@ -21,24 +21,18 @@ from sqlalchemy.dialects import postgresql
 
 from devflow.states import ApprovalState
 from devflow.store.tables import (
-    ApprovalRow,
-    ArtifactRow,
-    BindingRow,
-    DecisionRow,
-    EventRow,
-    InvocationRow,
-    PhaseRow,
-    RunRow,
+    APPROVAL,
+    ARTIFACT,
+    BINDING,
+    DECISION,
+    EVENT,
+    INVOCATION,
+    PHASE,
+    RUN,
 )
 
-RUN: sa.Table = RunRow.__table__  # type: ignore[attr-defined]
-PHASE: sa.Table = PhaseRow.__table__  # type: ignore[attr-defined]
-EVENT: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
-INVOCATION: sa.Table = InvocationRow.__table__  # type: ignore[attr-defined]
-APPROVAL: sa.Table = ApprovalRow.__table__  # type: ignore[attr-defined]
-DECISION: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
-ARTIFACT: sa.Table = ArtifactRow.__table__  # type: ignore[attr-defined]
-BINDING: sa.Table = BindingRow.__table__  # type: ignore[attr-defined]
+__all__ = ["APPROVAL", "ARTIFACT", "BINDING", "DECISION", "EVENT", "INVOCATION", "PHASE", "RUN",
+           "Record"]
 
 _COLUMNS: dict[str, frozenset[str]] = {
     t.name: frozenset(t.c.keys())
