@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
-from devflow import approvals, artifacts, faults, model, transitions, worktree
+from devflow import approvals, artifacts, faults, logs, model, transitions, worktree
 from devflow.backends import process
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
@@ -33,7 +32,7 @@ from devflow.schemas import Issue
 from devflow.states import TERMINAL, PhaseState, RunState
 from devflow.store import RunTx
 
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from devflow import logs
 from devflow.errors import Code, DevflowError
 
 T = TypeVar("T")
-log = structlog.get_logger("devflow.store")
+log = logs.get_logger("devflow.store")
 
 _SQLITE_BUSY: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _RETRIES: Final = 8
