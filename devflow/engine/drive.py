@@ -14,9 +14,8 @@ import functools
 from pathlib import Path
 
 import anyio
-import structlog
 
-from devflow import model
+from devflow import logs, model
 from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
@@ -24,7 +23,7 @@ from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
 from devflow.store import RunTx
 
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 async def drive(ctx: Context, run_id: str, lease: model.Lease,
@@ -130,6 +129,7 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
     bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
+    ctx.remember_secrets(bindings.values())
     #: each role's persona, loaded from its binding once per drive, when first needed
     personas: dict[str, Persona] = {}
     # What the last phase's own transaction left; a change made from elsewhere since

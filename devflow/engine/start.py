@@ -65,6 +65,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
+    ctx.remember_secrets(bindings)
     _check_scenarios(request.scenarios)
     if request.max_cost is not None and request.max_cost <= 0:
         raise DevflowError(Code.INVALID_INPUT, "--max-cost must be a positive amount of USD",
