@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import yaml
-
 from devflow import durations
 from devflow.errors import Code, DevflowError
 
@@ -138,6 +136,7 @@ class Settings:
 def _config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
+    import yaml  # noqa: PLC0415 - only when there is a file to read
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

@@ -16,13 +16,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-import filelock
-import pathspec
+from typing import TYPE_CHECKING, Final
 
 from devflow import git
 from devflow.errors import Code, DevflowError
+
+if TYPE_CHECKING:
+    import filelock
 
 _LOCK_RETRIES: Final = 20
 
@@ -99,6 +99,7 @@ def _common_dir(repo: Path) -> Path:
 
 
 def _lock(repo: Path) -> filelock.FileLock:
+    import filelock  # noqa: PLC0415 - only where worktrees are made (a read needs none)
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 
 
@@ -153,6 +154,7 @@ def copy_included(repo: Path, target: Path) -> list[str]:
     if not spec_file.is_file():
         return []
     lines = spec_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    import pathspec  # noqa: PLC0415 - as filelock above
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
     nested = any("/" in line.strip().rstrip("/") for line in lines
                  if line.strip() and not line.startswith("#"))
