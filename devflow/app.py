@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from devflow import logs, memo, model, redact
+from devflow import git, logs, memo, model, redact
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
@@ -64,6 +64,7 @@ class App:
         logs.set_redactor(self.redactor)
         #: answers checked once per version of a file (definitions, agent CLIs' versions)
         self.memo = memo.Memo(settings.home / "cache" / "memo.json", within=settings.home)
+        git.configure(memo=self.memo)
 
     # -- wiring ----------------------------------------------------------------------------
     @functools.cached_property

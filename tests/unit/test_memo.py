@@ -173,3 +173,24 @@ def test_an_agent_clis_version_is_asked_once_per_version_of_the_executable(
     finally:
         command.configure()
         command._versions.clear()
+
+
+def test_gits_repository_local_variables_are_asked_once_per_git(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devflow import git
+    try:
+        git.configure(memo=memo.Memo(tmp_path / "memo.json"))
+        git.local_env_vars.cache_clear()
+        first = git.local_env_vars()
+        assert "GIT_DIR" in first
+        git.configure(memo=memo.Memo(tmp_path / "memo.json"))  # another process
+        git.local_env_vars.cache_clear()
+
+        def no_git(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"git was asked again: {args}")
+        monkeypatch.setattr(subprocess, "run", no_git)
+        assert git.local_env_vars() == first
+    finally:
+        monkeypatch.undo()
+        git.configure()
+        git.local_env_vars.cache_clear()
