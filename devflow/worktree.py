@@ -199,6 +199,13 @@ def head(worktree: Path) -> str:
     return git.out(["rev-parse", "HEAD"], worktree)
 
 
+def head_and_tree(worktree: Path) -> tuple[str, str]:
+    """HEAD and its tree, in one git call (the worktree's tree when nothing differs from
+    HEAD, as right after ``checkpoint``)."""
+    head_sha, tree = git.out(["rev-parse", "HEAD", "HEAD^{tree}"], worktree).split()
+    return head_sha, tree
+
+
 def rev(repo: Path, name: str) -> str:
     return git.out(["rev-parse", "--verify", "--end-of-options", name], repo)
 

@@ -193,8 +193,11 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     faults.point("checkpoint_committed")
     evidence: model.Evidence | None = None
     if d.gates:
-        evidence = model.Evidence(d.artifact.path, sha, worktree.head(tree),
-                                  worktree.tree_sha(tree))
+        # the checkpoint committed the whole worktree (or found nothing to commit in a
+        # clean one), so what the approver is shown is HEAD and its tree: one git process,
+        # not a status and two rev-parses (a change made since would be refused at the
+        # decision, as approval_stale)
+        evidence = model.Evidence(d.artifact.path, sha, *worktree.head_and_tree(tree))
     record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
                                   d.artifact.schema, sha, len(checked.data), str(stored),
                                   ctx.clock())
