@@ -2,10 +2,10 @@
 
 A command that reads runs or definitions imports no Alembic (the schema's revision is
 one query), no jsonschema (a definition checked once per version is remembered), no
-agent backend and no engine, no ORM; with ``--json`` (off a terminal) not structlog or
-rich either. Each command runs as a real process; what it imported is read from
-``sys.modules`` when it exits. This test, not a timing, guards the start-up of read
-commands (docs/performance.md has their times).
+agent backend and no engine, no ORM; and off a terminal (as here) not structlog or
+rich either: tables are printed plain, every value whole. Each command runs as a real
+process; what it imported is read from ``sys.modules`` when it exits. This test, not
+a timing, guards the start-up of read commands (docs/performance.md has their times).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.conftest import SCRIPTED
 #: a read command never imports these
 NEVER = ("alembic", "mako", "jsonschema", "referencing", "devflow.backends", "devflow.engine",
          "devflow.sweep", "sqlalchemy.orm", "sqlmodel", "pydantic", "filelock", "pathspec")
-#: nor, printing JSON (not a terminal), these
+#: nor, off a terminal, these
 QUIET = ("structlog", "rich")
 #: prints sys.modules' names (as JSON, to the file in $PROBE_OUT) when the command exits
 PROBE = """
@@ -37,13 +37,16 @@ main(sys.argv[1:])
 """
 
 
-def _imports(settings: Settings, home: Path, out: Path, *args: str) -> set[str]:
+def _imports(settings: Settings, home: Path, out: Path, *args: str,
+             printed: list[str] | None = None) -> set[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
     env.update({"DEVFLOW_HOME": str(home), "DEVFLOW_DATABASE_URL": settings.database_url,
                 "DEVFLOW_WORKSPACE": str(settings.workspace), "PROBE_OUT": str(out)})
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
                           text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, f"devflow {' '.join(args)}: {done.stdout}\n{done.stderr}"
+    if printed is not None:
+        printed.append(done.stdout)
     return set(json.loads(out.read_text(encoding="utf-8")))
 
 
@@ -75,13 +78,15 @@ def test_read_commands_import_only_what_they_need(settings: Settings, home: Path
         ["schemas", "show", "dev/spec@1"], ["--version"],
     ]
     found = {}
+    printed: list[str] = []
     for args in commands:
-        modules = _imports(settings, home, out, *args)
-        found[" ".join(args[:2])] = _loaded(modules, NEVER)
+        modules = _imports(settings, home, out, *args, printed=printed)
+        found[" ".join(args[:2])] = _loaded(modules, NEVER + QUIET)
         if args[0] != "--version":
             modules = _imports(settings, home, out, *args, "--json")
             found[" ".join(args[:2]) + " --json"] = _loaded(modules, NEVER + QUIET)
     assert {k: v for k, v in found.items() if v} == {}
+    assert run_id in printed[1].split()  # run list: a whole id, not cut for a narrow table
     # listing backends loads them, and still no validator, migration tool or engine
     modules = _imports(settings, home, out, "backends", "list", "--json")
     assert "devflow.backends.scripted" in modules
