@@ -5,10 +5,12 @@
 
 The same as ``devflow ARGS...``, with wrappers that count wall time, each by the innermost
 wrapped call it is spent in (per thread): imports, loading definitions, binding roles,
-deciding, git, the agent's process. Modules are wrapped when something first imports
-them, so the command imports what it would without the tracer. At the end it writes one
-JSON object to the trace file: milliseconds per part, and when the command's last call
-of the app returned (the rest, until the process has exited, is output and exit).
+deciding, git, the engine's transactions, validation, prompts and report, the agent's
+process. Modules are wrapped when something first imports them, so the command imports
+what it would without the tracer. At the end it writes one JSON object to the trace
+file: milliseconds per part, what was spent before the first agent started, when the
+command's last call of the app returned (the rest, until the process has exited, is
+output and exit), the process's own CPU time and each git process it ran.
 """
 
 from __future__ import annotations
@@ -127,13 +129,6 @@ def _patch(module_name: str) -> None:
             setattr(owner, name, _wrap_async(fn, part))
         else:
             setattr(owner, name, _wrap(fn, part))
-    if module_name == "devflow.store.database":
-        real_write = module.Database.write
-
-        def counted(self: Any, fn: Any) -> Any:
-            _marks["writes"] = _marks.get("writes", 0) + 1
-            return real_write(self, fn)
-        module.Database.write = counted
     if module_name == "devflow.app":
         for verb in APP_VERBS:
             setattr(module.App, verb, _wrap_app(getattr(module.App, verb)))
