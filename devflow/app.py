@@ -2,36 +2,38 @@
 
 The CLI (and later the HTTP API) call ``App`` and nothing below it. Verbs that drive
 runs enter the async core with ``anyio.run``.
+
+Each verb imports what it needs when it is called: a command that reads runs loads the
+store's Core tables, not the engine, the backends or the validators; one that lists
+definitions opens no database (docs/performance.md, "Read commands"; a test walks the
+read commands and checks what they imported).
 """
 
 from __future__ import annotations
 
 import functools
 import os
-import signal
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import anyio
-import anyio.abc
-
-from devflow import access, approvals, backends, logs, model, redact
-from devflow import sweep as sweep_module
-from devflow.backends import sandbox
-from devflow.backends.base import BASE_ENV
+from devflow import git, logs, memo, model, redact
 from devflow.catalog import Catalog, Dirs
-from devflow.definitions import Persona, Template
-from devflow.engine import control, drive, finish, prune, start, worker
-from devflow.engine.context import Context, NoObserver, Observer, new_owner, single
-from devflow.errors import Code, DevflowError, Interrupted
+from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, RunState
-from devflow.store import Store, migrate
+
+if TYPE_CHECKING:
+    from devflow import access, approvals
+    from devflow import sweep as sweep_module
+    from devflow.definitions import Persona, Template
+    from devflow.engine import control, start, worker
+    from devflow.engine.context import Context, Observer
+    from devflow.store import Store
 
 T = TypeVar("T")
 
@@ -58,20 +60,21 @@ class App:
         self.settings = settings
         self._clock = clock
         logs.configure(settings.log_format, log_level)
-        backends.configure(prices=settings.prices)
         logs.set_redactor(self.redactor)
+        #: answers checked once per version of a file (definitions, agent CLIs' versions)
+        self.memo = memo.Memo(settings.home / "cache" / "memo.json", within=settings.home)
+        git.configure(memo=self.memo)
 
     # -- wiring ----------------------------------------------------------------------------
     @functools.cached_property
     def redactor(self) -> redact.Redactor:
-        def values() -> list[str]:
-            personas = self.catalog.personas()
-            return redact.secret_values(os.environ, [(p.env_allow, p.env_set) for p in personas],
-                                        BASE_ENV)
-        return redact.Redactor(values)
+        """devflow's secret-looking variables; the engine adds what the personas of the
+        runs it works on hand their agents (``Context.remember_secrets``)."""
+        return redact.Redactor(lambda: redact.env_secrets(os.environ))
 
     @functools.cached_property
     def store(self) -> Store:
+        from devflow.store import Store  # noqa: PLC0415 - see the module doc
         self.settings.home.mkdir(parents=True, exist_ok=True)
         if self._clock is not None:
             return Store.open(self.settings.database_url, clock=self._clock,
@@ -82,9 +85,18 @@ class App:
     def catalog(self) -> Catalog:
         s = self.settings
         return Catalog(Dirs.with_builtins(s.templates_dirs, s.personas_dirs, s.schemas_dirs),
-                       check_persona_options=backends.check_options)
+                       check_persona_options=_check_options, memo=self.memo)
+
+    @functools.cached_property
+    def _backends(self) -> ModuleType:
+        """The backends, configured (imported by the verbs that run agents or list them)."""
+        from devflow import backends  # noqa: PLC0415 - see the module doc
+        backends.configure(prices=self.settings.prices, memo=self.memo)
+        return backends
 
     def context(self, observer: Observer | None = None) -> Context:
+        from devflow.engine.context import Context, NoObserver  # noqa: PLC0415 - as above
+        self._backends  # noqa: B018 - configured before the engine runs an agent
         return Context(self.settings, self.store, self.catalog, observer or NoObserver())
 
     def close(self) -> None:
@@ -108,7 +120,7 @@ class App:
         return self.catalog.check_file(path, kind)
 
     def check_document(self, schema_id: str, path: Path) -> list[Any]:
-        from devflow import artifacts  # noqa: PLC0415 - only this verb needs it
+        from devflow import artifacts  # noqa: PLC0415 - see the module doc
         try:
             data = path.read_bytes()
         except OSError as exc:
@@ -118,6 +130,7 @@ class App:
         return artifacts.check_bytes(data, schema_id, self.catalog.schemas).issues
 
     def backends(self) -> list[dict[str, Any]]:
+        backends = self._backends
         rows = []
         personas = self.catalog.personas()
         for name in backends.names():
@@ -136,10 +149,12 @@ class App:
                          "reason": seen.reason if seen else "no persona uses it",
                          "personas": [p.ref for p in users],
                          "sandbox": self._sandboxes(users)})
+        self.memo.save()
         return rows
 
     def sandbox(self) -> dict[str, Any]:
         """bubblewrap here: its path and version, or why agents cannot be sandboxed."""
+        from devflow.backends import sandbox  # noqa: PLC0415 - see the module doc
         found = sandbox.probe(self.settings.bwrap)
         return {"available": found.works, "path": found.path, "version": found.version,
                 "reason": found.reason, "allow_unsandboxed": self.settings.allow_unsandboxed}
@@ -148,6 +163,7 @@ class App:
         """How these personas' agents run here, in a word or two, each answer once: bwrap
         (with its network when it is none), NONE (the persona's choice or the allowed
         fallback), or REFUSED (``sandbox_unavailable``)."""
+        from devflow.backends import sandbox  # noqa: PLC0415 - see the module doc
         words = []
         for persona in personas:
             try:
@@ -164,7 +180,7 @@ class App:
 
     # -- database --------------------------------------------------------------------------
     def db_upgrade(self) -> tuple[str | None, str | None]:
-        from devflow.store import Database  # noqa: PLC0415 - a raw database, not migrated yet
+        from devflow.store import Database, migrate  # noqa: PLC0415 - not migrated yet
         self.settings.home.mkdir(parents=True, exist_ok=True)
         db = Database(self.settings.database_url)
         try:
@@ -174,7 +190,7 @@ class App:
             db.dispose()
 
     def db_current(self) -> dict[str, Any]:
-        from devflow.store import Database  # noqa: PLC0415 - as above
+        from devflow.store import Database, migrate  # noqa: PLC0415 - as above
         db = Database(self.settings.database_url)
         try:
             return {"url": _safe_url(self.settings.database_url), "revision": migrate.current(db),
@@ -185,6 +201,8 @@ class App:
     # -- runs ------------------------------------------------------------------------------
     def start(self, request: start.StartRequest, *, detach: bool = False,
               observer: Observer | None = None) -> RunView:
+        from devflow.engine import start  # noqa: PLC0415 - see the module doc
+        from devflow.engine.context import new_owner  # noqa: PLC0415 - as above
         ctx = self.context(observer)
         if detach:
             return self.view(start.start_detached(ctx, request, new_owner("cli")).id)
@@ -194,6 +212,7 @@ class App:
 
     def drive(self, run_id: str, observer: Observer | None = None) -> tuple[RunView, bool]:
         """Drive a runnable run in this process; (view, False) when someone else holds it."""
+        from devflow.engine.context import new_owner  # noqa: PLC0415 - as above
         run = self.store.runs.get(run_id)
         if run.state not in RUNNABLE:
             return self.view(run.id), False
@@ -243,17 +262,26 @@ class App:
                                "is written when it ends", hint=f"devflow run status {run.id}")
         path = Path(run.workspace) / f"report.{fmt}"
         if not path.exists():
+            from devflow.engine import finish  # noqa: PLC0415 - see the module doc
             finish.write_report(self.context(), run.id)
         return path
 
     # -- operators -------------------------------------------------------------------------
     def sweep(self, *, policy: str = "resume", max_recoveries: int | None = None,
               dry_run: bool = False) -> sweep_module.SweepResult:
+        from devflow import sweep as sweep_module  # noqa: PLC0415 - see the module doc
         return sweep_module.sweep(self.context(), policy=policy, max_recoveries=max_recoveries,
                                   dry_run=dry_run)
 
     def work(self, options: worker.Options) -> worker.Stats:
         """Run a worker until SIGTERM or SIGINT (or, with ``once``, until nothing is left)."""
+        import signal  # noqa: PLC0415 - see the module doc
+
+        import anyio  # noqa: PLC0415 - as above
+        import anyio.abc  # noqa: PLC0415 - as above
+
+        from devflow.engine import worker  # noqa: PLC0415 - as above
+
         async def main() -> worker.Stats:
             stop = anyio.Event()
             async with anyio.create_task_group() as group:
@@ -275,6 +303,7 @@ class App:
 
     def prune(self, *, older_than: float | None = None, delete_branches: bool = False,
               dry_run: bool = False) -> list[dict[str, Any]]:
+        from devflow.engine import prune  # noqa: PLC0415 - see the module doc
         return prune.prune(self.context(), older_than=older_than,
                            delete_branches=delete_branches, dry_run=dry_run)
 
@@ -283,18 +312,22 @@ class App:
     # OS account running it (the default); the HTTP API's will be its token's actor.
     # Who may do what is decided below, by access.authorize, for every interface alike.
     def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:
+        from devflow.engine import control  # noqa: PLC0415 - see the module doc
         return control.decide(self.context(), request)
 
     def pause(self, run_id: str, actor: str, reason: str | None = None,
               principal: access.Principal | None = None) -> control.Changed:
+        from devflow.engine import control  # noqa: PLC0415 - see the module doc
         return control.pause(self.context(), run_id, actor, reason, principal)
 
     def resume(self, run_id: str, actor: str, reason: str | None = None,
                principal: access.Principal | None = None) -> control.Changed:
+        from devflow.engine import control  # noqa: PLC0415 - see the module doc
         return control.resume(self.context(), run_id, actor, reason, principal)
 
     def abort(self, run_id: str, actor: str, reason: str | None = None,
               principal: access.Principal | None = None) -> control.Changed:
+        from devflow.engine import control  # noqa: PLC0415 - see the module doc
         return control.abort(self.context(), run_id, actor, reason, principal)
 
     def approvals(self, *, pending: bool = False,
@@ -312,7 +345,7 @@ class App:
                      if a.phase_key == approval.phase_key
                      and a.sha256 == approval.evidence.artifact_sha), None)
         if kept is not None:
-            from devflow import artifacts  # noqa: PLC0415 - only this verb needs it
+            from devflow import artifacts  # noqa: PLC0415 - see the module doc
             artifact = artifacts.load_stored(Path(kept.stored_path), kept.sha256)
         return approval, decisions, artifact
 
@@ -322,6 +355,14 @@ def _drive_here(ctx: Context, run_id: str, lease: model.Lease) -> None:
     as a worker's grace period does, and then raises ``Interrupted``: the attempt under way
     is recorded as interrupted (its agent stopped), the lease released, the run left
     runnable for ``devflow run drive`` or a worker."""
+    import signal  # noqa: PLC0415 - see the module doc
+    import threading  # noqa: PLC0415 - as above
+
+    import anyio  # noqa: PLC0415 - as above
+    import anyio.abc  # noqa: PLC0415 - as above
+
+    from devflow.engine import drive  # noqa: PLC0415 - as above
+    from devflow.errors import Interrupted  # noqa: PLC0415 - as above
     if threading.current_thread() is not threading.main_thread():
         _run_async(drive.drive, ctx, run_id, lease)  # signals reach the main thread only
         return
@@ -354,8 +395,18 @@ def _drive_here(ctx: Context, run_id: str, lease: model.Lease) -> None:
         raise Interrupted(run_id, caught[0])
 
 
+def _check_options(backend: str, options: Any) -> list[str]:
+    """A persona's options checked by its backend (loaded for it: a persona whose check
+    is remembered needs none)."""
+    from devflow import backends  # noqa: PLC0415 - see the module doc
+    return backends.check_options(backend, options)
+
+
 def _run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """Enter the async core; a lone error of its task groups comes out as itself."""
+    import anyio  # noqa: PLC0415 - see the module doc
+
+    from devflow.engine.context import single  # noqa: PLC0415 - as above
     try:
         return anyio.run(fn, *args)
     except BaseExceptionGroup as failed:

@@ -5,23 +5,31 @@ users add directories (``--templates-dir`` or ``DEVFLOW_TEMPLATES_DIR`` and the
 like). The same ``name@version`` defined twice with different contents is a
 conflict, never a silent override. A broken file does not hide the others: it is
 kept with its error, and named when a lookup misses.
+
+What is checked once per version of a file is remembered (``devflow.memo``): a YAML
+file's values, a definition's pass of its meta-schema and of its backend's option
+checks, a schema file's pass of Draft 2020-12. The cross-checks (roles, gates,
+schema ids, durations, artifact paths) run every time: they depend on the other
+files, and cost little.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from devflow import definitions
+from devflow import definitions, yamlsource
+from devflow import memo as memos
 from devflow.definitions import Persona, Template
 from devflow.errors import Code, DevflowError
 from devflow.schemas import SchemaRegistry
-from devflow.yamlsource import Source, load_yaml
+from devflow.yamlsource import Source
 
 BUILTIN_ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -99,6 +107,15 @@ class _Shelf(Generic[D]):
                            + f"known {self.kind}s: {known}", ref=ref)
 
 
+def _plain_json(data: Any) -> bool:
+    """Whether ``data`` comes back the same through JSON (no dates, tuples or number keys,
+    which YAML can give): only then can it be remembered, or stand for its JSON text."""
+    try:
+        return bool(json.loads(json.dumps(data)) == data)
+    except (TypeError, ValueError):
+        return False
+
+
 def _version_key(version: str) -> tuple[tuple[int, int | str], ...]:
     """Natural order: 2 < 10, 1.2 < 1.10, numbers before words in each part."""
     parts = re.split(r"[._-]", version)
@@ -115,10 +132,11 @@ def _yaml_files(dirs: Sequence[Path]) -> list[Path]:
     return files
 
 
-def _shelve(shelf: _Shelf[D], path: Path, load: Callable[[Source], D]) -> None:
+def _shelve(shelf: _Shelf[D], path: Path, read: Callable[[Path], Source],
+            load: Callable[[Source], D]) -> None:
     source: Source | None = None
     try:
-        source = load_yaml(path)
+        source = read(path)
         shelf.add(load(source))
     except DevflowError as exc:
         if exc.code in (Code.TEMPLATE_VERSION_CONFLICT, Code.PERSONA_VERSION_CONFLICT):
@@ -134,9 +152,11 @@ class Catalog:
 
     def __init__(self, dirs: Dirs,
                  check_persona_options: Callable[[str, Mapping[str, Any]], list[str]] | None = None,
-                 ) -> None:
+                 memo: memos.Memo | None = None) -> None:
         self.dirs = dirs
         self._check_options = check_persona_options
+        #: what was checked before, in this process (no file) or since the file was made
+        self.memo = memo or memos.Memo(None)
         self._stored_personas: dict[str, Persona] = {}
         for directory in (*dirs.templates, *dirs.personas, *dirs.schemas):
             if not directory.exists():
@@ -146,14 +166,17 @@ class Catalog:
 
     @functools.cached_property
     def schemas(self) -> SchemaRegistry:
-        return SchemaRegistry.from_dirs(list(self.dirs.schemas))
+        registry = SchemaRegistry.from_dirs(list(self.dirs.schemas), self.memo)
+        self.memo.save()
+        return registry
 
     @functools.cached_property
     def _templates(self) -> _Shelf[Template]:
         shelf: _Shelf[Template] = _Shelf("template", Code.TEMPLATE_VERSION_CONFLICT,
                                          Code.TEMPLATE_NOT_FOUND)
         for path in _yaml_files(self.dirs.templates):
-            _shelve(shelf, path, self.load_template)
+            _shelve(shelf, path, self.read, self.load_template)
+        self.memo.save()
         return shelf
 
     @functools.cached_property
@@ -161,14 +184,48 @@ class Catalog:
         shelf: _Shelf[Persona] = _Shelf("persona", Code.PERSONA_VERSION_CONFLICT,
                                         Code.PERSONA_NOT_FOUND)
         for path in _yaml_files(self.dirs.personas):
-            _shelve(shelf, path, self.load_persona)
+            _shelve(shelf, path, self.read, self.load_persona)
+        self.memo.save()
         return shelf
 
+    def read(self, path: Path) -> Source:
+        """A definition file as a ``Source``: its values remembered, or parsed (and then
+        remembered when they are plain JSON, which any valid definition is)."""
+        text = yamlsource.read(path)
+        key = memos.key("yaml", text)
+        data = self.memo.get(key)
+        if data is not None:
+            return Source(path, data["data"], None, text)
+        source = yamlsource.parse_yaml(text, path)
+        if _plain_json(source.data):
+            self.memo.put(key, {"data": source.data})
+        return source
+
     def load_template(self, source: Source) -> Template:
-        return definitions.parse_template(source, self.schemas)
+        key = self._checked("template", source.data)
+        checked = key is not None and bool(self.memo.get(key))
+        template = definitions.parse_template(source, self.schemas, checked=checked)
+        if key is not None and not checked:
+            self.memo.put(key, True)
+        return template
 
     def load_persona(self, source: Source) -> Persona:
-        return definitions.parse_persona(source, self.schemas, self._check_options)
+        kind = "persona" if self._check_options is None else "persona+options"
+        key = self._checked(kind, source.data)
+        checked = key is not None and bool(self.memo.get(key))
+        persona = definitions.parse_persona(source, self.schemas, self._check_options,
+                                            checked=checked)
+        if key is not None and not checked:
+            self.memo.put(key, True)
+        return persona
+
+    def _checked(self, kind: str, data: Any) -> str | None:
+        """The key under which ``data`` passing its meta-schema (against these schemas)
+        is remembered; None when ``data`` is not plain JSON (then it is always checked)."""
+        if not _plain_json(data):
+            return None
+        return memos.key(f"{kind}-checked", self.schemas.digest,
+                        json.dumps(data, sort_keys=True, separators=(",", ":")))
 
     def load_template_definition(self, definition: Mapping[str, Any]) -> Template:
         """A template from the definition a run stored when it started."""
@@ -181,6 +238,7 @@ class Catalog:
         if persona is None:
             persona = self.load_persona(Source(None, dict(definition), None))
             self._stored_personas[digest] = persona
+            self.memo.save()
         return persona
 
     def templates(self) -> list[Template]:
@@ -215,7 +273,7 @@ class Catalog:
 
     def check_file(self, path: Path, kind: str) -> Template | Persona:
         """Load one file as ``kind`` and check it against what the catalog holds."""
-        source = load_yaml(path)
+        source = yamlsource.load_yaml(path)
         if kind == "template":
             template = self.load_template(source)
             self._templates.add(template)

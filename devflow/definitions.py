@@ -253,9 +253,11 @@ def _duration(value: Any, path: tuple[str | int, ...], problems: list[Problem]) 
         return None
 
 
-def parse_template(source: Source, schemas: SchemaRegistry) -> Template:
+def parse_template(source: Source, schemas: SchemaRegistry, *, checked: bool = False) -> Template:
+    """The template ``source`` defines; ``checked``: its data is known to pass the
+    meta-schema (``devflow.catalog`` remembers that), so only the cross-checks run."""
     data = source.data
-    if problems := _meta_problems(schemas, TEMPLATE_SCHEMA, data):
+    if not checked and (problems := _meta_problems(schemas, TEMPLATE_SCHEMA, data)):
         raise DefinitionError(source, problems)
     problems = []
     roles = {str(k): str((v or {}).get("description", "")) for k, v in data["roles"].items()}
@@ -388,12 +390,14 @@ def gate_of(template_def: Mapping[str, Any], key: str) -> GateDef:
 
 def parse_persona(source: Source, schemas: SchemaRegistry,
                   check_options: Callable[[str, Mapping[str, Any]], list[str]] | None = None,
-                  ) -> Persona:
+                  *, checked: bool = False) -> Persona:
+    """The persona ``source`` defines; ``checked``: its data is known to pass the
+    meta-schema and ``check_options`` (``devflow.catalog`` remembers that)."""
     data = source.data
-    if problems := _meta_problems(schemas, PERSONA_SCHEMA, data):
+    if not checked and (problems := _meta_problems(schemas, PERSONA_SCHEMA, data)):
         raise DefinitionError(source, problems)
     options = data.get("options") or {}
-    if check_options is not None:
+    if check_options is not None and not checked:
         found = [Problem(Code.DEFINITION_INVALID, ("options",), why)
                  for why in check_options(data["backend"], options)]
         if found:

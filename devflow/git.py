@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
+from devflow import memo as memos
 from devflow.errors import Code, DevflowError
 
 _FALLBACK_LOCAL_VARS: Final = (
@@ -66,15 +68,34 @@ AUTHOR: Final = {"GIT_AUTHOR_NAME": "devflow", "GIT_AUTHOR_EMAIL": "devflow@loca
                  "GIT_COMMITTER_NAME": "devflow", "GIT_COMMITTER_EMAIL": "devflow@localhost"}
 
 
+#: where answers about the git executable are remembered between processes (``configure``)
+_memo: list[memos.Memo] = []
+
+
+def configure(*, memo: memos.Memo | None = None) -> None:
+    """Where to remember what git says of itself (called by the app)."""
+    _memo[:] = [memo] if memo is not None else []
+
+
 @functools.cache
 def local_env_vars() -> frozenset[str]:
-    """The variables git treats as repository-local, asked of git itself once."""
+    """The variables git treats as repository-local, asked of git itself once per version
+    of its executable (remembered between processes when ``configure`` says where)."""
+    program = shutil.which("git")
+    stamp = memos.file_stamp(program) if program else None
+    key = memos.key("git-local-env-vars", stamp) if stamp and _memo else None
+    known = _memo[0].get(key) if key else None
+    if known is not None:
+        return frozenset(known) | frozenset(_FALLBACK_LOCAL_VARS)
     try:
         out = subprocess.run(["git", "rev-parse", "--local-env-vars"], capture_output=True,
                              text=True, env=_strip(os.environ, _FALLBACK_LOCAL_VARS),
                              check=True, timeout=30, cwd="/").stdout
     except (OSError, subprocess.SubprocessError):
         return frozenset(_FALLBACK_LOCAL_VARS)
+    if key:
+        _memo[0].put(key, sorted(out.split()))
+        _memo[0].save()
     return frozenset(out.split()) | frozenset(_FALLBACK_LOCAL_VARS)
 
 

@@ -6,6 +6,11 @@ of a variable a persona hands its agent (``env.allow`` beyond the base variables
 and ``env.set``). Each occurrence is replaced by ``[redacted]``. Values shorter than
 six characters are left alone: they would match everywhere and hide nothing. The
 agents' own log files are kept as written (mode 0600).
+
+The personas are those the runs use, as their bindings stored them when they started
+(not the files as they are now, which may have changed since): the engine adds them
+when it starts, drives or reports a run (``Redactor.add``), so a process redacts the
+secrets of every run it writes about without loading the whole catalog.
 """
 
 from __future__ import annotations
@@ -25,10 +30,19 @@ class Redactor:
 
     def __init__(self, values: Callable[[], Iterable[str]]) -> None:
         self._source = values
+        self._added: set[str] = set()
+
+    def add(self, values: Iterable[str]) -> None:
+        """More secrets, from now on (a run's personas)."""
+        new = {v for v in values if len(v) >= _MIN} - self._added
+        if new:
+            self._added |= new
+            self.__dict__.pop("_pattern", None)
 
     @functools.cached_property
     def _pattern(self) -> re.Pattern[str] | None:
-        values = sorted({v for v in self._source() if len(v) >= _MIN}, key=len, reverse=True)
+        values = sorted({v for v in self._source() if len(v) >= _MIN} | self._added, key=len,
+                        reverse=True)
         return re.compile("|".join(re.escape(v) for v in values)) if values else None
 
     def text(self, value: str) -> str:
@@ -45,17 +59,34 @@ class Redactor:
         return value
 
 
-def secret_values(environ: Mapping[str, str], persona_env: Iterable[tuple[Iterable[str],
-                  Mapping[str, str]]], base: Iterable[str]) -> list[str]:
-    """The secret values: devflow's own secret-looking variables, and what personas hand on."""
-    found = [v for k, v in environ.items() if SECRET_NAME.search(k)]
+def env_secrets(environ: Mapping[str, str]) -> list[str]:
+    """The values of devflow's own secret-looking variables."""
+    return [v for k, v in environ.items() if SECRET_NAME.search(k)]
+
+
+def handed_on(environ: Mapping[str, str], allow: Iterable[str], values: Mapping[str, str],
+              base: Iterable[str]) -> list[str]:
+    """What a persona hands its agent beyond the ``base`` variables: the values of the
+    variables ``allow`` names (``NAME`` or ``PREFIX*``) and the ``values`` it sets."""
+    found: list[str] = []
     skip = set(base)
-    for allow, values in persona_env:
-        for name in allow:
-            if name.endswith("*"):
-                found += [v for k, v in environ.items()
-                          if k.startswith(name[:-1]) and k not in skip]
-            elif name in environ and name not in skip:
-                found.append(environ[name])
-        found += list(values.values())
-    return found
+    for name in allow:
+        if name.endswith("*"):
+            found += [v for k, v in environ.items() if k.startswith(name[:-1]) and k not in skip]
+        elif name in environ and name not in skip:
+            found.append(environ[name])
+    return found + list(values.values())
+
+
+def persona_secrets(environ: Mapping[str, str], definition: Mapping[str, Any],
+                    base: Iterable[str]) -> list[str]:
+    """``handed_on`` for a persona's definition as a binding stored it (``env.allow``,
+    ``env.set``); whatever is not shaped as a valid definition is passed over."""
+    env = definition.get("env")
+    if not isinstance(env, Mapping):
+        return []
+    allow = env.get("allow")
+    values = env.get("set")
+    return handed_on(environ, [str(a) for a in allow] if isinstance(allow, list) else [],
+                     {str(k): str(v) for k, v in values.items()}
+                     if isinstance(values, Mapping) else {}, base)

@@ -8,27 +8,33 @@ A validator is built once per schema and reused: building one costs several time
 what checking an artifact with it does. It is built on the schema with its ``$ref``s
 inlined where that is safe (``devflow.schemarefs``): the same errors, 2 to 20 times
 faster for the built-in schemas.
+
+jsonschema and referencing are imported when something is validated (or a schema file
+checked), not with this module: listing schemas, or reading a definition whose check
+is remembered (``devflow.memo``), needs neither.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urljoin
 
-import jsonschema
-import referencing
-import referencing.exceptions
-from referencing.jsonschema import DRAFT202012
-
 from devflow import jsontext, schemarefs
+from devflow import memo as memos
 from devflow.errors import Code, DevflowError
 
+if TYPE_CHECKING:
+    import jsonschema
+    import referencing
+
 SCHEMA_ID: Final = re.compile(r"^[a-z0-9][a-z0-9_-]*(/[a-z0-9][a-z0-9_.-]*)*@[0-9]+$")
-_FORMATS: Final = jsonschema.Draft202012Validator.FORMAT_CHECKER
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,7 @@ class Dangling:
 
 
 def _why(exc: Exception) -> str:
+    import referencing.exceptions  # noqa: PLC0415 - only to check references (module doc)
     if isinstance(exc, referencing.exceptions.PointerToNowhere):
         return "the pointer leads nowhere in the schema"
     if isinstance(exc, referencing.exceptions.NoSuchAnchor):
@@ -88,23 +95,37 @@ class SchemaRegistry:
         self.broken = list(broken)
         #: ids defined twice with different contents: using one is an error, as for templates
         self.conflicts: dict[str, DevflowError] = {}
-        resources = [(f.id, DRAFT202012.create_resource(f.contents)) for f in files]
-        # attrs field aliases (retrieve=, ref=) are not seen by mypy's attrs plugin
-        self._registry: referencing.Registry[Any] = referencing.Registry(
-            retrieve=self._retrieve).with_resources(resources)  # type: ignore[call-arg]
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
         self._dangling: dict[str, list[Dangling]] = {}
 
+    @functools.cached_property
+    def _registry(self) -> referencing.Registry[Any]:
+        import referencing  # noqa: PLC0415 - only to validate (module doc)
+        from referencing.jsonschema import DRAFT202012  # noqa: PLC0415 - as above
+        resources = [(f.id, DRAFT202012.create_resource(f.contents))
+                     for f in self._files.values()]
+        # attrs field aliases (retrieve=, ref=) are not seen by mypy's attrs plugin
+        return referencing.Registry(  # type: ignore[call-arg]
+            retrieve=self._retrieve).with_resources(resources)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A digest of every schema here: what a check against one of them depends on."""
+        body = json.dumps(sorted((f.id, f.contents) for f in self._files.values()),
+                          sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(body.encode()).hexdigest()
+
     @classmethod
-    def from_dirs(cls, dirs: Sequence[Path]) -> SchemaRegistry:
-        """Every ``*.json`` below ``dirs``; a broken file is kept aside, not fatal to the rest."""
+    def from_dirs(cls, dirs: Sequence[Path], memo: memos.Memo | None = None) -> SchemaRegistry:
+        """Every ``*.json`` below ``dirs``; a broken file is kept aside, not fatal to the rest.
+        A file whose check ``memo`` remembers is not checked again."""
         files: dict[str, SchemaFile] = {}
         broken: list[tuple[Path, DevflowError]] = []
         conflicts: dict[str, DevflowError] = {}
         for directory in dirs:
             for path in sorted(directory.rglob("*.json")):
                 try:
-                    schema = load_schema_file(path)
+                    schema = load_schema_file(path, memo)
                 except DevflowError as exc:
                     broken.append((path, exc))
                     continue
@@ -124,6 +145,8 @@ class SchemaRegistry:
         return registry
 
     def _retrieve(self, uri: str) -> referencing.Resource[Any]:
+        import referencing.exceptions  # noqa: PLC0415 - only to validate (module doc)
+        from referencing.jsonschema import DRAFT202012  # noqa: PLC0415 - as above
         contents = self._contents_at(uri)
         if contents is None:
             raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
@@ -160,6 +183,8 @@ class SchemaRegistry:
         return found
 
     def _find_dangling(self, schema_id: str) -> list[Dangling]:
+        import referencing.exceptions  # noqa: PLC0415 - only to check references (module doc)
+        from referencing.jsonschema import DRAFT202012  # noqa: PLC0415 - as above
         found: set[Dangling] = set()
         seen: set[int] = set()
         start = self.get(schema_id).contents
@@ -219,17 +244,14 @@ class SchemaRegistry:
         return self._files[schema_id]
 
     def check_refs(self, schema_id: str) -> None:
-        """Every ``$ref`` of the schema resolves; ``schema_invalid`` names one that does not."""
+        """Every ``$ref`` of the schema (and of those it refers to) resolves;
+        ``schema_invalid`` names the first that does not."""
         schema = self.get(schema_id)
-        resolver = self._registry.resolver(base_uri=schema_id)
-        for ref in _refs(schema.contents):
-            try:
-                resolver.lookup(ref)
-            except referencing.exceptions.Unresolvable as exc:
-                raise DevflowError(
-                    Code.SCHEMA_INVALID, f"{schema.path}: $ref {ref!r} cannot be resolved",
-                    hint="a $ref names another schema by its id (common/finding@1) or a place "
-                         "in this one (#/$defs/item)", schema=schema_id) from exc
+        for dangling in self.dangling(schema_id)[:1]:
+            raise DevflowError(
+                Code.SCHEMA_INVALID, f"{schema.path}: {dangling}",
+                hint="a $ref names another schema by its id (common/finding@1) or a place "
+                     "in this one (#/$defs/item)", schema=schema_id)
 
     def check_file(self, path: Path) -> SchemaFile:
         """One schema file checked as ``from_dirs`` would keep it, beside the others."""
@@ -247,15 +269,18 @@ class SchemaRegistry:
     def validator(self, schema_id: str) -> jsonschema.protocols.Validator:
         validator = self._validators.get(schema_id)
         if validator is None:
+            import jsonschema  # noqa: PLC0415 - only to validate (module doc)
             contents = schemarefs.inlined(schema_id, self.get(schema_id).contents,
                                           self._contents_at)
             validator = jsonschema.Draft202012Validator(
-                contents, registry=self._registry, format_checker=_FORMATS)
+                contents, registry=self._registry,
+                format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
             self._validators[schema_id] = validator
         return validator
 
     def validate(self, schema_id: str, instance: Any) -> list[Issue]:
         """Every problem of ``instance`` against the schema, most specific first."""
+        import referencing.exceptions  # noqa: PLC0415 - only to validate (module doc)
         try:
             errors = list(self.validator(schema_id).iter_errors(instance))
         except referencing.exceptions.Unresolvable as exc:
@@ -267,19 +292,8 @@ class SchemaRegistry:
         return sorted(issues, key=lambda i: (i.pointer, i.message))
 
 
-def _refs(node: Any) -> list[str]:
-    """Every ``$ref`` string in a schema, in document order."""
-    if isinstance(node, dict):
-        own = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        return own + [ref for key, value in node.items()
-                      if key not in ("enum", "const", "default", "examples")
-                      for ref in _refs(value)]
-    if isinstance(node, list):
-        return [ref for item in node for ref in _refs(item)]
-    return []
-
-
 def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema.ValidationError]:
+    import jsonschema.exceptions  # noqa: PLC0415 - only to validate (module doc)
     # For anyOf/oneOf the interesting errors are the contexts, not "is not valid under".
     for error in errors:
         if error.context:
@@ -289,9 +303,12 @@ def _leaves(errors: Iterable[jsonschema.ValidationError]) -> Iterable[jsonschema
             yield error
 
 
-def load_schema_file(path: Path) -> SchemaFile:
+def load_schema_file(path: Path, memo: memos.Memo | None = None) -> SchemaFile:
+    """A schema file, checked against Draft 2020-12 unless ``memo`` remembers that these
+    bytes passed."""
     try:
-        contents = jsontext.loads(path.read_bytes())
+        raw = path.read_bytes()
+        contents = jsontext.loads(raw)
     except OSError as exc:
         raise DevflowError(Code.FILE_NOT_FOUND, f"cannot read schema file {path}: "
                            f"{exc.strerror}", hint="check the path and its permissions") from exc
@@ -307,11 +324,20 @@ def load_schema_file(path: Path) -> SchemaFile:
         raise DevflowError(
             Code.SCHEMA_INVALID, f"{path}: $id must be a short id like dev/spec@1, "
             f"got {schema_id!r}", hint="set \"$id\" to <area>/<name>@<version>")
+    if memo is None:
+        _check_schema(path, contents)
+    elif not memo.get(checked := memos.key("schema-checked", raw)):
+        _check_schema(path, contents)
+        memo.put(checked, True)
+    return SchemaFile(id=schema_id, path=path, contents=contents)
+
+
+def _check_schema(path: Path, contents: dict[str, Any]) -> None:
+    import jsonschema  # noqa: PLC0415 - only to check (module doc)
     try:
         jsonschema.Draft202012Validator.check_schema(contents)
     except jsonschema.SchemaError as exc:
         raise DevflowError(
             Code.SCHEMA_INVALID, f"{path}: not a valid Draft 2020-12 schema at "
             f"{pointer(exc.absolute_path) or '/'}: {exc.message}",
-            hint="see https://json-schema.org/draft/2020-12", schema=schema_id) from exc
-    return SchemaFile(id=schema_id, path=path, contents=contents)
+            hint="see https://json-schema.org/draft/2020-12", schema=contents.get("$id")) from exc

@@ -24,9 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from devflow import artifacts, escalation, model, states, transitions, worktree
+from devflow import artifacts, escalation, logs, model, states, transitions, worktree
 from devflow.backends import process
 from devflow.engine import context, finish, workspace
 from devflow.engine.context import Context
@@ -34,7 +32,7 @@ from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
 from devflow.store import RunTx
 
-log = structlog.get_logger("devflow.sweep")
+log = logs.get_logger("devflow.sweep")
 
 
 @dataclass(frozen=True)

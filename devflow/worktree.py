@@ -21,14 +21,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
-
-import filelock
-import pathspec
+from typing import TYPE_CHECKING, Final
 
 from devflow import git, model, runtree
 from devflow.errors import Code, DevflowError
 from devflow.runtree import Tree
+
+if TYPE_CHECKING:
+    import filelock
 
 _LOCK_RETRIES: Final = 20
 
@@ -145,6 +145,7 @@ def common_dir(repo: Path) -> Path:
 
 
 def _lock(repo: Path) -> filelock.FileLock:
+    import filelock  # noqa: PLC0415 - only where worktrees are made (a read needs none)
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 
 
@@ -216,6 +217,7 @@ def copy_included(repo: Path, target: Path) -> list[str]:
     if not spec_file.is_file():
         return []
     lines = spec_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    import pathspec  # noqa: PLC0415 - as filelock above
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
     nested = any("/" in line.strip().rstrip("/") for line in lines
                  if line.strip() and not line.startswith("#"))
@@ -258,6 +260,13 @@ def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
 
 def head(tree: Tree) -> str:
     return tree.out(["rev-parse", "HEAD"])
+
+
+def head_and_tree(tree: Tree) -> tuple[str, str]:
+    """HEAD and its tree, in one git call (the worktree's tree when nothing differs from
+    HEAD, as right after ``checkpoint``)."""
+    head_sha, tree_id = tree.out(["rev-parse", "HEAD", "HEAD^{tree}"]).split()
+    return head_sha, tree_id
 
 
 def rev(repo: Path, name: str) -> str:

@@ -1,34 +1,44 @@
 """YAML documents that remember where each value came from.
 
 A problem found in a definition is reported with its file, its line and its JSON
-pointer; this module maps a pointer back to the line of the YAML node it names.
+pointer; this module maps a pointer back to the line of the YAML node it names. The
+document is parsed once, into both its values and its node tree. A document whose
+values come from ``devflow.memo`` keeps its text instead, and is parsed for its lines
+only when a problem must be placed. PyYAML is imported when a document is parsed, not
+with this module: a read command whose definitions are remembered never loads it.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-
-import yaml
+from typing import TYPE_CHECKING, Any, Final
 
 from devflow import jsontext
 from devflow.errors import Code, DevflowError
 
+if TYPE_CHECKING:
+    import yaml
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
-    """A parsed YAML document and the node tree its locations come from."""
+    """A parsed YAML document and the node tree its locations come from (or its text,
+    parsed again for them when needed)."""
 
     path: Path | None
     data: Any
     root: yaml.Node | None
+    text: str | None = None
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         """1-based line of the deepest node along ``path`` that exists."""
         node = self.root
+        if node is None and self.text is not None:
+            node = _parse(self.text)[0]
         if node is None:
             return None
         line = node.start_mark.line + 1
@@ -46,6 +56,7 @@ class Source:
 
 
 def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
+    import yaml  # noqa: PLC0415 - see the module doc
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.value == str(part):
@@ -55,9 +66,10 @@ def _child(node: yaml.Node, part: str | int) -> yaml.Node | None:
     return None
 
 
-def load_yaml(path: Path) -> Source:
+def read(path: Path) -> str:
+    """A definition file's text (UTF-8)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DevflowError(Code.FILE_NOT_FOUND, f"{path}: no such file",
                            hint="check the path") from None
@@ -68,7 +80,21 @@ def load_yaml(path: Path) -> Source:
     except OSError as exc:
         raise DevflowError(Code.YAML_INVALID, f"{path}: cannot be read: {exc.strerror}",
                            hint="definitions are UTF-8 YAML files", file=str(path)) from exc
-    return parse_yaml(text, path)
+
+
+def load_yaml(path: Path) -> Source:
+    return parse_yaml(read(path), path)
+
+
+def _parse(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node tree and its values, from one parse, refusing what definitions
+    do not allow (``parse_yaml``)."""
+    loader = _loader_class()(text)
+    try:
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if root is not None else None)
+    finally:
+        loader.dispose()
 
 
 def parse_yaml(text: str, path: Path | None = None) -> Source:
@@ -80,12 +106,10 @@ def parse_yaml(text: str, path: Path | None = None) -> Source:
     keys that are not strings, NaN, strings no database can keep): a definition is hashed
     and stored as JSON.
     """
+    import yaml  # noqa: PLC0415 - see the module doc
     name = str(path) if path else "<definition>"
-    loader: _Loader | None = None
     try:
-        loader = _Loader(text)
-        root = loader.get_single_node()
-        data = loader.construct_document(root) if root is not None else None
+        root, data = _parse(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{name}:{mark.line + 1}:{mark.column + 1}" if mark else name
@@ -100,9 +124,6 @@ def parse_yaml(text: str, path: Path | None = None) -> Source:
         raise DevflowError(Code.YAML_INVALID, f"{name}: a value cannot be read: "
                            f"{type(exc).__name__}: {exc}", hint="remove the explicit tag "
                            "(!!...) or quote the value", file=name) from exc
-    finally:
-        if loader is not None:
-            loader.dispose()
     source = Source(path=path, data=data, root=root)
     if (found := _not_json(data)) is not None:
         at, why = found
@@ -118,60 +139,67 @@ def parse_yaml(text: str, path: Path | None = None) -> Source:
 MAX_DEPTH: Final = jsontext.MAX_DEPTH
 
 
-class _Refused(yaml.MarkedYAMLError):
-    """A YAML feature definitions do not allow, at its place, with what to do instead."""
+@functools.cache
+def _loader_class() -> Any:
+    """PyYAML's safe loader, refusing anchors, aliases and deep nesting while it composes
+    (built at the first parse: PyYAML is imported then)."""
+    import yaml  # noqa: PLC0415 - see the module doc
 
-    def __init__(self, problem: str, mark: yaml.error.Mark | None, hint: str) -> None:
-        super().__init__(None, None, problem, mark)
-        self.hint = hint
+    class Loader(yaml.SafeLoader):
+        def __init__(self, stream: str) -> None:
+            super().__init__(stream)
+            self._depth = 0
 
-
-class _Loader(yaml.SafeLoader):
-    """The safe loader, refusing anchors, aliases and deep nesting while it composes."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped in PyYAML
-        anchor = getattr(event, "anchor", None)  # aliases, and nodes that define one
-        if anchor is not None:
-            kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
-            raise _Refused(f"YAML {kind}{anchor} found: anchors and aliases are not allowed "
-                           "in definitions", _mark(event),
-                           "write the value out where the alias was; definitions are small")
-        if isinstance(event, yaml.CollectionStartEvent):
-            self._depth += 1
-            if self._depth > MAX_DEPTH:
-                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", _mark(event),
-                               f"definitions nest at most {MAX_DEPTH} levels")
-        try:
-            return super().compose_node(parent, index)
-        finally:
+        def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+            event: yaml.Event = self.peek_event()  # type: ignore[no-untyped-call]  # untyped
+            anchor = getattr(event, "anchor", None)  # aliases, and nodes that define one
+            if anchor is not None:
+                kind = "alias *" if isinstance(event, yaml.AliasEvent) else "anchor &"
+                raise Refused(f"YAML {kind}{anchor} found: anchors and aliases are not "
+                              "allowed in definitions", _mark(event),
+                              "write the value out where the alias was; definitions are small")
             if isinstance(event, yaml.CollectionStartEvent):
-                self._depth -= 1
+                self._depth += 1
+                if self._depth > MAX_DEPTH:
+                    raise Refused(f"nested more than {MAX_DEPTH} levels deep", _mark(event),
+                                  f"definitions nest at most {MAX_DEPTH} levels")
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                if isinstance(event, yaml.CollectionStartEvent):
+                    self._depth -= 1
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        try:
-            return super().construct_object(node, deep)
-        except yaml.YAMLError:
-            raise
-        except Exception as exc:  # PyYAML's constructors raise anything on a
-            # hostile explicit tag (!!bool 12: KeyError, !!timestamp x: AttributeError)
-            raise yaml.constructor.ConstructorError(
-                None, None, f"cannot read this value ({type(exc).__name__}: {exc})",
-                node.start_mark) from exc
+        def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+            try:
+                return super().construct_object(node, deep)
+            except yaml.YAMLError:
+                raise
+            except Exception as exc:  # PyYAML's constructors raise anything on a
+                # hostile explicit tag (!!bool 12: KeyError, !!timestamp x: AttributeError)
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"cannot read this value ({type(exc).__name__}: {exc})",
+                    node.start_mark) from exc
+
+    class Refused(yaml.MarkedYAMLError):
+        """A YAML feature definitions do not allow, at its place, with what to do instead."""
+
+        def __init__(self, problem: str, mark: yaml.error.Mark | None, hint: str) -> None:
+            super().__init__(None, None, problem, mark)
+            self.hint = hint
+
+    return Loader
 
 
 def _mark(event: yaml.Event) -> yaml.error.Mark | None:
+    import yaml  # noqa: PLC0415 - see the module doc
     mark = event.start_mark
     return mark if isinstance(mark, yaml.error.Mark) else None
 
 
 def _hint(exc: yaml.MarkedYAMLError) -> str:
-    if isinstance(exc, _Refused):
-        return exc.hint
+    hint = getattr(exc, "hint", None)
+    if isinstance(hint, str):
+        return hint
     return "fix the YAML syntax at that line (indentation, quoting, a missing colon)"
 
 

@@ -1,20 +1,32 @@
-"""Agent backends by name. ``get`` returns the backend a persona names."""
+"""Agent backends by name. ``get`` returns the backend a persona names.
+
+A backend's module is imported when the backend is first asked for: a command that
+runs no agent (reading runs, listing definitions) imports none of them, and a run
+imports the ones its personas use.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
-from devflow.backends.aider import Aider
-from devflow.backends.base import Backend
-from devflow.backends.claude_code import ClaudeCode
-from devflow.backends.codex import Codex
-from devflow.backends.command import CommandBackend
-from devflow.backends.command import configure as configure
-from devflow.backends.scripted import Scripted
 from devflow.errors import Code, DevflowError
 
-_BACKENDS: dict[str, Backend] = {"scripted": Scripted()}
+if TYPE_CHECKING:
+    from devflow.backends.base import Backend
+    from devflow.memo import Memo
+
+#: the backends devflow ships, by name
+SHIPPED: Final = ("aider", "claude-code", "codex", "command", "scripted")
+_BACKENDS: dict[str, Backend] = {}
+
+
+def configure(*, prices: Mapping[str, Mapping[str, float]] | None = None,
+              memo: Memo | None = None) -> None:
+    """Settings the backends need from devflow's configuration (called by the app)."""
+    from devflow.backends import command, process  # noqa: PLC0415 - see the module doc
+    command.configure(prices=prices, memo=memo)
+    process.configure(memo=memo)
 
 
 def register(backend: Backend) -> None:
@@ -22,21 +34,41 @@ def register(backend: Backend) -> None:
 
 
 def names() -> list[str]:
-    return sorted(_BACKENDS)
+    return sorted({*SHIPPED, *_BACKENDS})
 
 
 def get(name: str) -> Backend:
-    try:
-        return _BACKENDS[name]
-    except KeyError:
-        raise DevflowError(Code.BACKEND_UNAVAILABLE, f"no backend {name!r} in this devflow",
-                           hint=f"backends: {', '.join(names())}") from None
+    backend = _BACKENDS.get(name)
+    if backend is None:
+        backend = _shipped(name)
+        if backend is None:
+            raise DevflowError(Code.BACKEND_UNAVAILABLE, f"no backend {name!r} in this devflow",
+                               hint=f"backends: {', '.join(names())}")
+        _BACKENDS[name] = backend
+    return backend
 
 
-for _backend in (CommandBackend(), ClaudeCode(), Codex(), Aider()):
-    register(_backend)
+def _shipped(name: str) -> Backend | None:
+    # one import per backend, where it is first needed (see the module doc)
+    if name == "scripted":
+        from devflow.backends.scripted import Scripted  # noqa: PLC0415
+        return Scripted()
+    if name == "command":
+        from devflow.backends.command import CommandBackend  # noqa: PLC0415
+        return CommandBackend()
+    if name == "claude-code":
+        from devflow.backends.claude_code import ClaudeCode  # noqa: PLC0415
+        return ClaudeCode()
+    if name == "codex":
+        from devflow.backends.codex import Codex  # noqa: PLC0415
+        return Codex()
+    if name == "aider":
+        from devflow.backends.aider import Aider  # noqa: PLC0415
+        return Aider()
+    return None
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> list[str]:
-    backend = _BACKENDS.get(name)
-    return backend.check_options(options) if backend else []
+    if name not in SHIPPED and name not in _BACKENDS:
+        return []
+    return get(name).check_options(options)

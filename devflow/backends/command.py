@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from devflow import durations
+from devflow import memo as memos
 from devflow.backends.base import Availability, Command, Outcome, Task, agent_env
 from devflow.backends.process import Exit
 from devflow.definitions import Persona
@@ -48,17 +49,21 @@ _WHOLE: Final = re.compile(r"^\{([a-z_]+)\}$")
 _ANY: Final = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _VERSION_TIMEOUT: Final = 30.0
 
-_versions: dict[tuple[str, int, tuple[str, ...]], str | None] = {}
+_versions: dict[tuple[str, tuple[str, ...]], str | None] = {}
 _versions_lock = threading.Lock()
+#: where versions are remembered between processes (``configure``); none: this process only
+_memo: list[memos.Memo] = []
 
 #: USD per million tokens by model, from devflow's configuration (``prices`` in config.yaml)
 _configured_prices: dict[str, Mapping[str, float]] = {}
 
 
-def configure(*, prices: Mapping[str, Mapping[str, float]] | None = None) -> None:
+def configure(*, prices: Mapping[str, Mapping[str, float]] | None = None,
+              memo: memos.Memo | None = None) -> None:
     """Settings the backends need from devflow's configuration (called by the app)."""
     _configured_prices.clear()
     _configured_prices.update(prices or {})
+    _memo[:] = [memo] if memo is not None else []
 
 
 # -- placeholders -----------------------------------------------------------------------
@@ -142,15 +147,34 @@ def resolve(program: str) -> str | None:
 
 
 def version(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str | None:
-    """The first line ``argv`` prints, run with a throwaway HOME; cached per executable."""
-    try:
-        stamp = os.stat(argv[0]).st_mtime_ns
-    except OSError:
+    """The first line ``argv`` prints, run with a throwaway HOME; asked once per version of
+    the executable (its real path, size, modification time and inode), and remembered
+    on disk between processes (``configure``): ``claude --version`` alone takes a tenth
+    of a second, at every run start."""
+    stamp = memos.file_stamp(argv[0])
+    if stamp is None:
         return None
-    key = (argv[0], stamp, tuple(argv[1:]))
+    key = (stamp, tuple(argv[1:]))
     with _versions_lock:
         if key in _versions:
             return _versions[key]
+    remembered = memos.key("version", stamp, *argv[1:], "\0", *sorted(
+        f"{k}={v}" for k, v in (env or {}).items()))
+    seen = _memo[0].get(remembered) if _memo else None
+    if seen is not None:
+        with _versions_lock:
+            _versions[key] = str(seen["version"])
+        return str(seen["version"])
+    found = _ask_version(argv, env)
+    with _versions_lock:
+        _versions[key] = found
+    if found is not None and _memo:  # a failure may pass (a timeout): asked again next time
+        _memo[0].put(remembered, {"version": found})
+        _memo[0].save()
+    return found
+
+
+def _ask_version(argv: Sequence[str], env: Mapping[str, str] | None) -> str | None:
     with tempfile.TemporaryDirectory(prefix="devflow-version-") as home:
         full = {"PATH": os.environ.get("PATH", os.defpath), "HOME": home, "LANG": "C.UTF-8"}
         full.update({k: v.replace("{home}", home) for k, v in (env or {}).items()})
@@ -165,8 +189,6 @@ def version(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str | 
             found = lines[0][:120] if done.returncode == 0 and lines else None
         except (OSError, subprocess.SubprocessError):
             found = None
-    with _versions_lock:
-        _versions[key] = found
     return found
 
 

@@ -24,8 +24,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -37,14 +35,30 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Final
+from typing import IO, Any, Final
 
 import anyio
 
+from devflow import memo as memos
+
 _PR_SET_PDEATHSIG: Final = 1
 _LOG_CAP: Final = 50 * 1024 * 1024
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
-    if sys.platform == "linux" else None
+#: where what setpriv can do is remembered between processes (``configure``)
+_memo: list[memos.Memo] = []
+
+
+def configure(*, memo: memos.Memo | None = None) -> None:
+    _memo[:] = [memo] if memo is not None else []
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, for ``prctl`` (loaded in the parent: never after a fork; and only
+    where setpriv is missing: finding it runs ldconfig)."""
+    import ctypes  # noqa: PLC0415 - see the docstring
+    import ctypes.util  # noqa: PLC0415 - as above
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
+        if sys.platform == "linux" else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,20 +98,32 @@ class Exit:
 
 @functools.cache
 def _setpriv() -> str | None:
+    """setpriv, when it has ``--pdeathsig`` (asked once per version of its executable)."""
     if sys.platform != "linux":
         return None
     path = shutil.which("setpriv")
-    if path is None:
+    stamp = memos.file_stamp(path) if path else None
+    if path is None or stamp is None:
         return None
+    key = memos.key("setpriv-pdeathsig", stamp)
+    if _memo and _memo[0].get(key):
+        return path
     probe = subprocess.run([path, "--pdeathsig", "KILL", "--", "true"], capture_output=True,
                            check=False)
-    return path if probe.returncode == 0 else None
+    if probe.returncode != 0:
+        return None
+    if _memo:
+        _memo[0].put(key, True)
+        _memo[0].save()
+    return path
 
 
 def _child_setup(parent: int) -> Callable[[], None]:
+    libc = _libc()
+
     def setup() -> None:
-        if _libc is not None:
-            _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
             if os.getppid() != parent:  # the parent died before prctl took effect
                 os._exit(137)
     return setup

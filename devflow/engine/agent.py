@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import structlog
 
-from devflow import backends, faults, model
+from devflow import backends, faults, logs, model
 from devflow.backends import process, sandbox
 from devflow.backends.base import Backend, Outcome, Task
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
@@ -31,7 +30,7 @@ from devflow.states import PhaseState, RunState
 from devflow.store import RunTx
 
 _NOTES_PER_ATTEMPT = 300
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 class Stop(Exception):

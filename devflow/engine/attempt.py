@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
-from devflow import approvals, artifacts, faults, model, runtree, transitions, worktree
+from devflow import approvals, artifacts, faults, logs, model, runtree, transitions, worktree
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
@@ -37,7 +36,7 @@ from devflow.schemas import Issue
 from devflow.states import TERMINAL, PhaseState, RunState
 from devflow.store import RunTx
 
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 @dataclass(frozen=True)
@@ -257,8 +256,11 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     faults.point("checkpoint_committed")
     evidence: model.Evidence | None = None
     if d.gates:
-        evidence = model.Evidence(d.artifact.path, sha, commit or run.checkpoint_sha or
-                                  worktree.head(tree), worktree.tree_sha(tree))
+        # the checkpoint committed the whole worktree (or found nothing to commit in a
+        # clean one), so what the approver is shown is HEAD and its tree: one git process,
+        # not a status and two rev-parses (a change made since would be refused at the
+        # decision, as approval_stale)
+        evidence = model.Evidence(d.artifact.path, sha, *worktree.head_and_tree(tree))
     record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
                                   d.artifact.schema, sha, len(checked.data), str(stored),
                                   ctx.clock())

@@ -11,7 +11,7 @@ import functools
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,8 +20,9 @@ from typing import Any, Protocol, TypeVar
 import anyio
 import anyio.to_thread
 
-from devflow import model
+from devflow import model, redact
 from devflow.backends import process
+from devflow.backends.base import BASE_ENV
 from devflow.catalog import Catalog
 from devflow.settings import Settings
 from devflow.store import Limits, RunTx, Store
@@ -108,6 +109,14 @@ class Context:
 
     def redact(self, value: Any) -> Any:
         return self.store.runs.redact(value) if self.store.runs.redact else value
+
+    def remember_secrets(self, bindings: Iterable[model.Binding]) -> None:
+        """What these bindings' personas hand their agents is secret, in everything this
+        process writes from now on (events, stored argv, reports, logs)."""
+        redactor = self.store.runs.redact
+        if isinstance(redactor, redact.Redactor):
+            for binding in bindings:
+                redactor.add(redact.persona_secrets(os.environ, binding.persona_def, BASE_ENV))
 
     @property
     def limits(self) -> Limits:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import structlog
 
-from devflow import model
+from devflow import logs, model
 from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
@@ -25,7 +24,7 @@ from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
 from devflow.store import RunTx
 
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 async def drive(ctx: Context, run_id: str, lease: model.Lease,
@@ -147,6 +146,7 @@ async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
     bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
+    ctx.remember_secrets(bindings.values())
     #: each role's persona, loaded from its binding once per drive, when first needed
     personas: dict[str, Persona] = {}
     # What the last phase's own transaction left; a change made from elsewhere since

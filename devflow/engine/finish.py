@@ -12,16 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from devflow import artifacts, model, report, states, worktree
+from devflow import artifacts, logs, model, report, states, worktree
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
 from devflow.store import History, RunTx
 from devflow.transitions import terminate_in
 
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 def terminate(ctx: Context, run_id: str, to: RunState, *, code: str | None = None,
@@ -55,6 +53,7 @@ def write_report(ctx: Context, run_id: str) -> Path:
         log.error("report_compose_failed", run_id=run_id, error=repr(exc))
         body = report.stub(run.id, str(run.state), f"{type(exc).__name__}: {exc}")
         status = "stub"
+    ctx.remember_secrets(history.bindings)
     path = report.write(directory, ctx.redact(body))
     ctx.change(run.id, lambda tx: _record(tx, path, status))
     return path

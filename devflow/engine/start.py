@@ -73,6 +73,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
+    ctx.remember_secrets(bindings)
     sandboxes = binding.sandboxes(bindings, personas, ctx.settings)
     for bound in bindings:
         if not sandboxes[bound.role].sandboxed:

@@ -19,15 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
-import structlog
 
-from devflow import worktree
+from devflow import logs, worktree
 from devflow.engine import drive
 from devflow.engine.context import Context, new_owner
 from devflow.errors import DevflowError
 from devflow.store import Claimed
 
-log = structlog.get_logger("devflow.worker")
+log = logs.get_logger("devflow.worker")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Storage: the only package that imports SQLModel, SQLAlchemy, Alembic or psycopg.
+"""Storage: the only package that imports SQLAlchemy, Alembic or psycopg.
 
 ``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
 ``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions).

@@ -5,15 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
 
 from devflow import model
 from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState
 from devflow.store import rows
 from devflow.store.database import Database
-from devflow.store.records import APPROVAL, DECISION
-from devflow.store.tables import ApprovalRow
+from devflow.store.records import APPROVAL, DECISION, by_id
 
 
 class Approvals:
@@ -21,8 +19,8 @@ class Approvals:
         self.db = db
 
     def get(self, approval_id: int) -> model.Approval:
-        def tx(session: Session) -> model.Approval:
-            row = session.get(ApprovalRow, approval_id)
+        def tx(conn: sa.Connection) -> model.Approval:
+            row = conn.execute(by_id(APPROVAL), {"id": approval_id}).first()
             if row is None:
                 raise approval_not_found(approval_id)
             return rows.approval(row)
@@ -30,23 +28,21 @@ class Approvals:
 
     def find(self, *, pending: bool = False, run_id: str | None = None,
              limit: int = 500) -> list[model.Approval]:
-        return self.db.read(lambda session: approvals_in(
-            session.connection(), pending=pending, run_id=run_id, limit=limit))
+        return self.db.read(lambda conn: approvals_in(
+            conn, pending=pending, run_id=run_id, limit=limit))
 
     def due(self, now: datetime, limit: int = 500) -> list[model.Approval]:
         """Pending requests the sweep must look at now (a warning, a step, a deadline)."""
-        def tx(session: Session) -> list[model.Approval]:
-            query = (select(ApprovalRow)
-                     .where(ApprovalRow.state == str(ApprovalState.PENDING),
-                            col(ApprovalRow.next_due_at) <= now)
-                     .order_by(col(ApprovalRow.next_due_at)).limit(limit))
-            return [rows.approval(a) for a in session.exec(query)]
-        return self.db.read(tx)
+        query = (sa.select(APPROVAL)
+                 .where(APPROVAL.c.state == str(ApprovalState.PENDING),
+                        APPROVAL.c.next_due_at <= now)
+                 .order_by(APPROVAL.c.next_due_at).limit(limit))
+        return self.db.read(lambda conn: [rows.approval(a) for a in conn.execute(query)])
 
     def decisions(self, *, approval_id: int | None = None,
                   run_id: str | None = None) -> list[model.Decision]:
-        return self.db.read(lambda session: decisions_in(
-            session.connection(), approval_id=approval_id, run_id=run_id))
+        return self.db.read(lambda conn: decisions_in(
+            conn, approval_id=approval_id, run_id=run_id))
 
 
 def approval_not_found(approval_id: int) -> DevflowError:

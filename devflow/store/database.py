@@ -9,11 +9,12 @@ anyway), which saves the BEGIN and COMMIT round trips. The pool does not ping a
 connection before lending it: one that died while pooled fails its first statement,
 which invalidates the pool, and the transaction runs again (below).
 
-``write(fn)`` runs ``fn(session)`` in one transaction and commits. A transient
-failure before the COMMIT is sent (in ``fn`` or while the ORM flushes its writes:
-SQLite busy past its timeout, a PostgreSQL connection that died) runs ``fn`` again
-on a fresh connection; a failure during the COMMIT itself is not retried, because
-it may have landed.
+``write(fn)`` runs ``fn(connection)`` in one transaction and commits. A transient
+failure before the COMMIT is sent (in ``fn``: SQLite busy past its timeout, a
+PostgreSQL connection that died) runs ``fn`` again on a fresh connection; a failure
+during the COMMIT itself is not retried, because it may have landed. The store works
+with SQLAlchemy Core connections only: no ORM session, nothing of ``sqlalchemy.orm``
+imported (a read command's start-up is mostly imports; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -27,15 +28,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
-import structlog
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import Session
 
+from devflow import logs
 from devflow.errors import Code, DevflowError
 
 T = TypeVar("T")
-log = structlog.get_logger("devflow.store")
+log = logs.get_logger("devflow.store")
 
 _SQLITE_BUSY: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _RETRIES: Final = 8
@@ -74,63 +74,73 @@ class Database:
         self.engine.dispose()
 
     @contextmanager
-    def session(self, *, write: bool = False) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            self._begin(session, write)
-            yield session
+    def connection(self, *, write: bool = False) -> Iterator[sa.Connection]:
+        """A connection in a transaction begun as ``write`` says (no retries, no commit:
+        for tests and tools that look at the transaction itself)."""
+        with self.engine.connect() as conn:
+            self._begin(conn, write)
+            yield conn
 
-    def _begin(self, session: Session, write: bool) -> None:
-        """Take the session's connection (so a failure to connect happens here)."""
+    def _begin(self, conn: sa.Connection, write: bool) -> None:
+        """Begin the transaction (so that a failure to connect or begin happens here)."""
         if self.is_sqlite:
-            session.connection(execution_options={"devflow_immediate": write})
+            conn.execution_options(devflow_immediate=write)
         elif not write:
             # Under READ COMMITTED each statement sees its own snapshot anyway, so a
             # read needs no transaction: no BEGIN and COMMIT round trips.
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            conn.execution_options(isolation_level="AUTOCOMMIT")
+        conn.begin()
 
-    def read(self, fn: Callable[[Session], T]) -> T:
+    def read(self, fn: Callable[[sa.Connection], T]) -> T:
         """Run ``fn`` in a read transaction (retried on transient errors)."""
         return self._run(fn, write=False)
 
-    def write(self, fn: Callable[[Session], T]) -> T:
+    def write(self, fn: Callable[[sa.Connection], T]) -> T:
         """Run ``fn`` in one write transaction and commit it."""
         return self._run(fn, write=True)
 
-    def _run(self, fn: Callable[[Session], T], *, write: bool) -> T:
+    def _run(self, fn: Callable[[sa.Connection], T], *, write: bool) -> T:
         delay = 0.05
         for attempt in range(_RETRIES):
-            with Session(self.engine, expire_on_commit=False) as session:
-                try:
-                    # connecting is inside: a server that refuses is retried like the rest
-                    self._begin(session, write)
-                    result = fn(session)
-                    # The writes are sent here, before COMMIT: a connection lost now
-                    # committed nothing, so the whole transaction may run again.
-                    session.flush()
-                except DBAPIError as exc:
-                    session.rollback()
-                    if attempt + 1 < _RETRIES and self._transient(exc):
-                        log.warning("database_retry", attempt=attempt + 1,
-                                    error=type(exc.orig).__name__)
-                        time.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                        continue
-                    raise self.translate(exc) from exc
-                except BaseException:
-                    session.rollback()
-                    raise
-                try:
-                    session.commit()
-                except DBAPIError as exc:
-                    # A read changed nothing: run it again. A write may or may not have
-                    # landed: never run it twice.
-                    if not write and attempt + 1 < _RETRIES and self._transient(exc):
-                        time.sleep(delay)
-                        delay = min(delay * 2, 2.0)
-                        continue
-                    raise self.translate(exc) from exc
-                return result
+            failed, result = self._attempt(fn, write, last=attempt + 1 == _RETRIES)
+            if failed is None:
+                return result  # type: ignore[return-value]  # set whenever nothing failed
+            log.warning("database_retry", attempt=attempt + 1, error=type(failed.orig).__name__)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, fn: Callable[[sa.Connection], T], write: bool,
+                 last: bool) -> tuple[DBAPIError | None, T | None]:
+        """One try of a transaction: (None, its result), or (the error, None) when it
+        failed in a way worth another try."""
+        conn: sa.Connection | None = None
+        try:
+            try:
+                # connecting is inside: a server that refuses is retried like the rest
+                conn = self.engine.connect()
+                self._begin(conn, write)
+                result = fn(conn)
+            except DBAPIError as exc:
+                _rollback(conn)
+                if not last and self._transient(exc):
+                    return exc, None
+                raise self.translate(exc) from exc
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.commit()
+            except DBAPIError as exc:
+                # A read changed nothing: run it again. A write may or may not have
+                # landed: never run it twice.
+                if not write and not last and self._transient(exc):
+                    return exc, None
+                raise self.translate(exc) from exc
+            return None, result
+        finally:
+            if conn is not None:
+                conn.close()
 
     def _transient(self, exc: DBAPIError) -> bool:
         if exc.connection_invalidated:
@@ -155,11 +165,11 @@ class Database:
         SQLite's immediate transaction already serializes."""
         return stmt if self.is_sqlite else stmt.with_for_update(of=of)
 
-    def serialize(self, session: Session, name: str) -> None:
+    def serialize(self, conn: sa.Connection, name: str) -> None:
         """Serialize transactions that use ``name`` (e.g. run starts) until the commit."""
         if not self.is_sqlite:
             key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big", signed=True)
-            session.connection().execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def _configure_sqlite(engine: sa.Engine, busy_timeout_ms: int) -> None:
@@ -178,6 +188,16 @@ def _configure_sqlite(engine: sa.Engine, busy_timeout_ms: int) -> None:
     def _on_begin(conn: sa.Connection) -> None:
         immediate = conn.get_execution_options().get("devflow_immediate", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _rollback(conn: sa.Connection | None) -> None:
+    """Roll back what the transaction did; a connection that died is simply let go."""
+    if conn is None:
+        return
+    try:
+        conn.rollback()
+    except DBAPIError:
+        conn.invalidate()
 
 
 def constraint_name(exc: DBAPIError) -> str | None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
 
 from devflow import model
 from devflow.store import rows
 from devflow.store.database import Database
 from devflow.store.records import EVENT
-from devflow.store.tables import EventRow
 
 
 class Events:
@@ -17,14 +15,12 @@ class Events:
         self.db = db
 
     def after(self, run_id: str, seq: int = 0, limit: int = 1000) -> list[model.Event]:
-        def tx(session: Session) -> list[model.Event]:
-            query = (select(EventRow).where(EventRow.run_id == run_id, EventRow.seq > seq)
-                     .order_by(col(EventRow.seq)).limit(limit))
-            return [rows.event(e) for e in session.exec(query)]
-        return self.db.read(tx)
+        query = (sa.select(EVENT).where(EVENT.c.run_id == run_id, EVENT.c.seq > seq)
+                 .order_by(EVENT.c.seq).limit(limit))
+        return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
 
     def tail(self, run_id: str, count: int) -> list[model.Event]:
-        return self.db.read(lambda session: tail_in(session.connection(), run_id, count))
+        return self.db.read(lambda conn: tail_in(conn, run_id, count))
 
 
 def tail_in(conn: sa.Connection, run_id: str, count: int) -> list[model.Event]:

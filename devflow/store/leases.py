@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel import Session, col, select
+import sqlalchemy as sa
 
 from devflow import model, states
 from devflow.errors import LeaseLost
-from devflow.store import rows
+from devflow.store import records, rows
 from devflow.store.database import Database
-from devflow.store.tables import RunRow, WorkerRow
+from devflow.store.records import RUN, Record
+from devflow.store.tables import WORKER
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,103 +31,105 @@ class Leases:
     def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
         self.db = db
         self.clock = clock
+        self._lock_query = db.lock_run_query(records.by_id(RUN))
+
+    def _locked(self, conn: sa.Connection, run_id: str) -> Record | None:
+        row = conn.execute(self._lock_query, {"id": run_id}).first()
+        return Record(RUN, row._mapping) if row is not None else None
 
     def claim(self, run_id: str, owner: str, seconds: float) -> model.Lease | None:
         """Take the lease of one run if it is runnable and free; None otherwise."""
-        def tx(session: Session) -> model.Lease | None:
-            row = session.exec(self.db.lock_run_query(
-                select(RunRow).where(RunRow.id == run_id))).first()
+        def tx(conn: sa.Connection) -> model.Lease | None:
+            row = self._locked(conn, run_id)
             if row is None or row.state not in _RUNNABLE or row.lease_owner is not None:
                 return None
-            return _take(session, row, owner, self.clock() + timedelta(seconds=seconds))
+            return _take(conn, row, owner, self.clock() + timedelta(seconds=seconds))
         return self.db.write(tx)
 
     def claim_next(self, owner: str, seconds: float, limit: int,
                    exclude: frozenset[str] = frozenset()) -> list[Claimed]:
         """Take up to ``limit`` free runnable runs, oldest first, skipping locked ones."""
-        def tx(session: Session) -> list[Claimed]:
-            query = (select(RunRow).where(col(RunRow.state).in_(_RUNNABLE),
-                                          col(RunRow.lease_owner).is_(None))
-                     .order_by(col(RunRow.updated_at)).limit(limit + len(exclude)))
+        def tx(conn: sa.Connection) -> list[Claimed]:
+            query = (sa.select(RUN).where(RUN.c.state.in_(_RUNNABLE), RUN.c.lease_owner.is_(None))
+                     .order_by(RUN.c.updated_at).limit(limit + len(exclude)))
             if not self.db.is_sqlite:
                 query = query.with_for_update(skip_locked=True)
             expires = self.clock() + timedelta(seconds=seconds)
             claimed: list[Claimed] = []
-            for row in session.exec(query).all():
-                if row.id in exclude or len(claimed) >= limit:
+            for found in conn.execute(query).all():
+                if found.id in exclude or len(claimed) >= limit:
                     continue
-                claimed.append(Claimed(row.id, _take(session, row, owner, expires)))
+                row = Record(RUN, found._mapping)
+                claimed.append(Claimed(row.id, _take(conn, row, owner, expires)))
             return claimed
         return self.db.write(tx)
 
     def renew(self, run_id: str, lease: model.Lease, seconds: float) -> model.Run:
         """Extend a held lease; LeaseLost when it is no longer ours."""
-        def tx(session: Session) -> model.Run:
-            row = session.exec(self.db.lock_run_query(
-                select(RunRow).where(RunRow.id == run_id))).first()
+        def tx(conn: sa.Connection) -> model.Run:
+            row = self._locked(conn, run_id)
             now = self.clock()
             if (row is None or row.lease_owner != lease.owner or row.lease_fence != lease.fence
                     or row.lease_expires_at is None or row.lease_expires_at <= now):
                 raise LeaseLost(run_id)
-            row.lease_expires_at = now + timedelta(seconds=seconds)
-            session.add(row)
+            row.set({"lease_expires_at": now + timedelta(seconds=seconds)})
+            row.write(conn)
             return rows.run(row)
         return self.db.write(tx)
 
     def release(self, run_id: str, lease: model.Lease) -> bool:
-        def tx(session: Session) -> bool:
-            row = session.exec(self.db.lock_run_query(
-                select(RunRow).where(RunRow.id == run_id))).first()
+        def tx(conn: sa.Connection) -> bool:
+            row = self._locked(conn, run_id)
             if row is None or row.lease_owner != lease.owner or row.lease_fence != lease.fence:
                 return False
-            row.lease_owner, row.lease_expires_at = None, None
-            session.add(row)
+            row.set({"lease_owner": None, "lease_expires_at": None})
+            row.write(conn)
             return True
         return self.db.write(tx)
 
     def expired(self, limit: int = 500) -> list[str]:
         """Non-terminal runs whose lease ran out: their driver is gone."""
-        def tx(session: Session) -> list[str]:
-            query = (select(RunRow.id).where(col(RunRow.lease_expires_at) < self.clock(),
-                                             col(RunRow.state).not_in(_TERMINAL))
-                     .order_by(col(RunRow.lease_expires_at)).limit(limit))
-            return list(session.exec(query))
+        def tx(conn: sa.Connection) -> list[str]:
+            query = (sa.select(RUN.c.id).where(RUN.c.lease_expires_at < self.clock(),
+                                               RUN.c.state.not_in(_TERMINAL))
+                     .order_by(RUN.c.lease_expires_at).limit(limit))
+            return list(conn.execute(query).scalars())
         return self.db.read(tx)
 
     # -- workers ---------------------------------------------------------------------------
     def register_worker(self, worker_id: str, name: str, host: str, pid: int,
                         concurrency: int) -> None:
-        def tx(session: Session) -> None:
+        def tx(conn: sa.Connection) -> None:
             now = self.clock()
-            session.merge(WorkerRow(id=worker_id, name=name, host=host, pid=pid, started_at=now,
-                                    heartbeat_at=now, concurrency=concurrency))
+            values = {"name": name, "host": host, "pid": pid, "started_at": now,
+                      "heartbeat_at": now, "stopped_at": None, "concurrency": concurrency}
+            updated = conn.execute(sa.update(WORKER).where(WORKER.c.id == worker_id)
+                                   .values(values))
+            if updated.rowcount == 0:
+                conn.execute(sa.insert(WORKER).values(id=worker_id, **values))
         self.db.write(tx)
 
     def worker_heartbeat(self, worker_id: str, *, stopped: bool = False) -> None:
-        def tx(session: Session) -> None:
-            row = session.get(WorkerRow, worker_id)
-            if row is not None:
-                row.heartbeat_at = self.clock()
-                if stopped:
-                    row.stopped_at = row.heartbeat_at
-                session.add(row)
+        def tx(conn: sa.Connection) -> None:
+            now = self.clock()
+            values = {"heartbeat_at": now, **({"stopped_at": now} if stopped else {})}
+            conn.execute(sa.update(WORKER).where(WORKER.c.id == worker_id).values(values))
         self.db.write(tx)
 
     def workers(self, *, include_stopped: bool = False) -> list[model.Worker]:
-        def tx(session: Session) -> list[model.Worker]:
-            query = select(WorkerRow)
-            if not include_stopped:
-                query = query.where(col(WorkerRow.stopped_at).is_(None))
-            return [rows.worker(w) for w in session.exec(query.order_by(col(WorkerRow.started_at)))]
-        return self.db.read(tx)
+        query = sa.select(WORKER)
+        if not include_stopped:
+            query = query.where(WORKER.c.stopped_at.is_(None))
+        query = query.order_by(WORKER.c.started_at)
+        return self.db.read(lambda conn: [rows.worker(w) for w in conn.execute(query)])
 
 
 _RUNNABLE = [str(s) for s in states.RUNNABLE]
 _TERMINAL = [str(s) for s in states.TERMINAL]
 
 
-def _take(session: Session, row: RunRow, owner: str, expires: datetime) -> model.Lease:
-    row.lease_owner, row.lease_expires_at = owner, expires
-    row.lease_fence += 1
-    session.add(row)
-    return model.Lease(owner=owner, fence=row.lease_fence)
+def _take(conn: sa.Connection, row: Record, owner: str, expires: datetime) -> model.Lease:
+    fence = row.lease_fence + 1
+    row.set({"lease_owner": owner, "lease_expires_at": expires, "lease_fence": fence})
+    row.write(conn)
+    return model.Lease(owner=owner, fence=fence)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import filelock
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
@@ -16,6 +16,7 @@ from devflow.store.migrations import HEAD
 HEAD_REVISION: Final = HEAD
 
 if TYPE_CHECKING:
+    import filelock
     from alembic.config import Config
 
 MIGRATIONS: Final = Path(__file__).resolve().parent / "migrations"
@@ -38,14 +39,27 @@ def head() -> str:
 
 
 def current(db: Database) -> str | None:
-    """The database's revision (None when it was never migrated)."""
+    """The database's revision (None when it was never migrated), in one query."""
     try:
         with db.engine.connect() as conn:
-            if not sa.inspect(conn).has_table("alembic_version"):
-                return None
-            return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            return conn.execute(_CURRENT).scalar()
     except DBAPIError as exc:
+        if _no_table(exc):
+            return None
         raise db.translate(exc) from exc
+
+
+_CURRENT: Final = sa.text("SELECT version_num FROM alembic_version")
+
+
+def _no_table(exc: DBAPIError) -> bool:
+    """Whether reading ``alembic_version`` failed because the table is not there: on
+    PostgreSQL its SQLSTATE says so (42P01, undefined_table); SQLite gives the generic
+    SQLITE_ERROR, which on this fixed, valid statement can only mean the same."""
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        return getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR
+    return getattr(orig, "sqlstate", None) == "42P01"
 
 
 def upgrade(db: Database, revision: str = "head") -> str | None:
@@ -71,6 +85,7 @@ def _upgrade(db: Database, revision: str) -> str | None:
 
 
 def _sqlite_lock(db: Database) -> filelock.FileLock:
+    import filelock  # noqa: PLC0415 - only to migrate
     path = sa.engine.make_url(db.url).database
     if not path or path == ":memory:":
         return filelock.FileLock("/tmp/devflow-memory-db.lock")  # noqa: S108 - tests only

@@ -12,33 +12,27 @@ each shape once per process.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import bindparam
-from sqlalchemy.dialects import postgresql
 
 from devflow.states import ApprovalState
 from devflow.store.tables import (
-    ApprovalRow,
-    ArtifactRow,
-    BindingRow,
-    DecisionRow,
-    EventRow,
-    InvocationRow,
-    PhaseRow,
-    RunRow,
+    APPROVAL,
+    ARTIFACT,
+    BINDING,
+    DECISION,
+    EVENT,
+    INVOCATION,
+    PHASE,
+    RUN,
 )
 
-RUN: sa.Table = RunRow.__table__  # type: ignore[attr-defined]
-PHASE: sa.Table = PhaseRow.__table__  # type: ignore[attr-defined]
-EVENT: sa.Table = EventRow.__table__  # type: ignore[attr-defined]
-INVOCATION: sa.Table = InvocationRow.__table__  # type: ignore[attr-defined]
-APPROVAL: sa.Table = ApprovalRow.__table__  # type: ignore[attr-defined]
-DECISION: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
-ARTIFACT: sa.Table = ArtifactRow.__table__  # type: ignore[attr-defined]
-BINDING: sa.Table = BindingRow.__table__  # type: ignore[attr-defined]
+__all__ = ["APPROVAL", "ARTIFACT", "BINDING", "DECISION", "EVENT", "INVOCATION", "PHASE", "RUN",
+           "Record"]
 
 _COLUMNS: dict[str, frozenset[str]] = {
     t.name: frozenset(t.c.keys())
@@ -111,7 +105,7 @@ def write_together(conn: sa.Connection, rows: Sequence[Record],
     for j, (_, values) in enumerate(inserts):
         params.update((f"i{j}_{c}", v) for c, v in values.items())
     if events:
-        params.update((f"ev_{c}", [e[c] for e in events]) for c in _EVENT_COLUMNS)
+        params.update((f"ev_{c}", [e[c] for e in events]) for c in _event_columns())
     if statement is not None:
         conn.execute(statement, params)
 
@@ -125,7 +119,7 @@ def _together(changed: Sequence[Record], inserts: Sequence[tuple[sa.Table, dict[
     parts += [sa.insert(table).values({c: bindparam(f"i{j}_{c}") for c in values})
               for j, (table, values) in enumerate(inserts)]
     if events:
-        return _INSERT_EVENT_ARRAYS.add_cte(*(u.cte(f"w{i}") for i, u in enumerate(parts)))
+        return _insert_event_arrays().add_cte(*(u.cte(f"w{i}") for i, u in enumerate(parts)))
     if not parts:
         return None
     *first, last = parts
@@ -142,10 +136,19 @@ def _unbounded(type_: Any) -> Any:
     return sa.Text() if text else type_
 
 
-_EVENT_COLUMNS = tuple(c.key for c in EVENT.c if c.key != "id")
-_INSERT_EVENT_ARRAYS = sa.insert(EVENT).from_select(_EVENT_COLUMNS, sa.select(*(
-    sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(_unbounded(EVENT.c[c].type))))
-    for c in _EVENT_COLUMNS)))
+def _event_columns() -> tuple[str, ...]:
+    return tuple(c.key for c in EVENT.c if c.key != "id")
+
+
+@functools.cache
+def _insert_event_arrays() -> sa.Insert:
+    """The new events as one array per column, unnested (PostgreSQL; built on first use,
+    so that a process on SQLite does not load the PostgreSQL dialect)."""
+    from sqlalchemy.dialects import postgresql  # noqa: PLC0415 - see the docstring
+    columns = _event_columns()
+    return sa.insert(EVENT).from_select(columns, sa.select(*(
+        sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(_unbounded(EVENT.c[c].type))))
+        for c in columns)))
 
 
 def columns(table: sa.Table, values: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:

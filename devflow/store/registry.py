@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session
+import sqlalchemy as sa
 
 from devflow.errors import Code, DevflowError
 from devflow.store.database import Database
-from devflow.store.tables import DefinitionRow
+from devflow.store.tables import DEFINITION
 
 _CONFLICT = {"template": Code.TEMPLATE_VERSION_CONFLICT, "persona": Code.PERSONA_VERSION_CONFLICT}
 
@@ -29,13 +29,15 @@ class Registry:
         if not new:
             return
 
-        def tx(session: Session) -> None:
-            self.db.serialize(session, "devflow-definitions")
+        def tx(conn: sa.Connection) -> None:
+            self.db.serialize(conn, "devflow-definitions")
             for kind, name, version, digest, body in new:
-                row = session.get(DefinitionRow, (kind, name, version))
+                row = conn.execute(_BY_KEY, {"kind": kind, "name": name,
+                                             "version": version}).first()
                 if row is None:
-                    session.add(DefinitionRow(kind=kind, name=name, version=version, hash=digest,
-                                              body=dict(body), registered_at=now))
+                    conn.execute(sa.insert(DEFINITION).values(
+                        kind=kind, name=name, version=version, hash=digest, body=dict(body),
+                        registered_at=now))
                 elif row.hash != digest:
                     raise DevflowError(
                         _CONFLICT[kind],
@@ -49,7 +51,12 @@ class Registry:
         self._stored.update(item[:4] for item in new)
 
     def registered(self, kind: str, name: str, version: str) -> str | None:
-        def tx(session: Session) -> str | None:
-            row = session.get(DefinitionRow, (kind, name, version))
-            return row.hash if row else None
+        def tx(conn: sa.Connection) -> str | None:
+            row = conn.execute(_BY_KEY, {"kind": kind, "name": name, "version": version}).first()
+            return str(row.hash) if row else None
         return self.db.read(tx)
+
+
+_BY_KEY = sa.select(DEFINITION.c.hash, DEFINITION.c.registered_at).where(
+    DEFINITION.c.kind == sa.bindparam("kind"), DEFINITION.c.name == sa.bindparam("name"),
+    DEFINITION.c.version == sa.bindparam("version"))

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
 
 from devflow import model, states
 from devflow.definitions import PhaseDef
@@ -20,9 +19,6 @@ from devflow.store.database import Database
 from devflow.store.events import tail_in
 from devflow.store.records import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN, Record
 from devflow.store.runtx import Redactor, RunTx
-from devflow.store.tables import (
-    RunRow,
-)
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -117,9 +113,9 @@ class Runs:
         trip less on PostgreSQL); with it, ``deciding``: ``fn`` may add a decision, whose
         id is then read with the lock where the database hands ids out.
         """
-        def tx(session: Session) -> T:
-            row, held, decision_id = self._locked(session, run_id, phase, deciding)
-            runtx = RunTx(session, row, self.clock(), self.redact, held, decision_id)
+        def tx(conn: sa.Connection) -> T:
+            row, held, decision_id = self._locked(conn, run_id, phase, deciding)
+            runtx = RunTx(conn, row, self.clock(), self.redact, held, decision_id)
             if lease is not None:
                 runtx.check_lease(lease)
             result = fn(runtx)
@@ -127,11 +123,10 @@ class Runs:
             return result
         return self.db.write(tx)
 
-    def _locked(self, session: Session, run_id: str, phase: str | None,
+    def _locked(self, conn: sa.Connection, run_id: str, phase: str | None,
                 deciding: bool = False) -> tuple[Record, Record | None, int | None]:
         """The locked run; its phase when asked; a new decision's id when deciding (and
         the database hands ids out)."""
-        conn = session.connection()
         if phase is not None:
             query = self._lock_for_decision if deciding else self._lock_with_phase
             row = conn.execute(query, {"id": run_id, "key": phase}).first()
@@ -149,9 +144,8 @@ class Runs:
     def create(self, new: NewRun, limits: Limits, *, lease_owner: str | None = None,
                lease_seconds: float = 60.0, ports: Ports | None = None) -> model.Run:
         """Insert the run, its bindings and phases, bound, within the concurrency limits."""
-        def tx(session: Session) -> model.Run:
-            self.db.serialize(session, "devflow-run-start")
-            conn = session.connection()
+        def tx(conn: sa.Connection) -> model.Run:
+            self.db.serialize(conn, "devflow-run-start")
             # one read for all the checks: a run of this id, and every active run
             found = conn.execute(_START_READ, {"id": new.id}).all()
             if any(r.id == new.id for r in found):
@@ -181,7 +175,7 @@ class Runs:
                     persona_version=b.persona_version, persona_hash=b.persona_hash,
                     persona_def=dict(b.persona_def), backend=b.backend,
                     backend_version=b.backend_version) for b in new.bindings])
-            runtx = RunTx(session, row, now, self.redact)
+            runtx = RunTx(conn, row, now, self.redact)
             runtx.event(model.NewEvent("run.created", payload={
                 "template": f"{new.template_name}@{new.template_version}",
                 "template_hash": new.template_hash, "repo": new.repo, "base": new.base,
@@ -196,26 +190,23 @@ class Runs:
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, run_id: str) -> model.Run:
-        def tx(session: Session) -> model.Run:
-            return rows.run(_run(session.connection(), run_id))
-        return self.db.read(tx)
+        return self.db.read(lambda conn: rows.run(_run(conn, run_id)))
 
     def find(self, *, states_in: Sequence[RunState] | None = None, repo: str | None = None,
              limit: int = 200) -> list[model.Run]:
-        def tx(session: Session) -> list[model.Run]:
+        def tx(conn: sa.Connection) -> list[model.Run]:
             query = sa.select(RUN)
             if states_in:
                 query = query.where(RUN.c.state.in_([str(s) for s in states_in]))
             if repo:
                 query = query.where(RUN.c.repo == repo)
             query = query.order_by(RUN.c.created_at.desc()).limit(limit)
-            return [rows.run(r) for r in session.connection().execute(query)]
+            return [rows.run(r) for r in conn.execute(query)]
         return self.db.read(tx)
 
     def snapshot(self, run_id: str) -> tuple[model.Run, list[model.Phase]]:
         """The run and its phases, read together on one connection."""
-        def tx(session: Session) -> tuple[model.Run, list[model.Phase]]:
-            conn = session.connection()
+        def tx(conn: sa.Connection) -> tuple[model.Run, list[model.Phase]]:
             row = conn.execute(records.by_id(RUN), {"id": run_id}).first()
             if row is None:
                 raise _not_found(run_id)
@@ -224,8 +215,7 @@ class Runs:
 
     def history(self, run_id: str, last_events: int = 200) -> History:
         """Everything a report tells of a run, read on one connection."""
-        def tx(session: Session) -> History:
-            conn = session.connection()
+        def tx(conn: sa.Connection) -> History:
             run = rows.run(_run(conn, run_id))
             return History(run, _phases(conn, run.id), _bindings(conn, run.id),
                            approvals_in(conn, run_id=run.id),
@@ -235,8 +225,7 @@ class Runs:
 
     def deciding(self, run_id: str, approval_id: int | None, token: str) -> Deciding:
         """What a decision on the run starts from, in one read."""
-        def tx(session: Session) -> Deciding:
-            conn = session.connection()
+        def tx(conn: sa.Connection) -> Deciding:
             if approval_id is not None:
                 run = rows.run(_run(conn, run_id))
                 row = conn.execute(records.by_id(APPROVAL), {"id": approval_id}).first()
@@ -263,28 +252,26 @@ class Runs:
         return self.db.read(tx)
 
     def phases(self, run_id: str) -> list[model.Phase]:
-        return self.db.read(lambda session: _phases(session.connection(), run_id))
+        return self.db.read(lambda conn: _phases(conn, run_id))
 
     def bindings(self, run_id: str) -> list[model.Binding]:
-        return self.db.read(lambda session: _bindings(session.connection(), run_id))
+        return self.db.read(lambda conn: _bindings(conn, run_id))
 
     def invocations(self, run_id: str) -> list[model.Invocation]:
-        return self.db.read(lambda session: _invocations(session.connection(), run_id))
+        return self.db.read(lambda conn: _invocations(conn, run_id))
 
     def artifacts(self, run_id: str) -> list[model.ArtifactRecord]:
-        def tx(session: Session) -> list[model.ArtifactRecord]:
-            found = session.connection().execute(
+        def tx(conn: sa.Connection) -> list[model.ArtifactRecord]:
+            found = conn.execute(
                 sa.select(ARTIFACT).where(ARTIFACT.c.run_id == run_id).order_by(ARTIFACT.c.id))
             return [rows.artifact(a) for a in found]
         return self.db.read(tx)
 
     def missing_reports(self, limit: int = 100) -> list[str]:
-        def tx(session: Session) -> list[str]:
-            terminal = [str(s) for s in states.TERMINAL]
-            query = select(RunRow.id).where(col(RunRow.state).in_(terminal),
-                                            col(RunRow.report_status).is_(None)).limit(limit)
-            return list(session.exec(query))
-        return self.db.read(tx)
+        terminal = [str(s) for s in states.TERMINAL]
+        query = sa.select(RUN.c.id).where(RUN.c.state.in_(terminal),
+                                          RUN.c.report_status.is_(None)).limit(limit)
+        return self.db.read(lambda conn: list(conn.execute(query).scalars()))
 
 
 _ACTIVE = frozenset(str(s) for s in states.ACTIVE)

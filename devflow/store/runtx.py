@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import Session
 
 from devflow import model, states
 from devflow.definitions import PhaseDef
@@ -34,10 +33,10 @@ Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
 
 
 class RunTx:
-    def __init__(self, session: Session, run: Record, now: datetime,
+    def __init__(self, conn: sa.Connection, run: Record, now: datetime,
                  redact: Redactor | None = None, phase: Record | None = None,
                  decision_id: int | None = None) -> None:
-        self.conn = session.connection()
+        self.conn = conn
         #: the last writes go as one statement where the database allows it
         self._together = self.conn.dialect.name == "postgresql"
         self._row = run

@@ -1,27 +1,30 @@
 """The tables, one per concept of DESIGN.md §1, with the indexes the hot queries use.
 
-One schema for SQLite and PostgreSQL. Times are stored as UTC and come back aware;
-JSON columns hold definitions, payloads and evidence. Constraint and index names
-are fixed by a naming convention so that errors can be told apart by name and the
-migrations name the same things on both databases.
+One schema for SQLite and PostgreSQL, declared with SQLAlchemy Core: the store reads and
+writes with Core statements (``devflow.store.records``) and turns rows into the frozen
+values of ``devflow.model`` (``devflow.store.rows``), so nothing needs mapped classes,
+and a command that only reads imports no ORM (docs/performance.md, "Read commands").
+Times are stored as UTC and come back aware; JSON columns hold definitions, payloads
+and evidence. Constraint and index names are fixed by a naming convention so that
+errors can be told apart by name and the migrations name the same things on both
+databases. Column defaults are applied by SQLAlchemy on insert (none in the database).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
-from sqlmodel import Field, SQLModel
 
-SQLModel.metadata.naming_convention = {
+METADATA: Final = sa.MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
     "ck": "ck_%(table_name)s_%(constraint_name)s",
-}
+})
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -44,232 +47,156 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _json() -> Any:
-    return Field(default_factory=dict, sa_type=sa.JSON)
+# -- column kinds: NOT NULL unless said, the way the schema has always been written -------
+def _str(name: str, length: int | None = None, *, null: bool = False, **kw: Any) -> sa.Column[Any]:
+    return sa.Column(name, sa.String(length), nullable=null, **kw)
 
 
-def _time(**kw: Any) -> Any:
-    return Field(sa_type=UTCDateTime, **kw)
+def _text(name: str, *, null: bool = False) -> sa.Column[Any]:
+    return sa.Column(name, sa.Text(), nullable=null)
 
 
-class DefinitionRow(SQLModel, table=True):
-    """A template or persona registered by a run that used it: name@version -> hash."""
-
-    __tablename__ = "definition"
-    kind: str = Field(primary_key=True, max_length=16)
-    name: str = Field(primary_key=True, max_length=64)
-    version: str = Field(primary_key=True, max_length=32)
-    hash: str = Field(max_length=64)
-    body: dict[str, Any] = _json()
-    registered_at: datetime = _time()
+def _int(name: str, default: int | None = None, *, null: bool = False) -> sa.Column[Any]:
+    return sa.Column(name, sa.Integer(), nullable=null, default=default)
 
 
-class RunRow(SQLModel, table=True):
-    __tablename__ = "run"
-    __table_args__ = (
-        sa.Index("ix_run_state", "state"),
-        sa.Index("ix_run_repo_base_state", "repo", "base", "state"),
-        sa.Index("ix_run_lease_expires_at", "lease_expires_at"),
-        sa.Index("ix_run_created_at", "created_at"),
-    )
-    id: str = Field(primary_key=True, max_length=64)
-    template_name: str = Field(max_length=64)
-    template_version: str = Field(max_length=32)
-    template_hash: str = Field(max_length=64)
-    template_def: dict[str, Any] = _json()
-    repo: str
-    base: str
-    base_sha: str | None = Field(default=None, max_length=64)
-    #: The last checkpoint devflow recorded on the run branch (the base at first):
-    #: an interrupted attempt's leftovers are reset to it.
-    checkpoint_sha: str | None = Field(default=None, max_length=64)
-    branch: str
-    workspace: str
-    worktree: str
-    host: str = Field(max_length=255)
-    state: str = Field(max_length=32)
-    paused_from: str | None = Field(default=None, max_length=32)
-    requirements: str = Field(sa_type=sa.Text)
-    objective: str | None = Field(default=None, sa_type=sa.Text)
-    options: dict[str, Any] = _json()
-    created_by: str = Field(max_length=255)
-    created_at: datetime = _time()
-    updated_at: datetime = _time()
-    ended_at: datetime | None = _time(default=None)
-    last_seq: int = 0
-    failure_code: str | None = Field(default=None, max_length=64)
-    failure_reason: str | None = Field(default=None, sa_type=sa.Text)
-    report_status: str | None = Field(default=None, max_length=16)
-    lease_owner: str | None = Field(default=None, max_length=255)
-    lease_expires_at: datetime | None = _time(default=None)
-    lease_fence: int = 0
-    recoveries: int = 0
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    port_base: int | None = None
+def _float(name: str, default: float | None = None, *, null: bool = False) -> sa.Column[Any]:
+    return sa.Column(name, sa.Float(), nullable=null, default=default)
 
 
-class BindingRow(SQLModel, table=True):
-    __tablename__ = "run_binding"
-    run_id: str = Field(primary_key=True, foreign_key="run.id", max_length=64)
-    role: str = Field(primary_key=True, max_length=64)
-    persona_name: str = Field(max_length=64)
-    persona_version: str = Field(max_length=32)
-    persona_hash: str = Field(max_length=64)
-    persona_def: dict[str, Any] = _json()
-    backend: str = Field(max_length=32)
-    backend_version: str | None = Field(default=None, max_length=255)
+def _json(name: str, default: type[dict[str, Any]] | type[list[Any]] = dict) -> sa.Column[Any]:
+    return sa.Column(name, sa.JSON(), nullable=False, default=default)
 
 
-class PhaseRow(SQLModel, table=True):
-    __tablename__ = "run_phase"
-    __table_args__ = (
-        sa.UniqueConstraint("run_id", "key"),
-        sa.UniqueConstraint("run_id", "position"),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(foreign_key="run.id", max_length=64)
-    position: int
-    key: str = Field(max_length=64)
-    origin: str = Field(max_length=16)
-    definition: dict[str, Any] = _json()
-    state: str = Field(max_length=32)
-    attempt: int = 0
-    repairs: int = 0
-    round: int = 0
-    artifact_sha: str | None = Field(default=None, max_length=64)
-    artifact_stored: str | None = None
-    checkpoint_sha: str | None = Field(default=None, max_length=64)
-    started_at: datetime | None = _time(default=None)
-    ended_at: datetime | None = _time(default=None)
-    failure_code: str | None = Field(default=None, max_length=64)
-    failure_reason: str | None = Field(default=None, sa_type=sa.Text)
-    feedback: dict[str, Any] = _json()
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
+def _time(name: str, *, null: bool = False) -> sa.Column[Any]:
+    return sa.Column(name, UTCDateTime(), nullable=null)
 
 
-class ArtifactRow(SQLModel, table=True):
-    __tablename__ = "artifact"
-    __table_args__ = (sa.UniqueConstraint("run_id", "phase_key", "attempt"),)
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(foreign_key="run.id", max_length=64)
-    phase_key: str = Field(max_length=64)
-    attempt: int
-    path: str
-    schema_id: str = Field(max_length=128)
-    sha256: str = Field(max_length=64)
-    size: int
-    stored_path: str
-    created_at: datetime = _time()
+def _id() -> sa.Column[Any]:
+    return sa.Column("id", sa.Integer(), primary_key=True)
 
 
-class ApprovalRow(SQLModel, table=True):
-    __tablename__ = "approval_request"
-    __table_args__ = (
-        sa.UniqueConstraint("run_id", "phase_key", "gate", "round"),
-        sa.Index("ix_approval_request_state_next_due_at", "state", "next_due_at"),
-        sa.Index("ix_approval_request_run_id", "run_id"),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(foreign_key="run.id", max_length=64)
-    phase_key: str = Field(max_length=64)
-    gate: str = Field(max_length=64)
-    round: int
-    state: str = Field(max_length=32)
-    message: str = Field(sa_type=sa.Text)
-    options: list[str] = Field(default_factory=list, sa_type=sa.JSON)
-    approvers: list[str] = Field(default_factory=list, sa_type=sa.JSON)
-    sections: str | None = None
-    artifact_path: str | None = None
-    artifact_sha: str | None = Field(default=None, max_length=64)
-    head_sha: str | None = Field(default=None, max_length=64)
-    tree_sha: str | None = Field(default=None, max_length=64)
-    opened_at: datetime = _time()
-    deadline: datetime | None = _time(default=None)
-    warned_at: datetime | None = _time(default=None)
-    escalation_applied: int = 0
-    #: when the sweep must next look at this request (warning, escalation step, deadline)
-    next_due_at: datetime | None = _time(default=None)
-    resolved_at: datetime | None = _time(default=None)
-    resolved_by: str | None = Field(default=None, max_length=255)
-    resolution: str | None = Field(default=None, max_length=32)
+def _run_id(*, key: bool = False) -> sa.Column[Any]:
+    return sa.Column("run_id", sa.String(64), sa.ForeignKey("run.id"), primary_key=key,
+                     nullable=False)
 
 
-class DecisionRow(SQLModel, table=True):
-    __tablename__ = "approval_decision"
-    __table_args__ = (sa.UniqueConstraint("approval_id", "client_token"),)
-    id: int | None = Field(default=None, primary_key=True)
-    approval_id: int = Field(foreign_key="approval_request.id")
-    client_token: str = Field(max_length=128)
-    action: str = Field(max_length=32)
-    actor: str = Field(max_length=255)
-    comment: str | None = Field(default=None, sa_type=sa.Text)
-    sections: dict[str, Any] = _json()
-    evidence: dict[str, Any] = _json()
-    outcome: dict[str, Any] = _json()
-    created_at: datetime = _time()
-    #: how the decision was authenticated: method, principal, id, attribution (access.py);
-    #: NULL for decisions recorded before it was kept
-    authentication: dict[str, Any] | None = Field(default=None, sa_type=sa.JSON)
+#: A template or persona registered by a run that used it: name@version -> hash.
+DEFINITION: Final = sa.Table(
+    "definition", METADATA,
+    _str("kind", 16, primary_key=True), _str("name", 64, primary_key=True),
+    _str("version", 32, primary_key=True), _str("hash", 64), _json("body"),
+    _time("registered_at"),
+)
 
+RUN: Final = sa.Table(
+    "run", METADATA,
+    _str("id", 64, primary_key=True), _str("template_name", 64), _str("template_version", 32),
+    _str("template_hash", 64), _json("template_def"), _str("repo"), _str("base"),
+    _str("base_sha", 64, null=True),
+    # The last checkpoint devflow recorded on the run branch (the base at first): an
+    # interrupted attempt's leftovers are reset to it.
+    _str("checkpoint_sha", 64, null=True),
+    _str("branch"), _str("workspace"), _str("worktree"), _str("host", 255), _str("state", 32),
+    _str("paused_from", 32, null=True), _text("requirements"), _text("objective", null=True),
+    _json("options"), _str("created_by", 255), _time("created_at"), _time("updated_at"),
+    _time("ended_at", null=True), _int("last_seq", 0), _str("failure_code", 64, null=True),
+    _text("failure_reason", null=True), _str("report_status", 16, null=True),
+    _str("lease_owner", 255, null=True), _time("lease_expires_at", null=True),
+    _int("lease_fence", 0), _int("recoveries", 0), _int("tokens_in", 0), _int("tokens_out", 0),
+    _float("cost_usd", 0.0), _int("port_base", null=True),
+    sa.Index("ix_run_state", "state"),
+    sa.Index("ix_run_repo_base_state", "repo", "base", "state"),
+    sa.Index("ix_run_lease_expires_at", "lease_expires_at"),
+    sa.Index("ix_run_created_at", "created_at"),
+)
 
-class EventRow(SQLModel, table=True):
-    __tablename__ = "run_event"
-    __table_args__ = (
-        sa.UniqueConstraint("run_id", "seq"),
-        sa.UniqueConstraint("idem_key"),
-    )
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(foreign_key="run.id", max_length=64)
-    seq: int
-    type: str = Field(max_length=64)
-    phase: str | None = Field(default=None, max_length=64)
-    payload: dict[str, Any] = _json()
-    ts: datetime = _time()
-    idem_key: str = Field(max_length=255)
+BINDING: Final = sa.Table(
+    "run_binding", METADATA,
+    _run_id(key=True), _str("role", 64, primary_key=True), _str("persona_name", 64),
+    _str("persona_version", 32), _str("persona_hash", 64), _json("persona_def"),
+    _str("backend", 32), _str("backend_version", 255, null=True),
+)
 
+PHASE: Final = sa.Table(
+    "run_phase", METADATA,
+    _id(), _run_id(), _int("position"), _str("key", 64), _str("origin", 16),
+    _json("definition"), _str("state", 32), _int("attempt", 0), _int("repairs", 0),
+    _int("round", 0), _str("artifact_sha", 64, null=True), _str("artifact_stored", null=True),
+    _str("checkpoint_sha", 64, null=True), _time("started_at", null=True),
+    _time("ended_at", null=True), _str("failure_code", 64, null=True),
+    _text("failure_reason", null=True), _json("feedback"), _int("tokens_in", 0),
+    _int("tokens_out", 0), _float("cost_usd", 0.0),
+    sa.UniqueConstraint("run_id", "key"),
+    sa.UniqueConstraint("run_id", "position"),
+)
 
-class InvocationRow(SQLModel, table=True):
-    __tablename__ = "agent_invocation"
-    __table_args__ = (sa.Index("ix_agent_invocation_run_id", "run_id"),)
-    id: int | None = Field(default=None, primary_key=True)
-    run_id: str = Field(foreign_key="run.id", max_length=64)
-    phase_key: str | None = Field(default=None, max_length=64)
-    attempt: int = 0
-    kind: str = Field(max_length=16)
-    backend: str = Field(max_length=32)
-    argv: list[str] = Field(default_factory=list, sa_type=sa.JSON)
-    host: str = Field(max_length=255)
-    pid: int | None = None
-    pgid: int | None = None
-    #: /proc/<pid>/stat field 22: PID reuse cannot make another process match it
-    process_start: int | None = Field(default=None, sa_type=sa.BigInteger)
-    started_at: datetime = _time()
-    ended_at: datetime | None = _time(default=None)
-    exit_code: int | None = None
-    signal: int | None = None
-    duration_ms: int | None = None
-    stdout_path: str | None = None
-    stderr_path: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    cost_usd: float | None = None
-    session_id: str | None = Field(default=None, max_length=255)
-    outcome: str | None = Field(default=None, max_length=32)
-    reason: str | None = Field(default=None, sa_type=sa.Text)
+ARTIFACT: Final = sa.Table(
+    "artifact", METADATA,
+    _id(), _run_id(), _str("phase_key", 64), _int("attempt"), _str("path"),
+    _str("schema_id", 128), _str("sha256", 64), _int("size"), _str("stored_path"),
+    _time("created_at"),
+    sa.UniqueConstraint("run_id", "phase_key", "attempt"),
+)
 
+APPROVAL: Final = sa.Table(
+    "approval_request", METADATA,
+    _id(), _run_id(), _str("phase_key", 64), _str("gate", 64), _int("round"),
+    _str("state", 32), _text("message"), _json("options", list), _json("approvers", list),
+    _str("sections", null=True), _str("artifact_path", null=True),
+    _str("artifact_sha", 64, null=True), _str("head_sha", 64, null=True),
+    _str("tree_sha", 64, null=True), _time("opened_at"), _time("deadline", null=True),
+    _time("warned_at", null=True), _int("escalation_applied", 0),
+    # when the sweep must next look at this request (warning, escalation step, deadline)
+    _time("next_due_at", null=True),
+    _time("resolved_at", null=True), _str("resolved_by", 255, null=True),
+    _str("resolution", 32, null=True),
+    sa.UniqueConstraint("run_id", "phase_key", "gate", "round"),
+    sa.Index("ix_approval_request_state_next_due_at", "state", "next_due_at"),
+    sa.Index("ix_approval_request_run_id", "run_id"),
+)
 
-class WorkerRow(SQLModel, table=True):
-    __tablename__ = "worker"
-    __table_args__ = (sa.Index("ix_worker_heartbeat_at", "heartbeat_at"),)
-    id: str = Field(primary_key=True, max_length=255)
-    name: str = Field(max_length=255)
-    host: str = Field(max_length=255)
-    pid: int
-    started_at: datetime = _time()
-    heartbeat_at: datetime = _time()
-    stopped_at: datetime | None = _time(default=None)
-    concurrency: int = 1
+DECISION: Final = sa.Table(
+    "approval_decision", METADATA,
+    _id(), sa.Column("approval_id", sa.Integer(), sa.ForeignKey("approval_request.id"),
+                     nullable=False),
+    _str("client_token", 128), _str("action", 32), _str("actor", 255),
+    _text("comment", null=True), _json("sections"), _json("evidence"), _json("outcome"),
+    _time("created_at"),
+    # how the decision was authenticated: method, principal, id, attribution (access.py);
+    # NULL for decisions recorded before it was kept
+    sa.Column("authentication", sa.JSON(), nullable=True),
+    sa.UniqueConstraint("approval_id", "client_token"),
+)
+
+EVENT: Final = sa.Table(
+    "run_event", METADATA,
+    _id(), _run_id(), _int("seq"), _str("type", 64), _str("phase", 64, null=True),
+    _json("payload"), _time("ts"), _str("idem_key", 255),
+    sa.UniqueConstraint("run_id", "seq"),
+    sa.UniqueConstraint("idem_key"),
+)
+
+INVOCATION: Final = sa.Table(
+    "agent_invocation", METADATA,
+    _id(), _run_id(), _str("phase_key", 64, null=True), _int("attempt", 0), _str("kind", 16),
+    _str("backend", 32), _json("argv", list), _str("host", 255), _int("pid", null=True),
+    _int("pgid", null=True),
+    # /proc/<pid>/stat field 22: PID reuse cannot make another process match it
+    sa.Column("process_start", sa.BigInteger(), nullable=True),
+    _time("started_at"), _time("ended_at", null=True),
+    _int("exit_code", null=True), _int("signal", null=True), _int("duration_ms", null=True),
+    _str("stdout_path", null=True), _str("stderr_path", null=True),
+    _int("tokens_in", null=True), _int("tokens_out", null=True),
+    _float("cost_usd", null=True), _str("session_id", 255, null=True),
+    _str("outcome", 32, null=True), _text("reason", null=True),
+    sa.Index("ix_agent_invocation_run_id", "run_id"),
+)
+
+WORKER: Final = sa.Table(
+    "worker", METADATA,
+    _str("id", 255, primary_key=True), _str("name", 255), _str("host", 255), _int("pid"),
+    _time("started_at"), _time("heartbeat_at"), _time("stopped_at", null=True),
+    _int("concurrency", 1),
+    sa.Index("ix_worker_heartbeat_at", "heartbeat_at"),
+)

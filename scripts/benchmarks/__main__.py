@@ -2,8 +2,10 @@
 
 Every figure is the median of several runs, with min and max; ratios compare figures
 taken in the same run, so they hold on a noisy machine. Sections: start, engine,
-decide, throughput, scale, memory. `--quick` shrinks every section (a smoke test of
-the benchmark itself, not figures to quote).
+decide, throughput, scale, memory, cli (read commands and a decision as whole
+processes beside the interpreter's floors), gated (a two-step gated run with the real
+Claude Code against a fake model server: devflow's share of its wall time). `--quick`
+shrinks every section (a smoke test of the benchmark itself, not figures to quote).
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import time
 from pathlib import Path
 
 import anchors
+import cli
 import decisions
 import engine
+import gated
 import memory
 import scale
 import startup
@@ -28,7 +32,7 @@ from rich.table import Table
 
 from devflow.store import Database, migrate
 
-SECTIONS = ("start", "engine", "decide", "throughput", "scale", "memory")
+SECTIONS = ("start", "engine", "decide", "throughput", "scale", "memory", "cli", "gated")
 
 
 def main() -> int:
@@ -52,6 +56,7 @@ def main() -> int:
         anchors.cpu(report, "at the start")
         _ratios(report, root, templates, only, args.quick)
         _loads(report, root, templates, only, args.quick)
+        _processes(report, root, templates, only, args.quick)
         anchors.cpu(report, "at the end")
     elapsed = time.perf_counter() - started
     if args.json:
@@ -119,6 +124,19 @@ def _loads(report: Report, root: Path, templates: Path, only: set[str], q: bool)
         _say("memory")
         with pg_database() as url:
             memory.run(report, url, root / "memory", 10 if q else 50, templates)
+
+
+def _processes(report: Report, root: Path, templates: Path, only: set[str], q: bool) -> None:
+    """The sections that time whole devflow processes: cli, gated."""
+    if "cli" in only:
+        _say("cli")
+        url = f"sqlite:///{root / 'cli.db'}"
+        with pg_database() as pg_url:
+            cli.run(report, (("sqlite", url), ("postgresql", pg_url)), root, 3 if q else 15,
+                    templates)
+    if "gated" in only:
+        _say("gated")
+        gated.run(report, root / "gated", 1 if q else 5)
 
 
 def _prepare(url: str) -> None:

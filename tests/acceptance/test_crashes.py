@@ -750,8 +750,7 @@ def test_read_whose_connection_dies_midway_is_retried(pg_url: str) -> None:
     db = Database(pg_url)
     calls: list[int] = []
 
-    def read(session: Any) -> int:
-        conn = session.connection()
+    def read(conn: Any) -> int:
         pid = int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
         calls.append(pid)
         if len(calls) == 1:  # the connection dies between two statements of the read
@@ -773,7 +772,7 @@ def test_a_database_that_refuses_connections_is_a_database_error() -> None:
     try:
         for run in (db.read, db.write):
             with pytest.raises(DevflowError) as caught:
-                run(lambda session: session.connection().exec_driver_sql("SELECT 1"))
+                run(lambda conn: conn.exec_driver_sql("SELECT 1"))
             assert caught.value.code is Code.DATABASE_ERROR
     finally:
         db.dispose()
@@ -794,9 +793,8 @@ def test_connections_that_died_in_the_pool_are_replaced(pg_url: str) -> None:
         for pid in pids:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
 
-        def pid_of(session: Any) -> int:
-            return int(session.connection().exec_driver_sql("SELECT pg_backend_pid()")
-                       .scalar())
+        def pid_of(conn: Any) -> int:
+            return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar())
         assert db.read(pid_of) not in pids
         assert db.write(pid_of) not in pids
     finally:

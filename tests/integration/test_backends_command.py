@@ -244,6 +244,59 @@ def test_a_secret_given_to_the_agent_leaks_nowhere(
         assert stat.S_IMODE(log.stat().st_mode) == 0o600
 
 
+def test_a_bound_personas_secret_is_redacted_by_the_process_that_drives_on(
+        settings: Settings, repo: Path, tmp_path: Path, stub_dir: Path,
+        personas_dir: Path) -> None:
+    """The secrets to redact are those of the run's bindings, as stored when it started:
+    a later process (here: the one approving and driving the second phase) redacts them
+    though it loaded no persona, and though the persona's file has changed since."""
+    canary = "canary-41c9b2aa-bound-persona"
+    templates = tmp_path / "templates"
+    write_template(templates, "gated", """
+        name: gated
+        version: 1
+        roles: {implementer: {}, reviewer: {}}
+        gates: {ok: {message: Fine?}}
+        phases:
+          - key: implement
+            roles: [implementer]
+            artifact: {path: .devflow/implementation.json, schema: dev/implementation@1}
+            gates: [ok]
+          - key: review
+            roles: [reviewer]
+            artifact: {path: .devflow/review.json, schema: dev/review@1}
+        """)
+    binds = {role: stub_persona(personas_dir, f"stub-secret-{role}", role, stub_dir,
+                                argv=[sys.executable, "-I", STUB, "--token", canary],
+                                env_set={"MY_SERVICE_HANDLE": canary})
+             for role in ("implementer", "reviewer")}
+    app = _app(settings, personas_dir, templates)
+    try:
+        stub_artifacts(app, stub_dir)
+        view = app.start(StartRequest(repo=repo, base="main", template="gated@1",
+                                      actor="tester", requirements="x", binds=binds))
+        assert view.gate is not None, view.run.failure_reason
+    finally:
+        app.close()
+    for path in personas_dir.glob("*.yaml"):  # the files change: the canary is gone
+        path.write_text(path.read_text(encoding="utf-8").replace(canary, "changed-since"),
+                        encoding="utf-8")
+    later = _app(settings, personas_dir, templates)
+    try:
+        from devflow.approvals import DecisionRequest, new_token
+        later.decide(DecisionRequest(run_id=view.run.id, action="approve", actor="tester",
+                                     token=new_token()))
+        done, _ = later.drive(view.run.id)
+        assert done.run.state == "completed", done.run.failure_reason
+        argv = [list(i.argv) for i in later.store.runs.invocations(view.run.id)]
+    finally:
+        later.close()
+    assert len(argv) == 2 and all("[redacted]" in a for a in argv), argv
+    assert canary not in json.dumps(argv)
+    report = (Path(done.run.workspace) / "report.json").read_text(encoding="utf-8")
+    assert canary not in report
+
+
 # -- timeouts -----------------------------------------------------------------------------
 def test_persona_timeout_wins_over_the_phase_timeout(tmp_path: Path) -> None:
     persona = _persona("command", {"argv": ["agent"], "timeout": "90s"})

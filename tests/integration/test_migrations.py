@@ -13,18 +13,17 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlmodel import SQLModel
 
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
 from devflow.store import Database, Limits, Store, migrate
-from devflow.store import tables as _tables  # noqa: F401 - registers the tables
 from devflow.store.migrations import HEAD
+from devflow.store.tables import METADATA
 from tests.conftest import _pg_admin, pg_url_for
 from tests.integration.test_store_properties import new_run
 
 #: Every table of the models; DESIGN.md §1's concepts are among them.
-TABLES = set(SQLModel.metadata.tables)
+TABLES = set(METADATA.tables)
 assert {"definition", "run", "run_binding", "run_phase", "artifact", "approval_request",
         "approval_decision", "run_event", "agent_invocation", "worker"} <= TABLES
 
@@ -77,7 +76,7 @@ def _dispose_engines_in(exc: BaseException) -> None:
 def _diffs(db: Database) -> list[object]:
     with db.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        return list(compare_metadata(context, SQLModel.metadata))
+        return list(compare_metadata(context, METADATA))
 
 
 def _tables_of(db: Database) -> set[str]:
@@ -225,16 +224,14 @@ def test_sqlite_writes_begin_immediate(sqlite_url: str) -> None:
     path = sa.engine.make_url(sqlite_url).database
     assert path
     try:
-        with db.session(write=True) as session:
-            session.connection()  # the transaction has begun (BEGIN IMMEDIATE)
+        with db.connection(write=True):  # the transaction has begun (BEGIN IMMEDIATE)
             other = sqlite3.connect(path, timeout=0, isolation_level=None)
             try:
                 with pytest.raises(sqlite3.OperationalError, match="locked"):
                     other.execute("BEGIN IMMEDIATE")
             finally:
                 other.close()
-        with db.session(write=False) as session:
-            session.connection()  # a read transaction (BEGIN) leaves writers free
+        with db.connection(write=False):  # a read transaction (BEGIN) leaves writers free
             other = sqlite3.connect(path, timeout=0, isolation_level=None)
             try:
                 other.execute("BEGIN IMMEDIATE")

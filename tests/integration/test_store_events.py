@@ -13,14 +13,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session, select
 
 from devflow import model
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
 from devflow.store import Limits, RunTx, Store, records
-from devflow.store.tables import EventRow, PhaseRow, RunRow
+from devflow.store.tables import EVENT, PHASE, RUN
 from tests.conftest import _pg_admin, pg_url_for
 from tests.integration.test_store_properties import new_run
 
@@ -58,12 +57,12 @@ def _run(store: Store, catalog: Catalog, run_id: str) -> model.Run:
                              Limits(max_active_per_branch=100, max_concurrent_runs=100))
 
 
-def _count(store: Store, table: type, **where: object) -> int:
-    def tx(session: Session) -> int:
+def _count(store: Store, table: sa.Table, **where: object) -> int:
+    def tx(conn: sa.Connection) -> int:
         query = sa.select(sa.func.count()).select_from(table)
         for name, value in where.items():
-            query = query.where(getattr(table, name) == value)
-        return int(session.execute(query).scalar_one())
+            query = query.where(table.c[name] == value)
+        return int(conn.execute(query).scalar_one())
     return store.db.read(tx)
 
 
@@ -101,11 +100,11 @@ def test_an_existing_idempotency_key_returns_the_existing_event(store: Store,
     first = store.runs.change("ev-k", lambda tx: tx.event(
         model.NewEvent("approval.requested", "spec", {"round": 1}, key="ev-k:gate:1")))
     assert first.seq == 3
-    rows_before = _count(store, EventRow)
+    rows_before = _count(store, EVENT)
     again = store.runs.change("ev-k", lambda tx: tx.event(
         model.NewEvent("approval.requested", "spec", {"round": 99}, key="ev-k:gate:1")))
     assert (again.seq, dict(again.payload)) == (3, {"round": 1})
-    assert _count(store, EventRow) == rows_before
+    assert _count(store, EVENT) == rows_before
     assert store.runs.get("ev-k").last_seq == 3
     # within one transaction, too
     pair = store.runs.change("ev-k", lambda tx: (
@@ -119,39 +118,40 @@ def test_the_database_refuses_a_second_event_with_the_same_seq(store: Store,
                                                                catalog: Catalog) -> None:
     run = _run(store, catalog, "ev-dup")
 
-    def duplicate(session: Session) -> None:
-        session.add(EventRow(run_id="ev-dup", seq=2, type="x.dup", payload={},
-                             ts=run.created_at, idem_key="ev-dup:other"))
+    def duplicate(conn: sa.Connection) -> None:
+        conn.execute(sa.insert(EVENT).values(run_id="ev-dup", seq=2, type="x.dup", payload={},
+                                             ts=run.created_at, idem_key="ev-dup:other"))
 
     with pytest.raises(DevflowError) as caught:
         store.db.write(duplicate)
     assert caught.value.code is Code.DATABASE_ERROR
-    assert _count(store, EventRow, run_id="ev-dup") == 2
+    assert _count(store, EVENT, run_id="ev-dup") == 2
 
 
 def test_the_database_refuses_a_second_event_with_the_same_key(store: Store,
                                                                catalog: Catalog) -> None:
     run = _run(store, catalog, "ev-dupkey")
 
-    def duplicate(session: Session) -> None:
-        session.add(EventRow(run_id="ev-dupkey", seq=3, type="x.dup", payload={},
-                             ts=run.created_at, idem_key="ev-dupkey:1"))  # run.created's key
+    def duplicate(conn: sa.Connection) -> None:
+        conn.execute(sa.insert(EVENT).values(  # run.created's key
+            run_id="ev-dupkey", seq=3, type="x.dup", payload={}, ts=run.created_at,
+            idem_key="ev-dupkey:1"))
 
     with pytest.raises(DevflowError) as caught:
         store.db.write(duplicate)
     assert caught.value.code is Code.DATABASE_ERROR
-    assert _count(store, EventRow, run_id="ev-dupkey") == 2
+    assert _count(store, EVENT, run_id="ev-dupkey") == 2
 
 
 def test_foreign_keys_are_enforced(store: Store) -> None:
-    def orphan(session: Session) -> None:
-        session.add(PhaseRow(run_id="no-such-run", position=1, key="k", origin="template",
-                             definition={}, state="pending"))
+    def orphan(conn: sa.Connection) -> None:
+        conn.execute(sa.insert(PHASE).values(run_id="no-such-run", position=1, key="k",
+                                             origin="template", definition={}, state="pending"))
 
     with pytest.raises(DevflowError) as caught:
         store.db.write(orphan)
     assert caught.value.code is Code.DATABASE_ERROR
-    assert _count(store, PhaseRow, run_id="no-such-run") == 0
+    assert _count(store, PHASE, run_id="no-such-run") == 0
 
 
 def test_one_change_writes_every_row_it_changed_and_its_events_in_order(
@@ -349,7 +349,7 @@ def test_the_run_id_is_unique(store: Store, catalog: Catalog) -> None:
     with pytest.raises(DevflowError) as caught:
         _run(store, catalog, "twice")
     assert caught.value.code is Code.RUN_ID_EXISTS
-    assert _count(store, RunRow, id="twice") == 1
+    assert _count(store, RUN, id="twice") == 1
 
 
 def test_runs_are_found_by_state(store: Store, catalog: Catalog) -> None:
@@ -361,7 +361,7 @@ def test_runs_are_found_by_state(store: Store, catalog: Catalog) -> None:
     assert "st-2" in store.runs.missing_reports() and "st-1" not in store.runs.missing_reports()
     bound = {r.id for r in store.runs.find(states_in=[RunState.BOUND, RunState.EXECUTING])}
     assert "st-1" in bound and "st-2" not in bound
-    ids = set(store.db.read(lambda s: s.exec(select(RunRow.id)).all()))
+    ids = set(store.db.read(lambda conn: conn.execute(sa.select(RUN.c.id)).scalars().all()))
     assert {"st-1", "st-2"} <= ids
 
 

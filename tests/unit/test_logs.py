@@ -1,8 +1,11 @@
-"""Logging: structlog to stderr, JSON when not on a terminal or when asked, fields bound."""
+"""Logging: structlog to stderr, JSON when not on a terminal or when asked, fields bound;
+what the level drops costs no import."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -15,11 +18,12 @@ from devflow import logs
 def _restore_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+    logs._wanted, logs._configured, logs._threshold = None, False, 0
 
 
 def test_json_lines_carry_the_bound_fields(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("json", "info")
-    log = structlog.get_logger("devflow.test").bind(run_id="r-1", phase="spec", attempt=2)
+    log = logs.get_logger("devflow.test").bind(run_id="r-1", phase="spec", attempt=2)
     log.info("artifact_invalid", errors=3)
     log.debug("not_shown")
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
@@ -33,13 +37,13 @@ def test_json_lines_carry_the_bound_fields(capsys: pytest.CaptureFixture[str]) -
 
 def test_auto_is_json_when_stderr_is_not_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("auto", "warning")
-    structlog.get_logger().warning("lease_lost", run_id="r-2")
+    logs.get_logger().warning("lease_lost", run_id="r-2")
     assert json.loads(capsys.readouterr().err)["event"] == "lease_lost"
 
 
 def test_console_format_is_for_people(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("console", "warning")
-    structlog.get_logger().warning("lease_lost", run_id="r-3")
+    logs.get_logger().warning("lease_lost", run_id="r-3")
     err = capsys.readouterr().err
     assert "lease_lost" in err and "r-3" in err
     with pytest.raises(json.JSONDecodeError):
@@ -48,7 +52,16 @@ def test_console_format_is_for_people(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_the_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
     logs.configure("json", "warning")
-    structlog.get_logger().info("quiet")
-    structlog.get_logger().error("loud")
+    logs.get_logger().info("quiet")
+    logs.get_logger().error("loud")
     assert [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()] == [
         "loud"]
+
+
+def test_lines_below_the_level_load_nothing() -> None:
+    """A process that writes no line never imports structlog (nor rich, its console's)."""
+    code = ("import sys; from devflow import logs; logs.configure('console', 'warning'); "
+            "log = logs.get_logger('devflow.test').bind(run_id='r-4'); "
+            "log.info('quiet'); log.debug('quieter'); "
+            "assert 'structlog' not in sys.modules and 'rich' not in sys.modules, 'loaded'")
+    subprocess.run([sys.executable, "-c", code], check=True)

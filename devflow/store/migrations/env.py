@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlmodel import SQLModel
 
-from devflow.store import tables  # noqa: F401  (registers the tables on the metadata)
+from devflow.store import tables
 
 config = context.config
 connection = config.attributes.get("connection")
@@ -14,7 +13,7 @@ if connection is None:  # pragma: no cover - devflow always hands over a connect
 
 context.configure(
     connection=connection,
-    target_metadata=SQLModel.metadata,
+    target_metadata=tables.METADATA,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )
