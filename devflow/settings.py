@@ -168,7 +168,6 @@ def _names(value: Any) -> tuple[str, ...]:
 def _config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    import yaml  # noqa: PLC0415 - only when there is a file to read
     try:
         data = yamlsource.load_yaml(path).data or {}
     except DevflowError as exc:  # aliases, nesting and non-JSON values refused as for definitions

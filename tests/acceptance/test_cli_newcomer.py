@@ -309,7 +309,7 @@ def test_a_review_session_from_a_subdirectory(app: App, cli: Cli, repo: Path) ->
                                          check=0))["runs"]] == [run_id]
     events = cli("events", run_id, check=0).stdout
     bound = next(line for line in events.splitlines() if " run.bound " in line)
-    bindings = json.loads(bound.split("bindings=", 1)[1])
+    bindings, _ = json.JSONDecoder().raw_decode(bound.split("bindings=", 1)[1])
     assert bindings["planner"] == "scripted-planner@1"
     assert "{'" not in events  # no Python reprs
 

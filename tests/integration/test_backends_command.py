@@ -336,7 +336,7 @@ def test_persona_timeout_stops_the_agent_and_its_child(
                                       binds={"implementer": ref}))
         assert view.run.state == "failed"
         assert view.run.failure_code == "agent_timeout"
-        assert "time limit (2s)" in (view.run.failure_reason or "")
+        assert "time limit (2.0s)" in (view.run.failure_reason or "")
         assert (stub_dir / "calls" / "implement-1.child").exists()  # it had a child
         assert live_stubs(stub_dir) == []  # the child ended with its sandbox
     finally:

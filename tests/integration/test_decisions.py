@@ -613,6 +613,17 @@ def _drive_in_background(app: App, repo: Path, scenario: str) -> tuple[str, thre
     raise AssertionError("the agent did not start")
 
 
+def _group_gone(pgid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 @pytest.mark.slow
 def test_abort_while_an_agent_works_terminates_it_and_writes_the_report(gapp: App,
                                                                         repo: Path) -> None:
@@ -624,8 +635,9 @@ def test_abort_while_an_agent_works_terminates_it_and_writes_the_report(gapp: Ap
     driver.join(timeout=30)
     assert not driver.is_alive()
     assert time.monotonic() - began < 30  # not the agent's 60 s
-    with pytest.raises(ProcessLookupError):
-        os.killpg(invocation.pgid, 0)
+    # the sandbox's PID namespace dies with its outer bwrap: its processes are gone (and
+    # reaped) within moments, not at once
+    assert _group_gone(invocation.pgid, within=10.0)
     run = gapp.store.runs.get(run_id)
     assert run.state == "aborted" and run.report_status == "written"
     assert {p.key: str(p.state) for p in gapp.store.runs.phases(run_id)}["spec"] == "failed"

@@ -43,7 +43,9 @@ def _deep_then_valid_persona(directory: Path) -> str:
         """), encoding="utf-8")
     body = {"name": "deep-implementer", "version": 1, "roles": ["implementer"],
             "backend": "command", "prompt": "Writes deep JSON first.",
-            "options": {"argv": [sys.executable, "-I", str(agent), str(valid)]}}
+            "options": {"argv": [sys.executable, "-I", str(agent), str(valid)]},
+            # its script and the valid artifact it copies, read-only in its sandbox
+            "sandbox": {"read_only": [str(directory)]}}
     (directory / "deep-implementer.yaml").write_text(yaml.safe_dump(body), encoding="utf-8")
     return "deep-implementer@1"
 
