@@ -97,6 +97,8 @@ class SchemaRegistry:
         self.conflicts: dict[str, DevflowError] = {}
         self._validators: dict[str, jsonschema.protocols.Validator] = {}
         self._dangling: dict[str, list[Dangling]] = {}
+        #: where answers about these schemas are remembered between processes
+        self.memo: memos.Memo | None = None
 
     @functools.cached_property
     def _registry(self) -> referencing.Registry[Any]:
@@ -142,6 +144,7 @@ class SchemaRegistry:
                 files.setdefault(schema.id, schema)
         registry = cls(list(files.values()), broken)
         registry.conflicts = conflicts
+        registry.memo = memo
         return registry
 
     def _retrieve(self, uri: str) -> referencing.Resource[Any]:
@@ -179,7 +182,20 @@ class SchemaRegistry:
         the reference (after an agent ran)."""
         found = self._dangling.get(schema_id)
         if found is None:
-            found = self._dangling[schema_id] = self._find_dangling(schema_id)
+            found = self._dangling[schema_id] = self._remembered_dangling(schema_id)
+        return found
+
+    def _remembered_dangling(self, schema_id: str) -> list[Dangling]:
+        """``_find_dangling``, remembered for this set of schemas (its ``digest``): what
+        resolves depends on every schema here, nothing else."""
+        if self.memo is None:
+            return self._find_dangling(schema_id)
+        checked = memos.key("schema-dangling", self.digest, schema_id)
+        remembered = self.memo.get(checked)
+        if isinstance(remembered, list):
+            return [Dangling(*entry) for entry in remembered]
+        found = self._find_dangling(schema_id)
+        self.memo.put(checked, [[d.schema, d.ref, d.why] for d in found])
         return found
 
     def _find_dangling(self, schema_id: str) -> list[Dangling]:

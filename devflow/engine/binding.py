@@ -16,16 +16,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import structlog
-
-from devflow import backends, model
+from devflow import backends, logs, model
 from devflow.backends import sandbox
 from devflow.catalog import Catalog
 from devflow.definitions import Persona, Template
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
 
-log = structlog.get_logger("devflow.engine")
+log = logs.get_logger("devflow.engine")
 
 
 def bind(template: Template, catalog: Catalog,

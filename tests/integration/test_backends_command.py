@@ -256,7 +256,7 @@ def test_a_bound_personas_secret_is_redacted_by_the_process_that_drives_on(
         name: gated
         version: 1
         roles: {implementer: {}, reviewer: {}}
-        gates: {ok: {message: Fine?}}
+        gates: {ok: {message: "Fine?"}}
         phases:
           - key: implement
             roles: [implementer]
