@@ -20,6 +20,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from jsonpointer import resolve_pointer
+
 from devflow import access, artifacts, faults, model, transitions, worktree
 from devflow.definitions import GateDef, gate_of
 from devflow.errors import Code, DevflowError
@@ -248,10 +250,10 @@ def section_keys(tx: RunTx, approval: model.Approval) -> list[str]:
     phase = tx.phase(approval.phase_key)
     if not approval.sections or not phase.artifact_stored or not phase.artifact_sha:
         return []
-    value: Any = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
-    for part in approval.sections.strip("/").split("/"):
-        value = value.get(part.replace("~1", "/").replace("~0", "~"), []) \
-            if isinstance(value, dict) else []
+    stored = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
+    value = resolve_pointer(stored, approval.sections, [])
+    if not isinstance(value, list):
+        return []
     return [str(item["key"]) for item in value if isinstance(item, dict) and "key" in item]
 
 
