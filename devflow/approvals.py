@@ -23,12 +23,11 @@ from typing import Any, Final
 from jsonpointer import resolve_pointer
 
 from devflow import access, artifacts, faults, model, transitions, worktree
-from devflow.definitions import GateDef, gate_of
+from devflow.definitions import PHASE_PLAN_SCHEMA, GateDef, gate_of
 from devflow.errors import Code, DevflowError
 from devflow.states import ACTION_OUTCOME, TERMINAL, ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
 
-SYSTEM_ACTORS: Final = ("system:escalation", "system:timeout")
 SECTION_VERDICTS: Final = ("approve", "reject")
 
 
@@ -277,7 +276,7 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
     outcome: dict[str, Any] = {"action": req.action}
     rejected = [k for k, v in req.sections.items() if v == "reject"]
     is_plan = bool(phase.definition.artifact and
-                   phase.definition.artifact.schema == "dev/phase-plan@1")
+                   phase.definition.artifact.schema == PHASE_PLAN_SCHEMA)
     if req.action == "approve" and rejected and not is_plan:
         _changes(tx, req, phase, rejected)
     elif req.action == "approve":
