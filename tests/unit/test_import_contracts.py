@@ -6,7 +6,8 @@ forbidden module of each ``forbidden`` contract, a module outside each ``protect
 one importing it, a private module imported from outside its package, a lower layer
 importing a higher one); ``lint-imports`` then runs on the copy and must list each
 probe's import under the contract it breaks. A contract that could not be broken
-would be kept whatever the code did.
+would be kept whatever the code did. What import-linter cannot see, a private name
+(``_name``) of one part used in another, is checked here from the syntax tree.
 """
 
 from __future__ import annotations
@@ -126,3 +127,39 @@ def _broken_sections(text: str, names: list[str]) -> dict[str, str]:
                     for m in re.finditer(rf"^{re.escape(name)}\n-+\n", report, re.MULTILINE))
     return {name: report[start:(starts[i + 1][0] if i + 1 < len(starts) else len(report))]
             for i, (start, name) in enumerate(starts)}
+
+
+def _part(module: str) -> str:
+    """The part a module belongs to: its package below devflow, or itself."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_module_uses_another_parts_private_names() -> None:
+    """What import-linter cannot see: ``from devflow.x import _name`` or ``x._name`` in a
+    module of another part (a part: a package below devflow, or a top-level module)."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "devflow").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("devflow"):
+                for name in node.names:
+                    target = f"{node.module}.{name.name}"
+                    aliases[name.asname or name.name] = target
+                    if name.name.startswith("_") and _part(str(node.module)) != _part(module):
+                        found.append(f"{module}: from {node.module} import {name.name}")
+            elif isinstance(node, ast.Import):
+                for name in node.names:
+                    if name.name.startswith("devflow") and name.asname:
+                        aliases[name.asname] = name.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")
+                    and _part(aliases[node.value.id]) != _part(module)):
+                found.append(f"{module}: {node.value.id}.{node.attr}")
+    assert found == []
