@@ -204,6 +204,7 @@ class App:
               observer: Observer | None = None) -> RunView:
         from devflow.engine import start  # noqa: PLC0415 - see the module doc
         from devflow.engine.context import new_owner  # noqa: PLC0415 - as above
+        start.requirements_text(request)  # bad text changes nothing: no database opened
         ctx = self.context(observer)
         if detach:
             return self.view(start.start_detached(ctx, request, new_owner("cli")).id)
