@@ -26,7 +26,7 @@ from devflow.definitions import Template
 from devflow.engine import binding, finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
-from devflow.store import NewRun, Ports
+from devflow.store import NewRun, Ports, TickClaim
 
 RUN_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
 
@@ -48,6 +48,8 @@ class StartRequest:
     scenarios: Mapping[str, str] = field(default_factory=dict)
     max_cost: float | None = None
     requirements_source: str | None = None
+    #: the trigger's tick that starts this run (claimed with the run's insert)
+    tick: TickClaim | None = None
 
 
 def new_run_id(ctx: Context) -> str:
@@ -97,6 +99,9 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     options: dict[str, Any] = {"scenarios": dict(request.scenarios)}
     if request.max_cost is not None:
         options["max_cost"] = request.max_cost
+    if request.tick is not None:
+        options["trigger"] = {"name": request.tick.trigger,
+                              "scheduled_at": request.tick.scheduled_at.isoformat()}
     run = ctx.store.runs.create(NewRun(
         id=run_id, template_name=template.name, template_version=template.version,
         template_hash=template.hash, template_def=dict(template.definition), repo=str(repo),
@@ -104,7 +109,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
-        sandboxes={role: plan.label for role, plan in sandboxes.items()},
+        sandboxes={role: plan.label for role, plan in sandboxes.items()}, tick=request.tick,
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)

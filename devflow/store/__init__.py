@@ -18,8 +18,10 @@ from devflow.store.leases import Claimed, Leases
 from devflow.store.registry import Registry
 from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.triggers import TickClaim, Triggers
 
-__all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store"]
+__all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store",
+           "TickClaim"]
 
 
 class Store:
@@ -32,6 +34,7 @@ class Store:
         self.approvals = Approvals(db)
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
+        self.triggers = Triggers(db, clock)
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,

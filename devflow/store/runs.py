@@ -19,6 +19,7 @@ from devflow.store.database import Database
 from devflow.store.events import tail_in
 from devflow.store.records import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN, Record
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.triggers import TickClaim, claim_in
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -47,6 +48,8 @@ class NewRun:
     port_base: int | None = None
     #: role -> how its agent runs here (its sandbox, or why none), for ``run.bound``
     sandboxes: Mapping[str, str] = field(default_factory=dict)
+    #: the trigger's tick this run starts: claimed in the transaction that inserts it
+    tick: TickClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +149,8 @@ class Runs:
         """Insert the run, its bindings and phases, bound, within the concurrency limits."""
         def tx(conn: sa.Connection) -> model.Run:
             self.db.serialize(conn, "devflow-run-start")
+            if new.tick is not None:
+                claim_in(conn, new.tick, new.id, self.clock())
             # one read for all the checks: a run of this id, and every active run
             found = conn.execute(_START_READ, {"id": new.id}).all()
             if any(r.id == new.id for r in found):
