@@ -121,23 +121,20 @@ def _said(name: str, now: str, changed: bool, as_json: bool) -> None:
 Example:
   devflow triggers fire nightly --json | jq -r .run_id
 
-Exit 0 when the run started; 3 when the state of things refused it (another run
-active on the branch: it is tried again while its grace lasts), 2 when the trigger's
-definition no longer starts (a template, repository or persona gone).""")
+Exit 0 when the run started; otherwise the start's own error and exit code: 3 when the
+state of things refuses it for now (another run active on the branch: the tick is tried
+again while its grace lasts), 2 or 4 when the trigger no longer starts as defined.""")
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="The tick and its run.")
 @click.pass_obj
-def triggers_fire(state: State, name: str, as_json: bool) -> int:
+def triggers_fire(state: State, name: str, as_json: bool) -> None:
     """Start one run of the trigger now (detached: workers drive it)."""
     outcome = state.app.fire_trigger(name, state.app.settings.actor)
     if as_json:
         output.emit_json(outcome.to_json())
-    elif outcome.run_id:
+    else:
         click.echo(f"trigger {name}: run {outcome.run_id} started (workers drive it; "
                    f"`{output.program()} run status {outcome.run_id}`)")
-    else:
-        click.echo(f"trigger {name}: tick {outcome.outcome}: {outcome.reason}", err=True)
-    return {"started": 0, "deferred": 3, "taken": 3}.get(outcome.outcome, 2)
 
 
 @triggers.command("validate", epilog=f"""\b

@@ -13,7 +13,7 @@ grace has passed; refused as bad input (a template gone, a repository moved), it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ class Outcome:
     outcome: str  # started | missed | skipped | buffered | failed | deferred | taken
     run_id: str | None = None
     reason: str | None = None
+    #: why the start was refused (failed, deferred, taken)
+    error: DevflowError | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"trigger": self.trigger, "scheduled_at": self.scheduled_at.isoformat(),
@@ -83,9 +85,18 @@ def evaluate(ctx: Context, trigger: Trigger) -> list[Outcome]:
 
 def fire(ctx: Context, trigger: Trigger, actor: str) -> Outcome:
     """A tick of the trigger now, by hand, started at once (whether paused or not, whatever
-    its overlap policy: a person asked for it; the limits of runs still hold)."""
+    its overlap policy: a person asked for it; the limits of runs still hold). A refused
+    start is raised, as the start's own error, with what became of the tick."""
     tick = ctx.store.triggers.fire(trigger.name, actor, _claim_seconds(ctx))
-    return start_tick(ctx, trigger, tick)
+    outcome = start_tick(ctx, trigger, tick)
+    if outcome.error is None:
+        return outcome
+    exc = outcome.error
+    then = ("the tick stays pending and is tried again while its grace lasts"
+            if outcome.outcome == "deferred" else f"the tick is {outcome.outcome}")
+    raise DevflowError(exc.code, f"trigger {trigger.name}: no run started: {exc.message}",
+                       hint=f"{then}; {exc.hint}" if exc.hint else then,
+                       trigger=trigger.name, scheduled_at=tick.scheduled_at.isoformat())
 
 
 def start_tick(ctx: Context, trigger: Trigger, tick: ticks.Tick) -> Outcome:
@@ -101,11 +112,12 @@ def start_tick(ctx: Context, trigger: Trigger, tick: ticks.Tick) -> Outcome:
         run = start.start_detached(ctx, request, new_owner(f"trigger-{trigger.name}"))
     except DevflowError as exc:
         if exc.code is Code.TICK_TAKEN:
-            return Outcome(trigger.name, tick.scheduled_at, "taken", reason=exc.message)
+            return Outcome(trigger.name, tick.scheduled_at, "taken", reason=exc.message,
+                           error=exc)
         give_up = exc.kind is not Kind.CONFLICT
         ctx.store.triggers.release(claim, exc, give_up=give_up)
         return Outcome(trigger.name, tick.scheduled_at, "failed" if give_up else "deferred",
-                       reason=f"{exc.code}: {exc.message}")
+                       reason=f"{exc.code}: {exc.message}", error=exc)
     return Outcome(trigger.name, tick.scheduled_at, "started", run_id=run.id)
 
 

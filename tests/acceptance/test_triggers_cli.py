@@ -107,9 +107,8 @@ def test_list_show_pause_resume_and_fire(cli: Cli, triggers: Path) -> None:
     assert fired["run_id"] in human and "next tick" in human
 
     # a second fire meets the first run on the branch: refused for now, exit 3
-    refused = cli("triggers", "fire", "hourly", "--json", check=3)
-    assert as_json(refused)["outcome"] == "deferred"
-    assert "active_run_exists" in as_json(refused)["reason"]
+    refused = as_json(cli("triggers", "fire", "hourly", "--json", check=3))["error"]
+    assert refused["code"] == "active_run_exists" and "tried again" in refused["hint"]
     assert cli("triggers", "fire", "labelled", check=2).stderr.count("not served yet") == 1
     missing = cli("triggers", "fire", "hourli", "--json", check=4)
     assert as_json(missing)["error"]["code"] == "trigger_not_found"
