@@ -149,11 +149,15 @@ def due(trigger: Trigger, checked_until: datetime, now: datetime) -> list[dateti
 
 def anything_due(trigger: Trigger, state: TriggerState | None, open_ticks: list[Tick],
                  now: datetime) -> bool:
-    """Whether ``plan`` could decide anything: worth taking the trigger's lock for."""
-    if state is None or open_ticks:
+    """Whether ``plan`` could decide anything: worth taking the trigger's lock for (not a
+    pending tick another is starting now)."""
+    if state is None:
         return True
     if state.paused:
         return False
+    if any(t.state == BUFFERED or t.claimed_until is None or t.claimed_until <= now
+           for t in open_ticks):
+        return True
     first = next_tick(trigger, state.checked_until)
     return first is not None and due_at(trigger, first) <= now
 

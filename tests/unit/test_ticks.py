@@ -142,3 +142,15 @@ def test_cron_checks_say_what_is_wrong() -> None:
     assert "minute" in (cron.check("61 2 * * *") or "")
     assert cron.zone("Europe/Berlin") is not None
     assert cron.zone("Mars/Olympus") is None and cron.zone("../etc/passwd") is None
+
+
+def test_the_lock_is_taken_only_when_something_may_be_decided() -> None:
+    t, now = trigger(), T0 + timedelta(minutes=30)
+    assert ticks.anything_due(t, None, [], now)  # first sight: its state is made
+    assert not ticks.anything_due(t, state(), [], now)
+    assert ticks.anything_due(t, state(), [], T0 + timedelta(hours=1))
+    assert not ticks.anything_due(t, state(paused=True), [], T0 + timedelta(hours=5))
+    starting = tick(T0, ticks.PENDING, claimed_until=now + timedelta(minutes=1))
+    assert not ticks.anything_due(t, state(), [starting], now)  # another is starting it
+    assert ticks.anything_due(t, state(), [starting], now + timedelta(minutes=2))
+    assert ticks.anything_due(t, state(), [tick(T0, ticks.BUFFERED)], now)
