@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from devflow import logs, ticks, triggerdefs
+from devflow import faults, logs, ticks, triggerdefs
 from devflow.engine import start
 from devflow.engine.context import Context, new_owner
 from devflow.errors import Code, DevflowError, Kind
@@ -73,6 +73,7 @@ def evaluate(ctx: Context, trigger: Trigger) -> list[Outcome]:
         return ticks.plan(trigger, state, open_ticks, active, now)
 
     plan, to_start = ctx.store.triggers.evaluate(trigger.name, decide, _claim_seconds(ctx))
+    faults.point("tick_decided")
     outcomes = [Outcome(trigger.name, d.scheduled_at, d.state, reason=d.reason)
                 for d in plan.decided if d.state != ticks.PENDING]
     for tick in to_start:

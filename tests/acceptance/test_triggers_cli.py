@@ -117,13 +117,7 @@ def test_list_show_pause_resume_and_fire(cli: Cli, triggers: Path) -> None:
 
 def test_the_sweep_starts_the_latest_of_missed_ticks(cli: Cli, triggers: Path,
                                                      settings: Settings, home: Path) -> None:
-    # the trigger was first seen three hours ago (by a worker whose clock said so)
-    earlier = utcnow() - timedelta(hours=3)
-    app = App(settings.replace(home=home), clock=lambda: earlier)
-    try:
-        assert app.evaluate_triggers() == []
-    finally:
-        app.close()
+    _first_seen_hours_ago(settings, home, 3)
     swept = as_json(cli("sweep", "--json", check=0))["actions"]
     # three hourly ticks since: catchup latest starts one of them, the others were missed
     assert sorted(a["action"] for a in swept) == ["tick_missed", "tick_missed", "tick_started"]
@@ -134,3 +128,39 @@ def test_the_sweep_starts_the_latest_of_missed_ticks(cli: Cli, triggers: Path,
     assert [e["type"] for e in shown["events"]].count("tick.missed") == 2
     text = cli("sweep", "--dry-run", check=0).stdout
     assert "nothing to do" in text
+
+
+def _first_seen_hours_ago(settings: Settings, home: Path, hours: int) -> None:
+    """The trigger was first seen ``hours`` ago (by a worker whose clock said so)."""
+    earlier = utcnow() - timedelta(hours=hours)
+    app = App(settings.replace(home=home), clock=lambda: earlier)
+    try:
+        assert app.evaluate_triggers() == []
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("crash_at", ["tick_decided", "run_inserted"])
+def test_a_sweep_killed_while_starting_a_tick_neither_loses_nor_doubles_it(
+        cli: Cli, triggers: Path, settings: Settings, home: Path, tmp_path: Path,
+        crash_at: str) -> None:
+    _first_seen_hours_ago(settings, home, 3)
+    marker = tmp_path / "crashed"
+    killed = cli("sweep", "--json", env={"DEVFLOW_CRASH_AT": crash_at,
+                                         "DEVFLOW_CRASH_MARKER": str(marker)})
+    assert killed.returncode == -9 and marker.read_text().startswith(crash_at)
+    # a moment later, past the dead starter's claim, another evaluates the trigger
+    later = utcnow() + timedelta(minutes=3)
+    app = App(settings.replace(home=home), clock=lambda: later)
+    try:
+        outcomes = app.evaluate_triggers()
+        started = [t for t in app.store.triggers.recent_ticks("hourly")
+                   if t.state == "started"]
+        assert len(started) == 1 and len(app.runs()) == 1
+        if crash_at == "tick_decided":  # the pending tick is started now, once
+            assert [o.outcome for o in outcomes if o.outcome == "started"] == ["started"]
+        else:  # the run was inserted with its tick: nothing to start again
+            assert [o for o in outcomes if o.outcome == "started"] == []
+        assert app.trigger("hourly").counts.get("missed") == 2
+    finally:
+        app.close()
