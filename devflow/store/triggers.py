@@ -76,7 +76,7 @@ class Triggers:
             plan = decide(state, open_ticks, _active_runs(conn, name))
             claim = now + timedelta(seconds=claim_seconds)
             for decided in plan.decided:
-                _apply(conn, name, decided, now, claim)
+                _apply(conn, self._insert_tick(), name, decided, now, claim)
             if plan.checked_until != state.checked_until:
                 conn.execute(sa.update(TRIGGER_STATE).where(TRIGGER_STATE.c.name == name)
                              .values(checked_until=plan.checked_until, updated_at=now))
@@ -93,14 +93,25 @@ class Triggers:
         def tx(conn: sa.Connection) -> ticks.Tick:
             now = self.clock()
             self._locked_state(conn, name, now)
-            conn.execute(sa.insert(TRIGGER_TICK).values(
+            made = conn.execute(self._insert_tick().values(
                 trigger=name, scheduled_at=now, kind="fire", state=ticks.PENDING,
                 fired_by=actor, claimed_until=now + timedelta(seconds=claim_seconds),
-                created_at=now, updated_at=now))
+                created_at=now, updated_at=now)).first()
+            if made is None:
+                raise DevflowError(Code.TICK_TAKEN, f"trigger {name} has a tick at "
+                                   f"{now.isoformat()} already", hint="fire it again")
             _event(conn, name, "tick.fired", now, now, payload={"by": actor})
             return _tick(conn.execute(sa.select(TRIGGER_TICK).where(
                 TRIGGER_TICK.c.trigger == name, TRIGGER_TICK.c.scheduled_at == now)).one())
         return self.db.write(tx)
+
+    def _insert_tick(self) -> Any:
+        """An insert of a tick that does nothing when the tick exists (a fire at the very
+        time of a scheduled tick): the tick is decided once."""
+        insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(TRIGGER_TICK)
+        # RETURNING says whether a row was made (rowcount does not, on every driver)
+        return insert.on_conflict_do_nothing(
+            index_elements=["trigger", "scheduled_at"]).returning(TRIGGER_TICK.c.id)
 
     def _locked_state(self, conn: sa.Connection, name: str, now: datetime) -> ticks.TriggerState:
         """The trigger's state row, locked; made when the trigger is first seen (its ticks
@@ -200,14 +211,16 @@ def claim_in(conn: sa.Connection, claim: TickClaim, run_id: str,
         _event(conn, claim.trigger, "tick.started", claim.scheduled_at, now, run_id=run_id)
 
 
-def _apply(conn: sa.Connection, name: str, decided: ticks.Decided, now: datetime,
-           claim: datetime) -> None:
+def _apply(conn: sa.Connection, insert: Any, name: str, decided: ticks.Decided,
+           now: datetime, claim: datetime) -> None:
     claimed_until = claim if decided.state == ticks.PENDING else None
     if decided.new:
-        conn.execute(sa.insert(TRIGGER_TICK).values(
+        made = conn.execute(insert.values(
             trigger=name, scheduled_at=decided.scheduled_at, kind="schedule",
             state=decided.state, reason=decided.reason, claimed_until=claimed_until,
-            created_at=now, updated_at=now))
+            created_at=now, updated_at=now)).first()
+        if made is None:
+            return  # decided already (fired by hand at that very time)
     else:
         conn.execute(sa.update(TRIGGER_TICK).where(
             TRIGGER_TICK.c.trigger == name,

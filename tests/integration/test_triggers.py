@@ -306,6 +306,9 @@ def test_fire_starts_one_run_now_even_when_paused(
     tick = app.trigger(name).last
     assert tick is not None and (tick.kind, tick.fired_by, tick.run_id) == \
         ("fire", "alice", run.id)
+    with pytest.raises(DevflowError) as twice:  # the same instant: that tick exists
+        app.fire_trigger(name, "bob")
+    assert twice.value.code is Code.TICK_TAKEN and len(app.runs()) == 1
     with pytest.raises(DevflowError) as caught:
         app.fire_trigger("nope", "alice")
     assert caught.value.code is Code.TRIGGER_NOT_FOUND
