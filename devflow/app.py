@@ -28,13 +28,14 @@ from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, RunState
 
 if TYPE_CHECKING:
-    from devflow import access, approvals
+    from devflow import access, approvals, ticks
     from devflow import sweep as sweep_module
     from devflow.definitions import Persona, Problem, Template
-    from devflow.engine import control, worker
+    from devflow.engine import control, schedule, worker
     from devflow.engine.context import Context, Observer
     from devflow.requests import StartRequest, WorkerOptions
     from devflow.store import Store
+    from devflow.triggerdefs import Trigger
 
 T = TypeVar("T")
 
@@ -85,7 +86,10 @@ class App:
     @functools.cached_property
     def catalog(self) -> Catalog:
         s = self.settings
-        return Catalog(Dirs.with_builtins(s.templates_dirs, s.personas_dirs, s.schemas_dirs),
+        home_triggers = s.home / "triggers"
+        triggers = (*((home_triggers,) if home_triggers.is_dir() else ()), *s.triggers_dirs)
+        return Catalog(Dirs.with_builtins(s.templates_dirs, s.personas_dirs, s.schemas_dirs,
+                                          triggers),
                        check_persona_options=_check_options, memo=self.memo)
 
     @functools.cached_property
@@ -117,7 +121,7 @@ class App:
     def persona(self, ref: str) -> Persona:
         return self.catalog.persona(ref)
 
-    def check_definition(self, path: Path, kind: str) -> Template | Persona:
+    def check_definition(self, path: Path, kind: str) -> Template | Persona | Trigger:
         return self.catalog.check_file(path, kind)
 
     def check_document(self, schema_id: str, path: Path) -> list[Any]:
@@ -327,6 +331,47 @@ class App:
         return prune.prune(self.context(), older_than=older_than,
                            delete_branches=delete_branches, dry_run=dry_run)
 
+    # -- triggers --------------------------------------------------------------------------
+    def triggers(self) -> list[ticks.TriggerView]:
+        return [self.trigger(t.name, detail=False) for t in self.catalog.triggers()]
+
+    def trigger(self, name: str, *, detail: bool = True) -> ticks.TriggerView:
+        """A trigger with its state, last and next tick; with ``detail``, its recent ticks
+        (the runs it started, the ticks it missed) and events."""
+        from devflow import ticks  # noqa: PLC0415 - see the module doc
+        trigger = self.catalog.trigger(name)
+        store = self.store.triggers
+        state = store.states().get(name)
+        recent = store.recent_ticks(name, limit=50 if detail else 1)
+        now = (self._clock or model.utcnow)()
+        return ticks.TriggerView(
+            trigger, state, recent[0] if recent else None, ticks.next_due(trigger, state, now),
+            store.counts(name), recent if detail else [],
+            store.events(name) if detail else [])
+
+    def pause_trigger(self, name: str, actor: str, reason: str | None = None) -> bool:
+        """Pause: no tick of it starts until it is resumed; False when it was paused."""
+        trigger = self.catalog.trigger(name)
+        return self.store.triggers.set_paused(trigger.name, True, actor, reason)[1]
+
+    def resume_trigger(self, name: str, actor: str) -> bool:
+        """Resume: its ticks count from now (those of the pause are not missed)."""
+        trigger = self.catalog.trigger(name)
+        return self.store.triggers.set_paused(trigger.name, False, actor, None)[1]
+
+    def fire_trigger(self, name: str, actor: str) -> schedule.Outcome:
+        """Start one run of the trigger now (left to workers to drive)."""
+        from devflow.engine import schedule  # noqa: PLC0415 - see the module doc
+        trigger = self.catalog.trigger(name)
+        if not trigger.served:
+            raise _not_served(trigger.name)
+        return schedule.fire(self.context(), trigger, actor)
+
+    def evaluate_triggers(self) -> list[schedule.Outcome]:
+        """Evaluate every schedule trigger now, as a worker or the sweep does."""
+        from devflow.engine import schedule  # noqa: PLC0415 - see the module doc
+        return schedule.evaluate_all(self.context())
+
     # -- people ----------------------------------------------------------------------------
     # Who the caller is (``principal``) is the interface's to establish: the CLI's is the
     # OS account running it (the default); the HTTP API's will be its token's actor.
@@ -431,6 +476,12 @@ def _run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         return anyio.run(fn, *args)
     except BaseExceptionGroup as failed:
         raise single(failed) from None
+
+
+def _not_served(name: str) -> DevflowError:
+    return DevflowError(Code.INVALID_INPUT, f"trigger {name} is a webhook trigger: webhooks are "
+                        "not served yet", hint="schedule triggers can be fired; see "
+                        "docs/triggers.md")
 
 
 def _safe_url(url: str) -> str:

@@ -24,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from devflow import definitions, yamlsource
+from devflow import definitions, triggerdefs, yamlsource
 from devflow import memo as memos
 from devflow.definitions import Persona, Template
 from devflow.errors import Code, DevflowError
 from devflow.schemas import SchemaRegistry
+from devflow.triggerdefs import Trigger
 from devflow.yamlsource import Source
 
 BUILTIN_ROOT: Final = Path(__file__).resolve().parent.parent
@@ -41,13 +42,15 @@ class Dirs:
     templates: tuple[Path, ...]
     personas: tuple[Path, ...]
     schemas: tuple[Path, ...]
+    #: none are built in: a trigger names a repository of its own
+    triggers: tuple[Path, ...] = ()
 
     @classmethod
     def with_builtins(cls, templates: Iterable[Path] = (), personas: Iterable[Path] = (),
-                      schemas: Iterable[Path] = ()) -> Dirs:
+                      schemas: Iterable[Path] = (), triggers: Iterable[Path] = ()) -> Dirs:
         return cls(templates=(BUILTIN_ROOT / "templates", *templates),
                    personas=(BUILTIN_ROOT / "personas", *personas),
-                   schemas=(BUILTIN_ROOT / "schemas", *schemas))
+                   schemas=(BUILTIN_ROOT / "schemas", *schemas), triggers=tuple(triggers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,41 @@ class _Shelf(Generic[D]):
                            + f"known {self.kind}s: {known}", ref=ref)
 
 
+class _Triggers:
+    """Triggers by name: a name is one trigger (its ticks are keyed by it), so the same
+    name defined twice with different contents is a conflict, never an override."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Trigger] = {}
+        self.broken: list[Broken] = []
+        self.conflicts: dict[str, DevflowError] = {}
+
+    def add(self, item: Trigger) -> None:
+        earlier = self.items.get(item.name)
+        if earlier is not None and earlier.hash != item.hash:
+            error = DevflowError(Code.TRIGGER_CONFLICT, f"trigger {item.name} is defined twice "
+                                 f"with different contents: {earlier.source} and "
+                                 f"{item.source}", hint="rename one of them", ref=item.name)
+            self.conflicts[item.name] = error
+            raise error
+        self.items.setdefault(item.name, item)
+
+    def get(self, name: str) -> Trigger:
+        if name in self.conflicts:
+            raise self.conflicts[name]
+        if name in self.items:
+            return self.items[name]
+        broken = [b for b in self.broken if b.name == name]
+        if broken:
+            raise broken[0].error
+        known = ", ".join(sorted(self.items)) or "none"
+        close = difflib.get_close_matches(name, sorted(self.items), n=1)
+        raise DevflowError(Code.TRIGGER_NOT_FOUND, f"no trigger {name}",
+                           hint=(f"did you mean {close[0]}? " if close else "")
+                           + f"known triggers: {known} (trigger files go in "
+                             "$DEVFLOW_HOME/triggers or --triggers-dir)", ref=name)
+
+
 def _plain_json(data: Any) -> bool:
     """Whether ``data`` comes back the same through JSON (no dates, tuples or number keys,
     which YAML can give): only then can it be remembered, or stand for its JSON text."""
@@ -159,11 +197,12 @@ class Catalog:
         #: what was checked before, in this process (no file) or since the file was made
         self.memo = memo or memos.Memo(None)
         self._stored_personas: dict[str, Persona] = {}
-        for directory in (*dirs.templates, *dirs.personas, *dirs.schemas):
+        for directory in (*dirs.templates, *dirs.personas, *dirs.schemas, *dirs.triggers):
             if not directory.exists():
                 raise DevflowError(Code.FILE_NOT_FOUND, f"definition directory {directory} "
                                    f"does not exist", hint="check --templates-dir, "
-                                   "--personas-dir, --schemas-dir and DEVFLOW_*_DIR")
+                                   "--personas-dir, --schemas-dir, --triggers-dir and "
+                                   "DEVFLOW_*_DIR")
 
     @functools.cached_property
     def schemas(self) -> SchemaRegistry:
@@ -186,6 +225,24 @@ class Catalog:
                                         Code.PERSONA_NOT_FOUND)
         for path in _yaml_files(self.dirs.personas):
             _shelve(shelf, path, self.read, self.load_persona)
+        self.memo.save()
+        return shelf
+
+    @functools.cached_property
+    def _triggers(self) -> _Triggers:
+        shelf = _Triggers()
+        for path in _yaml_files(self.dirs.triggers):
+            source: Source | None = None
+            try:
+                source = self.read(path)
+                shelf.add(self.load_trigger(source))
+            except DevflowError as exc:
+                if exc.code is Code.TRIGGER_CONFLICT:
+                    continue  # recorded on the shelf against that name
+                data = source.data if source is not None else None
+                name = data.get("name") if isinstance(data, dict) else None
+                shelf.broken.append(Broken(path, exc, str(name) if name else path.stem,
+                                           "trigger"))
         self.memo.save()
         return shelf
 
@@ -220,6 +277,31 @@ class Catalog:
             self.memo.put(key, True)
         return persona
 
+    def load_trigger(self, source: Source) -> Trigger:
+        """A trigger, cross-checked against the templates and personas it names."""
+        trigger = triggerdefs.parse_trigger(source, self.schemas)
+        problems: list[definitions.Problem] = []
+        try:
+            template = self.template(trigger.template)
+        except DevflowError as exc:
+            problems.append(definitions.Problem(Code.DEFINITION_INVALID, ("template",),
+                                                exc.message))
+        else:
+            for role, persona in trigger.bindings.items():
+                if role not in template.roles:
+                    problems.append(definitions.Problem(
+                        Code.UNKNOWN_ROLE, ("bindings", role), f"{template.ref} has no role "
+                        f"{role!r} (roles: {', '.join(sorted(template.roles))})"))
+                    continue
+                try:
+                    self.persona(persona)
+                except DevflowError as exc:
+                    problems.append(definitions.Problem(Code.DEFINITION_INVALID,
+                                                        ("bindings", role), exc.message))
+        if problems:
+            raise definitions.DefinitionError(source, problems)
+        return trigger
+
     def _checked(self, kind: str, data: Any) -> str | None:
         """The key under which ``data`` passing its meta-schema (against these schemas)
         is remembered; None when ``data`` is not plain JSON (then it is always checked)."""
@@ -241,6 +323,12 @@ class Catalog:
     def templates(self) -> list[Template]:
         return self._templates.all()
 
+    def triggers(self) -> list[Trigger]:
+        return sorted(self._triggers.items.values(), key=lambda t: t.name)
+
+    def trigger(self, name: str) -> Trigger:
+        return self._triggers.get(name)
+
     def personas(self) -> list[Persona]:
         return self._personas.all()
 
@@ -254,11 +342,14 @@ class Catalog:
             return list(self._templates.broken)
         if kind == "persona":
             return list(self._personas.broken)
+        if kind == "trigger":
+            return list(self._triggers.broken)
         return [Broken(path, error, path.stem, "schema") for path, error in self.schemas.broken]
 
     def conflicts(self, kind: str | None = None) -> list[DevflowError]:
         """name@version defined twice with different contents (of one kind, if given)."""
         found = [*self._templates.conflicts.values()] if kind in (None, "template") else []
+        found += [*self._triggers.conflicts.values()] if kind == "trigger" else []
         return found + ([*self._personas.conflicts.values()] if kind in (None, "persona")
                         else [])
 
@@ -268,9 +359,13 @@ class Catalog:
     def persona(self, ref: str) -> Persona:
         return self._personas.get(ref)
 
-    def check_file(self, path: Path, kind: str) -> Template | Persona:
+    def check_file(self, path: Path, kind: str) -> Template | Persona | Trigger:
         """Load one file as ``kind`` and check it against what the catalog holds."""
         source = yamlsource.load_yaml(path)
+        if kind == "trigger":
+            trigger = self.load_trigger(source)
+            self._triggers.add(trigger)
+            return trigger
         if kind == "template":
             template = self.load_template(source)
             self._templates.add(template)

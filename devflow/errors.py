@@ -67,6 +67,7 @@ class Code(enum.StrEnum):
     APPROVAL_NOT_FOUND = "approval_not_found"
     FILE_NOT_FOUND = "file_not_found"
     BASE_BRANCH_NOT_FOUND = "base_branch_not_found"
+    TRIGGER_NOT_FOUND = "trigger_not_found"
     # conflicts
     TEMPLATE_VERSION_CONFLICT = "template_version_conflict"
     PERSONA_VERSION_CONFLICT = "persona_version_conflict"
@@ -82,6 +83,9 @@ class Code(enum.StrEnum):
     AMBIGUOUS_APPROVAL = "ambiguous_approval"
     NOT_AUTHORIZED = "not_authorized"
     DATABASE_NOT_MIGRATED = "database_not_migrated"
+    TRIGGER_CONFLICT = "trigger_conflict"
+    #: the tick was started (or decided) by another worker or sweep
+    TICK_TAKEN = "tick_taken"
     # failures
     GIT_FAILED = "git_failed"
     WORKTREE_FAILED = "worktree_failed"
@@ -118,14 +122,15 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
     **{c: Kind.NOT_FOUND for c in (
         Code.TEMPLATE_NOT_FOUND, Code.PERSONA_NOT_FOUND, Code.SCHEMA_NOT_FOUND,
         Code.RUN_NOT_FOUND, Code.APPROVAL_NOT_FOUND, Code.FILE_NOT_FOUND,
-        Code.BASE_BRANCH_NOT_FOUND,
+        Code.BASE_BRANCH_NOT_FOUND, Code.TRIGGER_NOT_FOUND,
     )},
     **{c: Kind.CONFLICT for c in (
         Code.TEMPLATE_VERSION_CONFLICT, Code.PERSONA_VERSION_CONFLICT,
         Code.SCHEMA_VERSION_CONFLICT, Code.ACTIVE_RUN_EXISTS, Code.RUN_ID_EXISTS,
         Code.ILLEGAL_TRANSITION, Code.LEASE_LOST, Code.RUN_BUSY, Code.APPROVAL_CONFLICT,
         Code.APPROVAL_STALE, Code.NO_PENDING_APPROVAL, Code.AMBIGUOUS_APPROVAL,
-        Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED,
+        Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED, Code.TRIGGER_CONFLICT,
+        Code.TICK_TAKEN,
     )},
 }
 

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class TickClaim:
+    """The tick of a schedule trigger a run being created starts: it must still be
+    ``pending`` when the run is inserted."""
+
+    trigger: str
+    scheduled_at: datetime
 
 
 @dataclass(frozen=True)
@@ -30,6 +40,8 @@ class StartRequest:
     scenarios: Mapping[str, str] = field(default_factory=dict)
     max_cost: float | None = None
     requirements_source: str | None = None
+    #: the trigger's tick that starts this run (claimed with the run's insert)
+    tick: TickClaim | None = None
 
 
 @dataclass(frozen=True)

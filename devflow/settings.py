@@ -7,6 +7,7 @@ then command-line options — each overriding the one before.
 | database_url | DEVFLOW_DATABASE_URL | sqlite:///$DEVFLOW_HOME/devflow.db |
 | workspace | DEVFLOW_WORKSPACE | $DEVFLOW_HOME/workspace |
 | templates_dirs, personas_dirs, schemas_dirs | DEVFLOW_TEMPLATES_DIR, … (path lists) | none |
+| triggers_dirs | DEVFLOW_TRIGGERS_DIR (a path list) | none; $DEVFLOW_HOME/triggers is read too |
 | max_active_per_branch | DEVFLOW_MAX_ACTIVE_PER_BRANCH | 1 |
 | max_concurrent_runs | DEVFLOW_MAX_CONCURRENT_RUNS | 50 |
 | artifact_max_bytes | DEVFLOW_ARTIFACT_MAX_BYTES | 5 MiB |
@@ -44,7 +45,7 @@ from devflow.errors import Code, DevflowError
 _INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_bytes",
                 "max_recoveries", "port_block")
 _DURATIONS: Final = ("agent_timeout", "lease_seconds")
-_DIRS: Final = ("templates_dirs", "personas_dirs", "schemas_dirs")
+_DIRS: Final = ("templates_dirs", "personas_dirs", "schemas_dirs", "triggers_dirs")
 _BOOLS: Final = ("allow_unsandboxed",)
 _TRUE: Final = ("1", "true", "yes", "on")
 _FALSE: Final = ("0", "false", "no", "off", "")
@@ -58,6 +59,7 @@ class Settings:
     templates_dirs: tuple[Path, ...] = ()
     personas_dirs: tuple[Path, ...] = ()
     schemas_dirs: tuple[Path, ...] = ()
+    triggers_dirs: tuple[Path, ...] = ()
     max_active_per_branch: int = 1
     max_concurrent_runs: int = 50
     artifact_max_bytes: int = 5 * 1024 * 1024

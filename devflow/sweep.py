@@ -10,6 +10,8 @@
    ``process_restart_unrecovered`` instead.
 2. Gates: warnings before deadlines, escalation steps, timeouts (``escalation.step_due``).
 3. Terminal runs without a report get one.
+4. Schedule triggers: due ticks are decided and started, missed ones recorded
+   (``devflow.engine.schedule``; not in a dry run).
 
 A run whose driver still heartbeats is never touched: its lease has not expired.
 Every change is re-checked under the run's lock, so sweeps may run beside workers
@@ -26,7 +28,7 @@ from typing import Any
 
 from devflow import artifacts, escalation, events, logs, model, states, transitions, worktree
 from devflow.backends import process
-from devflow.engine import context, finish, workspace
+from devflow.engine import context, finish, schedule, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
@@ -37,7 +39,7 @@ log = logs.get_logger("devflow.sweep")
 
 @dataclass(frozen=True)
 class Action:
-    run_id: str
+    run_id: str | None
     kind: str
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +73,11 @@ def sweep(ctx: Context, *, policy: str = "resume", max_recoveries: int | None = 
             result.actions.append(Action(run_id, "report_written", {"path": str(path)}))
         else:
             result.actions.append(Action(run_id, "report_missing"))
+    if not dry_run:
+        for tick in schedule.evaluate_all(ctx):
+            result.actions.append(Action(tick.run_id, f"tick_{tick.outcome}", {
+                "trigger": tick.trigger, "scheduled_at": tick.scheduled_at.isoformat(),
+                **({"reason": tick.reason} if tick.reason else {})}))
     return result
 
 

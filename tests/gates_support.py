@@ -19,7 +19,7 @@ from typing import Any
 
 from devflow.app import App, RunView
 from devflow.approvals import DecisionRequest, DecisionResult, new_token
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from tests.conftest import SCRIPTED
 
 #: Templates of these tests, by file name. Every gated phase is done by a scripted agent.

@@ -134,7 +134,7 @@ def sweep(state: State, policy: str, max_recoveries: int | None, dry_run: bool,
         click.echo("sweep: nothing to do")
     for action in result.actions:
         detail = output.pairs_text({k: v for k, v in action.detail.items() if k != "agents"})
-        click.echo(f"{action.run_id}  {action.kind}  {detail}".rstrip())
+        click.echo(f"{action.run_id or '-'}  {action.kind}  {detail}".rstrip())
         for agent in action.detail.get("agents") or ():
             click.echo(f"    agent pid {agent.get('pid')} ({agent.get('phase')}, attempt "
                        f"{agent.get('attempt')}): {agent.get('agent')}")

@@ -73,7 +73,8 @@ def _verdicts(valid: list[dict[str, Any]], invalid: list[dict[str, Any]], as_jso
         output.emit_json({"valid": valid, "invalid": invalid})
     else:
         for item in valid:
-            click.echo(f"ok       {item['ref']:<28} {item['file']}")
+            click.echo(f"ok       {item['ref']:<28} {item['file']}"
+                       + (f"  ({item['note']})" if item.get("note") else ""))
         for item in invalid:
             err = item["error"]
             click.secho(f"invalid  {item['file'] or ''}", fg="red", err=True)

@@ -90,6 +90,8 @@ NUMBER = click.IntRange(0, 2**31 - 1)
 @click.option("--templates-dir", multiple=True, type=_PATHS, help="Extra template directory.")
 @click.option("--personas-dir", multiple=True, type=_PATHS, help="Extra persona directory.")
 @click.option("--schemas-dir", multiple=True, type=_PATHS, help="Extra schema directory.")
+@click.option("--triggers-dir", multiple=True, type=_PATHS,
+              help="Trigger directory (besides $DEVFLOW_HOME/triggers).")
 @click.option("--log-format", type=click.Choice(["auto", "console", "json"]), default=None,
               help="Logs and progress on stderr: console text or JSON lines (default: console "
                    "on a terminal, else JSON).")
@@ -97,7 +99,8 @@ NUMBER = click.IntRange(0, 2**31 - 1)
 @click.version_option(package_name="devflow")
 @click.pass_context
 def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple[Path, ...],
-        schemas_dir: tuple[Path, ...], log_format: str | None, verbose: int) -> None:
+        schemas_dir: tuple[Path, ...], triggers_dir: tuple[Path, ...], log_format: str | None,
+        verbose: int) -> None:
     """devflow runs coding agents through reviewed, reproducible workflows.
 
     A run binds a template's roles to personas, works in its own git worktree,
@@ -111,6 +114,7 @@ def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple
         "templates_dirs": [str(p) for p in templates_dir] or None,
         "personas_dirs": [str(p) for p in personas_dir] or None,
         "schemas_dirs": [str(p) for p in schemas_dir] or None,
+        "triggers_dirs": [str(p) for p in triggers_dir] or None,
     }
     state = State(overrides, log_format, verbose)
     ctx.obj = state
@@ -118,8 +122,8 @@ def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple
 
 
 def _register() -> None:
-    from devflow.cli import admin, decisions, defs, runs
-    for module in (runs, decisions, defs, admin):
+    from devflow.cli import admin, decisions, defs, runs, triggers
+    for module in (runs, decisions, defs, triggers, admin):
         module.register(cli)
 
 

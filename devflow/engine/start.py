@@ -78,6 +78,9 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     options: dict[str, Any] = {"scenarios": dict(request.scenarios)}
     if request.max_cost is not None:
         options["max_cost"] = request.max_cost
+    if request.tick is not None:
+        options["trigger"] = {"name": request.tick.trigger,
+                              "scheduled_at": request.tick.scheduled_at.isoformat()}
     run = ctx.store.runs.create(NewRun(
         id=run_id, template_name=template.name, template_version=template.version,
         template_hash=template.hash, template_def=dict(template.definition), repo=str(repo),
@@ -85,7 +88,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
-        sandboxes={role: plan.label for role, plan in sandboxes.items()},
+        sandboxes={role: plan.label for role, plan in sandboxes.items()}, tick=request.tick,
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
     lease = model.Lease(owner=owner, fence=run.lease_fence)

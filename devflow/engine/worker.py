@@ -7,6 +7,9 @@ more and lets each drive end at its next step; after the grace period the drives
 still going are cancelled, which terminates their agents, records the interrupted
 attempts and releases the leases.
 
+Each look also evaluates the schedule triggers the worker sees (``devflow.engine.schedule``),
+so the runs their ticks start are claimed in the same look.
+
 A run started on another host is taken only when its repository is at the same path
 here and its run branch can be reached; its worktree is then re-created here.
 """
@@ -21,7 +24,7 @@ from pathlib import Path
 import anyio
 
 from devflow import logs, worktree
-from devflow.engine import drive
+from devflow.engine import drive, schedule
 from devflow.engine.context import Context, new_owner
 from devflow.errors import DevflowError
 from devflow.requests import WorkerOptions
@@ -52,6 +55,7 @@ async def work(ctx: Context, options: WorkerOptions, stop: anyio.Event) -> Stats
         group.start_soon(_relay, stop, wake)
         while not stop.is_set():
             claimed: list[Claimed] = []
+            await _ticks(ctx)
             free = options.concurrency - len(driving)
             if free > 0:
                 try:
@@ -128,6 +132,14 @@ async def _drive_one(ctx: Context, item: Claimed, scope: anyio.CancelScope, stop
     finally:
         driving.pop(item.run_id, None)
         wake.set()
+
+
+async def _ticks(ctx: Context) -> None:
+    """Evaluate the schedule triggers: a failure is logged and left to the next look."""
+    try:
+        await ctx.call(schedule.evaluate_all, ctx)
+    except Exception:
+        log.exception("trigger_evaluation_failed")
 
 
 async def _beat(ctx: Context, worker_id: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from devflow.model import utcnow
+from devflow.requests import TickClaim
 from devflow.store import migrate
 from devflow.store.approvals import Approvals
 from devflow.store.database import Database
@@ -18,8 +19,10 @@ from devflow.store.leases import Claimed, Leases
 from devflow.store.registry import Registry
 from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.triggers import Triggers
 
-__all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store"]
+__all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store",
+           "TickClaim"]
 
 
 class Store:
@@ -32,6 +35,7 @@ class Store:
         self.approvals = Approvals(db)
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
+        self.triggers = Triggers(db, clock)
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from devflow import events, model, states
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError
+from devflow.requests import TickClaim
 from devflow.states import RunState
 from devflow.store import records, rows
 from devflow.store.approvals import approval_not_found, approvals_in, decisions_in
@@ -19,6 +20,7 @@ from devflow.store.database import Database
 from devflow.store.events import tail_in
 from devflow.store.records import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN, Record
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.triggers import claim_in
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -47,6 +49,8 @@ class NewRun:
     port_base: int | None = None
     #: role -> how its agent runs here (its sandbox, or why none), for ``run.bound``
     sandboxes: Mapping[str, str] = field(default_factory=dict)
+    #: the trigger's tick this run starts: claimed in the transaction that inserts it
+    tick: TickClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,8 @@ class Runs:
         """Insert the run, its bindings and phases, bound, within the concurrency limits."""
         def tx(conn: sa.Connection) -> model.Run:
             self.db.serialize(conn, "devflow-run-start")
+            if new.tick is not None:
+                claim_in(conn, new.tick, new.id, self.clock())
             # one read for all the checks: a run of this id, and every active run
             found = conn.execute(_START_READ, {"id": new.id}).all()
             if any(r.id == new.id for r in found):

@@ -200,3 +200,34 @@ WORKER: Final = sa.Table(
     _int("concurrency", 1),
     sa.Index("ix_worker_heartbeat_at", "heartbeat_at"),
 )
+
+#: A trigger devflow has seen (docs/triggers.md): paused or not, and the last scheduled
+#: time it was evaluated up to. Its definition lives in its YAML file.
+TRIGGER_STATE: Final = sa.Table(
+    "trigger_state", METADATA,
+    _str("name", 48, primary_key=True), sa.Column("paused", sa.Boolean(), nullable=False),
+    _str("paused_by", 255, null=True), _time("paused_at", null=True),
+    _text("reason", null=True), _time("checked_until"), _time("created_at"),
+    _time("updated_at"),
+)
+
+#: One tick of a trigger, unique on (trigger, scheduled_at): decided once, and started
+#: (``run_id``) in the transaction that creates its run.
+TRIGGER_TICK: Final = sa.Table(
+    "trigger_tick", METADATA,
+    _id(), _str("trigger", 48), _time("scheduled_at"), _str("kind", 16), _str("state", 16),
+    _str("run_id", 64, null=True), _text("reason", null=True),
+    _str("fired_by", 255, null=True), _time("claimed_until", null=True),
+    _time("created_at"), _time("updated_at"),
+    sa.UniqueConstraint("trigger", "scheduled_at"),
+    sa.Index("ix_trigger_tick_trigger_state", "trigger", "state"),
+    sa.Index("ix_trigger_tick_run_id", "run_id"),
+)
+
+#: What happened to a trigger and its ticks, in order (missed ticks included).
+TRIGGER_EVENT: Final = sa.Table(
+    "trigger_event", METADATA,
+    _id(), _str("trigger", 48), _str("type", 64), _time("scheduled_at", null=True),
+    _str("run_id", 64, null=True), _json("payload"), _time("ts"),
+    sa.Index("ix_trigger_event_trigger_id", "trigger", "id"),
+)

@@ -18,7 +18,7 @@ import psycopg
 
 from devflow import git
 from devflow.app import App
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from devflow.store import Database, migrate
 

@@ -10,7 +10,7 @@ from common import Figure, Report, Stat, calls_timed, make_app, start_request, s
 from devflow import git, worktree
 from devflow.engine import start
 from devflow.engine.context import new_owner
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 
 
 def run(report: Report, url: str, root: Path, n: int, templates: Path) -> None:

@@ -67,7 +67,7 @@ def _command_of(args: tuple[str, ...]) -> str:
     """The command path an argv runs: ``run start`` of ``("run", "start", "--repo", ...)``."""
     words = [a for a in args if not a.startswith("-")]
     if words and words[0] in ("run", "approvals", "templates", "personas", "schemas", "db",
-                              "backends", "workers", "worktree"):
+                              "backends", "workers", "worktree", "triggers"):
         return " ".join(words[:2])
     return words[0] if words else ""
 
@@ -75,7 +75,7 @@ def _command_of(args: tuple[str, ...]) -> str:
 @pytest.mark.slow
 def test_every_command_exits_by_the_rule(app: App, forked: ForkedCli, repo: Path,
                                          settings: Settings, tmp_path: Path) -> None:
-    _branches(repo, "b1", "b2", "b3", "b4", "b5", "b6")
+    _branches(repo, "b1", "b2", "b3", "b4", "b5", "b6", "b7")
     gated = start(app, repo).run.id                                    # waits at spec_review
     doomed = start(app, repo, scenarios={"plan": "plan:0", "implement": "exit-1"},
                    base="b4").run.id                                   # fails once approved
@@ -208,6 +208,27 @@ def test_every_command_exits_by_the_rule(app: App, forked: ForkedCli, repo: Path
     case(2, "schemas", "check", "--schema", "dev/review@1", str(defs / "doc.json"))
     case(4, "schemas", "check", "--schema", "dev/review@1", str(defs / "none.json"), "--json")
     case(4, "schemas", "check", "--schema", "acme/none@1", str(defs / "doc.json"), "--json")
+    # -- triggers (from DEVFLOW_TRIGGERS_DIR)
+    triggers = tmp_path / "triggers"
+    triggers.mkdir()
+    (triggers / "hourly.yaml").write_text(
+        f"name: hourly\ntemplate: quick@1\nrepo: {repo}\nbase: b7\nrequirements: tidy up\n"
+        "bindings: {implementer: scripted-implementer, reviewer: scripted-reviewer}\n"
+        "schedule: {cron: '0 * * * *'}\n", encoding="utf-8")
+    with_triggers = {"DEVFLOW_TRIGGERS_DIR": str(triggers)}
+    case(0, "triggers", "list", env=with_triggers)
+    case(2, "triggers", "list", "--bogus", env=with_triggers)
+    case(0, "triggers", "show", "hourly", "--json", env=with_triggers)
+    case(4, "triggers", "show", "nope", "--json", env=with_triggers)
+    case(0, "triggers", "pause", "hourly", "--json", env=with_triggers)
+    case(4, "triggers", "pause", "nope", "--json", env=with_triggers)
+    case(0, "triggers", "resume", "hourly", "--json", env=with_triggers)
+    case(4, "triggers", "resume", "nope", "--json", env=with_triggers)
+    case(0, "triggers", "fire", "hourly", "--json", env=with_triggers)
+    case(3, "triggers", "fire", "hourly", "--json", env=with_triggers)   # its run is active
+    case(4, "triggers", "fire", "nope", "--json", env=with_triggers)
+    case(0, "triggers", "validate", env=with_triggers)
+    case(2, "triggers", "validate", str(defs / "broken.yaml"), "--json", env=with_triggers)
     # -- operators
     case(0, "db", "current")
     case(0, "db", "upgrade", "--json")

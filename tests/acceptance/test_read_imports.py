@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from devflow.app import App
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.conftest import SCRIPTED
 
 #: a read command never imports these
 NEVER = ("alembic", "mako", "jsonschema", "referencing", "devflow.backends", "devflow.engine",
-         "devflow.sweep", "sqlalchemy.orm", "sqlmodel", "pydantic", "filelock", "pathspec")
+         "devflow.sweep", "sqlalchemy.orm", "sqlmodel", "pydantic", "filelock", "pathspec",
+         "cronsim")
 #: nor, off a terminal, these
 QUIET = ("structlog", "rich")
 #: prints sys.modules' names (as JSON, to the file in $PROBE_OUT) when the command exits

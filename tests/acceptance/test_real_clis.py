@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from devflow.app import App, RunView
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.fakes import agents
 from tests.fakes.model_server import FakeModel

@@ -32,7 +32,7 @@ import yaml
 
 from devflow import access, git
 from devflow.app import App
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.conftest import as_json, make_repo
 from tests.gates_support import read_report, snapshot

@@ -17,7 +17,7 @@ import psutil
 from devflow import git
 from devflow.app import App, RunView
 from devflow.approvals import DecisionRequest, new_token
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.conftest import SCRIPTED
 

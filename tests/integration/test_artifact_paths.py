@@ -15,8 +15,8 @@ import pytest
 from devflow import artifacts, git
 from devflow.app import App
 from devflow.backends import samples
-from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError
+from devflow.requests import StartRequest
 from devflow.schemas import SchemaRegistry
 from devflow.settings import Settings
 from tests.conftest import make_repo

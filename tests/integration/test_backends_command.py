@@ -21,8 +21,8 @@ from devflow.backends import claude_code, codex
 from devflow.backends.base import BASE_ENV, Task
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import Persona
-from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.fakes.stubs import STUB, live_stubs, stub_artifacts, stub_calls, stub_persona
 from tests.integration.helpers import requirements_file, write_template

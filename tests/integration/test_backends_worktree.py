@@ -11,7 +11,7 @@ from pathlib import Path
 
 from devflow import git
 from devflow.app import App
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.conftest import make_repo
 from tests.fakes.stubs import stub_artifacts, stub_calls, stub_persona

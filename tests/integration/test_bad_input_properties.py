@@ -27,8 +27,8 @@ from devflow.app import App
 from devflow.backends import samples
 from devflow.catalog import Catalog, Dirs
 from devflow.cli.main import main
-from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError
+from devflow.requests import StartRequest
 from devflow.schemas import SchemaFile, SchemaRegistry, load_schema_file
 from devflow.settings import Settings
 from tests.integration.helpers import QUICK_BINDS, branches

@@ -27,8 +27,8 @@ from sqlalchemy import event as sa_event
 from devflow import access, git, model
 from devflow.app import App
 from devflow.approvals import DecisionRequest, DecisionResult, new_token
-from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError, Kind
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.conftest import ROOT, make_repo
 from tests.gates_support import (

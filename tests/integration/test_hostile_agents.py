@@ -28,7 +28,7 @@ import yaml
 from devflow import git
 from devflow.app import App, RunView
 from devflow.backends import samples
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from devflow.states import RunState
 from tests.conftest import ROOT, make_repo

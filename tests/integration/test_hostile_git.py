@@ -21,7 +21,7 @@ import pytest
 
 from devflow import git, runtree, worktree
 from devflow.app import App
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.conftest import make_repo
 from tests.fakes import tamper_agent

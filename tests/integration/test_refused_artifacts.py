@@ -16,7 +16,7 @@ import yaml
 from devflow.app import App
 from devflow.backends import samples
 from devflow.catalog import Catalog, Dirs
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.integration.helpers import QUICK_BINDS, quick, report_of, subjects
 

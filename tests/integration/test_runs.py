@@ -18,8 +18,8 @@ import pytest
 from devflow import git, model
 from devflow.app import App, RunView
 from devflow.approvals import DecisionRequest, new_token
-from devflow.engine.start import StartRequest
 from devflow.errors import Code, DevflowError
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from tests.integration.helpers import (
     alive,

@@ -12,7 +12,7 @@ from devflow import git
 from devflow.app import App
 from devflow.approvals import DecisionRequest, new_token
 from devflow.backends import scripted
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from tests.conftest import SCRIPTED
 from tests.integration.helpers import quick
 

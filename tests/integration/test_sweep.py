@@ -16,7 +16,7 @@ from devflow import access, model
 from devflow.app import App
 from devflow.approvals import DecisionRequest, new_token
 from devflow.backends import process
-from devflow.engine.start import StartRequest
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from devflow.states import PhaseState, RunState
 from tests.conftest import SCRIPTED
