@@ -11,6 +11,12 @@ decision_recorded.
 - gate_opened (approvals.open_first_gate): inside the transaction that opens a gate,
   before its commit;
 - report_composed (report.write): report.md is in place, report.json not yet.
+
+``DEVFLOW_PAUSE_AT=name`` makes the process stop itself with SIGSTOP the first time it
+reaches the point ``name`` (after writing ``DEVFLOW_PAUSE_MARKER``, as above): the test
+that started it learns of it from ``waitpid(pid, WUNTRACED)``, with no sleep and no
+polling, acts on the frozen process (SIGKILL, or lets its lease run out) and may SIGCONT
+it. A process pauses once; reaching the point again does nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +25,20 @@ import os
 import signal
 from pathlib import Path
 
+_paused: set[str] = set()
+
 
 def point(name: str) -> None:
+    if os.environ.get("DEVFLOW_PAUSE_AT") == name and name not in _paused:
+        _paused.add(name)
+        _tell(os.environ.get("DEVFLOW_PAUSE_MARKER"), name)
+        os.kill(os.getpid(), signal.SIGSTOP)
     if os.environ.get("DEVFLOW_CRASH_AT") != name:
         return
-    marker = os.environ.get("DEVFLOW_CRASH_MARKER")
+    _tell(os.environ.get("DEVFLOW_CRASH_MARKER"), name)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tell(marker: str | None, name: str) -> None:
     if marker:
         Path(marker).write_text(f"{name} {os.getpid()}\n", encoding="utf-8")
-    os.kill(os.getpid(), signal.SIGKILL)
