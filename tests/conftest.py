@@ -271,9 +271,27 @@ SCRIPTED = {"planner": "scripted-planner", "implementer": "scripted-implementer"
             "reviewer": "scripted-reviewer"}
 
 
+@pytest.fixture(scope="session")
+def cli_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A process that imported devflow's CLI once and forks a child per command (see
+    tests/acceptance/cli_fork.py); None under ``DEVFLOW_TEST_CLI=spawn``."""
+    if os.environ.get("DEVFLOW_TEST_CLI") == "spawn":
+        yield None
+        return
+    from tests.acceptance.cli_fork import ForkedCli
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
+    with ForkedCli(env, tmp_path_factory.mktemp("cli-server")) as server:
+        yield server
+
+
 @pytest.fixture
-def cli(settings: Settings, home: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run the real ``devflow`` command as a subprocess against this test's database."""
+def cli(settings: Settings, home: Path,
+        cli_server: Any) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the real ``devflow`` command against this test's database, each in a process of
+    its own: a child forked from ``cli_server`` that runs the command's entry point with
+    the command's environment, directory, standard input and output files (0.3 s of CPU
+    less a command than a new interpreter importing devflow), or, with
+    ``DEVFLOW_TEST_CLI=spawn``, ``python -m devflow.cli.main`` as a new process."""
     def run(*args: str, input_text: str | None = None, env: dict[str, str] | None = None,
             timeout: float = 120, check: int | None = None) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
@@ -281,9 +299,15 @@ def cli(settings: Settings, home: Path) -> Callable[..., subprocess.CompletedPro
                          "DEVFLOW_WORKSPACE": str(settings.workspace), "DEVFLOW_ACTOR": "tester",
                          "DEVFLOW_LOG_FORMAT": "json"})
         full_env.update(env or {})
-        result = subprocess.run([sys.executable, "-m", "devflow.cli.main", *args],
-                                capture_output=True, text=True, input=input_text, env=full_env,
-                                timeout=timeout, check=False)
+        argv = [sys.executable, "-m", "devflow.cli.main", *args]
+        if cli_server is not None:
+            done = cli_server.run(*args, env=full_env, cwd=Path.cwd(), input_text=input_text,
+                                  timeout=timeout, replace_env=True)
+            result = subprocess.CompletedProcess(argv, done.returncode, done.stdout,
+                                                 done.stderr)
+        else:
+            result = subprocess.run(argv, capture_output=True, text=True, input=input_text,
+                                    env=full_env, timeout=timeout, check=False)
         if check is not None:
             assert result.returncode == check, (
                 f"devflow {' '.join(args)} exited {result.returncode}, wanted {check}\n"
