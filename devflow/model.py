@@ -6,7 +6,7 @@ database. ``to_json`` gives the stable shapes the CLI prints with ``--json``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -335,26 +335,15 @@ class Worker:
                 "stopped_at": iso(self.stopped_at), "concurrency": self.concurrency}
 
 
-#: the events ``worktree prune`` records: a run's worktree removed, its branch deleted
-WORKTREE_REMOVED = "worktree.removed"
-BRANCH_DELETED = "branch.deleted"
-
 
 @dataclass(frozen=True, slots=True)
 class Housekeeping:
     """What ``worktree prune`` did to an ended run: when it removed its worktree and when
-    it deleted its branch (None: not done), from the run's events."""
+    it deleted its branch (None: not done); ``events.housekeeping`` reads it from the
+    run's events."""
 
     worktree_pruned_at: datetime | None = None
     branch_deleted_at: datetime | None = None
-
-    @classmethod
-    def of(cls, events: Sequence[Event]) -> Housekeeping:
-        pruned = next((e.ts for e in events if e.type == WORKTREE_REMOVED), None)
-        # an older prune recorded a branch deleted with its worktree, in one event
-        deleted = next((e.ts for e in events if e.type == BRANCH_DELETED or (
-            e.type == WORKTREE_REMOVED and e.payload.get("branch_deleted") is True)), None)
-        return cls(pruned, deleted)
 
     def to_json(self) -> dict[str, Any]:
         return {"worktree_pruned_at": iso(self.worktree_pruned_at),

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devflow import model, report, worktree
+from devflow import events, model, report, worktree
 from devflow.engine.context import Context
 from devflow.errors import DevflowError
 from devflow.states import TERMINAL, RunState
@@ -62,7 +62,7 @@ def prune(ctx: Context, *, older_than: float | None = None, delete_branches: boo
     forced = {ctx.store.runs.get(run_id).id for run_id in force}  # run_not_found first
     now = ctx.clock()
     recorded: dict[str, list[model.Event]] = {}
-    for event in ctx.store.events.of_types([model.WORKTREE_REMOVED, model.BRANCH_DELETED]):
+    for event in ctx.store.events.of_types(events.HOUSEKEEPING_NAMES):
         recorded.setdefault(event.run_id, []).append(event)
     items = []
     for run in ctx.store.runs.find(states_in=sorted(TERMINAL), limit=1_000_000):
@@ -71,7 +71,7 @@ def prune(ctx: Context, *, older_than: float | None = None, delete_branches: boo
         if older_than is not None and (run.ended_at is None
                                        or (now - run.ended_at).total_seconds() < older_than):
             continue
-        item = _plan(ctx, run, model.Housekeeping.of(recorded.get(run.id, [])), delete_branches,
+        item = _plan(ctx, run, events.housekeeping(recorded.get(run.id, [])), delete_branches,
                      forced=run.id in forced)
         if item is None:
             continue
@@ -145,15 +145,16 @@ def _act(ctx: Context, item: Item) -> None:
     if not item.remove and not item.delete_branch:
         return
     ctx.change(run.id, functools.partial(_record, item=item))
-    recorded = ctx.store.events.of_types([model.WORKTREE_REMOVED, model.BRANCH_DELETED], run.id)
-    report.mark(Path(run.workspace), model.Housekeeping.of(recorded))
+    recorded = ctx.store.events.of_types(events.HOUSEKEEPING_NAMES, run.id)
+    report.mark(Path(run.workspace), events.housekeeping(recorded))
 
 
 def _record(tx: RunTx, item: Item) -> None:
     run = tx.run
     if item.remove:
-        tx.event(model.NewEvent(model.WORKTREE_REMOVED, payload={
-            "path": run.worktree, "bytes": item.bytes}, key=f"{run.id}:{model.WORKTREE_REMOVED}"))
+        tx.event(events.WORKTREE_REMOVED.new(payload={
+            "path": run.worktree, "bytes": item.bytes},
+            key=f"{run.id}:{events.WORKTREE_REMOVED.name}"))
     if item.delete_branch:
-        tx.event(model.NewEvent(model.BRANCH_DELETED, payload={"branch": run.branch},
-                                key=f"{run.id}:{model.BRANCH_DELETED}"))
+        tx.event(events.BRANCH_DELETED.new(payload={"branch": run.branch},
+                                           key=f"{run.id}:{events.BRANCH_DELETED.name}"))
