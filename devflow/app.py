@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import ModuleType
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from devflow import sweep as sweep_module
     from devflow.definitions import Persona, Problem, Template
     from devflow.engine import control, schedule, worker
+    from devflow.engine import prune as prune_module
     from devflow.engine.context import Context, Observer
     from devflow.requests import StartRequest, WorkerOptions
     from devflow.store import Store
@@ -47,9 +48,11 @@ class RunView:
     run: model.Run
     phases: list[model.Phase]
     gate: model.Approval | None
+    #: what ``worktree prune`` did to the run once it ended
+    housekeeping: model.Housekeeping = field(default_factory=model.Housekeeping)
 
     def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"run": {**self.run.to_json(),
+        body: dict[str, Any] = {"run": {**self.run.to_json(), **self.housekeeping.to_json(),
                                         "phases": [p.to_json() for p in self.phases]}}
         if self.gate is not None:
             body["gate"] = self.gate.gate_block()
@@ -239,7 +242,12 @@ class App:
         if run.state is RunState.AWAITING_APPROVAL:
             pending = self.store.approvals.find(pending=True, run_id=run.id)
             gate = pending[0] if pending else None
-        return RunView(run, self.store.runs.phases(run.id), gate)
+        housekeeping = model.Housekeeping()
+        if run.terminal:
+            from devflow import events  # noqa: PLC0415 - see the module doc
+            housekeeping = events.housekeeping(
+                self.store.events.of_types(events.HOUSEKEEPING_NAMES, run.id))
+        return RunView(run, self.store.runs.phases(run.id), gate, housekeeping)
 
     def bindings(self, run_id: str) -> list[model.Binding]:
         return self.store.runs.bindings(self.store.runs.get(run_id).id)
@@ -326,10 +334,10 @@ class App:
         return self.store.leases.workers(include_stopped=include_stopped)
 
     def prune(self, *, older_than: float | None = None, delete_branches: bool = False,
-              dry_run: bool = False) -> list[dict[str, Any]]:
+              dry_run: bool = False, force: Sequence[str] = ()) -> list[prune_module.Item]:
         from devflow.engine import prune  # noqa: PLC0415 - see the module doc
         return prune.prune(self.context(), older_than=older_than,
-                           delete_branches=delete_branches, dry_run=dry_run)
+                           delete_branches=delete_branches, dry_run=dry_run, force=force)
 
     # -- triggers --------------------------------------------------------------------------
     def triggers(self) -> list[ticks.TriggerView]:

@@ -16,7 +16,7 @@ without this module or spells an event's name as a string.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
@@ -300,9 +300,15 @@ WORKTREE_RESTORED: Final = _declare(
     Field("found", "array", "what had changed"),
     Field("sha", "string|null", "the commit it was put back to"), phase=True)
 WORKTREE_REMOVED: Final = _declare(
-    "worktree.removed", "`devflow worktree prune` removed the ended run's worktree.",
+    "worktree.removed", "`devflow worktree prune` removed the ended run's worktree (once: "
+    "a run with this event is not pruned again).",
     Field("path", "string", "the worktree"), Field("bytes", "integer", "its size"),
-    Field("branch_deleted", "boolean", "whether the run's branch was deleted too"))
+    Field("branch_deleted", "boolean", "whether the run's branch was deleted too; only in "
+          "events of a prune before `branch.deleted` existed", always=False))
+BRANCH_DELETED: Final = _declare(
+    "branch.deleted", "`devflow worktree prune --delete-branches` deleted the ended run's "
+    "branch (once).",
+    Field("branch", "string", "the branch"))
 CHECKPOINT_COMMITTED: Final = _declare(
     "checkpoint.committed", "The phase's work was committed on the run's branch.",
     _ATTEMPT, Field("sha", "string", "the commit"), phase=True)
@@ -317,6 +323,18 @@ REPORT_WRITTEN: Final = _declare(
     "report.written", "The run's final report was written.",
     Field("path", "string", "the report's JSON file (`report.md` beside it)"),
     Field("status", "string", "`written`, or `stub` when it could not be composed whole"))
+
+#: the events of what ``worktree prune`` did to an ended run
+HOUSEKEEPING_NAMES: Final = (WORKTREE_REMOVED.name, BRANCH_DELETED.name)
+
+
+def housekeeping(found: Sequence[model.Event]) -> model.Housekeeping:
+    """When prune removed the run's worktree and deleted its branch, from its events."""
+    pruned = next((e.ts for e in found if e.type == WORKTREE_REMOVED.name), None)
+    deleted = next((e.ts for e in found if e.type == BRANCH_DELETED.name or (
+        e.type == WORKTREE_REMOVED.name and e.payload.get("branch_deleted") is True)), None)
+    return model.Housekeeping(pruned, deleted)
+
 
 #: the event of a run's move to each terminal state
 ENDED: Final[Mapping[RunState, EventType]] = MappingProxyType({

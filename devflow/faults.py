@@ -13,6 +13,12 @@ decision_recorded, tick_decided.
 - report_composed (report.write): report.md is in place, report.json not yet;
 - tick_decided (engine/schedule.py): a trigger's due ticks are decided and committed, the
   pending ones' runs not started yet.
+
+``DEVFLOW_PAUSE_AT=name`` makes the process stop itself with SIGSTOP the first time it
+reaches the point ``name`` (after writing ``DEVFLOW_PAUSE_MARKER``, as above): the test
+that started it learns of it from ``waitpid(pid, WUNTRACED)``, with no sleep and no
+polling, acts on the frozen process (SIGKILL, or lets its lease run out) and may SIGCONT
+it. A process pauses once; reaching the point again does nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +27,20 @@ import os
 import signal
 from pathlib import Path
 
+_paused: set[str] = set()
+
 
 def point(name: str) -> None:
+    if os.environ.get("DEVFLOW_PAUSE_AT") == name and name not in _paused:
+        _paused.add(name)
+        _tell(os.environ.get("DEVFLOW_PAUSE_MARKER"), name)
+        os.kill(os.getpid(), signal.SIGSTOP)
     if os.environ.get("DEVFLOW_CRASH_AT") != name:
         return
-    marker = os.environ.get("DEVFLOW_CRASH_MARKER")
+    _tell(os.environ.get("DEVFLOW_CRASH_MARKER"), name)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tell(marker: str | None, name: str) -> None:
     if marker:
         Path(marker).write_text(f"{name} {os.getpid()}\n", encoding="utf-8")
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -333,3 +333,18 @@ class Worker:
         return {"id": self.id, "name": self.name, "host": self.host, "pid": self.pid,
                 "started_at": iso(self.started_at), "heartbeat_at": iso(self.heartbeat_at),
                 "stopped_at": iso(self.stopped_at), "concurrency": self.concurrency}
+
+
+
+@dataclass(frozen=True, slots=True)
+class Housekeeping:
+    """What ``worktree prune`` did to an ended run: when it removed its worktree and when
+    it deleted its branch (None: not done); ``events.housekeeping`` reads it from the
+    run's events."""
+
+    worktree_pruned_at: datetime | None = None
+    branch_deleted_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"worktree_pruned_at": iso(self.worktree_pruned_at),
+                "branch_deleted_at": iso(self.branch_deleted_at)}

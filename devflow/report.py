@@ -60,6 +60,7 @@ def compose(data: ReportData) -> dict[str, Any]:
             "recoveries": run.recoveries,
             "failure": ({"code": run.failure_code, "reason": run.failure_reason}
                         if run.failure_code else None),
+            **events.housekeeping(data.events).to_json(),
         },
         "phases": [{
             "key": p.key, "title": p.title, "role": p.definition.role, "origin": p.origin,
@@ -164,7 +165,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"| status | **{run['state']}** |", f"| template | {run.get('template')} |",
         f"| repository | `{run.get('repo')}` |",
         f"| base | `{run.get('base')}` ({(run.get('base_sha') or '')[:12]}) |",
-        f"| branch | `{run.get('branch')}` |",
+        f"| branch | `{run.get('branch')}`{_gone(run.get('branch_deleted_at'), 'deleted')} |",
+        f"| worktree | `{run.get('worktree')}`{_gone(run.get('worktree_pruned_at'), 'pruned')} |",
         f"| duration | {format_duration(duration) if duration is not None else '—'} |",
         f"| started by | {run.get('created_by')} |", "",
     ]
@@ -229,6 +231,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _gone(at: str | None, what: str) -> str:
+    return f" ({what} {at})" if at else ""
+
+
 def _refused_line(artifact: dict[str, Any] | None) -> list[str]:
     if artifact is None:
         return []
@@ -279,6 +285,23 @@ def write(directory: Path, report: dict[str, Any]) -> Path:
     target = directory / "report.json"
     _atomic(target, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return target
+
+
+def mark(directory: Path, housekeeping: model.Housekeeping) -> None:
+    """Say in the run's written report (JSON and Markdown) that its worktree was pruned
+    or its branch deleted; the rest of the report stays as it was composed (a report
+    composed again would find no commits on a deleted branch). A missing or stub report
+    is left alone: when it is composed, it reads the same from the run's events."""
+    target = directory / "report.json"
+    try:
+        body = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(body, dict) or "phases" not in body or not isinstance(body.get("run"),
+                                                                            dict):
+        return
+    body["run"].update(housekeeping.to_json())
+    write(directory, body)
 
 
 def _atomic(path: Path, text: str) -> None:

@@ -274,6 +274,11 @@ def _copy(source: Path, destination: Path) -> None:
 
 
 def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
+    """Remove the worktree at ``path`` (and ``branch``); a worktree whose repository is
+    gone from this machine is only a directory, deleted as such."""
+    if not repo.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+        return
     with _lock(repo):
         if path.exists():
             result = _git(repo, ["worktree", "remove", "--force", "--force", str(path)],
@@ -283,6 +288,18 @@ def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
         _git(repo, ["worktree", "prune"], check=False)
         if branch and branch_exists(repo, branch):
             _git(repo, ["branch", "-D", branch])
+
+
+def unsaved(tree: Tree) -> tuple[list[str], list[str]]:
+    """What removing the worktree would lose: the files that differ from HEAD (staged or
+    not) and the untracked files. Ignored files are not counted (git status hides them)."""
+    text = tree.run(["status", "--porcelain=v1", "-z", "--untracked-files=all",
+                     "--no-renames"]).stdout
+    changed: list[str] = []
+    untracked: list[str] = []
+    for entry in filter(None, text.split("\0")):
+        (untracked if entry.startswith("??") else changed).append(entry[3:])
+    return changed, untracked
 
 
 def head(tree: Tree) -> str:

@@ -16,6 +16,7 @@ is a *scenario*, chosen per phase by ``--scenario PHASE=NAME``, the persona's
 | plan:N | a valid phase plan adding N phases (for a dev/phase-plan@1 phase) |
 | edit | changes a file of the worktree, then writes a valid artifact |
 | hang | never ends, with a child process (for timeouts) |
+| hang-then-ok | never ends on its first attempt (until stopped), a valid artifact after |
 | crash-worker | has the devflow process that started it killed (for crash tests) |
 
 ``crash-worker``: an agent in its sandbox cannot see devflow's process, let alone
@@ -42,7 +43,7 @@ from devflow.definitions import PHASE_PLAN_SCHEMA, Persona, Problem
 from devflow.schemas import SchemaRegistry
 
 SCENARIO: Final = re.compile(
-    r"^(ok|invalid-then-ok|invalid|no-artifact|exit-1|edit|hang|crash-worker"
+    r"^(ok|invalid-then-ok|invalid|no-artifact|exit-1|edit|hang|hang-then-ok|crash-worker"
     r"|slow:\d+(\.\d+)?|plan:\d+)$")
 _AGENT: Final = Path(__file__).resolve().parent / "scripted_agent.py"
 #: a script up to this size goes in the agent's environment, a larger one in a file
@@ -53,14 +54,14 @@ _SCRIPT_IN_ENV: Final = 64 * 1024
 _SCENARIO: Final = {
     "type": "string", "pattern": SCENARIO.pattern,
     "description": "a scenario: ok, invalid-then-ok, invalid, no-artifact, exit-1, "
-                   "slow:SECONDS, plan:N, edit, hang or crash-worker"}
+                   "slow:SECONDS, plan:N, edit, hang, hang-then-ok or crash-worker"}
 
 
 def check_scenario(name: str) -> str | None:
     if SCENARIO.match(name):
         return None
     return (f"unknown scenario {name!r}: use ok, invalid-then-ok, invalid, no-artifact, exit-1, "
-            f"slow:SECONDS, plan:N, edit, hang or crash-worker")
+            f"slow:SECONDS, plan:N, edit, hang, hang-then-ok or crash-worker")
 
 
 class Scripted:
@@ -98,6 +99,8 @@ class Scripted:
     def _script(self, task: Task, scenario: str, schemas: SchemaRegistry) -> dict[str, Any]:
         script: dict[str, Any] = {"note": f"scenario {scenario}, attempt {task.attempt}"}
         kind, _, arg = scenario.partition(":")
+        if kind == "hang-then-ok":  # a crash test's agent that works until stopped
+            kind = "hang" if task.attempt == 1 else "ok"
         good = kind in ("ok", "edit", "slow", "plan") or (
             kind == "invalid-then-ok" and task.attempt > 1)
         if kind == "exit-1":

@@ -205,28 +205,54 @@ def worktree_group() -> None:
 @worktree_group.command("prune", epilog="""\b
 Examples:
   devflow worktree prune --older-than 7d --dry-run
-  devflow worktree prune --delete-branches""")
+  devflow worktree prune --delete-branches
+  devflow worktree prune --force RUN_ID
+
+A worktree is kept when it holds uncommitted changes or untracked files, or when its
+run failed or was aborted before its last attempt was committed (the worktree may hold
+the agent's only copy of its work); --force RUN_ID removes it anyway. A worktree
+pruned once is recorded as pruned and not listed again.""")
 @click.option("--older-than", help="Only runs that ended longer ago than this (e.g. 7d).")
 @click.option("--delete-branches", is_flag=True, help="Delete the run branches too.")
+@click.option("--force", "force", multiple=True, metavar="RUN_ID",
+              help="Remove this run's worktree even if it holds work (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Say what would be removed; remove nothing.")
-@click.option("--json", "as_json", is_flag=True, help="What was removed, as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="What was removed and kept, as JSON.")
 @click.pass_obj
-def worktree_prune(state: State, older_than: str | None, delete_branches: bool, dry_run: bool,
-                   as_json: bool) -> None:
-    """Remove the worktrees of terminal runs; keeps their branches unless asked."""
+def worktree_prune(state: State, older_than: str | None, delete_branches: bool,
+                   force: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Remove the worktrees of ended runs, keeping any that hold work; branches stay
+    unless asked."""
     from devflow.durations import parse_duration
     seconds = parse_duration(older_than, field="--older-than") if older_than else None
-    removed = state.app.prune(older_than=seconds, delete_branches=delete_branches,
-                              dry_run=dry_run)
-    freed = sum(r["bytes"] for r in removed)
+    items = [item.to_json() for item in state.app.prune(
+        older_than=seconds, delete_branches=delete_branches, dry_run=dry_run, force=force)]
+    acted = [i for i in items if not i.get("kept") and (i["worktree"] or i["branch"])]
+    kept = [i for i in items if i.get("kept")]
+    failed = [i for i in items if i.get("error")]
+    freed = sum(i["bytes"] for i in acted)
     if as_json:
-        output.emit_json({"dry_run": dry_run, "removed": removed, "bytes_freed": freed})
+        output.emit_json({"dry_run": dry_run, "removed": acted, "kept": kept, "failed": failed,
+                          "bytes_freed": freed})
         return
-    for item in removed:
-        click.echo(f"{item['run_id']}  {item['worktree']}  {item['bytes'] / 1e6:.1f} MB"
-                   + (f"  branch {item['branch']} deleted" if item["branch"] else ""))
-    verb = "would free" if dry_run else "freed"
-    click.echo(f"{len(removed)} worktree(s); {verb} {freed / 1e6:.1f} MB")
+    remove, delete = ("would remove", "would delete") if dry_run else ("removed", "deleted")
+    for item in acted:
+        done = ([f"{remove} {item['worktree']} ({item['bytes'] / 1e6:.1f} MB)"]
+                if item["worktree"] else [])
+        done += [f"{delete} branch {item['branch']}"] if item["branch"] else []
+        click.echo(f"{item['run_id']}  {'; '.join(done)}")
+    for item in failed:
+        click.echo(f"{item['run_id']}  not removed: {item['error']}")
+    for item in kept:
+        click.echo(f"{item['run_id']}  kept {item['worktree']}: {'; '.join(item['kept'])}")
+        click.echo(f"    to remove it anyway: {output.commands(item['force'])}")
+    worktrees = sum(1 for i in acted if i["worktree"])
+    branches = sum(1 for i in acted if i["branch"])
+    summary = f"{worktrees} worktree(s) {remove}"
+    if delete_branches:
+        summary += f", {branches} branch(es) {delete}"
+    summary += f", {len(kept)} kept"
+    click.echo(f"{summary}; {'would free' if dry_run else 'freed'} {freed / 1e6:.1f} MB")
 
 
 def register(cli: click.Group) -> None:

@@ -53,10 +53,16 @@ def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = No
     click.echo(f"run {click.style(run.id, bold=True)}  {click.style(str(run.state), fg=color)}"
                f"  ({run.template_ref})")
     report = Path(run.workspace) / "report.md" if run.report_status else None
-    pruned = run.terminal and run.worktree and not Path(run.worktree).exists()
+    done = view.housekeeping
+    worktree = run.worktree
+    if done.worktree_pruned_at is not None:
+        worktree += f" (pruned {done.worktree_pruned_at:%Y-%m-%d %H:%M} UTC)"
+    elif run.terminal and run.worktree and not Path(run.worktree).exists():
+        worktree += " (removed)"
+    branch = run.branch + (f" (deleted {done.branch_deleted_at:%Y-%m-%d %H:%M} UTC)"
+                           if done.branch_deleted_at is not None else "")
     output.kv([("repo", run.repo), ("base", f"{run.base} ({(run.base_sha or '')[:12]})"),
-               ("branch", run.branch),
-               ("worktree", f"{run.worktree} (removed)" if pruned else run.worktree),
+               ("branch", branch), ("worktree", worktree),
                ("agents", ", ".join(f"{b.role} {b.persona_ref} ({b.backend})" for b in agents)
                 if agents else None),
                ("failure", f"{run.failure_code}: {run.failure_reason}" if run.failure_code

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 
 from devflow import model
@@ -17,6 +19,14 @@ class Events:
     def after(self, run_id: str, seq: int = 0, limit: int = 1000) -> list[model.Event]:
         query = (sa.select(EVENT).where(EVENT.c.run_id == run_id, EVENT.c.seq > seq)
                  .order_by(EVENT.c.seq).limit(limit))
+        return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
+
+    def of_types(self, types: Sequence[str], run_id: str | None = None) -> list[model.Event]:
+        """The events of these types (of one run, or of all), oldest first per run."""
+        query = sa.select(EVENT).where(EVENT.c.type.in_(list(types)))
+        if run_id is not None:
+            query = query.where(EVENT.c.run_id == run_id)
+        query = query.order_by(EVENT.c.run_id, EVENT.c.seq)
         return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
 
     def tail(self, run_id: str, count: int) -> list[model.Event]:

@@ -195,6 +195,23 @@ class Devflow:
         assert text == [point, str(proc.pid)], f"crash marker says {text}"
         return proc
 
+    def paused(self, point: str, *args: str, name: str | None = None) -> Proc:
+        """Start a command that stops itself (SIGSTOP) at ``point`` (``devflow.faults``);
+        return once it is stopped there, learnt from ``waitpid``: no sleep, no polling.
+        The caller SIGKILLs it, or SIGCONTs it when done."""
+        marker = self.logs / f"{self._count + 1:04d}-paused.marker"
+        proc = self.spawn(*args, env={"DEVFLOW_PAUSE_AT": point,
+                                      "DEVFLOW_PAUSE_MARKER": str(marker)}, name=name)
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):  # it ended (and was reaped here): say how
+            proc.popen.returncode = os.waitstatus_to_exitcode(status)
+            proc.ended = time.monotonic()
+            raise AssertionError(f"devflow {' '.join(args)} ended with {proc.popen.returncode}"
+                                 f" before it reached {point}\n{proc.tail()}")
+        text = marker.read_text(encoding="utf-8").split()
+        assert text == [point, str(proc.pid)], f"pause marker says {text}"
+        return proc
+
     def sweep(self) -> list[dict[str, Any]]:
         actions: list[dict[str, Any]] = self.run("sweep", "--json").json()["actions"]
         return actions

@@ -20,15 +20,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import filelock
+import psutil
 import psycopg
 import pytest
 
 from devflow import git
 from devflow.errors import Code, DevflowError
+from devflow.model import utcnow
 from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, RunState
 from tests.acceptance.crash_support import (
@@ -104,7 +107,7 @@ class Kill:
 
 
 KILLS = [
-    Kill("agent", "first_drive", ("--scenario", "spec=slow:5")),
+    Kill("agent", "first_drive", ("--scenario", "spec=hang-then-ok")),
     Kill("agent_started", "first_drive"),
     Kill("agent_exited", "first_drive"),
     Kill("artifact_checked", "first_drive"),
@@ -236,17 +239,32 @@ def test_kill_point_then_sweep_and_drive(kill: Kill, settings: Settings, tmp_pat
 
 
 def _kill_during_agent(df: Devflow, run_id: str) -> Proc:
-    """Start a worker, SIGKILL it while its slow agent works; its agent dies with it."""
-    worker = df.spawn("worker", "--once", "--poll", "0.2", "--json", name="worker")
-    invocation = _first_agent(df, run_id)
+    """Start a worker, SIGKILL it while its agent works (the agent of the first attempt
+    works until stopped; the worker is frozen at agent_started); its agent dies with it."""
+    worker = df.paused("agent_started", "worker", "--once", "--poll", "0.2", "--json",
+                       name="worker")
+    invocation = _agent(df, run_id)
     assert invocation.pid and invocation.pgid == invocation.pid
     assert pid_alive(invocation.pid) and os.getpgid(invocation.pid) == invocation.pgid
-    time.sleep(0.5)
     worker.kill()
     assert worker.wait(60) == SIGKILLED
-    wait_until(lambda: not pid_alive(invocation.pid), "the agent to die with its worker "
-               "(PR_SET_PDEATHSIG)", timeout=10)
+    _dies(invocation.pid, "the agent to die with its worker (PR_SET_PDEATHSIG)")
     return worker
+
+
+def _agent(df: Devflow, run_id: str, attempt: int = 1) -> Any:
+    """The agent of the attempt, recorded before the fault point agent_started."""
+    [invocation] = [i for i in df.app.store.runs.invocations(run_id)
+                    if i.attempt == attempt and i.pid]
+    return invocation
+
+
+def _dies(pid: int, what: str, timeout: float = 10) -> None:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        try:
+            psutil.Process(pid).wait(timeout)
+        except psutil.TimeoutExpired:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}") from None
 
 
 def _first_agent(df: Devflow, run_id: str, attempt: int = 1) -> Any:
@@ -304,13 +322,14 @@ def test_stale_worker_writes_nothing_after_another_took_its_run_over(
     df = make_devflow(settings, lease=3.0)
     repo = make_repo(tmp_path / "repo")
     run_id = "stale"
-    df.start(repo, run_id, "--scenario", "spec=slow:6")
-    stale = df.spawn("worker", "--once", "--poll", "0.2", "--json", name="worker-stale")
-    first = _first_agent(df, run_id)
+    # The agent of attempt 1 works until stopped; the worker freezes once it started it.
+    df.start(repo, run_id, "--scenario", "spec=hang-then-ok")
+    stale = df.paused("agent_started", "worker", "--once", "--poll", "0.2", "--json",
+                      name="worker-stale")
+    first = _agent(df, run_id)
     assert first.pgid == first.pid
     assert os.getpgid(first.pid) == first.pid != os.getpgid(stale.pid)  # a group of its own
     stale_lease = df.run_of(run_id)
-    stale.kill(signal.SIGSTOP)
     try:
         df.wait_lease_gone(run_id)
         assert pid_alive(first.pid), "the agent died with its stopped worker"
@@ -321,8 +340,9 @@ def test_stale_worker_writes_nothing_after_another_took_its_run_over(
         assert not pid_alive(first.pid)
         recovered_at = max(e.seq for e in df.events(run_id) if e.type == "run.recovered")
 
-        fresh = df.spawn("worker", "--once", "--poll", "0.2", "--json", name="worker-fresh")
-        second = _first_agent(df, run_id, attempt=2)
+        fresh = df.paused("agent_started", "worker", "--once", "--poll", "0.2", "--json",
+                          name="worker-fresh")
+        second = _agent(df, run_id, attempt=2)
         taken = df.run_of(run_id)
         assert taken.lease_owner != stale_lease.lease_owner
         assert taken.lease_fence > stale_lease.lease_fence
@@ -330,8 +350,10 @@ def test_stale_worker_writes_nothing_after_another_took_its_run_over(
         stale.kill(signal.SIGCONT)
     assert stale.wait(120) == 0, stale.tail()
     assert "lease_lost" in stale.stderr(), stale.tail()
-    # It stopped its own drive and left the new attempt's agent alone.
-    assert pid_alive(second.pid) or "agent.exited" in df.types(run_id)
+    # It stopped its own drive and left the new attempt alone (whose worker is frozen).
+    assert _agent(df, run_id, attempt=2) == second
+    assert "agent.exited" not in df.types(run_id)
+    fresh.kill(signal.SIGCONT)
     assert fresh.wait(120) == 0, fresh.tail()
 
     final = df.settle(run_id)
@@ -361,10 +383,10 @@ def test_stale_worker_resumed_before_any_sweep_kills_its_agent_and_writes_nothin
     df = make_devflow(settings, lease=3.0)
     repo = make_repo(tmp_path / "repo")
     run_id = "stale-alone"
-    df.start(repo, run_id, "--scenario", "spec=slow:10")
-    stale = df.spawn("worker", "--once", "--poll", "0.2", "--json", name="worker-stale")
-    agent = _first_agent(df, run_id)
-    stale.kill(signal.SIGSTOP)
+    df.start(repo, run_id, "--scenario", "spec=hang-then-ok")
+    stale = df.paused("agent_started", "worker", "--once", "--poll", "0.2", "--json",
+                      name="worker-stale")
+    agent = _agent(df, run_id)
     try:
         wait_until(lambda: run_id in df.app.store.leases.expired(), "the lease to expire")
         before = df.events(run_id)
@@ -372,6 +394,7 @@ def test_stale_worker_resumed_before_any_sweep_kills_its_agent_and_writes_nothin
         stale.kill(signal.SIGCONT)
     assert stale.wait(120) == 0, stale.tail()
     assert "lease_lost" in stale.stderr(), stale.tail()
+    # it works until stopped: only the worker that lost its lease can have ended it
     assert not pid_alive(agent.pid), "the worker that lost its lease left its agent running"
     assert df.events(run_id) == before, "a worker wrote after its lease expired"
     held = df.run_of(run_id)
@@ -401,10 +424,9 @@ def test_lease_lost_while_the_agent_works_is_not_reported_as_a_crash(
         settings: Settings, tmp_path: Path, make_devflow: MakeDevflow) -> None:
     df = make_devflow(settings, lease=2.0)
     run_id = "lost-quietly"
-    df.start(make_repo(tmp_path / "repo"), run_id, "--scenario", "spec=slow:10")
-    worker = df.spawn("worker", "--once", "--poll", "0.2", "--json", name="worker")
-    _first_agent(df, run_id)  # its first progress notes wait for the next flush (1 s)
-    worker.kill(signal.SIGSTOP)
+    df.start(make_repo(tmp_path / "repo"), run_id, "--scenario", "spec=hang-then-ok")
+    worker = df.paused("agent_started", "worker", "--once", "--poll", "0.2", "--json",
+                       name="worker")
     try:
         wait_until(lambda: run_id in df.app.store.leases.expired(), "the lease to expire")
     finally:
@@ -649,8 +671,15 @@ def test_start_that_outlives_its_lease_while_making_the_worktree(
         start = df.spawn("run", "start", "--repo", str(repo), "--base", "main", "--template",
                          "development@1", "--objective", "x", "--run-id", run_id, *BINDS,
                          *DEV_SCENARIOS, "--json", name="start")
-        wait_until(lambda: _exists(df, run_id), "the run row")
-        time.sleep(2.5 * df.lease)  # well past the lease the starter took with the row
+        taken = wait_until(lambda: _row(df, run_id), "the run row")
+        # Well past the lease the starter took with the row: it still holds the run, on a
+        # lease it renewed (a starter that lost it fails to make the worktree, below).
+        assert taken.lease_expires_at is not None
+        past = taken.lease_expires_at + timedelta(seconds=df.lease)
+        wait_until(lambda: (utcnow() > past and (run := df.run_of(run_id)).lease_expires_at
+                            is not None and run.lease_expires_at > past)
+                   or start.poll() is not None, "the starter to renew its lease past the "
+                   "first one", timeout=60, interval=0.2)
     code = start.wait()
     run = df.run_of(run_id)
     publish("start slower than its lease on " + _db(settings), {
@@ -659,8 +688,8 @@ def test_start_that_outlives_its_lease_while_making_the_worktree(
     assert run.state is RunState.AWAITING_APPROVAL
 
 
-def _exists(df: Devflow, run_id: str) -> bool:
-    return any(r.id == run_id for r in df.app.runs(limit=500))
+def _row(df: Devflow, run_id: str) -> Any:
+    return next((r for r in df.app.runs(limit=500) if r.id == run_id), None)
 
 
 # -- 6. PostgreSQL connections terminated under a worker ----------------------------------------

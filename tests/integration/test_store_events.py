@@ -7,7 +7,6 @@ import functools
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
 from devflow.store import Limits, RunTx, Store, records
 from devflow.store.tables import EVENT, PHASE, RUN
-from tests.conftest import _pg_admin, pg_url_for
+from tests.conftest import pg_url_for
 from tests.integration.test_store_properties import new_run
 
 
@@ -36,15 +35,12 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield opened
         opened.close()
         return
-    template = request.getfixturevalue("pg_template")
-    name = f"devflow_ev_{uuid.uuid4().hex[:12]}"
-    with _pg_admin() as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    pool = request.getfixturevalue("pg_pool")
+    name = pool.take()
     opened = Store.open(pg_url_for(name))
     yield opened
     opened.close()
-    with _pg_admin() as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    pool.give_back(name)
 
 
 @pytest.fixture(scope="module")
