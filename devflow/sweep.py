@@ -10,6 +10,10 @@
    ``process_restart_unrecovered`` instead.
 2. Gates: warnings before deadlines, escalation steps, timeouts (``escalation.step_due``).
 3. Terminal runs without a report get one.
+4. Runs devflow paused because a fault of the machine blocked them (``blocked``: a full
+   disk, a git lock a live process held) are resumed once the cause looks gone
+   (``machine.cleared``); a worker (or ``devflow run drive``) then continues them. One
+   whose cause is still there stays paused, and the sweep says why.
 
 A run whose driver still heartbeats is never touched: its lease has not expired.
 Every change is re-checked under the run's lock, so sweeps may run beside workers
@@ -24,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, escalation, logs, model, states, transitions, worktree
+from devflow import artifacts, escalation, logs, machine, model, states, transitions, worktree
 from devflow.backends import process
-from devflow.engine import context, finish, workspace
+from devflow.engine import context, control, finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
@@ -71,7 +75,30 @@ def sweep(ctx: Context, *, policy: str = "resume", max_recoveries: int | None = 
             result.actions.append(Action(run_id, "report_written", {"path": str(path)}))
         else:
             result.actions.append(Action(run_id, "report_missing"))
+    for run in ctx.store.runs.find(states_in=[RunState.PAUSED], limit=10_000):
+        if run.blocked is not None:
+            result.actions.append(_unblock(ctx, run, dry_run))
     return result
+
+
+# -- runs a fault of the machine blocked --------------------------------------------------
+def _unblock(ctx: Context, run: model.Run, dry_run: bool) -> Action:
+    blocked = machine.Blocked.from_json(run.blocked)
+    if blocked is None or not machine.cleared(blocked):
+        return Action(run.id, "still_blocked", dict(run.blocked or {}))
+    if dry_run:
+        return Action(run.id, "would_unblock", {"kind": blocked.kind, "path": blocked.path})
+
+    def fn(tx: RunTx) -> model.Run | None:
+        if tx.state is not RunState.PAUSED or "blocked" not in tx.run.options:
+            return None  # resumed or ended meanwhile
+        return control.resume_in(tx, "sweep", f"the cause is gone: {blocked.message}", None)
+    resumed = ctx.change(run.id, fn)
+    if resumed is None:
+        return Action(run.id, "still_blocked", {"kind": blocked.kind, "changed": False})
+    return Action(run.id, "unblocked", {
+        "kind": blocked.kind, "path": blocked.path, "state": str(resumed.state),
+        "next": f"a worker continues it, or `devflow run drive {run.id}`"})
 
 
 # -- expired leases -----------------------------------------------------------------------

@@ -1,0 +1,216 @@
+"""Faults of the machine pause a run, they do not fail it (issue 20, deliverable 1).
+
+Each fault is real: a git killed with SIGKILL while it held the worktree's
+``index.lock`` (it commits with an editor that waits), a stale ref lock left in
+``refs/heads/devflow/<run>/``, a live git holding the lock, a full disk
+(``DEVFLOW_DISK_FULL``: devflow's own writes fail with ENOSPC). devflow removes the
+stale locks it owns (``git.lock_removed``), pauses the run with a ``blocked`` reason
+naming the path and the fix where it cannot, keeps what a reset would drop
+(``worktree.salvaged``), and the run completes once the cause is gone: one checkpoint
+per phase, the events numbered without a gap, no temporary file left behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devflow import git, model, worktree
+from devflow.app import App, RunView
+from devflow.states import PhaseState, RunState
+from tests.integration.helpers import quick, subjects
+
+CHECKPOINTS = ["devflow(implement)", "devflow(review)"]
+
+
+def checkpoints(view: RunView) -> list[str]:
+    """The phases of the checkpoint commits on the run's branch, in order: one per phase."""
+    run = view.run
+    return [s.split(":")[0] for s in subjects(Path(run.repo), run.base_sha or "", run.branch)]
+
+
+def _events(app: App, run_id: str) -> list[model.Event]:
+    return list(app.events(run_id))
+
+
+def _contiguous(app: App, run_id: str) -> None:
+    seqs = [e.seq for e in _events(app, run_id)]
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert app.store.runs.get(run_id).last_seq == len(seqs)
+
+
+def _temporaries(directory: Path) -> list[Path]:
+    return [p for p in directory.rglob("*") if p.name.endswith(".tmp")
+            and ".git" not in p.parts]
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until ``path`` exists (the git started by the test took its lock)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"git ended ({proc.returncode}) before taking {path}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+class EditingGit:
+    """A real ``git commit -a`` in the run's worktree, waiting in its editor: it holds the
+    worktree's ``index.lock`` until its editor ends (or it is killed)."""
+
+    def __init__(self, tree: worktree.Tree, tmp: Path) -> None:
+        editor = tmp / "editor.sh"
+        editor.write_text("#!/bin/sh\nexec sleep 600\n", encoding="utf-8")
+        editor.chmod(0o755)
+        (tree.path / "README.md").write_text("# sample\n\nchanged by hand\n", encoding="utf-8")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+        env.update(git.AUTHOR, GIT_EDITOR=str(editor))
+        self.lock = tree.admin / "index.lock"
+        self.proc = subprocess.Popen(
+            ["git", f"--git-dir={tree.admin}", f"--work-tree={tree.path}", "commit", "-a"],
+            cwd=tree.path, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        _wait_for(self.lock, self.proc)
+
+    def kill(self) -> None:
+        """kill -9 the git and its editor: the lock stays behind, held by nobody."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+
+    def finish(self) -> None:
+        """The editor ends with an error: git gives up the commit and its lock."""
+        editor = [p for p in _children(self.proc.pid)]
+        for pid in editor:
+            os.kill(pid, signal.SIGTERM)
+        self.proc.wait(30)
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text(encoding="utf-8")
+    return [int(p) for p in text.split()]
+
+
+@pytest.fixture
+def gits() -> Iterator[list[EditingGit]]:
+    made: list[EditingGit] = []
+    yield made
+    for g in made:
+        if g.proc.poll() is None:
+            os.killpg(g.proc.pid, signal.SIGKILL)
+            g.proc.wait(30)
+
+
+def test_a_lock_left_by_a_killed_git_is_removed_and_the_run_completes(
+        app: App, repo: Path, tmp_path: Path, gits: list[EditingGit]) -> None:
+    view = app.start(quick(repo, run_id="stale-index"), detach=True)
+    editing = EditingGit(worktree.of_run(view.run), tmp_path)
+    gits.append(editing)
+    editing.kill()
+    assert editing.lock.exists()  # a real stale lock, left by a real git killed mid-commit
+
+    view, drove = app.drive("stale-index")
+    assert drove and view.run.state is RunState.COMPLETED, view.run
+    removed = [e.payload for e in _events(app, "stale-index") if e.type == "git.lock_removed"]
+    assert [r["path"] for r in removed] == [str(editing.lock)]
+    assert checkpoints(view) == CHECKPOINTS
+    _contiguous(app, "stale-index")
+
+
+def test_a_stale_lock_of_the_run_branch_is_removed(app: App, repo: Path) -> None:
+    view = app.start(quick(repo, run_id="stale-ref"), detach=True)
+    tree = worktree.of_run(view.run)
+    lock = tree.common / "refs" / "heads" / "devflow" / "stale-ref" / "main.lock"
+    lock.write_text("0" * 40 + "\n", encoding="utf-8")
+
+    view, _ = app.drive("stale-ref")
+    assert view.run.state is RunState.COMPLETED, view.run
+    removed = [e.payload["path"] for e in _events(app, "stale-ref")
+               if e.type == "git.lock_removed"]
+    assert removed == [str(lock)]
+    assert checkpoints(view) == CHECKPOINTS
+    _contiguous(app, "stale-ref")
+
+
+def test_a_lock_a_live_git_holds_pauses_the_run_until_it_is_released(
+        app: App, repo: Path, tmp_path: Path, gits: list[EditingGit]) -> None:
+    view = app.start(quick(repo, run_id="held"), detach=True)
+    editing = EditingGit(worktree.of_run(view.run), tmp_path)
+    gits.append(editing)
+
+    view, _ = app.drive("held")
+    run = view.run
+    assert run.state is RunState.PAUSED and run.paused_from is RunState.EXECUTING
+    assert run.blocked is not None and run.blocked["kind"] == "git_lock"
+    assert run.blocked["path"] == str(editing.lock)
+    assert f"pid {editing.proc.pid}" in run.blocked["message"]
+    assert "devflow run resume" in run.blocked["fix"]
+    assert [p.state for p in view.phases] == [PhaseState.PENDING, PhaseState.PENDING]
+    paused = [e for e in _events(app, "held") if e.type == "run.paused"]
+    assert paused[-1].payload["blocked"]["path"] == str(editing.lock)
+    assert editing.lock.exists()  # a lock a live process holds is never removed
+    actions = [(a.kind, a.detail.get("kind")) for a in app.sweep().actions]
+    assert actions == [("still_blocked", "git_lock")]  # its holder is still there
+
+    editing.finish()
+    assert not editing.lock.exists()
+    resumed = app.resume("held", "tester")
+    assert resumed.changed and resumed.run.blocked is None
+    view, _ = app.drive("held")
+    assert view.run.state is RunState.COMPLETED, view.run
+    events = _events(app, "held")
+    salvaged = [e.payload for e in events if e.type == "worktree.salvaged"]
+    assert len(salvaged) == 1 and salvaged[0]["ref"] == "refs/heads/devflow/held/salvage-1"
+    assert "README.md" in salvaged[0]["files"]  # the work the reset dropped is kept
+    kept = git.out(["show", f"{salvaged[0]['ref']}:README.md"], repo)
+    assert "changed by hand" in kept
+    assert checkpoints(view) == CHECKPOINTS
+    _contiguous(app, "held")
+
+
+def test_a_full_disk_pauses_the_run_and_the_sweep_resumes_it_once_freed(
+        app: App, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = tmp_path / "disk-is-full"
+    full.touch()
+    monkeypatch.setenv("DEVFLOW_DISK_FULL", str(full))
+    view = app.start(quick(repo, run_id="full"), detach=True)
+    view, _ = app.drive("full")
+    run = view.run
+    assert run.state is RunState.PAUSED and run.paused_from is RunState.BOUND
+    assert run.blocked is not None and run.blocked["kind"] == "disk_full"
+    assert run.blocked["path"].startswith(run.workspace)
+    assert _temporaries(Path(run.workspace)) == []
+
+    full.unlink()  # the disk is freed: the next sweep resumes the run, a driver ends it
+    actions = [(a.kind, a.detail.get("kind")) for a in app.sweep().actions]
+    assert actions == [("unblocked", "disk_full")]
+    assert app.store.runs.get("full").state is RunState.BOUND
+    view, _ = app.drive("full")
+    assert view.run.state is RunState.COMPLETED, view.run
+    assert checkpoints(view) == CHECKPOINTS
+    _contiguous(app, "full")
+
+
+def test_a_report_the_full_disk_refuses_is_written_by_the_sweep(
+        app: App, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    full = tmp_path / "disk-is-full"
+    view = app.start(quick(repo, run_id="report-full"), detach=True)
+    full.touch()
+    monkeypatch.setenv("DEVFLOW_DISK_FULL", str(full))
+    result = app.abort("report-full", "tester", "not needed")
+    assert result.run.state is RunState.ABORTED and result.run.report_status is None
+    workspace = Path(view.run.workspace)
+    assert not (workspace / "report.md").exists() and _temporaries(workspace) == []
+    blocked = [e.payload for e in _events(app, "report-full") if e.type == "report.blocked"]
+    assert blocked and blocked[0]["kind"] == "disk_full" and "devflow sweep" in blocked[0]["fix"]
+
+    full.unlink()
+    actions = [a.kind for a in app.sweep().actions]
+    assert actions == ["report_written"]
+    run = app.store.runs.get("report-full")
+    assert run.report_status == "written" and (workspace / "report.json").is_file()
+    _contiguous(app, "report-full")
