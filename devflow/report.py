@@ -97,7 +97,11 @@ def compose(data: ReportData) -> dict[str, Any]:
         "git": {"commits": [{"sha": c.sha, "subject": c.subject} for c in data.commits],
                 "files": [{"path": f.path, "added": f.added, "deleted": f.deleted}
                           for f in data.files],
-                "error": data.git_error},
+                "error": data.git_error,
+                "salvaged": [{"ref": str(e.payload.get("ref")), "sha": str(e.payload.get("sha")),
+                              "phase": e.phase, "attempt": e.payload.get("attempt"),
+                              "files": [str(f) for f in e.payload.get("files", [])]}
+                             for e in data.events if e.type == "worktree.salvaged"]},
         "findings": list(data.findings),
         "validation_errors": [
             {"phase": e.phase or "", "attempt": int(e.payload.get("attempt", 0)),
@@ -208,6 +212,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"- `{c['sha'][:12]}` {c['subject']}" for c in git["commits"]] + [""]
     lines += _table("", ["file", "+", "-"], [[f"`{f['path']}`", str(f["added"]), str(f["deleted"])]
                                               for f in git["files"]])
+    if git.get("salvaged"):
+        lines += ["What recoveries kept before resetting the worktree (`git show REF`):", ""]
+        lines += [f"- `{s['ref']}` ({s['sha'][:12]}), {s.get('phase') or 'the run'}: "
+                  + ", ".join(f"`{f}`" for f in s.get("files", [])[:10]) for s in git["salvaged"]]
+        lines.append("")
     if report["findings"]:
         lines += _table("Review findings", ["key", "severity", "where", "message"],
                         [[f.get("key", ""), f.get("severity", ""),

@@ -24,7 +24,8 @@ import pytest
 from devflow import git, model, worktree
 from devflow.app import App, RunView
 from devflow.states import PhaseState, RunState
-from tests.integration.helpers import quick, subjects
+from tests.acceptance.crash_support import assert_clean, audit_run, figures, publish
+from tests.integration.helpers import quick, report_of, subjects
 
 CHECKPOINTS = ["devflow(implement)", "devflow(review)"]
 
@@ -43,6 +44,14 @@ def _contiguous(app: App, run_id: str) -> None:
     seqs = [e.seq for e in _events(app, run_id)]
     assert seqs == list(range(1, len(seqs) + 1))
     assert app.store.runs.get(run_id).last_seq == len(seqs)
+
+
+def _row(app: App, run_id: str, fault: str, directory: Path) -> None:
+    """The run's line in the crash suite's figures table (every figure but the counts 0)."""
+    audit = audit_run(app, run_id)
+    database = "sqlite" if app.settings.database_url.startswith("sqlite") else "postgresql"
+    publish(f"machine fault: {fault} on {database}", figures([audit]), directory)
+    assert_clean([audit])
 
 
 def _temporaries(directory: Path) -> list[Path]:
@@ -119,9 +128,11 @@ def test_a_lock_left_by_a_killed_git_is_removed_and_the_run_completes(
     assert [r["path"] for r in removed] == [str(editing.lock)]
     assert checkpoints(view) == CHECKPOINTS
     _contiguous(app, "stale-index")
+    _row(app, "stale-index", "index.lock of a git killed mid-commit, removed", tmp_path)
 
 
-def test_a_stale_lock_of_the_run_branch_is_removed(app: App, repo: Path) -> None:
+def test_a_stale_lock_of_the_run_branch_is_removed(app: App, repo: Path,
+                                                   tmp_path: Path) -> None:
     view = app.start(quick(repo, run_id="stale-ref"), detach=True)
     tree = worktree.of_run(view.run)
     lock = tree.common / "refs" / "heads" / "devflow" / "stale-ref" / "main.lock"
@@ -134,6 +145,7 @@ def test_a_stale_lock_of_the_run_branch_is_removed(app: App, repo: Path) -> None
     assert removed == [str(lock)]
     assert checkpoints(view) == CHECKPOINTS
     _contiguous(app, "stale-ref")
+    _row(app, "stale-ref", "stale lock of the run's branch, removed", tmp_path)
 
 
 def test_a_lock_a_live_git_holds_pauses_the_run_until_it_is_released(
@@ -168,8 +180,13 @@ def test_a_lock_a_live_git_holds_pauses_the_run_until_it_is_released(
     assert "README.md" in salvaged[0]["files"]  # the work the reset dropped is kept
     kept = git.out(["show", f"{salvaged[0]['ref']}:README.md"], repo)
     assert "changed by hand" in kept
+    report = report_of(view)
+    assert [s["ref"] for s in report["git"]["salvaged"]] == [salvaged[0]["ref"]]
+    markdown = (Path(view.run.workspace) / "report.md").read_text(encoding="utf-8")
+    assert salvaged[0]["ref"] in markdown
     assert checkpoints(view) == CHECKPOINTS
     _contiguous(app, "held")
+    _row(app, "held", "git lock held by a live git, paused, released, resumed", tmp_path)
 
 
 def test_a_full_disk_pauses_the_run_and_the_sweep_resumes_it_once_freed(
@@ -193,6 +210,7 @@ def test_a_full_disk_pauses_the_run_and_the_sweep_resumes_it_once_freed(
     assert view.run.state is RunState.COMPLETED, view.run
     assert checkpoints(view) == CHECKPOINTS
     _contiguous(app, "full")
+    _row(app, "full", "disk full (ENOSPC) at the prompt, freed, sweep", tmp_path)
 
 
 def test_a_report_the_full_disk_refuses_is_written_by_the_sweep(
@@ -214,3 +232,4 @@ def test_a_report_the_full_disk_refuses_is_written_by_the_sweep(
     run = app.store.runs.get("report-full")
     assert run.report_status == "written" and (workspace / "report.json").is_file()
     _contiguous(app, "report-full")
+    _row(app, "report-full", "disk full (ENOSPC) at the report, freed, sweep", tmp_path)
