@@ -49,10 +49,11 @@ def holders(lock: Path, places: Sequence[Path]) -> list[Holder]:
     wanted = str(lock)
     roots = [str(p) for p in places]
     found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    with os.scandir("/proc") as entries:
+        pids = [int(e.name) for e in entries if e.name.isdigit()]
+    for pid in pids:
+        if pid == os.getpid():
             continue
-        pid = int(entry.name)
         argv = _argv(pid)
         if argv is None:
             continue
@@ -79,8 +80,8 @@ def _comm(pid: int) -> str:
 
 
 def _has_open(pid: int, wanted: str) -> bool:
-    with contextlib.suppress(OSError):
-        for fd in os.scandir(f"/proc/{pid}/fd"):
+    with contextlib.suppress(OSError), os.scandir(f"/proc/{pid}/fd") as fds:
+        for fd in fds:
             with contextlib.suppress(OSError):
                 if os.readlink(fd.path) == wanted:
                     return True
