@@ -136,14 +136,16 @@ def of_run(run: model.Run) -> Tree:
     return found
 
 
-def ready(repo: Path, path: Path, branch: str) -> bool:
+def ready(repo: Path, path: Path, branch: str,
+          removed: list[dict[str, Any]] | None = None) -> bool:
     """Whether the worktree at ``path`` is there: registered with git, its directory
-    present, checked out (a checkout a crash interrupted is done now)."""
+    present, checked out (a checkout a crash interrupted is done now; stale locks it
+    removed on the way are added to ``removed``)."""
     tree = find(repo, path, branch)
     if tree is None:
         return False
     if not (tree.admin / "index").exists():
-        _check_out(tree)
+        _check_out(tree, removed)
     return True
 
 
@@ -157,7 +159,8 @@ def _lock(repo: Path) -> filelock.FileLock:
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 
 
-def add(repo: Path, path: Path, branch: str, start: str) -> bool:
+def add(repo: Path, path: Path, branch: str, start: str,
+        removed: list[dict[str, Any]] | None = None) -> bool:
     """``git worktree add`` at ``path``: a new ``branch`` from ``start``, or ``branch`` itself
     when it exists (re-creating a run's worktree). Returns whether ``branch`` existed.
 
@@ -173,13 +176,13 @@ def add(repo: Path, path: Path, branch: str, start: str) -> bool:
     if tree is None:
         raise DevflowError(Code.WORKTREE_FAILED, f"git worktree add {path} registered nothing",
                            hint="`git worktree list` in the repository shows what is there")
-    _check_out(tree)
+    _check_out(tree, removed)
     return existed
 
 
-def _check_out(tree: Tree) -> None:
+def _check_out(tree: Tree, removed: list[dict[str, Any]] | None = None) -> None:
     runtree.restore(tree, None)  # HEAD must name the run's branch before a reset reads it
-    tree.run(["reset", "--hard", "--quiet"])
+    run_unlocked(tree, ["reset", "--hard", "--quiet"], [] if removed is None else removed)
 
 
 def _add(repo: Path, path: Path, branch: str, start: str) -> bool:

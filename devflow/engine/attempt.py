@@ -166,7 +166,7 @@ def _ready(run: model.Run, reset_to: str | None) -> Readied:
 def _readied(tx: RunTx, key: str, sha: str | None, readied: Readied) -> model.Phase:
     """Record what ``_ready`` did: the run's branch is at ``sha`` after a reset."""
     feedback = dict(tx.phase(key).feedback)
-    lock_events(tx, key, readied.removed)
+    workspace.lock_events(tx, key, readied.removed)
     if readied.salvaged is not None:
         tx.event(model.NewEvent("worktree.salvaged", key, {
             **readied.salvaged, "reset_to": sha, "attempt": tx.phase(key).attempt}))
@@ -179,12 +179,6 @@ def _readied(tx: RunTx, key: str, sha: str | None, readied: Readied) -> model.Ph
             "found": readied.found, "sha": sha or tx.run.checkpoint_sha}))
     return tx.set_phase(key, feedback=feedback)
 
-
-def lock_events(tx: RunTx, key: str | None, removed: list[dict[str, Any]]) -> None:
-    """``git.lock_removed`` for each stale git lock devflow removed (no process held it)."""
-    for lock in removed:
-        tx.event(model.NewEvent("git.lock_removed", key, {
-            **lock, "why": "no live process held it (a git killed while it wrote left it)"}))
 
 
 def _judge(ctx: Context, run: model.Run, phase: model.Phase, result: agent.Result) -> Verdict:
@@ -299,7 +293,7 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
 
 def _complete(tx: RunTx, phase: model.Phase, kept: Kept) -> None:
     record, commit, evidence = kept.record, kept.commit, kept.evidence
-    lock_events(tx, phase.key, kept.removed)
+    workspace.lock_events(tx, phase.key, kept.removed)
     tx.add_artifact(record)
     fields: dict[str, Any] = {"artifact_sha": record.sha256, "artifact_stored": record.stored_path,
                               "feedback": {}}
