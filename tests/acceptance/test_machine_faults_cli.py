@@ -152,3 +152,32 @@ def test_git_killed_by_a_file_size_limit_pauses_the_run_and_resume_completes_it(
     _row(df, "fsize", f"machine fault: git killed by RLIMIT_FSIZE, resume on {_db(settings)}",
          tmp_path, started, blocked="file_too_large", locks_removed=len(removed),
          salvaged=len(salvaged))
+
+
+def test_the_work_of_an_attempt_a_crash_cut_short_is_salvaged_before_the_reset(
+        df: Devflow, settings: Settings, tmp_path: Path) -> None:
+    """kill -9 of the worker right after its agent exited: the agent's files are in the
+    worktree, uncommitted. The sweep's recovery resets the worktree for the next
+    attempt, after committing them to the run's first salvage ref."""
+    started = time.monotonic()
+    repo = make_repo(tmp_path / "repo")
+    df.run("run", "start", "--repo", str(repo), "--base", "main", *QUICK, "--objective",
+           "Add a farewell.", "--run-id", "cut", "--detach", "--json", name="start")
+    df.crash("agent_exited", tmp_path / "crash.marker", "worker", "--once", "--poll", "0.2",
+             name="worker")
+    df.wait_lease_gone("cut")
+    assert [a["action"] for a in df.sweep() if a["run_id"] == "cut"] == ["recovered"]
+    df.worker_once()
+    run = df.run_of("cut")
+    assert str(run.state) == "completed", (run.state, run.failure_code)
+    salvaged = [e.payload for e in df.events("cut") if e.type == "worktree.salvaged"]
+    assert [s["ref"] for s in salvaged] == ["refs/heads/devflow/cut/salvage-1"]
+    assert ".devflow/implementation.json" in salvaged[0]["files"]
+    kept = git.out(["show", "refs/heads/devflow/cut/salvage-1:.devflow/implementation.json"],
+                   repo)
+    assert json.loads(kept)  # the interrupted attempt's artifact, as the agent wrote it
+    report = json.loads((Path(run.workspace) / "report.json").read_text(encoding="utf-8"))
+    assert [s["ref"] for s in report["git"]["salvaged"]] == [salvaged[0]["ref"]]
+    assert _checkpoints(df, "cut") == ["devflow(implement)", "devflow(review)"]
+    _row(df, "cut", f"kill -9 after the agent exited, work salvaged on {_db(settings)}",
+         tmp_path, started, salvaged=len(salvaged))
