@@ -144,9 +144,16 @@ def ready(repo: Path, path: Path, branch: str,
     tree = find(repo, path, branch)
     if tree is None:
         return False
+    check_out_if_interrupted(tree, removed)
+    return True
+
+
+def check_out_if_interrupted(tree: Tree, removed: list[dict[str, Any]] | None = None) -> None:
+    """Finish a check-out that a crash or a fault of the machine cut short (the worktree
+    has no index yet): its files as the run's branch has them, before anyone reads or
+    commits them (a half-made worktree would commit the missing files as deleted)."""
     if not (tree.admin / "index").exists():
         _check_out(tree, removed)
-    return True
 
 
 def common_dir(repo: Path) -> Path:

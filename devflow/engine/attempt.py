@@ -154,6 +154,7 @@ def _ready(run: model.Run, reset_to: str | None) -> Readied:
     branch put back if something changed them since the last attempt."""
     tree = worktree.of_run(run)
     removed: list[dict[str, Any]] = []
+    worktree.check_out_if_interrupted(tree, removed)
     if reset_to:
         found = runtree.restore(tree, None)
         salvaged = worktree.salvage(tree, reset_to, removed)

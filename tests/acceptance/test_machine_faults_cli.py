@@ -181,3 +181,40 @@ def test_the_work_of_an_attempt_a_crash_cut_short_is_salvaged_before_the_reset(
     assert _checkpoints(df, "cut") == ["devflow(implement)", "devflow(review)"]
     _row(df, "cut", f"kill -9 after the agent exited, work salvaged on {_db(settings)}",
          tmp_path, started, salvaged=len(salvaged))
+
+
+def test_a_check_out_cut_short_at_run_start_pauses_the_run_and_resume_finishes_it(
+        df: Devflow, settings: Settings, tmp_path: Path) -> None:
+    """The repository tracks a file larger than the driver's file size limit: git is
+    killed (SIGXFSZ) while ``run start`` checks the worktree out. The run is paused, not
+    failed; ``run resume`` without the limit removes the lock the killed git left,
+    finishes the check-out (no file of the repository is committed as deleted) and
+    completes the run."""
+    started = time.monotonic()
+    data = os.urandom(4 * 1024 * 1024)
+    repo = make_repo(tmp_path / "repo")
+    (repo / "assets.bin").write_bytes(data)
+    git.run(["add", "assets.bin"], repo)
+    git.run(["commit", "--quiet", "--no-verify", "-m", "assets"], repo, env=git.AUTHOR)
+    limited = subprocess.run(
+        [sys.executable, "-m", "devflow.cli.main", "run", "start", "--repo", str(repo),
+         "--base", "main", *QUICK, "--objective", "Add a farewell.", "--run-id", "checkout",
+         "--json"], env=df.base_env, capture_output=True, text=True,
+        preexec_fn=_limited(2 * 1024 * 1024), timeout=180, check=False)
+    assert limited.returncode == 1, limited.stderr
+    _no_crash_text(limited.stdout, limited.stderr)
+    body = json.loads(limited.stdout)["run"]
+    assert body["state"] == "paused" and body["paused_from"] == "bound"
+    assert body["blocked"]["kind"] == "file_too_large"
+
+    resumed = df.run("run", "resume", "checkout", "--json", name="resume")
+    _no_crash_text(resumed.stdout(), resumed.stderr())
+    assert resumed.json()["run"]["state"] == "completed"
+    run = df.run_of("checkout")
+    assert (Path(run.worktree) / "assets.bin").read_bytes() == data
+    deleted = git.out(["diff", "--name-only", "--diff-filter=D", run.base_sha or "",
+                       run.branch], repo)
+    assert deleted == ""  # no file of the repository went missing from the checkpoints
+    assert _checkpoints(df, "checkout") == ["devflow(implement)", "devflow(review)"]
+    _row(df, "checkout", f"machine fault: check-out killed at run start, resume on "
+         f"{_db(settings)}", tmp_path, started, blocked="file_too_large")
