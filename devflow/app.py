@@ -30,7 +30,7 @@ from devflow.states import RUNNABLE, TERMINAL, RunState
 if TYPE_CHECKING:
     from devflow import access, approvals
     from devflow import sweep as sweep_module
-    from devflow.definitions import Persona, Template
+    from devflow.definitions import Persona, Problem, Template
     from devflow.engine import control, start, worker
     from devflow.engine.context import Context, Observer
     from devflow.store import Store
@@ -151,6 +151,11 @@ class App:
                          "sandbox": self._sandboxes(users)})
         self.memo.save()
         return rows
+
+    def backend_options(self, name: str) -> dict[str, Any]:
+        """The JSON Schema of backend ``name``'s persona options (``backend_unavailable``
+        for a name devflow does not know)."""
+        return dict(self._backends.get(name).options_schema)
 
     def sandbox(self) -> dict[str, Any]:
         """bubblewrap here: its path and version, or why agents cannot be sandboxed."""
@@ -395,7 +400,7 @@ def _drive_here(ctx: Context, run_id: str, lease: model.Lease) -> None:
         raise Interrupted(run_id, caught[0])
 
 
-def _check_options(backend: str, options: Any) -> list[str]:
+def _check_options(backend: str, options: Any) -> list[Problem]:
     """A persona's options checked by its backend (loaded for it: a persona whose check
     is remembered needs none)."""
     from devflow import backends  # noqa: PLC0415 - see the module doc

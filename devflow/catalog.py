@@ -151,7 +151,8 @@ class Catalog:
     """Templates, personas and schemas, loaded once from their directories."""
 
     def __init__(self, dirs: Dirs,
-                 check_persona_options: Callable[[str, Mapping[str, Any]], list[str]] | None = None,
+                 check_persona_options: Callable[[str, Mapping[str, Any]],
+                                                 list[definitions.Problem]] | None = None,
                  memo: memos.Memo | None = None) -> None:
         self.dirs = dirs
         self._check_options = check_persona_options

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import access, atomic, faults, model
+from devflow import access, atomic, events, faults, model
 from devflow.durations import format_duration
 from devflow.model import iso, utcnow
 from devflow.worktree import Commit, FileStat
@@ -101,13 +101,13 @@ def compose(data: ReportData) -> dict[str, Any]:
                 "salvaged": [{"ref": str(e.payload.get("ref")), "sha": str(e.payload.get("sha")),
                               "phase": e.phase, "attempt": e.payload.get("attempt"),
                               "files": [str(f) for f in e.payload.get("files", [])]}
-                             for e in data.events if e.type == "worktree.salvaged"]},
+                             for e in data.events if e.type == events.WORKTREE_SALVAGED.name]},
         "findings": list(data.findings),
         "validation_errors": [
             {"phase": e.phase or "", "attempt": int(e.payload.get("attempt", 0)),
              "code": e.payload.get("code"), "errors": list(e.payload.get("errors", [])),
              "artifact": _refused_artifact(e.payload.get("artifact"), run.workspace)}
-            for e in data.events if e.type == "phase.artifact_invalid"],
+            for e in data.events if e.type == events.PHASE_ARTIFACT_INVALID.name],
         "unresolved": _unresolved(data),
         "events_tail": [{"seq": e.seq, "type": e.type, "phase": e.phase, "ts": iso(e.ts) or ""}
                         for e in data.events[-25:]],

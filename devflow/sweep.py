@@ -28,7 +28,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, escalation, logs, machine, model, states, transitions, worktree
+from devflow import (
+    artifacts,
+    escalation,
+    events,
+    logs,
+    machine,
+    model,
+    states,
+    transitions,
+    worktree,
+)
 from devflow.backends import process
 from devflow.engine import context, control, finish, workspace
 from devflow.engine.context import Context
@@ -206,8 +216,8 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
     interrupted = []
     for phase in tx.phases():
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
-                "phase.interrupted", phase.key, {
+            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
+                phase.key, {
                     "attempt": phase.attempt, "agents": found.agents,
                     "artifact": found.artifact, "worktree": found.worktree}),
                 feedback={**phase.feedback, "interrupted": True,
@@ -217,7 +227,7 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)
     detail = {"owner": run.lease_owner, "recoveries": recoveries, "phases": interrupted,
               "agents": found.agents}
-    tx.event(model.NewEvent("run.recovered", payload=detail))
+    tx.event(events.RUN_RECOVERED.new(payload=detail))
     if policy == "fail" or recoveries > limit:
         reason = (f"the run's driver stopped {recoveries} time(s); "
                   + ("--policy fail" if policy == "fail" else f"max_recoveries is {limit}"))

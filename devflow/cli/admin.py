@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from devflow.cli import output
@@ -77,6 +79,35 @@ def backends_list(state: State, as_json: bool) -> None:
     else:
         click.echo(f"WARNING: no sandbox here: {box['reason']}; agents that need one are "
                    f"refused (sandbox_unavailable)")
+
+
+@backends_group.command("show", epilog="""\b
+Examples:
+  devflow backends show claude-code
+  devflow backends show codex --json | jq '.options.properties | keys'""")
+@click.argument("backend")
+@click.option("--json", "as_json", is_flag=True, help="The options' JSON Schema.")
+@click.pass_obj
+def backends_show(state: State, backend: str, as_json: bool) -> None:
+    """The options a persona of BACKEND may give (a persona's file is checked against them)."""
+    schema = state.app.backend_options(backend)
+    if as_json:
+        output.emit_json({"backend": backend, "options": schema})
+        return
+    required = set(schema.get("required", ()))
+    output.table(["option", "type", "meaning"],
+                 [[key + (" (required)" if key in required else ""), _kind(body),
+                   body.get("description", "")]
+                  for key, body in schema["properties"].items()],
+                 wrap=("type", "meaning"))
+
+
+def _kind(body: dict[str, Any]) -> str:
+    """What an option's schema says its value is, in a few words."""
+    if isinstance(body.get("enum"), list):
+        return "one of " + ", ".join(str(v) for v in body["enum"])
+    kind = body.get("type", "any")
+    return " or ".join(kind) if isinstance(kind, list) else str(kind)
 
 
 @click.command("sweep", epilog="""\b

@@ -141,8 +141,7 @@ Examples:
               help="The git repository to work on (any directory inside it).")
 @click.option("--base", help="Branch (or ref) to start from; default: the repo's current branch.")
 @click.option("--template", "-t", required=True, help="NAME or NAME@VERSION, e.g. development@1.")
-@click.option("--requirements", "-r", type=click.Path(exists=True, dir_okay=False,
-                                                      allow_dash=True),
+@click.option("--requirements", "-r", type=click.Path(dir_okay=False, allow_dash=True),
               help="File with the requirements (UTF-8 text), or - for standard input.")
 @click.option("--objective", "-o", help="One line saying what the run is for.")
 @click.option("--bind", multiple=True, metavar="ROLE=PERSONA[@VERSION]",
@@ -198,6 +197,10 @@ def _read_requirements(path: str | None) -> bytes:
         return sys.stdin.buffer.read()
     try:
         return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise DevflowError(Code.FILE_NOT_FOUND, f"requirements file {path} does not exist",
+                           hint="check the path (relative paths are from the current "
+                                "directory), or give - to read standard input") from exc
     except OSError as exc:
         raise DevflowError(Code.INVALID_INPUT, f"requirements file {path} cannot be read: "
                            f"{exc.strerror}", hint="check the path and its permissions") from exc

@@ -25,7 +25,17 @@ from typing import Any
 
 import anyio
 
-from devflow import approvals, artifacts, faults, logs, model, runtree, transitions, worktree
+from devflow import (
+    approvals,
+    artifacts,
+    events,
+    faults,
+    logs,
+    model,
+    runtree,
+    transitions,
+    worktree,
+)
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
@@ -167,16 +177,16 @@ def _ready(run: model.Run, reset_to: str | None) -> Readied:
 def _readied(tx: RunTx, key: str, sha: str | None, readied: Readied) -> model.Phase:
     """Record what ``_ready`` did: the run's branch is at ``sha`` after a reset."""
     feedback = dict(tx.phase(key).feedback)
-    workspace.lock_events(tx, key, readied.removed)
+    workspace.lock_events(tx, readied.removed)
     if readied.salvaged is not None:
-        tx.event(model.NewEvent("worktree.salvaged", key, {
+        tx.event(events.WORKTREE_SALVAGED.new(key, {
             **readied.salvaged, "reset_to": sha, "attempt": tx.phase(key).attempt}))
     if sha is not None:
         feedback.pop("reset_to", None)
         if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
             tx.set_run(checkpoint_sha=sha)
     if readied.found:
-        tx.event(model.NewEvent("worktree.restored", key, {
+        tx.event(events.WORKTREE_RESTORED.new(key, {
             "found": readied.found, "sha": sha or tx.run.checkpoint_sha}))
     return tx.set_phase(key, feedback=feedback)
 
@@ -217,7 +227,7 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
                                "errors": errors, "repair": more}
     if verdict.shown is not None:
         payload["artifact"] = verdict.shown
-    tx.event(model.NewEvent("phase.artifact_invalid", phase.key, payload))
+    tx.event(events.PHASE_ARTIFACT_INVALID.new(phase.key, payload))
     feedback = dict(tx.phase(phase.key).feedback)
     feedback.pop("interrupted", None)
     feedback["repair"] = {"code": str(verdict.code), "errors": errors}
@@ -225,9 +235,9 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     if not more:
         reason = (f"{verdict.code} after {phase.attempt} attempt(s): "
                   + "; ".join(str(i) if i.pointer else i.message for i in verdict.issues[:3]))
-        tx.move_phase(phase.key, PhaseState.FAILED, model.NewEvent(
-            "phase.failed", phase.key, {"attempt": phase.attempt, "code": str(verdict.code),
-                                        "reason": reason}),
+        tx.move_phase(phase.key, PhaseState.FAILED, events.PHASE_FAILED.new(
+            phase.key, {"attempt": phase.attempt, "code": str(verdict.code),
+                        "reason": reason}),
             failure_code=str(verdict.code), failure_reason=reason)
         transitions.terminate_in(tx, RunState.FAILED, code=str(verdict.code),
                                  reason=f"phase {phase.key}: {reason}")
@@ -294,20 +304,20 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
 
 def _complete(tx: RunTx, phase: model.Phase, kept: Kept) -> None:
     record, commit, evidence = kept.record, kept.commit, kept.evidence
-    workspace.lock_events(tx, phase.key, kept.removed)
+    workspace.lock_events(tx, kept.removed)
     tx.add_artifact(record)
     fields: dict[str, Any] = {"artifact_sha": record.sha256, "artifact_stored": record.stored_path,
                               "feedback": {}}
     if commit is not None and commit != tx.run.checkpoint_sha:
         fields["checkpoint_sha"] = commit
         tx.set_run(checkpoint_sha=commit)
-        tx.event(model.NewEvent("checkpoint.committed", phase.key,
-                                {"attempt": phase.attempt, "sha": commit}))
+        tx.event(events.CHECKPOINT_COMMITTED.new(phase.key,
+                                                 {"attempt": phase.attempt, "sha": commit}))
     tx.set_phase(phase.key, **fields)
     if evidence is not None:
         approvals.open_first_gate(tx, phase.key, evidence)
         return
-    tx.move_phase(phase.key, PhaseState.COMPLETED, model.NewEvent(
-        "phase.completed", phase.key, {"attempt": phase.attempt, "artifact_sha": record.sha256,
-                                       "checkpoint": fields.get("checkpoint_sha")}))
+    tx.move_phase(phase.key, PhaseState.COMPLETED, events.PHASE_COMPLETED.new(
+        phase.key, {"attempt": phase.attempt, "artifact_sha": record.sha256,
+                    "checkpoint": fields.get("checkpoint_sha")}))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from devflow import access, approvals, faults, model, transitions
+from devflow import access, approvals, events, faults, model, transitions
 from devflow.engine import finish
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
@@ -94,9 +94,9 @@ def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None,
                                f"run {tx.run.id} is {tx.state}: it can be paused once it executes",
                                hint="pause works from bound, executing, planning or "
                                     "awaiting_approval")
-        return Changed(tx.move_run(RunState.PAUSED, model.NewEvent(
-            "run.paused", payload={"by": actor, "reason": reason, "from": str(tx.state),
-                                   "authentication": authentication})), True)
+        return Changed(tx.move_run(RunState.PAUSED, events.RUN_PAUSED.new(
+            payload={"by": actor, "reason": reason, "from": str(tx.state),
+                     "authentication": authentication})), True)
     return ctx.change(ctx.store.runs.get(run_id).id, fn)
 
 
@@ -121,7 +121,7 @@ def resume_in(tx: RunTx, actor: str, reason: str | None,
     if "blocked" in tx.run.options:
         payload["blocked"] = dict(tx.run.options["blocked"]).get("kind")
         tx.set_run(options={k: v for k, v in tx.run.options.items() if k != "blocked"})
-    return tx.move_run(RunState(target), model.NewEvent("run.resumed", payload=payload))
+    return tx.move_run(RunState(target), events.RUN_RESUMED.new(payload=payload))
 
 
 def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None,

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from devflow import logs, machine, model, transitions
+from devflow import events, logs, machine, model, transitions
 from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
@@ -96,8 +96,8 @@ def interrupt_in(tx: RunTx, reason: str) -> list[str]:
     keys = []
     for phase in tx.phases():
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
-                "phase.interrupted", phase.key, {"attempt": phase.attempt, "reason": reason}),
+            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
+                phase.key, {"attempt": phase.attempt, "reason": reason}),
                 feedback={**phase.feedback, "interrupted": True,
                           "reset_to": tx.run.checkpoint_sha})
             keys.append(phase.key)
@@ -219,5 +219,5 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
 
 
 def _skip(tx: RunTx, key: str) -> None:
-    tx.move_phase(key, PhaseState.SKIPPED, model.NewEvent("phase.skipped", key,
-                                                          {"reason": "no artifact"}))
+    tx.move_phase(key, PhaseState.SKIPPED, events.PHASE_SKIPPED.new(
+        key, {"reason": "no artifact"}))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, logs, machine, model, report, states, worktree
+from devflow import artifacts, events, logs, machine, model, report, states, worktree
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
@@ -70,7 +70,7 @@ def write_report(ctx: Context, run_id: str) -> Path:
 
 def _blocked(tx: RunTx, blocked: machine.Blocked) -> None:
     """The report could not be written now; the sweep writes it (once per cause)."""
-    tx.event(model.NewEvent("report.blocked", payload={
+    tx.event(events.REPORT_BLOCKED.new(payload={
         **blocked.to_json(), "fix": f"{blocked.fix.split('; then')[0]}; then `devflow sweep` "
                                     "writes the report"},
         key=f"{tx.run.id}:report.blocked:{blocked.kind}"))
@@ -78,8 +78,8 @@ def _blocked(tx: RunTx, blocked: machine.Blocked) -> None:
 
 def _record(tx: RunTx, path: Path, status: str) -> None:
     tx.set_run(report_status=status)
-    tx.event(model.NewEvent("report.written", payload={"path": str(path), "status": status},
-                            key=f"{tx.run.id}:report.written:{status}"))
+    tx.event(events.REPORT_WRITTEN.new(payload={"path": str(path), "status": status},
+                                              key=f"{tx.run.id}:report.written:{status}"))
 
 
 def _gather(history: History) -> report.ReportData:

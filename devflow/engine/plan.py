@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, definitions, model
+from devflow import artifacts, definitions, events, model
 from devflow.definitions import PHASE_PLAN_SCHEMA, ArtifactSpec, PhaseDef
 from devflow.errors import Code, DevflowError
 from devflow.schemas import Issue, SchemaRegistry
@@ -72,6 +72,6 @@ def apply_next(tx: RunTx, schemas: SchemaRegistry) -> list[str]:
                            hint="the run fails; start a new run once the plan is fixed")
     added = tx.add_phases(to_phases(kept), origin=f"plan:{source.key}")
     tx.set_phase(source.key, feedback={**source.feedback, "plan_applied": True})
-    tx.event(model.NewEvent("phase.planned", source.key, {
+    tx.event(events.PHASE_PLANNED.new(source.key, {
         "phases": [p.key for p in added], "dropped": sorted(rejected)}))
     return [p.key for p in added]

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devflow import model, worktree
+from devflow import events, model, worktree
 from devflow.backends.base import attempt_name
 from devflow.engine.context import Context
 from devflow.store import RunTx
@@ -54,17 +54,17 @@ def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = No
     removed: list[dict[str, Any]] = []
     if worktree.ready(repo, path, run.branch, removed):
         if removed:
-            ctx.change(run.id, lambda tx: lock_events(tx, None, removed), lease)
+            ctx.change(run.id, lambda tx: lock_events(tx, removed), lease)
         return None
     from_branch = worktree.add(repo, path, run.branch, run.base_sha or run.base, removed)
     included = worktree.copy_included(repo, path)
     def record(tx: RunTx) -> model.Run:
-        lock_events(tx, None, removed)
+        lock_events(tx, removed)
         if tx.run.host != ctx.host:
             tx.set_run(host=ctx.host)  # the run's worktree lives here from now on
         if hand_back:
             tx.set_run(lease_owner=None, lease_expires_at=None)
-        tx.event(model.NewEvent("worktree.created", payload={
+        tx.event(events.WORKTREE_CREATED.new(payload={
             "path": str(path), "branch": run.branch,
             "from": run.branch if from_branch else run.base_sha, "host": ctx.host,
             "included": included[:50]}))
@@ -72,8 +72,8 @@ def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = No
     return ctx.change(run.id, record, lease)
 
 
-def lock_events(tx: RunTx, key: str | None, removed: list[dict[str, Any]]) -> None:
+def lock_events(tx: RunTx, removed: list[dict[str, Any]]) -> None:
     """``git.lock_removed`` for each stale git lock devflow removed (no process held it)."""
     for lock in removed:
-        tx.event(model.NewEvent("git.lock_removed", key, {
+        tx.event(events.GIT_LOCK_REMOVED.new(payload={
             **lock, "why": "no live process held it (a git killed while it wrote left it)"}))

@@ -213,8 +213,8 @@ def test_persona_options_are_checked_by_the_backend(catalog: Catalog) -> None:
     text = GOOD_PERSONA.replace("scenario: ok", "scenario: no-such-scenario-at-all")
     with pytest.raises(DefinitionError) as caught:
         _persona(catalog, text)
-    assert caught.value.problems[0].code is Code.DEFINITION_INVALID
-    assert caught.value.problems[0].path == ("options",)
+    assert caught.value.problems[0].code is Code.BACKEND_OPTION_INVALID
+    assert caught.value.problems[0].path == ("options", "scenario")
 
 
 def test_parse_ref() -> None:
