@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from devflow import atomic, git, gitlocks, machine, report
+from devflow import atomic, git, gitlocks, machine, report, worktree
 from devflow.errors import Code, DevflowError
+from devflow.runtree import Tree
 
 
 def _git_error(stderr: str, returncode: int = 128) -> git.GitError:
@@ -171,3 +172,18 @@ def test_an_atomic_write_keeps_the_umask_mode(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_devflow_removes_only_locks_of_the_run_s_own(tmp_path: Path) -> None:
+    common = tmp_path / "repo" / ".git"
+    tree = Tree(tmp_path / "ws" / "r1" / "main", common / "worktrees" / "main", common,
+                "devflow/r1/main")
+    owns = worktree._owns  # the rule itself, without a repository
+    assert owns(tree, common / "worktrees" / "main" / "index.lock")
+    assert owns(tree, common / "refs" / "heads" / "devflow" / "r1" / "main.lock")
+    assert owns(tree, common / "refs" / "heads" / "devflow" / "r1" / "salvage-2.lock")
+    assert not owns(tree, common / "index.lock")  # the user's own worktree
+    assert not owns(tree, common / "refs" / "heads" / "main.lock")
+    assert not owns(tree, common / "refs" / "heads" / "devflow" / "r10" / "main.lock")
+    assert not owns(tree, common / "packed-refs.lock")
+    assert not owns(tree, common / "worktrees" / "main1" / "index.lock")  # another run's
