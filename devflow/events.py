@@ -177,7 +177,9 @@ RUN_RECOVERED: Final = _declare(
     Field("owner", "string", "the lease owner that stopped"),
     Field("recoveries", "integer", "how many times this run was recovered, this one included"),
     Field("phases", "array", "the keys of the phases interrupted"),
-    Field("agents", "array", "the agent processes found, and what became of them"))
+    Field("agents", "array", "the agent processes found, and what became of them"),
+    Field("driver", "string", "why the driver stopped though its worker lives on (the "
+          "database was away); such a recovery is not counted", always=False))
 
 # -- phases -------------------------------------------------------------------------------
 PHASE_STARTED: Final = _declare(

@@ -189,7 +189,8 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     if dry_run:
         return [Action(run_id, "would_recover", {"owner": run.lease_owner,
                                                  "agents": found.agents})]
-    outcome = ctx.change(run_id, lambda tx: _recover_in(tx, found, policy, limit))
+    alive = _worker_alive(ctx, run.lease_owner)
+    outcome = ctx.change(run_id, lambda tx: _recover_in(tx, found, policy, limit, alive))
     if outcome is None:
         return []  # its driver renewed the lease meanwhile, or another sweep got there
     actions = [outcome]
@@ -206,7 +207,22 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     return actions
 
 
-def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | None:
+def _worker_alive(ctx: Context, owner: str | None) -> bool:
+    """Whether the lease's owner is a worker that still heartbeats: its drive stopped
+    because the database was away (a fault of the machine), not because it died."""
+    if owner is None:
+        return False
+    window = ctx.settings.lease_seconds
+    return any(w.id == owner and w.stopped_at is None
+               and (ctx.clock() - w.heartbeat_at).total_seconds() < window
+               for w in ctx.store.leases.workers())
+
+
+def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int,
+                alive: bool = False) -> Action | None:
+    """Take the run back from a driver whose lease expired. A driver whose worker lives
+    on stopped for the database, not by dying: that is not counted against
+    ``max_recoveries`` and never fails the run (issue 20)."""
     run = tx.run
     if run.lease_owner is None or run.lease_expires_at is None \
             or run.lease_expires_at > tx.now or run.state in states.TERMINAL:
@@ -223,12 +239,14 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
                 feedback={**phase.feedback, "interrupted": True,
                           "reset_to": run.checkpoint_sha})
             interrupted.append(phase.key)
-    recoveries = run.recoveries + 1
+    recoveries = run.recoveries + (0 if alive else 1)
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)
-    detail = {"owner": run.lease_owner, "recoveries": recoveries, "phases": interrupted,
-              "agents": found.agents}
+    detail: dict[str, Any] = {"owner": run.lease_owner, "recoveries": recoveries,
+                              "phases": interrupted, "agents": found.agents}
+    if alive:
+        detail["driver"] = "alive: its worker still heartbeats (the database was away)"
     tx.event(events.RUN_RECOVERED.new(payload=detail))
-    if policy == "fail" or recoveries > limit:
+    if not alive and (policy == "fail" or recoveries > limit):
         reason = (f"the run's driver stopped {recoveries} time(s); "
                   + ("--policy fail" if policy == "fail" else f"max_recoveries is {limit}"))
         transitions.terminate_in(tx, RunState.FAILED, by="sweep",

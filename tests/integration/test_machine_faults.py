@@ -17,12 +17,14 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from devflow import git, model, worktree
 from devflow.app import App, RunView
+from devflow.settings import Settings
 from devflow.states import PhaseState, RunState
 from tests.acceptance.crash_support import assert_clean, audit_run, figures, publish
 from tests.integration.helpers import quick, report_of, subjects
@@ -233,3 +235,54 @@ def test_a_report_the_full_disk_refuses_is_written_by_the_sweep(
     assert run.report_status == "written" and (workspace / "report.json").is_file()
     _contiguous(app, "report-full")
     _row(app, "report-full", "disk full (ENOSPC) at the report, freed, sweep", tmp_path)
+
+
+class Clock:
+    """A clock the test moves by hand (a database away longer than a lease)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_database_away_longer_than_a_lease_is_not_counted_as_a_driver_that_died(
+        settings: Settings, repo: Path, tmp_path: Path) -> None:
+    """A worker's drive stops when its database is away and keeps its lease, which runs
+    out; the worker itself lives on and heartbeats once the database is back. The sweep
+    recovers the run without counting it against max_recoveries (0 here): the run goes
+    on and completes, instead of failing with process_restart_unrecovered."""
+    clock = Clock()
+    app = App(settings.replace(max_recoveries=0), clock=clock)
+    try:
+        app.start(quick(repo, run_id="outage"), detach=True)
+        worker = "worker-w:host:1:abcdef"
+        app.store.leases.register_worker(worker, "w", "host", os.getpid(), 1)
+        assert app.store.leases.claim("outage", worker, settings.lease_seconds) is not None
+        clock.now += timedelta(minutes=10)  # the database was away; the lease ran out
+        app.store.leases.worker_heartbeat(worker)  # back: the worker beats again
+        actions = app.sweep().actions
+        assert [(a.kind, a.detail.get("recoveries")) for a in actions] == [("recovered", 0)]
+        assert "database" in actions[0].detail["driver"]
+        view, _ = app.drive("outage")
+        assert view.run.state is RunState.COMPLETED and view.run.recoveries == 0
+        _contiguous(app, "outage")
+        _row(app, "outage", "database away longer than a lease, worker alive", tmp_path)
+    finally:
+        app.close()
+
+
+def test_a_driver_that_died_is_still_counted(settings: Settings, repo: Path) -> None:
+    clock = Clock()
+    app = App(settings.replace(max_recoveries=0), clock=clock)
+    try:
+        app.start(quick(repo, run_id="dead"), detach=True)
+        assert app.store.leases.claim("dead", "worker-gone:h:1:x", 30) is not None
+        clock.now += timedelta(minutes=10)
+        actions = app.sweep().actions
+        assert [a.kind for a in actions] == ["failed"]
+        run = app.store.runs.get("dead")
+        assert run.failure_code == "process_restart_unrecovered" and run.recoveries == 1
+    finally:
+        app.close()
