@@ -189,7 +189,7 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     if dry_run:
         return [Action(run_id, "would_recover", {"owner": run.lease_owner,
                                                  "agents": found.agents})]
-    alive = _worker_alive(ctx, run.lease_owner)
+    alive = _worker_alive(ctx, run)
     outcome = ctx.change(run_id, lambda tx: _recover_in(tx, found, policy, limit, alive))
     if outcome is None:
         return []  # its driver renewed the lease meanwhile, or another sweep got there
@@ -207,14 +207,14 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     return actions
 
 
-def _worker_alive(ctx: Context, owner: str | None) -> bool:
-    """Whether the lease's owner is a worker that still heartbeats: its drive stopped
-    because the database was away (a fault of the machine), not because it died."""
-    if owner is None:
+def _worker_alive(ctx: Context, run: model.Run) -> bool:
+    """Whether the lease's owner is a worker that heartbeat after the lease ran out: its
+    drive stopped (the database was away, a fault of the machine), the worker did not
+    die. A worker stopped (SIGSTOP) or killed has no heartbeat after that."""
+    expired = run.lease_expires_at
+    if run.lease_owner is None or expired is None:
         return False
-    window = ctx.settings.lease_seconds
-    return any(w.id == owner and w.stopped_at is None
-               and (ctx.clock() - w.heartbeat_at).total_seconds() < window
+    return any(w.id == run.lease_owner and w.stopped_at is None and w.heartbeat_at > expired
                for w in ctx.store.leases.workers())
 
 
