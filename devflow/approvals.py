@@ -20,13 +20,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from jsonpointer import resolve_pointer
+
 from devflow import access, artifacts, events, faults, model, transitions, worktree
-from devflow.definitions import GateDef, gate_of
+from devflow.definitions import PHASE_PLAN_SCHEMA, GateDef, gate_of
 from devflow.errors import Code, DevflowError
 from devflow.states import ACTION_OUTCOME, TERMINAL, ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
 
-SYSTEM_ACTORS: Final = ("system:escalation", "system:timeout")
 SECTION_VERDICTS: Final = ("approve", "reject")
 
 
@@ -248,10 +249,10 @@ def section_keys(tx: RunTx, approval: model.Approval) -> list[str]:
     phase = tx.phase(approval.phase_key)
     if not approval.sections or not phase.artifact_stored or not phase.artifact_sha:
         return []
-    value: Any = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
-    for part in approval.sections.strip("/").split("/"):
-        value = value.get(part.replace("~1", "/").replace("~0", "~"), []) \
-            if isinstance(value, dict) else []
+    stored = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
+    value = resolve_pointer(stored, approval.sections, [])
+    if not isinstance(value, list):
+        return []
     return [str(item["key"]) for item in value if isinstance(item, dict) and "key" in item]
 
 
@@ -275,7 +276,7 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
     outcome: dict[str, Any] = {"action": req.action}
     rejected = [k for k, v in req.sections.items() if v == "reject"]
     is_plan = bool(phase.definition.artifact and
-                   phase.definition.artifact.schema == "dev/phase-plan@1")
+                   phase.definition.artifact.schema == PHASE_PLAN_SCHEMA)
     if req.action == "approve" and rejected and not is_plan:
         _changes(tx, req, phase, rejected)
     elif req.action == "approve":

@@ -228,10 +228,6 @@ class Catalog:
         return memos.key(f"{kind}-checked", self.schemas.digest,
                         json.dumps(data, sort_keys=True, separators=(",", ":")))
 
-    def load_template_definition(self, definition: Mapping[str, Any]) -> Template:
-        """A template from the definition a run stored when it started."""
-        return self.load_template(Source(None, dict(definition), None))
-
     def load_persona_definition(self, definition: Mapping[str, Any]) -> Persona:
         """A persona from the definition a binding stored when its run started (cached)."""
         digest = definitions.definition_hash(definition)

@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from devflow import durations
 from devflow.errors import Code, DevflowError
-from devflow.schemas import SchemaRegistry, pointer
+from devflow.schemas import SchemaRegistry, parts, pointer
 from devflow.yamlsource import Source
 
 TEMPLATE_SCHEMA: Final = "devflow/template@1"
@@ -218,19 +218,7 @@ _HINTS: Final[Mapping[Code, str]] = MappingProxyType({
 
 def _meta_problems(schemas: SchemaRegistry, schema_id: str, data: Any) -> list[Problem]:
     issues = schemas.validate(schema_id, data)
-    return [Problem(Code.DEFINITION_INVALID, _split(i.pointer), i.message) for i in issues]
-
-
-def pointer_of(path: tuple[str | int, ...]) -> str:
-    return "".join(f"/{p}" for p in path)
-
-
-def _split(ptr: str) -> tuple[str | int, ...]:
-    parts: list[str | int] = []
-    for raw in ptr.split("/")[1:]:
-        part = raw.replace("~1", "/").replace("~0", "~")
-        parts.append(int(part) if part.isdigit() else part)
-    return tuple(parts)
+    return [Problem(Code.DEFINITION_INVALID, parts(i.pointer), i.message) for i in issues]
 
 
 def check_artifact_path(path: str) -> str | None:

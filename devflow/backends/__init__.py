@@ -76,3 +76,9 @@ def check_options(name: str, options: Mapping[str, Any]) -> list[Problem]:
     if name not in SHIPPED and name not in _BACKENDS:
         return []
     return get(name).check_options(options)
+
+
+def check_scenario(name: str) -> str | None:
+    """Why ``name`` is no scenario of the scripted backend, or None when it is one."""
+    from devflow.backends import scripted  # noqa: PLC0415 - see the module doc
+    return scripted.check_scenario(name)

@@ -161,13 +161,13 @@ def worker(state: State, concurrency: int, poll: float, once: bool, name: str, g
     Told to stop, it claims nothing more and lets each drive end its step; after
     --grace seconds the attempts still going are recorded as interrupted.
     """
-    from devflow.engine.worker import Options
     from devflow.errors import Code, DevflowError
+    from devflow.requests import WorkerOptions
     if concurrency < 1 or poll <= 0 or grace < 0:
         raise DevflowError(Code.INVALID_INPUT, "--concurrency must be at least 1, --poll "
                            "positive and --grace not negative", hint="e.g. --concurrency 4")
-    stats = state.app.work(Options(name=name, concurrency=concurrency, poll=poll, once=once,
-                                   grace=grace))
+    stats = state.app.work(WorkerOptions(name=name, concurrency=concurrency, poll=poll,
+                                         once=once, grace=grace))
     if as_json:
         output.emit_json({"worker": stats.worker_id, "driven": stats.driven,
                           "skipped": stats.skipped})

@@ -164,14 +164,13 @@ def run_start(state: State, repo: Path, base: str | None, template: str,
     own branches are never touched. Progress shows on stderr while agents work.
     """
     from devflow.cli.progress import Progress
-    from devflow.engine.start import StartRequest, check_text
-    # the bytes as read: the library decodes and checks them, with the objective (here
-    # first, before the repository is looked at; and again where the run starts)
+    from devflow.requests import StartRequest
+    # the bytes as read: the library decodes and checks them, with the objective, before
+    # it looks at the repository (no --base: its current branch)
     data = _read_requirements(requirements)
-    check_text(data, requirements, objective)
     app = state.app
     request = StartRequest(
-        repo=repo, base=base or _current_branch(repo), template=template, requirements=data,
+        repo=repo, base=base or None, template=template, requirements=data,
         requirements_source=requirements, objective=objective, binds=_pairs(bind, "--bind"),
         run_id=run_id, scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost,
         actor=app.settings.actor)
@@ -206,31 +205,6 @@ def _read_requirements(path: str | None) -> bytes:
                            f"{exc.strerror}", hint="check the path and its permissions") from exc
 
 
-def _current_branch(repo: Path) -> str:
-    from devflow import git, worktree
-    from devflow.errors import Code, DevflowError
-    result = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], repo, check=False)
-    if result.returncode == 0 and result.stdout.strip():
-        return result.stdout.strip()
-    if result.returncode == 1:  # --quiet: HEAD is not a symbolic ref
-        raise DevflowError(Code.INVALID_INPUT, f"HEAD of {repo} is detached: there is no "
-                           "current branch to start from", hint="pass --base BRANCH")
-    worktree.locate(repo.expanduser().resolve(), "HEAD")  # says what is wrong with --repo
-    raise git.GitError(["symbolic-ref", "HEAD"], repo, result)
-
-
-def _repo_top(path: Path) -> str:
-    """The repository ``run start --repo PATH`` would record: the top of the one containing
-    PATH; a path that is no repository (any more) stands for itself."""
-    from devflow import git
-    resolved = path.expanduser().resolve()
-    if resolved.is_dir():
-        found = git.run(["rev-parse", "--show-toplevel"], resolved, check=False)
-        if found.returncode == 0 and found.stdout.strip():
-            return str(Path(found.stdout.rstrip("\n")).resolve())
-    return str(resolved)
-
-
 @run_group.command("status", epilog="""\b
 Example:
   devflow run status 20260101-abc234 --json | jq -r .run.state
@@ -260,8 +234,7 @@ def run_list(state: State, states: tuple[str, ...], repo: Path | None, limit: in
              as_json: bool) -> None:
     """List runs, newest first."""
     from devflow.states import RunState
-    runs = state.app.runs([RunState(s) for s in states] or None,
-                          _repo_top(repo) if repo else None, limit)
+    runs = state.app.runs([RunState(s) for s in states] or None, repo, limit)
     if as_json:
         output.emit_json({"runs": [r.to_json() for r in runs]})
         return

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow import backends, definitions
+from devflow import backends, definitions, schemas
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import DefinitionError, Persona, Template
 from devflow.errors import Code, DevflowError
@@ -127,7 +127,7 @@ def test_more_cross_checks(catalog: Catalog, old: str, new: str, code: Code,
     assert GOOD_TEMPLATE.count(old) == 1
     with pytest.raises(DefinitionError) as caught:
         _template(catalog, GOOD_TEMPLATE.replace(old, new))
-    assert (caught.value.problems[0].code, definitions.pointer_of(
+    assert (caught.value.problems[0].code, schemas.pointer(
         caught.value.problems[0].path)) == (code, pointer)
 
 
