@@ -82,7 +82,10 @@ def sweep(ctx: Context, *, policy: str = "resume", max_recoveries: int | None = 
     for run_id in ctx.store.runs.missing_reports():
         if not dry_run:
             path = finish.write_report(ctx, run_id)
-            result.actions.append(Action(run_id, "report_written", {"path": str(path)}))
+            if path is None:  # a full disk, still: the event says why
+                result.actions.append(Action(run_id, "report_blocked"))
+            else:
+                result.actions.append(Action(run_id, "report_written", {"path": str(path)}))
         else:
             result.actions.append(Action(run_id, "report_missing"))
     for run in ctx.store.runs.find(states_in=[RunState.PAUSED], limit=10_000):

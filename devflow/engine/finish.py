@@ -37,8 +37,10 @@ def fail(ctx: Context, run_id: str, code: Code | str, reason: str, *,
     return terminate(ctx, run_id, RunState.FAILED, code=str(code), reason=reason, lease=lease)
 
 
-def write_report(ctx: Context, run_id: str) -> Path:
-    """Compose and write the report of a terminal run; a stub when composing fails."""
+def write_report(ctx: Context, run_id: str) -> Path | None:
+    """Compose and write the report of a terminal run; a stub when composing fails. None
+    when a fault of the machine refused the write (``report.blocked``; the sweep tries
+    again)."""
     history = ctx.store.runs.history(run_id)
     run = history.run
     if run.state not in states.TERMINAL:
@@ -63,7 +65,7 @@ def write_report(ctx: Context, run_id: str) -> Path:
             raise
         log.warning("report_blocked", run_id=run_id, error=blocked.message, fix=blocked.fix)
         ctx.change(run.id, lambda tx: _blocked(tx, blocked))
-        return directory / "report.json"
+        return None
     ctx.change(run.id, lambda tx: _record(tx, path, status))
     return path
 

@@ -228,6 +228,9 @@ def test_a_report_the_full_disk_refuses_is_written_by_the_sweep(
     blocked = [e.payload for e in _events(app, "report-full") if e.type == "report.blocked"]
     assert blocked and blocked[0]["kind"] == "disk_full" and "devflow sweep" in blocked[0]["fix"]
 
+    assert [a.kind for a in app.sweep().actions] == ["report_blocked"]  # still full
+    assert _temporaries(workspace) == []
+
     full.unlink()
     actions = [a.kind for a in app.sweep().actions]
     assert actions == ["report_written"]
