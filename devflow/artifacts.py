@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devflow import definitions, jsontext
+from devflow import atomic, definitions, jsontext
 from devflow.errors import Code, DevflowError
 from devflow.schemas import Issue, SchemaRegistry
 
@@ -133,18 +133,8 @@ def store(checked: Checked, destination: Path) -> str:
     """Write the bytes read (validated, or kept to show why not) atomically at
     ``destination``; their sha256."""
     assert checked.data is not None and checked.sha256 is not None
-    data = checked.data
     destination.parent.mkdir(parents=True, exist_ok=True)
-    tmp = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves no temporary file behind
-        raise
+    atomic.write_bytes(destination, checked.data)  # a failed write leaves no temporary file
     return checked.sha256
 
 

@@ -106,6 +106,9 @@ class Code(enum.StrEnum):
     PROCESS_RESTART_UNRECOVERED = "process_restart_unrecovered"
     APPROVAL_TIMEOUT = "approval_timeout"
     APPROVAL_REJECTED = "approval_rejected"
+    #: a fault of the machine, not of the run (a full disk, a git lock a live process
+    #: holds): the run is paused with a ``blocked`` reason, never failed (issue 20)
+    MACHINE_FAULT = "machine_fault"
     INTERNAL = "internal_error"
 
 

@@ -144,11 +144,16 @@ RUN_BOUND: Final = _declare(
 RUN_PAUSED: Final = _declare(
     "run.paused", "The run was paused: no new attempt starts until it is resumed.",
     _BY, Field("reason", "string|null", "why, as given"),
-    Field("from", "string", "the state it was paused in (where resume goes back to)"), _AUTH)
+    Field("from", "string", "the state it was paused in (where resume goes back to)"), _AUTH,
+    Field("blocked", "object", "what blocks the run: `{kind, path, message, fix}`; only when "
+          "devflow paused it for a fault of the machine (a full disk, a git lock held)",
+          always=False))
 RUN_RESUMED: Final = _declare(
     "run.resumed", "A paused run was resumed.",
     _BY, Field("reason", "string|null", "why, as given"),
-    Field("to", "string", "the state it went back to"), _AUTH)
+    Field("to", "string", "the state it went back to"), _AUTH,
+    Field("blocked", "string", "the kind of fault that had blocked the run; only when one "
+          "had", always=False))
 _ENDED_FIELDS: Final = (
     _BY,
     Field("code", "string", "the error code it ended with; only when it ended on an error",
@@ -172,7 +177,9 @@ RUN_RECOVERED: Final = _declare(
     Field("owner", "string", "the lease owner that stopped"),
     Field("recoveries", "integer", "how many times this run was recovered, this one included"),
     Field("phases", "array", "the keys of the phases interrupted"),
-    Field("agents", "array", "the agent processes found, and what became of them"))
+    Field("agents", "array", "the agent processes found, and what became of them"),
+    Field("driver", "string", "why the driver stopped though its worker lives on (the "
+          "database was away); such a recovery is not counted", always=False))
 
 # -- phases -------------------------------------------------------------------------------
 PHASE_STARTED: Final = _declare(
@@ -213,6 +220,8 @@ PHASE_INTERRUPTED: Final = _declare(
           "the run", always=False),
     Field("worktree", "string", "the state of the worktree the sweep found; when it "
           "recovered the run", always=False),
+    Field("blocked", "string", "the kind of fault of the machine that cut it short; when "
+          "one did", always=False),
     phase=True)
 PHASE_CHANGES_REQUESTED: Final = _declare(
     "phase.changes_requested", "An approver asked for changes: the phase runs again with "
@@ -309,6 +318,19 @@ BRANCH_DELETED: Final = _declare(
     "branch.deleted", "`devflow worktree prune --delete-branches` deleted the ended run's "
     "branch (once).",
     Field("branch", "string", "the branch"))
+WORKTREE_SALVAGED: Final = _declare(
+    "worktree.salvaged", "Before a recovery reset the worktree, what the reset would drop was "
+    "committed to a ref of its own, `refs/heads/devflow/<run>/salvage-<n>`.",
+    Field("ref", "string", "the salvage ref"), Field("sha", "string", "its commit"),
+    Field("head", "string|null", "where the worktree's HEAD was"),
+    Field("files", "array", "the files changed or added since the checkpoint, at most 50"),
+    Field("reset_to", "string|null", "the checkpoint the worktree was then reset to"),
+    _ATTEMPT, phase=True)
+GIT_LOCK_REMOVED: Final = _declare(
+    "git.lock_removed", "A stale git lock of the run's own (in its worktree's admin "
+    "directory, or under its branch's refs) was removed: no live process held it.",
+    Field("path", "string", "the lock file"),
+    Field("age_seconds", "number", "how old it was"), Field("why", "string", "why it could go"))
 CHECKPOINT_COMMITTED: Final = _declare(
     "checkpoint.committed", "The phase's work was committed on the run's branch.",
     _ATTEMPT, Field("sha", "string", "the commit"), phase=True)
@@ -323,6 +345,11 @@ REPORT_WRITTEN: Final = _declare(
     "report.written", "The run's final report was written.",
     Field("path", "string", "the report's JSON file (`report.md` beside it)"),
     Field("status", "string", "`written`, or `stub` when it could not be composed whole"))
+REPORT_BLOCKED: Final = _declare(
+    "report.blocked", "The final report could not be written for a fault of the machine (a "
+    "full disk); the next `devflow sweep` writes it.",
+    Field("kind", "string", "the kind of fault"), Field("path", "string", "where"),
+    Field("message", "string", "what went wrong"), Field("fix", "string", "what to do"))
 
 #: the events of what ``worktree prune`` did to an ended run
 HOUSEKEEPING_NAMES: Final = (WORKTREE_REMOVED.name, BRANCH_DELETED.name)

@@ -19,10 +19,16 @@ reaches the point ``name`` (after writing ``DEVFLOW_PAUSE_MARKER``, as above): t
 that started it learns of it from ``waitpid(pid, WUNTRACED)``, with no sleep and no
 polling, acts on the frozen process (SIGKILL, or lets its lease run out) and may SIGCONT
 it. A process pauses once; reaching the point again does nothing.
+
+``DEVFLOW_DISK_FULL=FLAG`` makes every file devflow writes itself (``devflow.atomic``)
+fail as on a full disk (``OSError(ENOSPC)``) while the file ``FLAG`` exists: a test
+fills the disk by creating it and frees it by deleting it, without root. Git and the
+database are not affected; a real limit (``RLIMIT_FSIZE``) reaches those.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from pathlib import Path
@@ -44,3 +50,12 @@ def point(name: str) -> None:
 def _tell(marker: str | None, name: str) -> None:
     if marker:
         Path(marker).write_text(f"{name} {os.getpid()}\n", encoding="utf-8")
+
+
+def disk_full(name: str, path: Path) -> None:
+    """Raise ``OSError(ENOSPC)`` for ``path`` while ``DEVFLOW_DISK_FULL`` names a file
+    that exists (see the module docstring); ``name`` says which write it is."""
+    flag = os.environ.get("DEVFLOW_DISK_FULL")
+    if flag and os.path.exists(flag):
+        raise OSError(errno.ENOSPC, f"No space left on device ({name}, DEVFLOW_DISK_FULL)",
+                      str(path))

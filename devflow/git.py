@@ -173,6 +173,7 @@ class GitError(DevflowError):
                  result: subprocess.CompletedProcess[str]) -> None:
         self.stderr = result.stderr.strip()
         self.returncode = result.returncode
+        self.cwd = Path(cwd)
         super().__init__(
             Code.GIT_FAILED,
             f"git {' '.join(args[:3])} failed in {cwd} (exit {result.returncode}): "

@@ -93,6 +93,15 @@ class Run:
     def terminal(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def blocked(self) -> Mapping[str, Any] | None:
+        """Why a run devflow paused is blocked (a fault of the machine: ``kind``, ``path``,
+        ``message``, ``fix``); None for any other run."""
+        value = self.options.get("blocked")
+        if self.state is RunState.PAUSED and isinstance(value, Mapping):
+            return value
+        return None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id, "state": str(self.state), "template": self.template_ref,
@@ -101,6 +110,7 @@ class Run:
             "worktree": self.worktree,
             "workspace": self.workspace, "host": self.host, "objective": self.objective,
             "paused_from": str(self.paused_from) if self.paused_from else None,
+            "blocked": dict(self.blocked) if self.blocked else None,
             "created_by": self.created_by, "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at), "ended_at": iso(self.ended_at),
             "failure": ({"code": self.failure_code, "reason": self.failure_reason}

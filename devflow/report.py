@@ -9,13 +9,12 @@ left without a report.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import access, events, faults, model
+from devflow import access, atomic, events, faults, model
 from devflow.durations import format_duration
 from devflow.model import iso, utcnow
 from devflow.worktree import Commit, FileStat
@@ -99,7 +98,11 @@ def compose(data: ReportData) -> dict[str, Any]:
         "git": {"commits": [{"sha": c.sha, "subject": c.subject} for c in data.commits],
                 "files": [{"path": f.path, "added": f.added, "deleted": f.deleted}
                           for f in data.files],
-                "error": data.git_error},
+                "error": data.git_error,
+                "salvaged": [{"ref": str(e.payload.get("ref")), "sha": str(e.payload.get("sha")),
+                              "phase": e.phase, "attempt": e.payload.get("attempt"),
+                              "files": [str(f) for f in e.payload.get("files", [])]}
+                             for e in data.events if e.type == events.WORKTREE_SALVAGED.name]},
         "findings": list(data.findings),
         "validation_errors": [
             {"phase": e.phase or "", "attempt": int(e.payload.get("attempt", 0)),
@@ -211,6 +214,11 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"- `{c['sha'][:12]}` {c['subject']}" for c in git["commits"]] + [""]
     lines += _table("", ["file", "+", "-"], [[f"`{f['path']}`", str(f["added"]), str(f["deleted"])]
                                               for f in git["files"]])
+    if git.get("salvaged"):
+        lines += ["What recoveries kept before resetting the worktree (`git show REF`):", ""]
+        lines += [f"- `{s['ref']}` ({s['sha'][:12]}), {s.get('phase') or 'the run'}: "
+                  + ", ".join(f"`{f}`" for f in s.get("files", [])[:10]) for s in git["salvaged"]]
+        lines.append("")
     if report["findings"]:
         lines += _table("Review findings", ["key", "severity", "where", "message"],
                         [[f.get("key", ""), f.get("severity", ""),
@@ -305,9 +313,4 @@ def mark(directory: Path, housekeeping: model.Housekeeping) -> None:
 
 
 def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic.write_text(path, text)

@@ -25,13 +25,12 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from devflow import git
+from devflow import atomic, git
 
 _SHA: Final = re.compile(r"[0-9a-f]{40}([0-9a-f]{24})?")
 
@@ -201,8 +200,5 @@ def _write_dot_git(tree: Tree) -> None:
 
 def _write_file(path: Path, text: str) -> None:
     """Replace ``path`` (a symbolic link itself, not its target) with ``text``, atomically."""
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temp, path)
+    atomic.write_text(path, text)
 

@@ -51,12 +51,15 @@ TERMINAL: Final = frozenset({RunState.COMPLETED, RunState.FAILED, RunState.ABORT
 RUNNABLE: Final = frozenset({RunState.BOUND, RunState.EXECUTING, RunState.PLANNING})
 #: A run in one of these states counts against the concurrency limits.
 ACTIVE: Final = frozenset(RunState) - TERMINAL
-#: States a run may be paused from, and so the states ``resume`` returns to.
-PAUSABLE: Final = frozenset({RunState.EXECUTING, RunState.PLANNING, RunState.AWAITING_APPROVAL})
+#: States a run may be paused from, and so the states ``resume`` returns to. A bound run
+#: is paused when a fault of the machine stops it before its first attempt (issue 20).
+PAUSABLE: Final = frozenset({RunState.BOUND, RunState.EXECUTING, RunState.PLANNING,
+                             RunState.AWAITING_APPROVAL})
 
 RUN_MOVES: Final[Mapping[RunState, frozenset[RunState]]] = MappingProxyType({
     RunState.CREATED: frozenset({RunState.BOUND}) | TERMINAL,
-    RunState.BOUND: frozenset({RunState.EXECUTING, RunState.PLANNING}) | TERMINAL,
+    RunState.BOUND: frozenset({RunState.EXECUTING, RunState.PLANNING,
+                               RunState.PAUSED}) | TERMINAL,
     RunState.EXECUTING: frozenset({RunState.PLANNING, RunState.AWAITING_APPROVAL,
                                    RunState.PAUSED}) | TERMINAL,
     RunState.PLANNING: frozenset({RunState.EXECUTING, RunState.AWAITING_APPROVAL,

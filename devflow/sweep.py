@@ -12,6 +12,10 @@
 3. Terminal runs without a report get one.
 4. Schedule triggers: due ticks are decided and started, missed ones recorded
    (``devflow.engine.schedule``; not in a dry run).
+5. Runs devflow paused because a fault of the machine blocked them (``blocked``: a full
+   disk, a git lock a live process held) are resumed once the cause looks gone
+   (``machine.cleared``); a worker (or ``devflow run drive``) then continues them. One
+   whose cause is still there stays paused, and the sweep says why.
 
 A run whose driver still heartbeats is never touched: its lease has not expired.
 Every change is re-checked under the run's lock, so sweeps may run beside workers
@@ -26,9 +30,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, escalation, events, logs, model, states, transitions, worktree
+from devflow import (
+    artifacts,
+    escalation,
+    events,
+    logs,
+    machine,
+    model,
+    states,
+    transitions,
+    worktree,
+)
 from devflow.backends import process
-from devflow.engine import context, finish, schedule, workspace
+from devflow.engine import context, control, finish, schedule, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
@@ -70,7 +84,10 @@ def sweep(ctx: Context, *, policy: str = "resume", max_recoveries: int | None = 
     for run_id in ctx.store.runs.missing_reports():
         if not dry_run:
             path = finish.write_report(ctx, run_id)
-            result.actions.append(Action(run_id, "report_written", {"path": str(path)}))
+            if path is None:  # a full disk, still: the event says why
+                result.actions.append(Action(run_id, "report_blocked"))
+            else:
+                result.actions.append(Action(run_id, "report_written", {"path": str(path)}))
         else:
             result.actions.append(Action(run_id, "report_missing"))
     if not dry_run:
@@ -78,7 +95,30 @@ def sweep(ctx: Context, *, policy: str = "resume", max_recoveries: int | None = 
             result.actions.append(Action(tick.run_id, f"tick_{tick.outcome}", {
                 "trigger": tick.trigger, "scheduled_at": tick.scheduled_at.isoformat(),
                 **({"reason": tick.reason} if tick.reason else {})}))
+    for run in ctx.store.runs.find(states_in=[RunState.PAUSED], limit=10_000):
+        if run.blocked is not None:
+            result.actions.append(_unblock(ctx, run, dry_run))
     return result
+
+
+# -- runs a fault of the machine blocked --------------------------------------------------
+def _unblock(ctx: Context, run: model.Run, dry_run: bool) -> Action:
+    blocked = machine.Blocked.from_json(run.blocked)
+    if blocked is None or not machine.cleared(blocked):
+        return Action(run.id, "still_blocked", dict(run.blocked or {}))
+    if dry_run:
+        return Action(run.id, "would_unblock", {"kind": blocked.kind, "path": blocked.path})
+
+    def fn(tx: RunTx) -> model.Run | None:
+        if tx.state is not RunState.PAUSED or "blocked" not in tx.run.options:
+            return None  # resumed or ended meanwhile
+        return control.resume_in(tx, "sweep", f"the cause is gone: {blocked.message}", None)
+    resumed = ctx.change(run.id, fn)
+    if resumed is None:
+        return Action(run.id, "still_blocked", {"kind": blocked.kind, "changed": False})
+    return Action(run.id, "unblocked", {
+        "kind": blocked.kind, "path": blocked.path, "state": str(resumed.state),
+        "next": f"a worker continues it, or `devflow run drive {run.id}`"})
 
 
 # -- expired leases -----------------------------------------------------------------------
@@ -159,7 +199,8 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     if dry_run:
         return [Action(run_id, "would_recover", {"owner": run.lease_owner,
                                                  "agents": found.agents})]
-    outcome = ctx.change(run_id, lambda tx: _recover_in(tx, found, policy, limit))
+    alive = _worker_alive(ctx, run)
+    outcome = ctx.change(run_id, lambda tx: _recover_in(tx, found, policy, limit, alive))
     if outcome is None:
         return []  # its driver renewed the lease meanwhile, or another sweep got there
     actions = [outcome]
@@ -176,7 +217,22 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     return actions
 
 
-def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | None:
+def _worker_alive(ctx: Context, run: model.Run) -> bool:
+    """Whether the lease's owner is a worker that heartbeat after the lease ran out: its
+    drive stopped (the database was away, a fault of the machine), the worker did not
+    die. A worker stopped (SIGSTOP) or killed has no heartbeat after that."""
+    expired = run.lease_expires_at
+    if run.lease_owner is None or expired is None:
+        return False
+    return any(w.id == run.lease_owner and w.stopped_at is None and w.heartbeat_at > expired
+               for w in ctx.store.leases.workers())
+
+
+def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int,
+                alive: bool = False) -> Action | None:
+    """Take the run back from a driver whose lease expired. A driver whose worker lives
+    on stopped for the database, not by dying: that is not counted against
+    ``max_recoveries`` and never fails the run (issue 20)."""
     run = tx.run
     if run.lease_owner is None or run.lease_expires_at is None \
             or run.lease_expires_at > tx.now or run.state in states.TERMINAL:
@@ -193,12 +249,14 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
                 feedback={**phase.feedback, "interrupted": True,
                           "reset_to": run.checkpoint_sha})
             interrupted.append(phase.key)
-    recoveries = run.recoveries + 1
+    recoveries = run.recoveries + (0 if alive else 1)
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)
-    detail = {"owner": run.lease_owner, "recoveries": recoveries, "phases": interrupted,
-              "agents": found.agents}
+    detail: dict[str, Any] = {"owner": run.lease_owner, "recoveries": recoveries,
+                              "phases": interrupted, "agents": found.agents}
+    if alive:
+        detail["driver"] = "alive: its worker still heartbeats (the database was away)"
     tx.event(events.RUN_RECOVERED.new(payload=detail))
-    if policy == "fail" or recoveries > limit:
+    if not alive and (policy == "fail" or recoveries > limit):
         reason = (f"the run's driver stopped {recoveries} time(s); "
                   + ("--policy fail" if policy == "fail" else f"max_recoveries is {limit}"))
         transitions.terminate_in(tx, RunState.FAILED, by="sweep",

@@ -1,7 +1,11 @@
-"""Composite moves on an open RunTx that several layers share: ending a run.
+"""Composite moves on an open RunTx that several layers share: ending a run, and
+pausing one that a fault of the machine blocks.
 
 Ending a run fails its active phases, aborts its pending approval requests and moves
 the run to its terminal state with the event, all in the caller's transaction.
+Blocking a run records the attempt under way as interrupted (its phase back to
+pending, to start afresh from the last checkpoint) and pauses the run with the
+``blocked`` reason, which ``resume`` clears.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from devflow import events, model, states
-from devflow.states import ApprovalState, PhaseState, RunState
+from devflow.states import TERMINAL, ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
 
 
@@ -38,3 +42,23 @@ def terminate_in(tx: RunTx, to: RunState, *, code: str | None = None, reason: st
         payload["reason"] = reason
     return tx.move_run(to, events.ENDED[to].new(payload=payload),
                        failure=(code, reason or "") if code else None)
+
+
+def block_in(tx: RunTx, blocked: Mapping[str, Any]) -> model.Run:
+    """Pause the run because of a fault of the machine (``machine.Blocked.to_json()``):
+    never terminal. A run already paused (by a person) stays as it is; an ended one too."""
+    if tx.state in TERMINAL or tx.state is RunState.PAUSED:
+        return tx.run
+    reason = f"blocked: {blocked.get('message')}"
+    tx.close_invocations(outcome="interrupted", reason=reason)
+    for phase in tx.phases():
+        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
+            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
+                phase.key, {"attempt": phase.attempt, "reason": reason,
+                                                 "blocked": blocked.get("kind")}),
+                feedback={**phase.feedback, "interrupted": True,
+                          "reset_to": tx.run.checkpoint_sha})
+    tx.set_run(options={**tx.run.options, "blocked": dict(blocked)})
+    return tx.move_run(RunState.PAUSED, events.RUN_PAUSED.new(payload={
+        "by": "devflow", "reason": reason, "from": str(tx.state), "authentication": None,
+        "blocked": dict(blocked)}))

@@ -9,6 +9,14 @@ devflow left them, so devflow's git only ever moves the run's own branch.
 ``git worktree add`` on one repository is serialized across processes by a lock file
 in the repository's git directory, and retried while another git holds
 ``config.lock`` or ``index.lock``.
+
+A git lock that stops devflow's git on a run's worktree (``index.lock`` in its admin
+directory, a ``.lock`` under ``refs/heads/devflow/<run>/``) and that no live process
+holds was left by a git that was killed: it is removed, said in the list the caller
+records as ``git.lock_removed`` events, and git runs again. A lock a live process
+holds, or one elsewhere, is a ``machine.MachineFault`` naming it. Before a reset drops
+what an interrupted attempt left, ``salvage`` commits it to
+``refs/heads/devflow/<run>/salvage-<n>``.
 """
 
 from __future__ import annotations
@@ -21,9 +29,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from devflow import git, model, runtree
+from devflow import git, gitlocks, machine, model, runtree
 from devflow.errors import Code, DevflowError
 from devflow.runtree import Tree
 
@@ -155,15 +163,24 @@ def of_run(run: model.Run) -> Tree:
     return found
 
 
-def ready(repo: Path, path: Path, branch: str) -> bool:
+def ready(repo: Path, path: Path, branch: str,
+          removed: list[dict[str, Any]] | None = None) -> bool:
     """Whether the worktree at ``path`` is there: registered with git, its directory
-    present, checked out (a checkout a crash interrupted is done now)."""
+    present, checked out (a checkout a crash interrupted is done now; stale locks it
+    removed on the way are added to ``removed``)."""
     tree = find(repo, path, branch)
     if tree is None:
         return False
-    if not (tree.admin / "index").exists():
-        _check_out(tree)
+    check_out_if_interrupted(tree, removed)
     return True
+
+
+def check_out_if_interrupted(tree: Tree, removed: list[dict[str, Any]] | None = None) -> None:
+    """Finish a check-out that a crash or a fault of the machine cut short (the worktree
+    has no index yet): its files as the run's branch has them, before anyone reads or
+    commits them (a half-made worktree would commit the missing files as deleted)."""
+    if not (tree.admin / "index").exists():
+        _check_out(tree, removed)
 
 
 def common_dir(repo: Path) -> Path:
@@ -176,7 +193,8 @@ def _lock(repo: Path) -> filelock.FileLock:
     return filelock.FileLock(str(_common_dir(repo) / "devflow-worktree.lock"), timeout=300)
 
 
-def add(repo: Path, path: Path, branch: str, start: str) -> bool:
+def add(repo: Path, path: Path, branch: str, start: str,
+        removed: list[dict[str, Any]] | None = None) -> bool:
     """``git worktree add`` at ``path``: a new ``branch`` from ``start``, or ``branch`` itself
     when it exists (re-creating a run's worktree). Returns whether ``branch`` existed.
 
@@ -192,13 +210,13 @@ def add(repo: Path, path: Path, branch: str, start: str) -> bool:
     if tree is None:
         raise DevflowError(Code.WORKTREE_FAILED, f"git worktree add {path} registered nothing",
                            hint="`git worktree list` in the repository shows what is there")
-    _check_out(tree)
+    _check_out(tree, removed)
     return existed
 
 
-def _check_out(tree: Tree) -> None:
+def _check_out(tree: Tree, removed: list[dict[str, Any]] | None = None) -> None:
     runtree.restore(tree, None)  # HEAD must name the run's branch before a reset reads it
-    tree.run(["reset", "--hard", "--quiet"])
+    run_unlocked(tree, ["reset", "--hard", "--quiet"], [] if removed is None else removed)
 
 
 def _add(repo: Path, path: Path, branch: str, start: str) -> bool:
@@ -370,14 +388,17 @@ def guard(tree: Tree, tip: str | None) -> None:
                                 "before the next attempt")
 
 
-def checkpoint(tree: Tree, message: str, tip: str | None) -> str | None:
+def checkpoint(tree: Tree, message: str, tip: str | None,
+               removed: list[dict[str, Any]] | None = None) -> str | None:
     """Commit everything in the worktree onto the run's branch as devflow; None when there
     is nothing to commit. ``tip`` is the run's last checkpoint: when the branch is not
-    there, or ``.git`` or HEAD were changed, nothing is written (``agent_tampered``)."""
+    there, or ``.git`` or HEAD were changed, nothing is written (``agent_tampered``).
+    Stale locks removed on the way are added to ``removed``."""
     guard(tree, tip)
-    tree.run(["add", "--all", "--", "."])
+    removed = [] if removed is None else removed
+    run_unlocked(tree, ["add", "--all", "--", "."], removed)
     args = ["commit", "--no-verify", "--quiet", "--no-gpg-sign", "-m", message]
-    committed = tree.run(args, env=git.AUTHOR, check=False)
+    committed = run_unlocked(tree, args, removed, env=git.AUTHOR, check=False)
     if committed.returncode != 0:  # nothing to commit, or a real failure
         if not is_clean(tree):
             raise git.GitError(args, tree.path, committed)
@@ -385,14 +406,79 @@ def checkpoint(tree: Tree, message: str, tip: str | None) -> str | None:
     return runtree.branch_tip(tree)
 
 
-def reset(tree: Tree, sha: str) -> list[str]:
+def reset(tree: Tree, sha: str, removed: list[dict[str, Any]] | None = None) -> list[str]:
     """Put the worktree and the run's branch back at ``sha``, dropping what an interrupted
-    attempt left. Its ``.git`` file and HEAD are put back first when they were changed
-    (what was found is returned), so only the run's branch moves."""
+    attempt left (``salvage`` keeps it first). Its ``.git`` file and HEAD are put back
+    first when they were changed (what was found is returned), so only the run's branch
+    moves. Stale locks removed on the way are added to ``removed``."""
+    removed = [] if removed is None else removed
     found = runtree.restore(tree, None)
-    tree.run(["reset", "--hard", "--quiet", sha])
-    tree.run(["clean", "-fd", "--quiet"])
+    run_unlocked(tree, ["reset", "--hard", "--quiet", sha], removed)
+    run_unlocked(tree, ["clean", "-fd", "--quiet"], removed)
     return found
+
+
+def salvage(tree: Tree, sha: str, removed: list[dict[str, Any]] | None = None,
+            ) -> dict[str, Any] | None:
+    """Commit what a reset to ``sha`` would drop (files changed or added since, and a
+    commit on the branch no checkpoint recorded) to the next
+    ``refs/heads/devflow/<run>/salvage-<n>``; what was kept, or None when nothing differs.
+
+    The worktree's index is not touched (a temporary one is), and the run's branch does
+    not move. Call it with ``.git`` and HEAD as devflow left them (``runtree.restore``).
+    """
+    removed = [] if removed is None else removed
+    now, clean = head_and_clean(tree)
+    if clean and now == sha:
+        return None
+    status = tree.run(["status", "--porcelain", "--untracked-files=all", "--no-renames"])
+    files = [line[3:] for line in status.stdout.splitlines()][:50]
+    commit = now
+    if not clean:
+        commit = tree.out(["commit-tree", tree_sha(tree), "-p", now or sha, "-m",
+                           f"devflow: salvaged before the worktree was reset to {sha[:12]}"],
+                          env=git.AUTHOR)
+    prefix = f"refs/heads/{Path(tree.branch).parent.as_posix()}/salvage-"
+    taken = tree.out(["for-each-ref", "--format=%(refname)", prefix.rsplit("/", 1)[0]])
+    numbers = [int(r.removeprefix(prefix)) for r in taken.splitlines()
+               if r.startswith(prefix) and r.removeprefix(prefix).isdigit()]
+    ref = f"{prefix}{max(numbers, default=0) + 1}"
+    run_unlocked(tree, ["update-ref", "-m", "devflow: salvage", ref, commit, ""], removed)
+    return {"ref": ref, "sha": commit, "head": now, "files": files}
+
+
+def run_unlocked(tree: Tree, args: list[str], removed: list[dict[str, Any]], *,
+                 env: dict[str, str] | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    """``git ARGS`` on the run's worktree; a stale lock of the run's own that stops it is
+    removed (added to ``removed``) and git runs again. A lock a live process holds, or
+    one that is not the run's, is a ``MachineFault`` naming it and the fix."""
+    for _ in range(8):
+        result = tree.run(args, env=env, check=False)
+        lock = gitlocks.in_message(result.stderr) if result.returncode != 0 else None
+        if lock is None:
+            break
+        if not _owns(tree, lock):
+            raise machine.MachineFault(machine.lock_blocked(lock, []))
+        held = gitlocks.holders(lock, [tree.path, tree.admin])
+        if held:
+            raise machine.MachineFault(machine.lock_blocked(lock, held))
+        gone = gitlocks.remove(lock)
+        if gone is not None:
+            removed.append(gone)
+    if check and result.returncode != 0:
+        raise git.GitError(args, tree.path, result)
+    return result
+
+
+def _owns(tree: Tree, lock: Path) -> bool:
+    """Whether ``lock`` is the run's own: in its worktree's admin directory, or a ref
+    under ``refs/heads/devflow/<run>/``."""
+    lock = Path(os.path.normpath(lock))
+    if lock.parent == Path(os.path.normpath(tree.admin)):
+        return True
+    refs = Path(os.path.normpath(tree.common / "refs" / "heads" / Path(tree.branch).parent))
+    return lock.is_relative_to(refs)
 
 
 def commits(repo: Path, base_sha: str, branch: str) -> list[Commit]:

@@ -41,6 +41,7 @@ import re
 from pathlib import Path
 from typing import Any, Final
 
+from devflow import atomic
 from devflow.backends import command
 from devflow.backends import options as opts
 from devflow.backends.base import Outcome, Task
@@ -78,8 +79,8 @@ class Aider(command.Preset):
     def arguments(self, task: Task, home: Path, extra: list[str]) -> list[str]:
         options = task.persona.options
         metadata = home / "model-metadata.json"
-        metadata.write_text(json.dumps(model_metadata(task), indent=1), encoding="utf-8")
-        (home / ".gitconfig").write_text(GITCONFIG, encoding="utf-8")
+        atomic.write_text(metadata, json.dumps(model_metadata(task), indent=1), sync=False)
+        atomic.write_text(home / ".gitconfig", GITCONFIG, sync=False)
         argv = ["--message-file", str(task.prompt_file), "--yes-always", "--no-auto-commits",
                 "--no-dirty-commits", "--no-gitignore", "--no-check-update",
                 "--no-show-model-warnings", "--no-show-release-notes", "--analytics-disable",

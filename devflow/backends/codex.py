@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from devflow import atomic
 from devflow.backends import command
 from devflow.backends import options as opts
 from devflow.backends.base import Outcome, Task, json_object
@@ -70,7 +71,7 @@ class Codex(command.Preset):
     def arguments(self, task: Task, home: Path, extra: list[str]) -> list[str]:
         codex_home = home / ".codex"
         codex_home.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (codex_home / "config.toml").write_text(config_toml(task), encoding="utf-8")
+        atomic.write_text(codex_home / "config.toml", config_toml(task), sync=False)
         if task.resume_session:
             return ["exec", "resume", "--json", *extra, task.resume_session, "-"]
         return ["exec", "--json", *extra, "-"]

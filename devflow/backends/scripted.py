@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from devflow import atomic
 from devflow.backends import options as opts
 from devflow.backends import samples
 from devflow.backends.base import Availability, Command, Outcome, Task, agent_env, json_object
@@ -92,7 +93,7 @@ class Scripted:
                            env=agent_env(task, {"DEVFLOW_SCRIPT": script}), reads=reads)
         path = task.log_file("script.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(script, encoding="utf-8")
+        atomic.write_text(path, script, sync=False)
         return Command(argv=[sys.executable, "-I", "-S", str(_AGENT), str(path)],
                        env=agent_env(task), reads=(*reads, path))
 

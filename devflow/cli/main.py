@@ -26,7 +26,8 @@ Exit codes, the same for every command:
   0    done as asked: a run that stopped at a gate or was paused included
   1    it failed; a command that drives a run (run start, run drive, run resume,
        approve, request-changes, decide approve|request-changes, demo) also
-       exits 1 when the run is failed or aborted at its end
+       exits 1 when the run is failed or aborted at its end, or paused because a
+       fault of the machine blocks it (a full disk, a git lock held)
   2    invalid input: nothing was changed
   3    conflict: the state of things forbids it now (nothing was changed)
   4    not found: a run, approval, template, persona, schema, file or branch
@@ -179,6 +180,10 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         if isinstance(exc, SystemExit):
             raise
+        from devflow import machine
+        if (blocked := machine.classify(exc)) is not None:  # a full disk is not a bug
+            _quietly(output.error, machine.MachineFault(blocked), want_json)
+            sys.exit(1)
         _quietly(output.crash, exc, want_json)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

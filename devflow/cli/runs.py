@@ -20,7 +20,9 @@ _RUN_STATES = ["created", "bound", "executing", "planning", "awaiting_approval",
 
 #: what the exit code of a command that drives a run says, for its --help
 DRIVER_EXIT = ("Exit 0 when the run completed, waits at a gate or is paused; 1 when it is "
-               "failed or aborted at the end; 130 on Ctrl-C (the run is left runnable).")
+               "failed or aborted at the end, or paused because a fault of the machine "
+               "blocks it (a full disk, a git lock held: the output names the path and the "
+               "fix); 130 on Ctrl-C (the run is left runnable).")
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -34,8 +36,9 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 
 
 def outcome(view: RunView) -> int:
-    """The exit code of a command that drove ``view``'s run: 1 if it ended failed or aborted."""
-    return 1 if str(view.run.state) in ("failed", "aborted") else 0
+    """The exit code of a command that drove ``view``'s run: 1 if it ended failed or aborted,
+    or a fault of the machine blocks it."""
+    return 1 if str(view.run.state) in ("failed", "aborted") or view.run.blocked else 0
 
 
 _MARKS = {"completed": "✓", "failed": "✗", "skipped": "-", "awaiting_approval": "⏸",
@@ -80,6 +83,8 @@ def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = No
             else (f"{p.attempt} attempts" if p.attempt > 1 else "")
         click.echo(f"    {_MARKS.get(str(p.state), '·')} {p.key.ljust(width)}  "
                    f"{state:<18} {attempts}".rstrip())
+    if run.blocked:
+        show_blocked(run.id, run.blocked)
     if view.gate is not None:
         g = view.gate
         name = output.program()
@@ -92,6 +97,16 @@ def show_view(view: RunView, *, as_json: bool, extra: dict[str, Any] | None = No
         click.echo(f"  read it:  {name} approvals show {g.id}")
         click.echo(f"  decide:   {name} approve {run.id}   |   {name} request-changes {run.id} "
                    f"--comment '...'   |   {name} reject {run.id}")
+
+
+def show_blocked(run_id: str, blocked: Any) -> None:
+    """What stops a run a fault of the machine blocked, and what to do."""
+    name = output.program()
+    click.echo()
+    click.secho(f"blocked ({blocked.get('kind')}): {blocked.get('message')}", fg="red",
+                bold=True)
+    click.echo(f"  fix:      {blocked.get('fix')}")
+    click.echo(f"  then:     {name} run resume {run_id}   (or the next `{name} sweep`)")
 
 
 def _driver(view: RunView) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from devflow import backends, events, faults, logs, model
+from devflow import atomic, backends, events, faults, logs, model
 from devflow.backends import process, sandbox
 from devflow.backends.base import Backend, Outcome, Task
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
@@ -84,7 +84,7 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     text = prompt.compose(run, phase, attempt, persona, earlier, ctx.catalog.schemas)
     prompt_path = workspace.prompt_file(run, phase.key, attempt)
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
-    prompt_path.write_text(text, encoding="utf-8")
+    atomic.write_text(prompt_path, text, sync=False)  # whole or absent, never a part
     logs = workspace.log_dir(run)
     home = Path(run.workspace) / "home"
     home.mkdir(mode=0o700, exist_ok=True)

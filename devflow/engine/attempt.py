@@ -68,10 +68,10 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
     them again), or None once the run has ended.
     """
     reset_to = phase.feedback.get("reset_to")
-    found = await ctx.call(_ready, run, reset_to)
-    if reset_to or found:
+    readied = await ctx.call(_ready, run, reset_to)
+    if reset_to or readied.found or readied.removed:
         phase = await ctx.achange(run.id, functools.partial(_readied, key=phase.key,
-                                                            sha=reset_to, found=found), lease)
+                                                            sha=reset_to, readied=readied), lease)
     earlier = [p for p in phases if p.state is PhaseState.COMPLETED and p.key != phase.key]
     while True:
         result = await agent.run(ctx, run, phase, persona, binding.backend, lease, earlier)
@@ -96,6 +96,8 @@ class Kept:
     record: model.ArtifactRecord
     commit: str | None
     evidence: model.Evidence | None
+    #: stale git locks the checkpoint removed
+    removed: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def _conclude(ctx: Context, result: agent.Result,
@@ -146,27 +148,48 @@ def _put_back(run: model.Run, phase: model.Phase) -> list[Issue]:
                       f"alone (devflow commits your work)") for what in found]
 
 
-def _ready(run: model.Run, reset_to: str | None) -> list[str]:
+@dataclass(frozen=True)
+class Readied:
+    """What ``_ready`` did: what it found changed in the worktree's git and put back, the
+    stale git locks it removed, and where it kept what the reset dropped."""
+
+    found: list[str]
+    removed: list[dict[str, Any]]
+    salvaged: dict[str, Any] | None = None
+
+
+def _ready(run: model.Run, reset_to: str | None) -> Readied:
     """Before a phase's first attempt here: the worktree reset to ``reset_to`` (recovery,
-    rewind), or else its ``.git``, HEAD and branch put back if something changed them
-    since the last attempt; what was found changed."""
+    rewind) once what the reset would drop is salvaged, or else its ``.git``, HEAD and
+    branch put back if something changed them since the last attempt."""
     tree = worktree.of_run(run)
+    removed: list[dict[str, Any]] = []
+    worktree.check_out_if_interrupted(tree, removed)
     if reset_to:
-        return worktree.reset(tree, reset_to)
-    return runtree.restore(tree, run.checkpoint_sha)
+        found = runtree.restore(tree, None)
+        salvaged = worktree.salvage(tree, reset_to, removed)
+        if salvaged is not None:
+            log.info("worktree_salvaged", run_id=run.id, ref=salvaged["ref"])
+        return Readied(found + worktree.reset(tree, reset_to, removed), removed, salvaged)
+    return Readied(runtree.restore(tree, run.checkpoint_sha), removed)
 
 
-def _readied(tx: RunTx, key: str, sha: str | None, found: list[str]) -> model.Phase:
+def _readied(tx: RunTx, key: str, sha: str | None, readied: Readied) -> model.Phase:
     """Record what ``_ready`` did: the run's branch is at ``sha`` after a reset."""
     feedback = dict(tx.phase(key).feedback)
+    workspace.lock_events(tx, readied.removed)
+    if readied.salvaged is not None:
+        tx.event(events.WORKTREE_SALVAGED.new(key, {
+            **readied.salvaged, "reset_to": sha, "attempt": tx.phase(key).attempt}))
     if sha is not None:
         feedback.pop("reset_to", None)
         if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
             tx.set_run(checkpoint_sha=sha)
-    if found:
+    if readied.found:
         tx.event(events.WORKTREE_RESTORED.new(key, {
-            "found": found, "sha": sha or tx.run.checkpoint_sha}))
+            "found": readied.found, "sha": sha or tx.run.checkpoint_sha}))
     return tx.set_phase(key, feedback=feedback)
+
 
 
 def _judge(ctx: Context, run: model.Run, phase: model.Phase, result: agent.Result) -> Verdict:
@@ -258,9 +281,11 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
     tree = worktree.of_run(run)
     message = f"devflow({phase.key}): attempt {phase.attempt}"
+    removed: list[dict[str, Any]] = []
     # the copy is written and fsynced while git commits the checkpoint
     sha, commit = artifacts.store_while(
-        checked, stored, lambda: worktree.checkpoint(tree, message, run.checkpoint_sha))
+        checked, stored, lambda: worktree.checkpoint(tree, message, run.checkpoint_sha,
+                                                     removed))
     # both points find the copy kept and the checkpoint committed, nothing recorded yet
     faults.point("artifact_stored")
     faults.point("checkpoint_committed")
@@ -274,11 +299,12 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     record = model.ArtifactRecord(run.id, phase.key, phase.attempt, d.artifact.path,
                                   d.artifact.schema, sha, len(checked.data), str(stored),
                                   ctx.clock())
-    return Kept(record, commit, evidence)
+    return Kept(record, commit, evidence, removed)
 
 
 def _complete(tx: RunTx, phase: model.Phase, kept: Kept) -> None:
     record, commit, evidence = kept.record, kept.commit, kept.evidence
+    workspace.lock_events(tx, kept.removed)
     tx.add_artifact(record)
     fields: dict[str, Any] = {"artifact_sha": record.sha256, "artifact_stored": record.stored_path,
                               "feedback": {}}

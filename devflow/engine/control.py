@@ -92,7 +92,8 @@ def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None,
         if tx.state not in PAUSABLE:
             raise DevflowError(Code.ILLEGAL_TRANSITION,
                                f"run {tx.run.id} is {tx.state}: it can be paused once it executes",
-                               hint="pause works from executing, planning or awaiting_approval")
+                               hint="pause works from bound, executing, planning or "
+                                    "awaiting_approval")
         return Changed(tx.move_run(RunState.PAUSED, events.RUN_PAUSED.new(
             payload={"by": actor, "reason": reason, "from": str(tx.state),
                      "authentication": authentication})), True)
@@ -106,11 +107,21 @@ def resume(ctx: Context, run_id: str, actor: str, reason: str | None = None,
         _not_terminal(tx, "resumed")
         if tx.state is not RunState.PAUSED:
             return Changed(tx.run, False)
-        target = tx.run.paused_from or RunState.EXECUTING
-        return Changed(tx.move_run(RunState(target), events.RUN_RESUMED.new(
-            payload={"by": actor, "reason": reason, "to": str(target),
-                     "authentication": authentication})), True)
+        return Changed(resume_in(tx, actor, reason, authentication), True)
     return ctx.change(ctx.store.runs.get(run_id).id, fn)
+
+
+def resume_in(tx: RunTx, actor: str, reason: str | None,
+              authentication: dict[str, Any] | None) -> model.Run:
+    """Move a paused run back where it was; a ``blocked`` reason is cleared (and named in
+    the event), so the next step meets the cause again if it is still there."""
+    target = tx.run.paused_from or RunState.EXECUTING
+    payload: dict[str, Any] = {"by": actor, "reason": reason, "to": str(target),
+                               "authentication": authentication}
+    if "blocked" in tx.run.options:
+        payload["blocked"] = dict(tx.run.options["blocked"]).get("kind")
+        tx.set_run(options={k: v for k, v in tx.run.options.items() if k != "blocked"})
+    return tx.move_run(RunState(target), events.RUN_RESUMED.new(payload=payload))
 
 
 def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None,

@@ -6,6 +6,11 @@ phases of a completed phase plan, or complete the run. Beside the loop a heartbe
 renews the lease; if the lease is lost, or the run was aborted from elsewhere, the
 loop is cancelled (which terminates a running agent) and nothing more is written.
 Finishing (terminal state, report) is shielded from cancellation.
+
+A fault of the machine (``devflow.machine``: a full disk, a git lock a live process
+holds, a git killed while it wrote) never fails the run: the attempt under way is
+recorded as interrupted and the run is paused with a ``blocked`` reason naming the
+path and the fix; ``devflow run resume`` or the sweep continues it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from devflow import events, logs, model
+from devflow import events, logs, machine, model, transitions
 from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
@@ -47,20 +52,8 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
                 lost.set()
             except agent.Stop as why:
                 bound.info("drive_stopped", why=str(why))
-            except DevflowError as exc:
-                if exc.code is Code.DATABASE_ERROR:
-                    # The run is not at fault: stop, keep the lease (it runs out) and let
-                    # the sweep record the interrupted attempt when the database is back.
-                    bound.error("drive_database_error", error=exc.message)
-                    lost.set()
-                    outage = exc
-                else:
-                    await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
             except Exception as exc:  # noqa: BLE001 - a bug must not leave the run half-way
-                bound.exception("drive_crashed")
-                await _fail_unless_stopped(ctx, run_id, lease, DevflowError(
-                    Code.INTERNAL, f"{type(exc).__name__}: {exc}",
-                    hint="this is a bug in devflow; the log has the traceback"), lost)
+                outage = await _stopped_by(ctx, run_id, lease, exc, lost, bound)
             group.cancel_scope.cancel()
     except anyio.get_cancelled_exc_class():
         with anyio.CancelScope(shield=True):
@@ -120,6 +113,40 @@ async def _fail_unless_stopped(ctx: Context, run_id: str, lease: model.Lease,
     with anyio.CancelScope(shield=True):
         try:
             await ctx.call(finish.fail, ctx, run_id, exc.code, exc.message, lease=lease)
+        except LeaseLost:
+            lost.set()
+
+
+async def _stopped_by(ctx: Context, run_id: str, lease: model.Lease, exc: Exception,
+                      lost: anyio.Event, bound: Any) -> DevflowError | None:
+    """What the error that ended the loop does to the run; the database's outage to raise
+    once the lease is dealt with, if it was one. Called while ``exc`` is handled."""
+    if isinstance(exc, DevflowError) and exc.code is Code.DATABASE_ERROR:
+        # The run is not at fault: stop, keep the lease (it runs out) and let the sweep
+        # record the interrupted attempt when the database is back.
+        bound.error("drive_database_error", error=exc.message)
+        lost.set()
+        return exc
+    if (blocked := machine.classify(exc)) is not None:
+        await _block(ctx, run_id, lease, blocked, lost)
+        return None
+    if not isinstance(exc, DevflowError):
+        bound.exception("drive_crashed")
+        exc = DevflowError(Code.INTERNAL, f"{type(exc).__name__}: {exc}",
+                           hint="this is a bug in devflow; the log has the traceback")
+    await _fail_unless_stopped(ctx, run_id, lease, exc, lost)
+    return None
+
+
+async def _block(ctx: Context, run_id: str, lease: model.Lease, blocked: machine.Blocked,
+                 lost: anyio.Event) -> None:
+    """Pause the run with the ``blocked`` reason: a fault of the machine is not the run's."""
+    log.warning("run_blocked", run_id=run_id, kind=blocked.kind, path=blocked.path,
+                error=blocked.message, fix=blocked.fix)
+    with anyio.CancelScope(shield=True):
+        try:
+            await ctx.achange(run_id, lambda tx: transitions.block_in(tx, blocked.to_json()),
+                              lease)
         except LeaseLost:
             lost.set()
 

@@ -4,7 +4,9 @@
 phases fail, pending approvals are aborted, the event is appended. Agents still
 running for the run on this host are killed. ``write_report`` then composes the
 report; if composing fails, a stub is written. The sweep calls ``write_report`` for
-terminal runs that have none.
+terminal runs that have none. A report that cannot be written because of a fault of
+the machine (a full disk) is left to that sweep: the event ``report.blocked`` says
+why, and nothing half-written stays behind.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, events, logs, model, report, states, worktree
+from devflow import artifacts, events, logs, machine, model, report, states, worktree
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
@@ -35,8 +37,10 @@ def fail(ctx: Context, run_id: str, code: Code | str, reason: str, *,
     return terminate(ctx, run_id, RunState.FAILED, code=str(code), reason=reason, lease=lease)
 
 
-def write_report(ctx: Context, run_id: str) -> Path:
-    """Compose and write the report of a terminal run; a stub when composing fails."""
+def write_report(ctx: Context, run_id: str) -> Path | None:
+    """Compose and write the report of a terminal run; a stub when composing fails. None
+    when a fault of the machine refused the write (``report.blocked``; the sweep tries
+    again)."""
     history = ctx.store.runs.history(run_id)
     run = history.run
     if run.state not in states.TERMINAL:
@@ -54,9 +58,24 @@ def write_report(ctx: Context, run_id: str) -> Path:
         body = report.stub(run.id, str(run.state), f"{type(exc).__name__}: {exc}")
         status = "stub"
     ctx.remember_secrets(history.bindings)
-    path = report.write(directory, ctx.redact(body))
+    try:
+        path = report.write(directory, ctx.redact(body))
+    except OSError as exc:
+        if (blocked := machine.classify(exc, directory)) is None:
+            raise
+        log.warning("report_blocked", run_id=run_id, error=blocked.message, fix=blocked.fix)
+        ctx.change(run.id, lambda tx: _blocked(tx, blocked))
+        return None
     ctx.change(run.id, lambda tx: _record(tx, path, status))
     return path
+
+
+def _blocked(tx: RunTx, blocked: machine.Blocked) -> None:
+    """The report could not be written now; the sweep writes it (once per cause)."""
+    tx.event(events.REPORT_BLOCKED.new(payload={
+        **blocked.to_json(), "fix": f"{blocked.fix.split('; then')[0]}; then `devflow sweep` "
+                                    "writes the report"},
+        key=f"{tx.run.id}:report.blocked:{blocked.kind}"))
 
 
 def _record(tx: RunTx, path: Path, status: str) -> None:

@@ -4,7 +4,9 @@ Checks first (the repo is a git repository, the base exists, the template is val
 every role can be bound, the scenarios are known), so bad input leaves nothing
 behind. Then one transaction inserts the run, bound, within the concurrency limits,
 under a lease held by the starter. Then the worktree; if that fails, the run is
-failed with a report, never left half-made.
+failed with a report, never left half-made, unless a fault of the machine stopped it
+(a full disk, a git lock held): then the run is paused with a ``blocked`` reason, and
+``devflow run resume`` makes the worktree once the cause is gone.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, Final
 
-from devflow import backends, faults, jsontext, model, worktree
+from devflow import backends, faults, jsontext, machine, model, transitions, worktree
 from devflow.definitions import Template
 from devflow.engine import binding, finish, workspace
 from devflow.engine.context import Context
@@ -96,9 +99,17 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     try:
         with renewing(ctx, run.id, lease):
             made = workspace.ensure_worktree(ctx, run, lease, hand_back=hand_back)
-    except DevflowError as exc:
-        finish.fail(ctx, run.id, exc.code, exc.message, lease=lease)
-        raise
+    except (DevflowError, OSError) as exc:
+        if (blocked := machine.classify(exc, Path(run.worktree))) is None:
+            if not isinstance(exc, DevflowError):
+                raise
+            finish.fail(ctx, run.id, exc.code, exc.message, lease=lease)
+            raise
+        paused = ctx.change(run.id, lambda tx: transitions.block_in(tx, blocked.to_json()),
+                            lease)
+        if hand_back:
+            ctx.store.leases.release(run.id, lease)
+        return paused, lease
     return made or ctx.store.runs.get(run.id), lease
 
 

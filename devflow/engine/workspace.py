@@ -11,6 +11,7 @@ directory costs the file system several times what a new file in an existing one
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from devflow import events, model, worktree
 from devflow.backends.base import attempt_name
@@ -50,11 +51,15 @@ def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = No
     started to be left to workers).
     """
     path, repo = Path(run.worktree), Path(run.repo)
-    if worktree.ready(repo, path, run.branch):
+    removed: list[dict[str, Any]] = []
+    if worktree.ready(repo, path, run.branch, removed):
+        if removed:
+            ctx.change(run.id, lambda tx: lock_events(tx, removed), lease)
         return None
-    from_branch = worktree.add(repo, path, run.branch, run.base_sha or run.base)
+    from_branch = worktree.add(repo, path, run.branch, run.base_sha or run.base, removed)
     included = worktree.copy_included(repo, path)
     def record(tx: RunTx) -> model.Run:
+        lock_events(tx, removed)
         if tx.run.host != ctx.host:
             tx.set_run(host=ctx.host)  # the run's worktree lives here from now on
         if hand_back:
@@ -65,3 +70,10 @@ def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = No
             "included": included[:50]}))
         return tx.run
     return ctx.change(run.id, record, lease)
+
+
+def lock_events(tx: RunTx, removed: list[dict[str, Any]]) -> None:
+    """``git.lock_removed`` for each stale git lock devflow removed (no process held it)."""
+    for lock in removed:
+        tx.event(events.GIT_LOCK_REMOVED.new(payload={
+            **lock, "why": "no live process held it (a git killed while it wrote left it)"}))
