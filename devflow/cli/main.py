@@ -118,8 +118,8 @@ def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple
 
 
 def _register() -> None:
-    from devflow.cli import admin, decisions, defs, runs
-    for module in (runs, decisions, defs, admin):
+    from devflow.cli import admin, decisions, defs, runs, serve
+    for module in (runs, decisions, defs, admin, serve):
         module.register(cli)
 
 

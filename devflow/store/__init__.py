@@ -1,7 +1,8 @@
 """Storage: the only package that imports SQLAlchemy, Alembic or psycopg.
 
 ``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
-``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions).
+``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions),
+``tokens`` (the HTTP API's).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from devflow.store.leases import Claimed, Leases
 from devflow.store.registry import Registry
 from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.tokens import Tokens
 
 __all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store"]
 
@@ -32,6 +34,7 @@ class Store:
         self.approvals = Approvals(db)
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
+        self.tokens = Tokens(db, clock)
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,

@@ -200,3 +200,13 @@ WORKER: Final = sa.Table(
     _int("concurrency", 1),
     sa.Index("ix_worker_heartbeat_at", "heartbeat_at"),
 )
+
+#: HTTP API tokens (devflow.tokens): the public prefix names one; only the SHA-256 of the
+#: whole token is kept
+API_TOKEN: Final = sa.Table(
+    "api_token", METADATA,
+    _str("prefix", 16, primary_key=True), _str("digest", 64), _str("actor", 255),
+    _str("role", 16), _time("created_at"), _str("created_by", 255),
+    _time("expires_at", null=True), _time("revoked_at", null=True),
+    _time("last_used_at", null=True),
+)
