@@ -125,6 +125,7 @@ class Served:
     settings: Settings
     home: Path
     args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
     port: int = 0
     stderr: list[str] = field(default_factory=list)
@@ -135,7 +136,7 @@ class Served:
         env.update({"DEVFLOW_HOME": str(self.home),
                     "DEVFLOW_DATABASE_URL": self.settings.database_url,
                     "DEVFLOW_WORKSPACE": str(self.settings.workspace),
-                    "DEVFLOW_LOG_FORMAT": "json"})
+                    "DEVFLOW_LOG_FORMAT": "json", **self.env})
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "devflow.cli.main", "serve", "--port", "0", *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
