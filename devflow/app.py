@@ -1,6 +1,6 @@
 """The one place that wires settings, logging, the store, the catalog and the backends.
 
-The CLI (and later the HTTP API) call ``App`` and nothing below it. Verbs that drive
+The CLI and the HTTP API (devflow.api) call ``App`` and nothing below it. Verbs that drive
 runs enter the async core with ``anyio.run``.
 
 Each verb imports what it needs when it is called: a command that reads runs loads the
@@ -374,7 +374,7 @@ class App:
 
     # -- people ----------------------------------------------------------------------------
     # Who the caller is (``principal``) is the interface's to establish: the CLI's is the
-    # OS account running it (the default); the HTTP API's will be its token's actor.
+    # OS account running it (the default); the HTTP API's is its token's actor.
     # Who may do what is decided below, by access.authorize, for every interface alike.
     def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:
         from devflow.engine import control  # noqa: PLC0415 - see the module doc
