@@ -122,6 +122,7 @@ def serve(app: App, options: Options) -> None:
 
     check_bind(app, options.host)
     app.store  # noqa: B018 - opened (and checked migrated) before the first request
+    app.context()  # the catalog and the backends, built once before requests race for them
     sock = _listen(options.host, options.port)
     port = sock.getsockname()[1]
     stopping = _Stopping()
