@@ -363,6 +363,20 @@ class App:
         from devflow.engine import worker  # noqa: PLC0415 - see the module doc
         return await worker.work(self.context(), worker.Options(**options), stop)
 
+    async def deliver_async(self, stop: Any) -> None:
+        """Send the configured webhooks' messages (``devflow serve``) until ``stop``."""
+        from devflow.engine import notify  # noqa: PLC0415 - see the module doc
+        await notify.deliver(self.context(), self.settings.webhooks, self.settings.public_url,
+                             stop)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Each endpoint (its URL redacted): deliveries by state, last failure, disabled."""
+        shown = {e.key: e.shown for e in self.settings.webhooks}
+        found = self.store.outbox.status()
+        for item in found:
+            item["url"] = shown.get(item.pop("endpoint"), "(no longer configured)")
+        return found
+
     def workers(self, include_stopped: bool = False) -> list[model.Worker]:
         return self.store.leases.workers(include_stopped=include_stopped)
 

@@ -29,3 +29,10 @@ def revoke_token(token_id: str, caller: Admin, app: AppDep) -> dict[str, Any]:
     """Revoke a token; its next request is refused (401 `unauthenticated`)."""
     kept, changed = app.token_revoke(token_id)
     return {"token": kept.to_json(), "changed": changed}
+
+
+@router.get("/webhooks", openapi_extra=role("admin"), tags=["webhooks"])
+def webhook_status(caller: Admin, app: AppDep) -> dict[str, Any]:
+    """Each webhook endpoint (URL redacted): deliveries by state, the last failure, and
+    whether a 410 disabled it."""
+    return {"webhooks": app.webhooks()}

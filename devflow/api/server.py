@@ -150,6 +150,7 @@ def serve(app: App, options: Options) -> None:
             async with anyio.create_task_group() as workers:
                 for n in range(options.workers):
                     workers.start_soon(_work, app, options, n + 1, stop)
+                workers.start_soon(app.deliver_async, stop)
                 print(f"devflow: serving {_url(options.host, port)} with "
                       f"{options.workers} worker(s); stop with SIGTERM or Ctrl-C",
                       file=sys.stderr, flush=True)

@@ -2,7 +2,7 @@
 
 ``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
 ``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions),
-``tokens`` (the HTTP API's).
+``tokens`` (the HTTP API's), ``outbox`` (webhooks).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from devflow.store.approvals import Approvals
 from devflow.store.database import Database
 from devflow.store.events import Events
 from devflow.store.leases import Claimed, Leases
+from devflow.store.outbox import Outbox
 from devflow.store.registry import Registry
 from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
@@ -35,6 +36,7 @@ class Store:
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
         self.tokens = Tokens(db, clock)
+        self.outbox = Outbox(db, clock)
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,

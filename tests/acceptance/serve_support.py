@@ -161,6 +161,12 @@ class Served:
     def client(self, token: str | None = None) -> Client:
         return Client(self.port, token)
 
+    def wait(self) -> int:
+        """The exit code of a server that ends by itself (a crash point)."""
+        assert self.proc is not None
+        self.proc.wait(timeout=120)
+        return self.stop()
+
     def stop(self) -> int:
         """SIGTERM; the exit code of a graceful stop."""
         assert self.proc is not None

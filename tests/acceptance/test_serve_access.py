@@ -40,6 +40,7 @@ EXPECTED_ROLES = {
     ("POST", "/api/v1/approvals/{approval_id}/decisions"): "approver",
     ("GET", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{token_id}"): "admin",
+    ("GET", "/api/v1/webhooks"): "admin",
 }
 
 
