@@ -5,12 +5,13 @@ the point ``name`` (after writing ``DEVFLOW_CRASH_MARKER`` if that is set), whic
 a real ``kill -9`` at a real moment. Without the variable a point costs one dict
 lookup. Points: run_inserted, agent_started, agent_exited, artifact_checked,
 artifact_stored, checkpoint_committed, phase_accepted, gate_opened, report_composed,
-decision_recorded.
+decision_recorded, webhook_sending.
 
 - run_inserted (engine/start.py): the run row is committed, its worktree not made yet;
 - gate_opened (approvals.open_first_gate): inside the transaction that opens a gate,
   before its commit;
-- report_composed (report.write): report.md is in place, report.json not yet.
+- report_composed (report.write): report.md is in place, report.json not yet;
+- webhook_sending (engine/notify.py): a webhook message is committed, not sent yet.
 """
 
 from __future__ import annotations
