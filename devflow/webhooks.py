@@ -128,7 +128,7 @@ def message(event: Mapping[str, Any], base_url: str) -> dict[str, Any]:
     run_id = event["run_id"]
     data = {"run_id": run_id, "seq": event["seq"], "phase": event.get("phase"),
             "gate": payload.get("gate"), "round": payload.get("round"),
-            "approval_id": payload.get("approval_id"),
+            "approval_id": payload.get("approval_id"), "deadline": payload.get("deadline"),
             "link": f"{base_url.rstrip('/')}/api/v1/runs/{run_id}"}
     if str(event["type"]).startswith("run."):
         data.update(state=str(event["type"]).removeprefix("run."),

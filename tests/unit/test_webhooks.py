@@ -52,3 +52,19 @@ def test_retries_back_off_exponentially_with_jitter_up_to_a_ceiling() -> None:
         assert ceiling / 2 <= delay <= ceiling
     assert webhooks.redact_url("https://u:p@hooks.example.org:8443/a/b?k=v") == \
         "https://hooks.example.org:8443/…"
+
+
+def test_a_message_carries_the_run_gate_round_and_a_deep_link() -> None:
+    event = {"run_id": "r1", "seq": 7, "type": "approval.expiring", "phase": "spec",
+             "ts": "2026-12-07T08:00:00+00:00",
+             "payload": {"approval_id": 3, "gate": "spec_review", "round": 2,
+                         "deadline": "2026-12-07T09:00:00+00:00"}}
+    sent = webhooks.message(event, "https://devflow.example.org/")
+    assert sent["type"] == "approval.expiring"
+    assert sent["data"] == {"run_id": "r1", "seq": 7, "phase": "spec", "gate": "spec_review",
+                            "round": 2, "approval_id": 3,
+                            "deadline": "2026-12-07T09:00:00+00:00",
+                            "link": "https://devflow.example.org/api/v1/runs/r1"}
+    ended = webhooks.message({**event, "type": "run.failed", "payload": {
+        "code": "approval_rejected", "reason": "no"}}, "http://x")
+    assert (ended["data"]["state"], ended["data"]["code"]) == ("failed", "approval_rejected")
