@@ -2,13 +2,13 @@
 
 A *principal* is who is authenticated, and how: on the CLI the OS account running it
 (read from the process's uid, never from the environment), ``system`` for devflow's
-own escalations and timeouts, and later an HTTP API token. The *actor* is whom an
-action is attributed to: the principal's own name, or a name given with ``--as`` or
-``DEVFLOW_ACTOR`` (a label).
+own escalations and timeouts, and on the HTTP API (``devflow serve``) its token. The
+*actor* is whom an action is attributed to: the principal's own name, or a name given
+with ``--as`` or ``DEVFLOW_ACTOR`` (a label).
 
 ``authorize`` is the one check that every decision, and every pause, resume and abort,
-goes through, whatever the interface (the CLI today, the HTTP API's token actors
-later), under the run's lock where it counts:
+goes through, whatever the interface (the CLI's OS accounts, the HTTP API's token
+actors), under the run's lock where it counts:
 
 - Where no gate in question names approvers, anyone may act, and a name given is a
   label, recorded as given by the principal.
@@ -35,7 +35,7 @@ from devflow.errors import Code, DevflowError
 #: how a principal was authenticated
 OS_ACCOUNT: Final = "os_account"
 SYSTEM: Final = "system"
-TOKEN: Final = "token"  # noqa: S105 - a method's name (the HTTP API's, later), no secret
+TOKEN: Final = "token"  # noqa: S105 - a method's name (the HTTP API's), no secret
 
 #: how an action's actor relates to its principal
 SELF: Final = "self"  # the actor is the principal

@@ -1,6 +1,6 @@
 """The one place that wires settings, logging, the store, the catalog and the backends.
 
-The CLI (and later the HTTP API) call ``App`` and nothing below it. Verbs that drive
+The CLI and the HTTP API (devflow.api) call ``App`` and nothing below it. Verbs that drive
 runs enter the async core with ``anyio.run``.
 
 Each verb imports what it needs when it is called: a command that reads runs loads the
@@ -253,13 +253,72 @@ class App:
         return self.store.runs.bindings(self.store.runs.get(run_id).id)
 
     def runs(self, states: list[RunState] | None = None, repo: Path | None = None,
-             limit: int = 200) -> list[model.Run]:
-        """Runs, newest first; ``repo``: those of the repository containing that path."""
+             limit: int = 200, before: tuple[datetime, str] | None = None) -> list[model.Run]:
+        """Runs, newest first; ``repo``: those of the repository containing that path;
+        ``before``: a cursor (created_at, id) of the page before."""
         top = None
         if repo is not None:
             from devflow import worktree  # noqa: PLC0415 - see the module doc
             top = worktree.top_of(repo)
-        return self.store.runs.find(states_in=states, repo=top, limit=limit)
+        return self.store.runs.find(states_in=states, repo=top, limit=limit, before=before)
+
+    def start_request(self, **fields: Any) -> StartRequest:
+        """A ``StartRequest`` for interfaces that do not import the engine (the HTTP API)."""
+        from devflow.requests import StartRequest  # noqa: PLC0415 - see the module doc
+        return StartRequest(**fields)
+
+    def approval_request(self, approval_id: int) -> model.Approval:
+        return self.store.approvals.get(approval_id)
+
+    def start_once(self, request: StartRequest, key: str) -> tuple[RunView, bool]:
+        """Start a run (detached) once per ``key`` of the request's actor: (view, replayed).
+
+        The run's id is derived from the actor and the key, so a start repeated with
+        the key (racing the first or long after) meets the run the first one created
+        (``run_id_exists`` under the store's start lock) and returns it; a key used for
+        another template or base is ``idempotency_key_reused``.
+        """
+        import dataclasses  # noqa: PLC0415 - see the module doc
+        import hashlib  # noqa: PLC0415 - as above
+        if request.run_id is not None:
+            raise DevflowError(Code.INVALID_INPUT, "an Idempotency-Key names the run: give "
+                               "no run_id with it", hint="leave run_id out, or the key")
+        digest = hashlib.sha256(f"{request.actor}\0{key}".encode()).hexdigest()
+        run_id = f"api-{digest[:20]}"
+        try:
+            view = self.view(run_id)
+        except DevflowError as missing:
+            if missing.code is not Code.RUN_NOT_FOUND:
+                raise
+            try:
+                return self.start(dataclasses.replace(request, run_id=run_id),
+                                  detach=True), False
+            except DevflowError as exc:
+                if exc.code is not Code.RUN_ID_EXISTS:
+                    raise
+            view = self.view(run_id)
+        if view.run.template_name != request.template.split("@")[0] \
+                or view.run.base != request.base:
+            raise DevflowError(Code.IDEMPOTENCY_KEY_REUSED, f"Idempotency-Key {key!r} started "
+                               f"run {run_id} of {view.run.template_ref} on {view.run.repo} "
+                               f"({view.run.base})", hint="a new start needs a new key")
+        return view, True
+
+    def artifacts(self, run_id: str) -> list[model.ArtifactRecord]:
+        return self.store.runs.artifacts(self.store.runs.get(run_id).id)
+
+    def artifact(self, run_id: str, sha256: str) -> Any:
+        """A kept artifact of the run, parsed, found by its sha256."""
+        kept = next((a for a in self.artifacts(run_id) if a.sha256 == sha256), None)
+        if kept is None:
+            raise DevflowError(Code.FILE_NOT_FOUND, f"run {run_id} kept no artifact {sha256}",
+                               hint=f"GET /api/v1/runs/{run_id}/artifacts lists them")
+        from devflow import artifacts  # noqa: PLC0415 - see the module doc
+        return artifacts.load_stored(Path(kept.stored_path), kept.sha256)
+
+    def event_span(self, run_id: str) -> tuple[int, int] | None:
+        """The first and last event seq the run's log holds (None: none)."""
+        return self.store.events.span(self.store.runs.get(run_id).id)
 
     def events(self, run_id: str, after: int = 0, follow: bool = False,
                poll: float = 0.5) -> Iterator[model.Event]:
@@ -330,6 +389,27 @@ class App:
             return stats
         return _run_async(main)
 
+    async def work_async(self, stop: Any, **options: Any) -> worker.Stats:
+        """A worker in the caller's event loop (``devflow serve``'s) until ``stop`` (an
+        ``anyio.Event``) is set; ``options`` are ``worker.Options``' fields."""
+        from devflow.engine import worker  # noqa: PLC0415 - see the module doc
+        from devflow.requests import WorkerOptions  # noqa: PLC0415 - as above
+        return await worker.work(self.context(), WorkerOptions(**options), stop)
+
+    async def deliver_async(self, stop: Any) -> None:
+        """Send the configured webhooks' messages (``devflow serve``) until ``stop``."""
+        from devflow.engine import notify  # noqa: PLC0415 - see the module doc
+        await notify.deliver(self.context(), self.settings.webhooks, self.settings.public_url,
+                             stop)
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Each endpoint (its URL redacted): deliveries by state, last failure, disabled."""
+        shown = {e.key: e.shown for e in self.settings.webhooks}
+        found = self.store.outbox.status()
+        for item in found:
+            item["url"] = shown.get(item.pop("endpoint"), "(no longer configured)")
+        return found
+
     def workers(self, include_stopped: bool = False) -> list[model.Worker]:
         return self.store.leases.workers(include_stopped=include_stopped)
 
@@ -382,7 +462,7 @@ class App:
 
     # -- people ----------------------------------------------------------------------------
     # Who the caller is (``principal``) is the interface's to establish: the CLI's is the
-    # OS account running it (the default); the HTTP API's will be its token's actor.
+    # OS account running it (the default); the HTTP API's is its token's actor.
     # Who may do what is decided below, by access.authorize, for every interface alike.
     def decide(self, request: approvals.DecisionRequest) -> approvals.DecisionResult:
         from devflow.engine import control  # noqa: PLC0415 - see the module doc
@@ -402,6 +482,50 @@ class App:
               principal: access.Principal | None = None) -> control.Changed:
         from devflow.engine import control  # noqa: PLC0415 - see the module doc
         return control.abort(self.context(), run_id, actor, reason, principal)
+
+    # -- API tokens ------------------------------------------------------------------------
+    def token_create(self, actor: str, role: str, created_by: str,
+                     expires_in: float | None = None) -> tuple[str, model.ApiToken]:
+        """A new token: (the token, shown this once; what is kept of it)."""
+        from datetime import timedelta  # noqa: PLC0415 - see the module doc
+
+        from devflow import tokens  # noqa: PLC0415 - as above
+        tokens.check_role(role)
+        if not actor.strip() or actor.startswith("system:"):
+            raise DevflowError(Code.INVALID_INPUT, f"actor {actor!r} cannot hold a token",
+                               hint="a person's name (names starting with system: are "
+                                    "devflow's own)")
+        if expires_in is not None and expires_in <= 0:
+            raise DevflowError(Code.INVALID_INPUT, "--expires must be a positive duration",
+                               hint="e.g. --expires 90d")
+        text, prefix, digest = tokens.new()
+        expires_at = (self.store.clock() + timedelta(seconds=expires_in)
+                      if expires_in is not None else None)
+        kept = self.store.tokens.create(prefix, digest, actor, role, created_by, expires_at)
+        return text, kept
+
+    def tokens(self, include_dead: bool = False) -> list[model.ApiToken]:
+        return self.store.tokens.list(include_dead=include_dead)
+
+    def token_revoke(self, prefix: str) -> tuple[model.ApiToken, bool]:
+        return self.store.tokens.revoke(prefix)
+
+    def authenticate(self, presented: str) -> model.ApiToken:
+        """The live token presented (its use recorded), or ``unauthenticated``."""
+        from devflow import tokens  # noqa: PLC0415 - see the module doc
+        prefix = tokens.prefix_of(presented)
+        found = self.store.tokens.find(prefix) if prefix else None
+        if found is None or not tokens.matches(presented, found[1]):
+            raise DevflowError(Code.UNAUTHENTICATED, "the API token is not known",
+                               hint="send Authorization: Bearer TOKEN with a token from "
+                                    "`devflow tokens create`")
+        token = found[0]
+        if not token.live(self.store.clock()):
+            why = "revoked" if token.revoked_at is not None else "expired"
+            raise DevflowError(Code.UNAUTHENTICATED, f"API token {token.prefix} is {why}",
+                               hint="ask an admin for a new one (devflow tokens create)")
+        self.store.tokens.touch(token)
+        return token
 
     def approvals(self, *, pending: bool = False,
                   run_id: str | None = None) -> list[model.Approval]:

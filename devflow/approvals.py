@@ -80,6 +80,8 @@ class DecisionRequest:
     rewind: bool = False
     #: what the caller was shown; when given it must match the gate's evidence
     expect_artifact_sha: str | None = None
+    #: the round the caller was shown; when given it must be the request's
+    expect_round: int | None = None
     #: escalation and timeouts decide without a person's checks (their principal is system)
     system_reason: str | None = None
     #: who is authenticated (the interface's to establish); None: this process's OS account
@@ -210,6 +212,9 @@ def _check(tx: RunTx, req: DecisionRequest, approval: model.Approval,
                            f"run {tx.run.id} is paused: only reject and abort are accepted",
                            hint=f"devflow run resume {tx.run.id}, then decide")
     recorded = approval.evidence
+    if req.expect_round is not None and req.expect_round != approval.round:
+        raise _stale(approval, f"you were shown round {req.expect_round}; the request is "
+                               f"round {approval.round}")
     if req.expect_artifact_sha and req.expect_artifact_sha != recorded.artifact_sha:
         raise _stale(approval, "the artifact you were shown is not the one at the gate")
     if current is not None:

@@ -6,10 +6,15 @@ to do next. Each code belongs to a kind, and the kind fixes the CLI exit code an
 the HTTP status::
 
     DevflowError
-      kind INVALID    exit 2, HTTP 400   bad input: nothing was changed
+      kind INVALID    exit 2, HTTP 422   bad input: nothing was changed
       kind NOT_FOUND  exit 4, HTTP 404   a named thing does not exist
       kind CONFLICT   exit 3, HTTP 409   the state of things forbids it now
       kind FAILED     exit 1, HTTP 500   the operation ran and failed
+
+A few codes of the HTTP API say more than their kind (``http_status``): a request
+that cannot be read at all (``bad_request``) is 400, a missing or dead token
+(``unauthenticated``) 401, a refusal of who the caller is (``not_authorized``,
+``role_forbidden``, ``host_not_allowed``) 403, a method a route does not take 405.
 
 Errors of the libraries below (git, the database, subprocesses) are translated
 into these at the one place that calls them.
@@ -23,7 +28,7 @@ from typing import Any, Final
 
 
 class Kind(enum.Enum):
-    INVALID = (2, 400)
+    INVALID = (2, 422)
     NOT_FOUND = (4, 404)
     CONFLICT = (3, 409)
     FAILED = (1, 500)
@@ -59,6 +64,13 @@ class Code(enum.StrEnum):
     BINDING_INVALID = "binding_invalid"
     UNKNOWN_SECTION = "unknown_section"
     SANDBOX_UNAVAILABLE = "sandbox_unavailable"
+    #: the HTTP API: a request that cannot be read (not JSON, a field of the wrong type)
+    BAD_REQUEST = "bad_request"
+    #: the HTTP API: a Host header not in the allowlist (DNS rebinding)
+    HOST_NOT_ALLOWED = "host_not_allowed"
+    #: `devflow serve` on an address other than loopback while no API token is live
+    BIND_REFUSED = "bind_refused"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
     # not found
     TEMPLATE_NOT_FOUND = "template_not_found"
     PERSONA_NOT_FOUND = "persona_not_found"
@@ -68,6 +80,8 @@ class Code(enum.StrEnum):
     FILE_NOT_FOUND = "file_not_found"
     BASE_BRANCH_NOT_FOUND = "base_branch_not_found"
     TRIGGER_NOT_FOUND = "trigger_not_found"
+    TOKEN_NOT_FOUND = "token_not_found"  # noqa: S105 - a code, no secret
+    ROUTE_NOT_FOUND = "route_not_found"
     # conflicts
     TEMPLATE_VERSION_CONFLICT = "template_version_conflict"
     PERSONA_VERSION_CONFLICT = "persona_version_conflict"
@@ -86,6 +100,12 @@ class Code(enum.StrEnum):
     TRIGGER_CONFLICT = "trigger_conflict"
     #: the tick was started (or decided) by another worker or sweep
     TICK_TAKEN = "tick_taken"
+    #: the HTTP API: no token, or one unknown, revoked or expired
+    UNAUTHENTICATED = "unauthenticated"
+    #: the HTTP API: the token's role does not reach the route
+    ROLE_FORBIDDEN = "role_forbidden"
+    #: an Idempotency-Key used before for another request
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     # failures
     GIT_FAILED = "git_failed"
     WORKTREE_FAILED = "worktree_failed"
@@ -120,12 +140,14 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
         Code.BAD_DURATION, Code.SCHEMA_INVALID, Code.DOCUMENT_INVALID, Code.CONFIG_INVALID,
         Code.NOT_A_GIT_REPO, Code.BASE_BRANCH_NOT_FOUND, Code.NO_PERSONA_FOR_ROLE,
         Code.BACKEND_UNAVAILABLE, Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
-        Code.SANDBOX_UNAVAILABLE,
+        Code.SANDBOX_UNAVAILABLE, Code.BAD_REQUEST, Code.HOST_NOT_ALLOWED, Code.BIND_REFUSED,
+        Code.METHOD_NOT_ALLOWED,
     )},
     **{c: Kind.NOT_FOUND for c in (
         Code.TEMPLATE_NOT_FOUND, Code.PERSONA_NOT_FOUND, Code.SCHEMA_NOT_FOUND,
         Code.RUN_NOT_FOUND, Code.APPROVAL_NOT_FOUND, Code.FILE_NOT_FOUND,
         Code.BASE_BRANCH_NOT_FOUND, Code.TRIGGER_NOT_FOUND,
+        Code.BASE_BRANCH_NOT_FOUND, Code.TOKEN_NOT_FOUND, Code.ROUTE_NOT_FOUND,
     )},
     **{c: Kind.CONFLICT for c in (
         Code.TEMPLATE_VERSION_CONFLICT, Code.PERSONA_VERSION_CONFLICT,
@@ -134,12 +156,25 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
         Code.APPROVAL_STALE, Code.NO_PENDING_APPROVAL, Code.AMBIGUOUS_APPROVAL,
         Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED, Code.TRIGGER_CONFLICT,
         Code.TICK_TAKEN,
+        Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED, Code.UNAUTHENTICATED,
+        Code.ROLE_FORBIDDEN, Code.IDEMPOTENCY_KEY_REUSED,
     )},
+}
+
+#: HTTP statuses that say more than the code's kind (see the module doc)
+_HTTP_OF: Final[Mapping[Code, int]] = {
+    Code.BAD_REQUEST: 400, Code.UNAUTHENTICATED: 401, Code.NOT_AUTHORIZED: 403,
+    Code.ROLE_FORBIDDEN: 403, Code.HOST_NOT_ALLOWED: 403, Code.METHOD_NOT_ALLOWED: 405,
 }
 
 
 def kind_of(code: Code) -> Kind:
     return _KIND_OF.get(code, Kind.FAILED)
+
+
+def http_status(code: Code) -> int:
+    """The HTTP API's status for an error of this code."""
+    return _HTTP_OF.get(code, kind_of(code).http_status)
 
 
 class DevflowError(Exception):
@@ -159,6 +194,10 @@ class DevflowError(Exception):
     @property
     def exit_code(self) -> int:
         return self.kind.exit_code
+
+    @property
+    def http_status(self) -> int:
+        return http_status(self.code)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": str(self.code), "message": self.message, "hint": self.hint}

@@ -47,7 +47,7 @@ def step_due(tx: RunTx, approval_id: int) -> Step | None:
             and now >= approval.deadline - timedelta(seconds=gate.warn_before)):
         tx.set_approval(approval_id, warned_at=now)
         tx.event(events.APPROVAL_EXPIRING.new(approval.phase_key, {
-            "approval_id": approval_id, "gate": approval.gate,
+            "approval_id": approval_id, "gate": approval.gate, "round": approval.round,
             "deadline": model.iso(approval.deadline)},
             key=f"{tx.run.id}:approval.expiring:{approval_id}"))
         step = Step("warned", approval_id, {"deadline": model.iso(approval.deadline)})
@@ -84,15 +84,16 @@ def _escalate(tx: RunTx, approval: model.Approval, index: int,
             [*approval.approvers, *chain.to] if chain.keep_previous else chain.to))
         tx.set_approval(approval.id, approvers=list(approvers), escalation_applied=number)
         tx.event(events.APPROVAL_ESCALATED.new(approval.phase_key, {
-            "approval_id": approval.id, "gate": approval.gate, "step": number,
-            "to": list(chain.to), "approvers": list(approvers), "reason": chain.audit_reason},
+            "approval_id": approval.id, "gate": approval.gate, "round": approval.round,
+            "step": number, "to": list(chain.to), "approvers": list(approvers),
+            "reason": chain.audit_reason},
             key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))
         return Step("escalated", approval.id, {"step": number, "approvers": list(approvers),
                                                 "reason": chain.audit_reason})
     tx.set_approval(approval.id, escalation_applied=number)
     tx.event(events.APPROVAL_ESCALATED.new(approval.phase_key, {
-        "approval_id": approval.id, "gate": approval.gate, "step": number,
-        "action": chain.action, "reason": chain.audit_reason},
+        "approval_id": approval.id, "gate": approval.gate, "round": approval.round,
+        "step": number, "action": chain.action, "reason": chain.audit_reason},
         key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))
     decide_in(tx, DecisionRequest(
         run_id=tx.run.id, action=chain.action, actor="system:escalation",

@@ -280,12 +280,13 @@ APPROVAL_RESOLVED: Final = _declare(
     _AUTH, phase=True)
 APPROVAL_EXPIRING: Final = _declare(
     "approval.expiring", "A gate's deadline is near (its `warn_before`).",
-    _APPROVAL, _GATE, Field("deadline", "string|null", "when it times out (ISO 8601)"),
-    phase=True)
+    _APPROVAL, _GATE, Field("round", "integer", "the gate's round"),
+    Field("deadline", "string|null", "when it times out (ISO 8601)"), phase=True)
 APPROVAL_ESCALATED: Final = _declare(
     "approval.escalated", "A step of a gate's escalation was taken: more approvers, or an "
     "action devflow takes itself.",
-    _APPROVAL, _GATE, Field("step", "integer", "the step's number (1 for the first)"),
+    _APPROVAL, _GATE, Field("round", "integer", "the gate's round"),
+    Field("step", "integer", "the step's number (1 for the first)"),
     Field("reason", "string", "the step's audit reason"),
     Field("to", "array", "who was added; when the step adds approvers", always=False),
     Field("approvers", "array", "who may decide now; when the step adds approvers",

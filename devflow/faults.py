@@ -5,14 +5,15 @@ the point ``name`` (after writing ``DEVFLOW_CRASH_MARKER`` if that is set), whic
 a real ``kill -9`` at a real moment. Without the variable a point costs one dict
 lookup. Points: run_inserted, agent_started, agent_exited, artifact_checked,
 artifact_stored, checkpoint_committed, phase_accepted, gate_opened, report_composed,
-decision_recorded, tick_decided.
+decision_recorded, tick_decided, webhook_sending.
 
 - run_inserted (engine/start.py): the run row is committed, its worktree not made yet;
 - gate_opened (approvals.open_first_gate): inside the transaction that opens a gate,
   before its commit;
 - report_composed (report.write): report.md is in place, report.json not yet;
 - tick_decided (engine/schedule.py): a trigger's due ticks are decided and committed, the
-  pending ones' runs not started yet.
+  pending ones' runs not started yet;
+- webhook_sending (engine/notify.py): a webhook message is committed, not sent yet.
 
 ``DEVFLOW_PAUSE_AT=name`` makes the process stop itself with SIGSTOP the first time it
 reaches the point ``name`` (after writing ``DEVFLOW_PAUSE_MARKER``, as above): the test

@@ -358,3 +358,26 @@ class Housekeeping:
     def to_json(self) -> dict[str, Any]:
         return {"worktree_pruned_at": iso(self.worktree_pruned_at),
                 "branch_deleted_at": iso(self.branch_deleted_at)}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An HTTP API token as kept: its public prefix, never the secret (only its hash is)."""
+
+    prefix: str
+    actor: str
+    role: str
+    created_at: datetime
+    created_by: str
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+    def live(self, now: datetime) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.prefix, "actor": self.actor, "role": self.role,
+                "created_at": iso(self.created_at), "created_by": self.created_by,
+                "expires_at": iso(self.expires_at), "revoked_at": iso(self.revoked_at),
+                "last_used_at": iso(self.last_used_at)}

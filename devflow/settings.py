@@ -27,6 +27,10 @@ then command-line options — each overriding the one before.
 | allow_unsandboxed | DEVFLOW_ALLOW_UNSANDBOXED | false — run agents without a sandbox where |
 | | | bubblewrap is missing, instead of refusing (``sandbox_unavailable``) |
 | bwrap | DEVFLOW_BWRAP | bwrap — the bubblewrap program (a name on PATH or a path) |
+| webhooks | (config file only) | () — endpoints told of approvals and ended runs by |
+| | | ``devflow serve`` (devflow.webhooks: url, secret or secrets, events) |
+| public_url | DEVFLOW_PUBLIC_URL | http://127.0.0.1:8765 — the server as people reach it |
+| | | (the deep links of webhook messages) |
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import access, durations, yamlsource
+from devflow import access, durations, webhooks, yamlsource
 from devflow.errors import Code, DevflowError
 
 _INTS: Final = ("max_active_per_branch", "max_concurrent_runs", "artifact_max_bytes",
@@ -77,6 +81,8 @@ class Settings:
     #: where bubblewrap is missing, run agents unsandboxed (loudly) instead of refusing
     allow_unsandboxed: bool = False
     bwrap: str = "bwrap"
+    webhooks: tuple[webhooks.Endpoint, ...] = ()
+    public_url: str = "http://127.0.0.1:8765"
 
     @property
     def ports(self) -> tuple[int, int]:
@@ -101,7 +107,7 @@ class Settings:
                     or Path.home() / ".devflow").expanduser().resolve()
         values: dict[str, Any] = _config_file(home / "config.yaml")
         for name in (*_INTS, *_DURATIONS, *_BOOLS, "log_format", "actor", "database_url",
-                     "workspace", "bwrap"):
+                     "workspace", "bwrap", "public_url"):
             variable = f"DEVFLOW_{name.upper()}"
             if env.get(variable):
                 values[name] = env[variable]
@@ -143,6 +149,8 @@ class Settings:
                 dirs = [dirs] if isinstance(dirs, str) else dirs
                 values[name] = tuple(Path(p).expanduser().resolve() for p in dirs)
         _access(values)
+        if "webhooks" in values:
+            values["webhooks"] = webhooks.endpoints(values["webhooks"])
         if values.get("log_format", "auto") not in ("auto", "console", "json"):
             raise DevflowError(Code.CONFIG_INVALID, f"log_format {values['log_format']!r}",
                                hint="auto, console or json")

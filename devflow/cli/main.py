@@ -123,8 +123,8 @@ def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple
 
 
 def _register() -> None:
-    from devflow.cli import admin, decisions, defs, runs, triggers
-    for module in (runs, decisions, defs, triggers, admin):
+    from devflow.cli import admin, decisions, defs, runs, serve, triggers
+    for module in (runs, decisions, defs, triggers, admin, serve):
         module.register(cli)
 
 

@@ -1,7 +1,8 @@
 """Storage: the only package that imports SQLAlchemy, Alembic or psycopg.
 
 ``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
-``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions).
+``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions),
+``tokens`` (the HTTP API's), ``outbox`` (webhooks).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from devflow.store.approvals import Approvals
 from devflow.store.database import Database
 from devflow.store.events import Events
 from devflow.store.leases import Claimed, Leases
+from devflow.store.outbox import Due, Outbox
 from devflow.store.registry import Registry
 from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.tokens import Tokens
 from devflow.store.triggers import Triggers
 
-__all__ = ["Claimed", "Database", "History", "Limits", "NewRun", "Ports", "RunTx", "Store",
-           "TickClaim"]
+__all__ = ["Claimed", "Database", "Due", "History", "Limits", "NewRun", "Ports", "RunTx",
+           "Store", "TickClaim"]
 
 
 class Store:
@@ -36,6 +39,8 @@ class Store:
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
         self.triggers = Triggers(db, clock)
+        self.tokens = Tokens(db, clock)
+        self.outbox = Outbox(db, clock)
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,

@@ -29,6 +29,13 @@ class Events:
         query = query.order_by(EVENT.c.run_id, EVENT.c.seq)
         return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
 
+    def span(self, run_id: str) -> tuple[int, int] | None:
+        """The first and last sequence numbers the log holds for the run; None if none."""
+        query = sa.select(sa.func.min(EVENT.c.seq), sa.func.max(EVENT.c.seq)).where(
+            EVENT.c.run_id == run_id)
+        first, last = self.db.read(lambda conn: conn.execute(query).one())
+        return None if first is None else (int(first), int(last))
+
     def tail(self, run_id: str, count: int) -> list[model.Event]:
         return self.db.read(lambda conn: tail_in(conn, run_id, count))
 

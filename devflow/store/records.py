@@ -29,6 +29,7 @@ from devflow.store.tables import (
     INVOCATION,
     PHASE,
     RUN,
+    WEBHOOK_OUTBOX,
 )
 
 __all__ = ["APPROVAL", "ARTIFACT", "BINDING", "DECISION", "EVENT", "INVOCATION", "PHASE", "RUN",
@@ -189,7 +190,7 @@ def plain_insert(table: sa.Table) -> sa.Insert:
     return _PLAIN_INSERTS[table.name]
 
 
-_PLAIN_INSERTS = {t.name: sa.insert(t) for t in (ARTIFACT, BINDING, DECISION)}
+_PLAIN_INSERTS = {t.name: sa.insert(t) for t in (ARTIFACT, BINDING, DECISION, WEBHOOK_OUTBOX)}
 RUN_PHASES = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id")) \
     .order_by(PHASE.c.position)
 RUN_PHASE = sa.select(PHASE).where(PHASE.c.run_id == bindparam("run_id"),

@@ -199,14 +199,18 @@ class Runs:
         return self.db.read(lambda conn: rows.run(_run(conn, run_id)))
 
     def find(self, *, states_in: Sequence[RunState] | None = None, repo: str | None = None,
-             limit: int = 200) -> list[model.Run]:
+             limit: int = 200, before: tuple[datetime, str] | None = None) -> list[model.Run]:
+        """Runs, newest first; ``before`` (created_at, id) continues a list from its last."""
         def tx(conn: sa.Connection) -> list[model.Run]:
             query = sa.select(RUN)
             if states_in:
                 query = query.where(RUN.c.state.in_([str(s) for s in states_in]))
             if repo:
                 query = query.where(RUN.c.repo == repo)
-            query = query.order_by(RUN.c.created_at.desc()).limit(limit)
+            if before is not None:
+                query = query.where(sa.or_(RUN.c.created_at < before[0], sa.and_(
+                    RUN.c.created_at == before[0], RUN.c.id < before[1])))
+            query = query.order_by(RUN.c.created_at.desc(), RUN.c.id.desc()).limit(limit)
             return [rows.run(r) for r in conn.execute(query)]
         return self.db.read(tx)
 

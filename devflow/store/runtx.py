@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from devflow import model, states
+from devflow import model, states, webhooks
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import ApprovalState, PhaseState, RunState
@@ -28,6 +28,7 @@ from devflow.store.records import (
     PHASE,
     Record,
 )
+from devflow.store.tables import WEBHOOK_OUTBOX
 
 Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
 
@@ -173,6 +174,10 @@ class RunTx:
         row = {"run_id": self._row.id, "seq": self._seq, "type": new.type, "phase": new.phase,
                "payload": payload, "ts": self.now, "idem_key": key}
         self._new_events[key] = row
+        if new.type in webhooks.EVENTS:  # the outbox row commits with its event
+            self._inserts.append((WEBHOOK_OUTBOX, {
+                "run_id": self._row.id, "seq": self._seq, "type": new.type,
+                "phase": new.phase, "payload": payload, "ts": self.now, "fanned": False}))
         appended = _event(row)
         self.events.append(appended)
         return appended

@@ -231,3 +231,42 @@ TRIGGER_EVENT: Final = sa.Table(
     _str("run_id", 64, null=True), _json("payload"), _time("ts"),
     sa.Index("ix_trigger_event_trigger_id", "trigger", "id"),
 )
+
+#: HTTP API tokens (devflow.tokens): the public prefix names one; only the SHA-256 of the
+#: whole token is kept
+API_TOKEN: Final = sa.Table(
+    "api_token", METADATA,
+    _str("prefix", 16, primary_key=True), _str("digest", 64), _str("actor", 255),
+    _str("role", 16), _time("created_at"), _str("created_by", 255),
+    _time("expires_at", null=True), _time("revoked_at", null=True),
+    _time("last_used_at", null=True),
+)
+
+#: events a webhook may be told of (devflow.webhooks.EVENTS), written in the transaction
+#: that records the event: committed together, so none is lost between commit and send
+WEBHOOK_OUTBOX: Final = sa.Table(
+    "webhook_outbox", METADATA,
+    _id(), _run_id(), _int("seq"), _str("type", 64), _str("phase", 64, null=True),
+    _json("payload"), _time("ts"), sa.Column("fanned", sa.Boolean(), nullable=False,
+                                             default=False),
+    sa.Index("ix_webhook_outbox_fanned", "fanned"),
+)
+
+#: one message of the outbox to one endpoint (by the hash of its URL): its tries
+WEBHOOK_DELIVERY: Final = sa.Table(
+    "webhook_delivery", METADATA,
+    _id(), sa.Column("outbox_id", sa.Integer(), sa.ForeignKey("webhook_outbox.id"),
+                     nullable=False),
+    _str("endpoint", 64), _str("state", 16), _int("attempts", 0), _time("next_at"),
+    _int("last_status", null=True), _text("last_error", null=True),
+    _time("delivered_at", null=True),
+    sa.UniqueConstraint("outbox_id", "endpoint"),
+    sa.Index("ix_webhook_delivery_state_next_at", "state", "next_at"),
+)
+
+#: endpoints a 410 Gone disabled (until their URL changes)
+WEBHOOK_ENDPOINT: Final = sa.Table(
+    "webhook_endpoint", METADATA,
+    _str("key", 64, primary_key=True), _str("shown", 255), _time("disabled_at"),
+    _int("status"),
+)

@@ -67,7 +67,8 @@ def _command_of(args: tuple[str, ...]) -> str:
     """The command path an argv runs: ``run start`` of ``("run", "start", "--repo", ...)``."""
     words = [a for a in args if not a.startswith("-")]
     if words and words[0] in ("run", "approvals", "templates", "personas", "schemas", "db",
-                              "backends", "workers", "worktree", "triggers"):
+                              "backends", "workers", "worktree", "triggers",
+                              "tokens"):
         return " ".join(words[:2])
     return words[0] if words else ""
 
@@ -248,6 +249,16 @@ def test_every_command_exits_by_the_rule(app: App, forked: ForkedCli, repo: Path
     case(2, "worker", "--concurrency", "0", "--json")
     case(0, "workers", "list", "--all")
     case(2, "workers", "list", "--bogus")
+    case(0, "serve", "--check", "--port", "0", "--json")
+    case(2, "serve", "--workers", "-1", "--json")
+    case(2, "serve", "--host", "0.0.0.0", "--port", "0", "--json")    # no token is live
+    made = json.loads(case(0, "tokens", "create", "--actor", "alice", "--role", "viewer",
+                           "--json").stdout)
+    case(2, "tokens", "create", "--actor", "alice", "--role", "root", "--json")
+    case(0, "tokens", "list", "--all", "--json")
+    case(2, "tokens", "list", "--bogus")
+    case(0, "tokens", "revoke", made["id"], "--json")
+    case(4, "tokens", "revoke", "nosuchtokn", "--json")
     case(0, "worktree", "prune", "--dry-run")
     case(0, "worktree", "prune", "--json")
     case(2, "worktree", "prune", "--older-than", "soon", "--json")

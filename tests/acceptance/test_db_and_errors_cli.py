@@ -107,7 +107,7 @@ def test_the_embedded_database_upgrades_itself_on_first_use(tmp_path: Path) -> N
 def test_codes_fix_the_exit_code_and_http_status(code: Code, kind: Kind, exit_code: int) -> None:
     assert kind_of(code) is kind
     assert kind.exit_code == exit_code
-    assert kind.http_status == {2: 400, 3: 409, 4: 404, 1: 500}[exit_code]
+    assert kind.http_status == {2: 422, 3: 409, 4: 404, 1: 500}[exit_code]
 
 
 def test_error_codes_are_unique_stable_strings() -> None:

@@ -26,7 +26,7 @@ from tests.conftest import SCRIPTED
 #: a read command never imports these
 NEVER = ("alembic", "mako", "jsonschema", "referencing", "devflow.backends", "devflow.engine",
          "devflow.sweep", "sqlalchemy.orm", "sqlmodel", "pydantic", "filelock", "pathspec",
-         "cronsim")
+         "cronsim", "devflow.api", "fastapi", "starlette", "uvicorn")
 #: nor, off a terminal, these
 QUIET = ("structlog", "rich")
 #: prints sys.modules' names (as JSON, to the file in $PROBE_OUT) when the command exits

@@ -1,7 +1,7 @@
 """triggers: their state, their ticks (unique per trigger and scheduled time), their events
 
-Revision ID: 0009_triggers
-Revises: 0003
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0009_triggers'
-down_revision = '0003'
+revision = '0008'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 
