@@ -29,7 +29,7 @@ from devflow.backends import process
 from devflow.engine import context, finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
-from devflow.states import PhaseState, RunState
+from devflow.states import RunState
 from devflow.store import RunTx
 
 log = logs.get_logger("devflow.sweep")
@@ -174,18 +174,9 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
     if run.lease_owner is None or run.lease_expires_at is None \
             or run.lease_expires_at > tx.now or run.state in states.TERMINAL:
         return None
-    tx.close_invocations(outcome="interrupted",
-                         reason="its driver stopped; recovered by the sweep")
-    interrupted = []
-    for phase in tx.phases():
-        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
-                "phase.interrupted", phase.key, {
-                    "attempt": phase.attempt, "agents": found.agents,
-                    "artifact": found.artifact, "worktree": found.worktree}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": run.checkpoint_sha})
-            interrupted.append(phase.key)
+    interrupted = transitions.interrupt_in(
+        tx, "its driver stopped; recovered by the sweep",
+        {"agents": found.agents, "artifact": found.artifact, "worktree": found.worktree})
     recoveries = run.recoveries + 1
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)
     detail = {"owner": run.lease_owner, "recoveries": recoveries, "phases": interrupted,

@@ -1,7 +1,11 @@
-"""Composite moves on an open RunTx that several layers share: ending a run.
+"""Composite moves on an open RunTx that several layers share: ending a run, interrupting
+an attempt.
 
 Ending a run fails its active phases, aborts its pending approval requests and moves
 the run to its terminal state with the event, all in the caller's transaction.
+Interrupting an attempt (its driver stopped, died, or left it running) closes its
+invocations and sends its phase back to pending, to start afresh from the run's last
+checkpoint. The driver (``engine.drive``) and the sweep both interrupt through here.
 """
 
 from __future__ import annotations
@@ -12,6 +16,27 @@ from typing import Any
 from devflow import model, states
 from devflow.states import ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
+
+
+def interrupt_in(tx: RunTx, reason: str, found: Mapping[str, Any] | None = None) -> list[str]:
+    """Record the attempt under way as interrupted; the keys of the phases sent back.
+
+    Its unfinished invocations are closed (their processes are the caller's to stop: a
+    ``Context.change`` stops them on commit); each running or validating phase goes back
+    to pending with ``phase.interrupted`` (``reason``, and ``found``: what the sweep saw
+    of the attempt), and its next attempt starts from the run's last checkpoint.
+    """
+    tx.close_invocations(outcome="interrupted", reason=reason)
+    checkpoint = tx.run.checkpoint_sha
+    keys = []
+    for phase in tx.phases():
+        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
+            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
+                "phase.interrupted", phase.key,
+                {"attempt": phase.attempt, "reason": reason, **(found or {})}),
+                feedback={**phase.feedback, "interrupted": True, "reset_to": checkpoint})
+            keys.append(phase.key)
+    return keys
 
 
 def terminate_in(tx: RunTx, to: RunState, *, code: str | None = None, reason: str | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from devflow import logs, model
+from devflow import logs, model, transitions
 from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, plan, setup, workspace
 from devflow.engine.context import Context
@@ -66,7 +66,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
         with anyio.CancelScope(shield=True):
             try:
                 await ctx.achange(run_id, functools.partial(
-                    interrupt_in, reason="its driver was stopped"), lease)
+                    transitions.interrupt_in, reason="its driver was stopped"), lease)
             except (LeaseLost, DevflowError):
                 lost.set()
         raise
@@ -95,20 +95,6 @@ async def _say_lost(ctx: Context, run: model.Run, lease: model.Lease, bound: Any
         bound.warning("lease_lost")
         return
     bound.info("run_ended_elsewhere", state=str(run.state), by=by)
-
-
-def interrupt_in(tx: RunTx, reason: str) -> list[str]:
-    """Record the attempt under way as interrupted: its phase goes back to pending."""
-    tx.close_invocations(outcome="interrupted", reason=reason)
-    keys = []
-    for phase in tx.phases():
-        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
-                "phase.interrupted", phase.key, {"attempt": phase.attempt, "reason": reason}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": tx.run.checkpoint_sha})
-            keys.append(phase.key)
-    return keys
 
 
 async def _fail_unless_stopped(ctx: Context, run_id: str, lease: model.Lease,
@@ -179,7 +165,7 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
         if step.state is PhaseState.RUNNING:
             # Only a driver that died leaves this; the sweep normally recovers it first.
             await ctx.achange(run_id, functools.partial(
-                interrupt_in, reason="found running when the lease was taken"), lease)
+                transitions.interrupt_in, reason="found running when the lease was taken"), lease)
             continue
         if step.definition.artifact is None:
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 from devflow import model, states
 from devflow.definitions import PhaseDef
-from devflow.errors import Code, DevflowError, LeaseLost
+from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState, PhaseState, RunState
-from devflow.store import records, rows
+from devflow.store import leases, records, rows
 from devflow.store.records import (
     APPROVAL,
     DECISION,
@@ -138,9 +138,8 @@ class RunTx:
 
     def check_lease(self, lease: model.Lease) -> None:
         row = self._row
-        if (row.lease_owner != lease.owner or row.lease_fence != lease.fence
-                or row.lease_expires_at is None or row.lease_expires_at <= self.now):
-            raise LeaseLost(row.id)
+        leases.check(lease, row.id, row.lease_owner, row.lease_fence, row.lease_expires_at,
+                     self.now)
 
     def redact_list(self, values: list[str]) -> list[str]:
         """``values`` with secrets replaced, for what is stored beside events (argv)."""
