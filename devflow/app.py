@@ -205,8 +205,8 @@ class App:
         from devflow.engine.context import new_owner  # noqa: PLC0415 - as above
         ctx = self.context(observer)
         if detach:
-            return self.view(start.start_detached(ctx, request, new_owner("cli")).id)
-        run, lease = start.start(ctx, request, new_owner("cli"))
+            return self.view(_run_async(start.start_detached, ctx, request, new_owner("cli")).id)
+        run, lease = _run_async(start.start, ctx, request, new_owner("cli"))
         _drive_here(ctx, run.id, lease)
         return self.view(run.id)
 

@@ -2,9 +2,10 @@
 
 Each turn reads the run, makes sure its worktree exists, and takes the next step:
 skip a phase without artifact, run the attempts of the next pending phase, add the
-phases of a completed phase plan, or complete the run. Beside the loop a heartbeat
-renews the lease; if the lease is lost, or the run was aborted from elsewhere, the
-loop is cancelled (which terminates a running agent) and nothing more is written.
+phases of a completed phase plan, or complete the run. Beside the loop the heartbeat
+(``engine.heartbeat``) renews the lease; if the lease is lost, or the run was aborted
+from elsewhere, the loop is cancelled (which terminates a running agent) and nothing
+more is written.
 Finishing (terminal state, report) is shielded from cancellation.
 """
 
@@ -18,7 +19,7 @@ import anyio
 
 from devflow import logs, model, transitions
 from devflow.definitions import Persona
-from devflow.engine import agent, attempt, finish, plan, setup, workspace
+from devflow.engine import agent, attempt, finish, heartbeat, plan, setup, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
@@ -40,7 +41,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
     bound = log.bind(run_id=run_id, owner=lease.owner, fence=lease.fence)
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_heartbeat, ctx, run_id, lease, lost, group.cancel_scope)
+            group.start_soon(heartbeat.keep, ctx, run_id, lease, lost, group.cancel_scope)
             try:
                 await _loop(ctx, run_id, lease, stop)
             except LeaseLost:
@@ -108,25 +109,6 @@ async def _fail_unless_stopped(ctx: Context, run_id: str, lease: model.Lease,
             await ctx.call(finish.fail, ctx, run_id, exc.code, exc.message, lease=lease)
         except LeaseLost:
             lost.set()
-
-
-async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.Event,
-                     scope: anyio.CancelScope) -> None:
-    while True:
-        await anyio.sleep(ctx.settings.heartbeat_seconds)
-        try:
-            run = await ctx.call(ctx.store.leases.renew, run_id, lease,
-                                 ctx.settings.lease_seconds)
-        except LeaseLost:
-            lost.set()
-            scope.cancel()
-            return
-        except DevflowError as exc:  # the database is away: keep trying until the lease runs out
-            log.warning("heartbeat_failed", run_id=run_id, error=exc.message)
-            continue
-        if run.state in TERMINAL:
-            scope.cancel()
-            return
 
 
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
