@@ -156,8 +156,7 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     if outcome is None:
         return []  # its driver renewed the lease meanwhile, or another sweep got there
     actions = [outcome]
-    if outcome.kind == "failed":
-        finish.write_report(ctx, run_id)
+    if outcome.kind == "failed":  # its report was written with the commit
         return actions
     fresh = ctx.store.runs.get(run_id)
     if fresh.host == ctx.host and not (Path(fresh.worktree) / ".git").exists():
@@ -205,7 +204,4 @@ def _gate(ctx: Context, approval: model.Approval, dry_run: bool) -> Iterable[Act
         actions.append(Action(approval.run_id, step.kind,
                               {"approval_id": approval.id, "gate": approval.gate,
                                **dict(step.detail)}))
-    run = ctx.store.runs.get(approval.run_id)
-    if run.state in states.TERMINAL and run.report_status is None:
-        finish.write_report(ctx, run.id)
     return actions

@@ -23,13 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from devflow import approvals, artifacts, faults, logs, model, runtree, transitions, worktree
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
-from devflow.engine import agent, finish, plan, workspace
+from devflow.engine import agent, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
 from devflow.schemas import Issue
@@ -70,9 +68,7 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
                  exit_code=result.exit.exit_code)
         run, phase = await ctx.call(_conclude, ctx, result, lease)
         faults.point("phase_accepted")
-        if run.state in TERMINAL:
-            with anyio.CancelScope(shield=True):
-                await ctx.call(finish.write_report, ctx, run.id)
+        if run.state in TERMINAL:  # its report was written with the verdict's commit
             return None
         if phase.state is not PhaseState.VALIDATING:
             # completed, or waiting at its gate: the verdict changed no other phase

@@ -60,6 +60,9 @@ class RunTx:
         self._decision_id = decision_id
         #: invocations this transaction closed while their process may still run
         self.closed: list[model.Invocation] = []
+        #: the terminal state this transaction moved the run to: its report is written
+        #: once the transaction committed (``Context.change``)
+        self.ended: RunState | None = None
 
     # -- the run ---------------------------------------------------------------------------
     @property
@@ -109,6 +112,7 @@ class RunTx:
             fields["paused_from"] = None
         if to in states.TERMINAL:
             fields.update(ended_at=self.now, lease_owner=None, lease_expires_at=None)
+            self.ended = to
         if failure:
             fields["failure_code"], fields["failure_reason"] = failure
         self._row.set(fields)
