@@ -30,9 +30,10 @@ from devflow.states import RUNNABLE, TERMINAL, RunState
 if TYPE_CHECKING:
     from devflow import access, approvals
     from devflow import sweep as sweep_module
-    from devflow.definitions import Persona, Template
-    from devflow.engine import control, start, worker
+    from devflow.definitions import Persona, Problem, Template
+    from devflow.engine import control, worker
     from devflow.engine.context import Context, Observer
+    from devflow.requests import StartRequest, WorkerOptions
     from devflow.store import Store
 
 T = TypeVar("T")
@@ -152,6 +153,11 @@ class App:
         self.memo.save()
         return rows
 
+    def backend_options(self, name: str) -> dict[str, Any]:
+        """The JSON Schema of backend ``name``'s persona options (``backend_unavailable``
+        for a name devflow does not know)."""
+        return dict(self._backends.get(name).options_schema)
+
     def sandbox(self) -> dict[str, Any]:
         """bubblewrap here: its path and version, or why agents cannot be sandboxed."""
         from devflow.backends import sandbox  # noqa: PLC0415 - see the module doc
@@ -199,10 +205,11 @@ class App:
             db.dispose()
 
     # -- runs ------------------------------------------------------------------------------
-    def start(self, request: start.StartRequest, *, detach: bool = False,
+    def start(self, request: StartRequest, *, detach: bool = False,
               observer: Observer | None = None) -> RunView:
         from devflow.engine import start  # noqa: PLC0415 - see the module doc
         from devflow.engine.context import new_owner  # noqa: PLC0415 - as above
+        start.requirements_text(request)  # bad text changes nothing: no database opened
         ctx = self.context(observer)
         if detach:
             return self.view(_run_async(start.start_detached, ctx, request, new_owner("cli")).id)
@@ -233,9 +240,14 @@ class App:
     def bindings(self, run_id: str) -> list[model.Binding]:
         return self.store.runs.bindings(self.store.runs.get(run_id).id)
 
-    def runs(self, states: list[RunState] | None = None, repo: str | None = None,
+    def runs(self, states: list[RunState] | None = None, repo: Path | None = None,
              limit: int = 200) -> list[model.Run]:
-        return self.store.runs.find(states_in=states, repo=repo, limit=limit)
+        """Runs, newest first; ``repo``: those of the repository containing that path."""
+        top = None
+        if repo is not None:
+            from devflow import worktree  # noqa: PLC0415 - see the module doc
+            top = worktree.top_of(repo)
+        return self.store.runs.find(states_in=states, repo=top, limit=limit)
 
     def events(self, run_id: str, after: int = 0, follow: bool = False,
                poll: float = 0.5) -> Iterator[model.Event]:
@@ -266,6 +278,14 @@ class App:
             finish.write_report(self.context(), run.id)
         return path
 
+    def demo_request(self, directory: Path | None = None) -> tuple[StartRequest, bool]:
+        """The demo's run on its sample project, made under ``directory`` (default: a new
+        directory under DEVFLOW_HOME/demo) or reused from an earlier demo there (True)."""
+        from devflow import demo  # noqa: PLC0415 - see the module doc
+        now = self._clock() if self._clock is not None else model.utcnow()
+        base = directory or self.settings.home / "demo" / now.strftime("%Y%m%d-%H%M%S")
+        return demo.start_request(base.expanduser().resolve(), self.settings.actor)
+
     # -- operators -------------------------------------------------------------------------
     def sweep(self, *, policy: str = "resume", max_recoveries: int | None = None,
               dry_run: bool = False) -> sweep_module.SweepResult:
@@ -273,7 +293,7 @@ class App:
         return sweep_module.sweep(self.context(), policy=policy, max_recoveries=max_recoveries,
                                   dry_run=dry_run)
 
-    def work(self, options: worker.Options) -> worker.Stats:
+    def work(self, options: WorkerOptions) -> worker.Stats:
         """Run a worker until SIGTERM or SIGINT (or, with ``once``, until nothing is left)."""
         import signal  # noqa: PLC0415 - see the module doc
 
@@ -395,7 +415,7 @@ def _drive_here(ctx: Context, run_id: str, lease: model.Lease) -> None:
         raise Interrupted(run_id, caught[0])
 
 
-def _check_options(backend: str, options: Any) -> list[str]:
+def _check_options(backend: str, options: Any) -> list[Problem]:
     """A persona's options checked by its backend (loaded for it: a persona whose check
     is remembered needs none)."""
     from devflow import backends  # noqa: PLC0415 - see the module doc

@@ -20,13 +20,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import access, artifacts, faults, model, transitions, worktree
-from devflow.definitions import GateDef, gate_of
+from jsonpointer import resolve_pointer
+
+from devflow import access, artifacts, events, faults, model, transitions, worktree
+from devflow.definitions import PHASE_PLAN_SCHEMA, GateDef, gate_of
 from devflow.errors import Code, DevflowError
 from devflow.states import ACTION_OUTCOME, TERMINAL, ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
 
-SYSTEM_ACTORS: Final = ("system:escalation", "system:timeout")
 SECTION_VERDICTS: Final = ("approve", "reject")
 
 
@@ -60,7 +61,7 @@ def _open(tx: RunTx, phase_key: str, gate_key: str, round_: int,
         artifact_path=evidence.artifact_path, artifact_sha=evidence.artifact_sha,
         head_sha=evidence.head_sha, tree_sha=evidence.tree_sha, deadline=deadline,
         next_due_at=next_due(gate, tx.now, deadline, None, 0))
-    tx.event(model.NewEvent("approval.requested", phase_key, {
+    tx.event(events.APPROVAL_REQUESTED.new(phase_key, {
         **approval.gate_block(), "artifact_sha": evidence.artifact_sha,
         "tree": evidence.tree_sha}))
     return approval
@@ -164,7 +165,7 @@ def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,
         authentication=authentication)
     resolved = tx.resolve_approval(approval_id, ACTION_OUTCOME[req.action], by=req.actor,
                                    resolution=req.action)
-    tx.event(model.NewEvent("approval.resolved", approval.phase_key, {
+    tx.event(events.APPROVAL_RESOLVED.new(approval.phase_key, {
         "approval_id": approval_id, "gate": approval.gate, "round": approval.round,
         "action": req.action, "actor": req.actor, "decision_id": decision.id,
         "reason": req.system_reason, "sections": dict(req.sections),
@@ -248,10 +249,10 @@ def section_keys(tx: RunTx, approval: model.Approval) -> list[str]:
     phase = tx.phase(approval.phase_key)
     if not approval.sections or not phase.artifact_stored or not phase.artifact_sha:
         return []
-    value: Any = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
-    for part in approval.sections.strip("/").split("/"):
-        value = value.get(part.replace("~1", "/").replace("~0", "~"), []) \
-            if isinstance(value, dict) else []
+    stored = artifacts.load_stored(Path(phase.artifact_stored), phase.artifact_sha)
+    value = resolve_pointer(stored, approval.sections, [])
+    if not isinstance(value, list):
+        return []
     return [str(item["key"]) for item in value if isinstance(item, dict) and "key" in item]
 
 
@@ -275,7 +276,7 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
     outcome: dict[str, Any] = {"action": req.action}
     rejected = [k for k, v in req.sections.items() if v == "reject"]
     is_plan = bool(phase.definition.artifact and
-                   phase.definition.artifact.schema == "dev/phase-plan@1")
+                   phase.definition.artifact.schema == PHASE_PLAN_SCHEMA)
     if req.action == "approve" and rejected and not is_plan:
         _changes(tx, req, phase, rejected)
     elif req.action == "approve":
@@ -286,10 +287,9 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
             outcome["next_approval_id"] = nxt.id
         else:
             feedback = {"sections": dict(req.sections)} if req.sections else {}
-            tx.move_phase(phase.key, PhaseState.COMPLETED, model.NewEvent(
-                "phase.completed", phase.key, {"attempt": phase.attempt,
-                                               "approved_by": req.actor,
-                                               "artifact_sha": phase.artifact_sha}),
+            tx.move_phase(phase.key, PhaseState.COMPLETED, events.PHASE_COMPLETED.new(
+                phase.key, {"attempt": phase.attempt, "approved_by": req.actor,
+                            "artifact_sha": phase.artifact_sha}),
                 feedback=feedback)
             tx.settle(RunState.EXECUTING)
     elif req.action == "request_changes":
@@ -319,9 +319,8 @@ def _changes(tx: RunTx, req: DecisionRequest, phase: model.Phase, rejected: list
                               for k in rejected]}}
     if req.rewind:
         feedback["reset_to"] = _previous_checkpoint(tx, phase)
-    tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
-        "phase.changes_requested", phase.key, {"attempt": phase.attempt, "by": req.actor,
-                                               "rewind": req.rewind}),
+    tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_CHANGES_REQUESTED.new(
+        phase.key, {"attempt": phase.attempt, "by": req.actor, "rewind": req.rewind}),
         feedback=feedback)
     tx.settle(RunState.EXECUTING)
 

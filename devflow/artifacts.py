@@ -46,11 +46,6 @@ class Checked:
     def valid(self) -> bool:
         return self.code is None
 
-    def summary(self) -> str:
-        if self.valid:
-            return "valid"
-        return "; ".join(str(i) for i in self.issues[:10]) or str(self.code)
-
 
 def contained_path(worktree: Path, rel: str) -> Path:
     """``worktree/rel`` resolved; ``path_escape`` when it leaves the worktree."""

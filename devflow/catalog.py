@@ -151,7 +151,8 @@ class Catalog:
     """Templates, personas and schemas, loaded once from their directories."""
 
     def __init__(self, dirs: Dirs,
-                 check_persona_options: Callable[[str, Mapping[str, Any]], list[str]] | None = None,
+                 check_persona_options: Callable[[str, Mapping[str, Any]],
+                                                 list[definitions.Problem]] | None = None,
                  memo: memos.Memo | None = None) -> None:
         self.dirs = dirs
         self._check_options = check_persona_options
@@ -226,10 +227,6 @@ class Catalog:
             return None
         return memos.key(f"{kind}-checked", self.schemas.digest,
                         json.dumps(data, sort_keys=True, separators=(",", ":")))
-
-    def load_template_definition(self, definition: Mapping[str, Any]) -> Template:
-        """A template from the definition a run stored when it started."""
-        return self.load_template(Source(None, dict(definition), None))
 
     def load_persona_definition(self, definition: Mapping[str, Any]) -> Persona:
         """A persona from the definition a binding stored when its run started (cached)."""

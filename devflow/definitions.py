@@ -22,7 +22,7 @@ from typing import Any, Final
 
 from devflow import durations
 from devflow.errors import Code, DevflowError
-from devflow.schemas import SchemaRegistry, pointer
+from devflow.schemas import SchemaRegistry, parts, pointer
 from devflow.yamlsource import Source
 
 TEMPLATE_SCHEMA: Final = "devflow/template@1"
@@ -200,6 +200,8 @@ class DefinitionError(DevflowError):
 
 _HINTS: Final[Mapping[Code, str]] = MappingProxyType({
     Code.DEFINITION_INVALID: "compare the definition with schemas/devflow/ (the meta-schemas)",
+    Code.BACKEND_OPTION_INVALID: "docs/backends.md lists each backend's options "
+                                 "(`devflow backends show NAME` prints their schema)",
     Code.UNKNOWN_ROLE: "a phase may only name roles listed under the template's `roles`",
     Code.UNKNOWN_SCHEMA: "`devflow schemas list` shows the schema ids; add yours with "
                          "--schemas-dir",
@@ -216,19 +218,7 @@ _HINTS: Final[Mapping[Code, str]] = MappingProxyType({
 
 def _meta_problems(schemas: SchemaRegistry, schema_id: str, data: Any) -> list[Problem]:
     issues = schemas.validate(schema_id, data)
-    return [Problem(Code.DEFINITION_INVALID, _split(i.pointer), i.message) for i in issues]
-
-
-def pointer_of(path: tuple[str | int, ...]) -> str:
-    return "".join(f"/{p}" for p in path)
-
-
-def _split(ptr: str) -> tuple[str | int, ...]:
-    parts: list[str | int] = []
-    for raw in ptr.split("/")[1:]:
-        part = raw.replace("~1", "/").replace("~0", "~")
-        parts.append(int(part) if part.isdigit() else part)
-    return tuple(parts)
+    return [Problem(Code.DEFINITION_INVALID, parts(i.pointer), i.message) for i in issues]
 
 
 def check_artifact_path(path: str) -> str | None:
@@ -389,19 +379,20 @@ def gate_of(template_def: Mapping[str, Any], key: str) -> GateDef:
 
 
 def parse_persona(source: Source, schemas: SchemaRegistry,
-                  check_options: Callable[[str, Mapping[str, Any]], list[str]] | None = None,
+                  check_options: Callable[[str, Mapping[str, Any]], list[Problem]] | None = None,
                   *, checked: bool = False) -> Persona:
     """The persona ``source`` defines; ``checked``: its data is known to pass the
-    meta-schema and ``check_options`` (``devflow.catalog`` remembers that)."""
+    meta-schema and ``check_options`` (``devflow.catalog`` remembers that).
+
+    ``check_options``: the problems of a persona's ``options`` for its backend (its
+    options schema, ``devflow.backends.options``), each at its place in the persona."""
     data = source.data
     if not checked and (problems := _meta_problems(schemas, PERSONA_SCHEMA, data)):
         raise DefinitionError(source, problems)
     options = data.get("options") or {}
-    if check_options is not None and not checked:
-        found = [Problem(Code.DEFINITION_INVALID, ("options",), why)
-                 for why in check_options(data["backend"], options)]
-        if found:
-            raise DefinitionError(source, found)
+    if check_options is not None and not checked and (
+            found := check_options(data["backend"], options)):
+        raise DefinitionError(source, found)
     env = data.get("env") or {}
     sandbox = _sandbox(data.get("sandbox"))
     if isinstance(sandbox, Problem):

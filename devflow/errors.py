@@ -42,6 +42,8 @@ class Code(enum.StrEnum):
     INVALID_INPUT = "invalid_input"
     YAML_INVALID = "yaml_invalid"
     DEFINITION_INVALID = "definition_invalid"
+    #: a persona's ``options`` that its backend's options schema refuses
+    BACKEND_OPTION_INVALID = "backend_option_invalid"
     UNKNOWN_ROLE = "unknown_role"
     UNKNOWN_SCHEMA = "unknown_schema"
     UNKNOWN_GATE = "unknown_gate"
@@ -105,7 +107,8 @@ class Code(enum.StrEnum):
 
 _KIND_OF: Final[Mapping[Code, Kind]] = {
     **{c: Kind.INVALID for c in (
-        Code.INVALID_INPUT, Code.YAML_INVALID, Code.DEFINITION_INVALID, Code.UNKNOWN_ROLE,
+        Code.INVALID_INPUT, Code.YAML_INVALID, Code.DEFINITION_INVALID,
+        Code.BACKEND_OPTION_INVALID, Code.UNKNOWN_ROLE,
         Code.UNKNOWN_SCHEMA, Code.UNKNOWN_GATE, Code.DUPLICATE_PHASE, Code.PATH_ESCAPE,
         Code.BAD_DURATION, Code.SCHEMA_INVALID, Code.DOCUMENT_INVALID, Code.CONFIG_INVALID,
         Code.NOT_A_GIT_REPO, Code.BASE_BRANCH_NOT_FOUND, Code.NO_PERSONA_FOR_ROLE,

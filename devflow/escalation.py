@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from devflow import access, model
+from devflow import access, events, model
 from devflow.approvals import DecisionRequest, decide_in, next_due
 from devflow.definitions import EscalationStep, gate_of
 from devflow.errors import Code
@@ -46,7 +46,7 @@ def step_due(tx: RunTx, approval_id: int) -> Step | None:
     if (approval.deadline is not None and gate.warn_before and approval.warned_at is None
             and now >= approval.deadline - timedelta(seconds=gate.warn_before)):
         tx.set_approval(approval_id, warned_at=now)
-        tx.event(model.NewEvent("approval.expiring", approval.phase_key, {
+        tx.event(events.APPROVAL_EXPIRING.new(approval.phase_key, {
             "approval_id": approval_id, "gate": approval.gate,
             "deadline": model.iso(approval.deadline)},
             key=f"{tx.run.id}:approval.expiring:{approval_id}"))
@@ -83,14 +83,14 @@ def _escalate(tx: RunTx, approval: model.Approval, index: int,
         approvers = tuple(dict.fromkeys(
             [*approval.approvers, *chain.to] if chain.keep_previous else chain.to))
         tx.set_approval(approval.id, approvers=list(approvers), escalation_applied=number)
-        tx.event(model.NewEvent("approval.escalated", approval.phase_key, {
+        tx.event(events.APPROVAL_ESCALATED.new(approval.phase_key, {
             "approval_id": approval.id, "gate": approval.gate, "step": number,
             "to": list(chain.to), "approvers": list(approvers), "reason": chain.audit_reason},
             key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))
         return Step("escalated", approval.id, {"step": number, "approvers": list(approvers),
                                                 "reason": chain.audit_reason})
     tx.set_approval(approval.id, escalation_applied=number)
-    tx.event(model.NewEvent("approval.escalated", approval.phase_key, {
+    tx.event(events.APPROVAL_ESCALATED.new(approval.phase_key, {
         "approval_id": approval.id, "gate": approval.gate, "step": number,
         "action": chain.action, "reason": chain.audit_reason},
         key=f"{tx.run.id}:approval.escalated:{approval.id}:{number}"))

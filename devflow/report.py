@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from devflow import access, faults, model
+from devflow import access, events, faults, model
 from devflow.durations import format_duration
 from devflow.model import iso, utcnow
 from devflow.worktree import Commit, FileStat
@@ -104,7 +104,7 @@ def compose(data: ReportData) -> dict[str, Any]:
             {"phase": e.phase or "", "attempt": int(e.payload.get("attempt", 0)),
              "code": e.payload.get("code"), "errors": list(e.payload.get("errors", [])),
              "artifact": _refused_artifact(e.payload.get("artifact"), run.workspace)}
-            for e in data.events if e.type == "phase.artifact_invalid"],
+            for e in data.events if e.type == events.PHASE_ARTIFACT_INVALID.name],
         "unresolved": _unresolved(data),
         "events_tail": [{"seq": e.seq, "type": e.type, "phase": e.phase, "ts": iso(e.ts) or ""}
                         for e in data.events[-25:]],

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 from urllib.parse import unquote, urljoin
 
+from jsonpointer import resolve_pointer
+
 DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 _SCOPE: Final = frozenset({"$id", "$anchor", "$dynamicRef", "$dynamicAnchor",
                            "$recursiveRef", "$recursiveAnchor", "$schema"})
@@ -136,16 +138,8 @@ def subschemas(node: Mapping[str, Any]) -> list[Any]:
 
 
 def _walk(root: Mapping[str, Any], fragment: str) -> Any:
-    node: Any = root
-    for raw in unquote(fragment).split("/"):
-        part = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(node, Mapping) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        else:
-            return None
-    return node
+    """What the JSON pointer ``/fragment`` (URI-quoted) names in ``root``, or None."""
+    return resolve_pointer(root, "/" + unquote(fragment), None)
 
 
 def _scoped_below_root(root: Mapping[str, Any]) -> bool:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urljoin
 
+from jsonpointer import JsonPointer
+
 from devflow import jsontext, schemarefs
 from devflow import memo as memos
 from devflow.errors import Code, DevflowError
@@ -49,7 +51,13 @@ class Issue:
 
 
 def pointer(path: Iterable[str | int]) -> str:
-    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in path)
+    """The JSON pointer (RFC 6901) of a place given as its keys and indexes."""
+    return JsonPointer.from_parts(path).path
+
+
+def parts(ptr: str) -> tuple[str | int, ...]:
+    """The keys and indexes of a JSON pointer (digits read as an index)."""
+    return tuple(int(p) if p.isdigit() else p for p in JsonPointer(ptr).parts)
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, escalation, logs, model, states, transitions, worktree
+from devflow import artifacts, escalation, events, logs, model, states, transitions, worktree
 from devflow.backends import process
 from devflow.engine import context, finish, workspace
 from devflow.engine.context import Context
@@ -180,7 +180,7 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)
     detail = {"owner": run.lease_owner, "recoveries": recoveries, "phases": interrupted,
               "agents": found.agents}
-    tx.event(model.NewEvent("run.recovered", payload=detail))
+    tx.event(events.RUN_RECOVERED.new(payload=detail))
     if policy == "fail" or recoveries > limit:
         reason = (f"the run's driver stopped {recoveries} time(s); "
                   + ("--policy fail" if policy == "fail" else f"max_recoveries is {limit}"))

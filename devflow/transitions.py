@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from devflow import model, states
+from devflow import events, model, states
 from devflow.states import ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
 
@@ -31,9 +31,8 @@ def interrupt_in(tx: RunTx, reason: str, found: Mapping[str, Any] | None = None)
     keys = []
     for phase in tx.phases():
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
-                "phase.interrupted", phase.key,
-                {"attempt": phase.attempt, "reason": reason, **(found or {})}),
+            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
+                phase.key, {"attempt": phase.attempt, "reason": reason, **(found or {})}),
                 feedback={**phase.feedback, "interrupted": True, "reset_to": checkpoint})
             keys.append(phase.key)
     return keys
@@ -49,9 +48,8 @@ def terminate_in(tx: RunTx, to: RunState, *, code: str | None = None, reason: st
     tx.close_invocations(outcome=f"run_{to}", reason=f"the run was {to} by {by}")
     for phase in tx.phases():
         if phase.state in states.PHASE_ACTIVE:
-            tx.move_phase(phase.key, PhaseState.FAILED, model.NewEvent(
-                "phase.failed", phase.key, {"attempt": phase.attempt, "reason": f"run {to}",
-                                            "code": code}),
+            tx.move_phase(phase.key, PhaseState.FAILED, events.PHASE_FAILED.new(
+                phase.key, {"attempt": phase.attempt, "reason": f"run {to}", "code": code}),
                 failure_code=code or f"run_{to}", failure_reason=reason)
     for approval in tx.approvals(pending=True):
         tx.resolve_approval(approval.id, ApprovalState.ABORTED, by=by, resolution=f"run_{to}")
@@ -62,5 +60,5 @@ def terminate_in(tx: RunTx, to: RunState, *, code: str | None = None, reason: st
         payload.update(code=code, reason=reason)
     elif reason:
         payload["reason"] = reason
-    return tx.move_run(to, model.NewEvent(f"run.{to}", payload=payload),
+    return tx.move_run(to, events.ENDED[to].new(payload=payload),
                        failure=(code, reason or "") if code else None)

@@ -81,6 +81,33 @@ def locate(path: Path, base: str) -> tuple[Path, str]:
     return repo, sha
 
 
+def current_branch(path: Path) -> str:
+    """The branch checked out in the repository at ``path``, a run's base when none is
+    named: ``invalid_input`` when HEAD is detached; what ``locate`` says of a path that
+    is no repository."""
+    if not path.is_dir():
+        locate(path, "HEAD")  # says what is wrong with the path
+    result = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], path, check=False)
+    if result.returncode == 0 and result.stdout.strip():
+        return result.stdout.strip()
+    if result.returncode == 1:  # --quiet: HEAD is not a symbolic ref
+        raise DevflowError(Code.INVALID_INPUT, f"HEAD of {path} is detached: there is no "
+                           "current branch to start from", hint="pass --base BRANCH")
+    locate(path, "HEAD")  # says what is wrong with the repository
+    raise git.GitError(["symbolic-ref", "HEAD"], path, result)
+
+
+def top_of(path: Path) -> str:
+    """The repository a run started at ``path`` records: the top of the one containing
+    ``path``; a path that is no repository (any more) stands for itself."""
+    resolved = path.expanduser().resolve()
+    if resolved.is_dir():
+        found = git.run(["rev-parse", "--show-toplevel"], resolved, check=False)
+        if found.returncode == 0 and found.stdout.strip():
+            return str(Path(found.stdout.rstrip("\n")).resolve())
+    return str(resolved)
+
+
 def _rev_parse(path: Path, args: list[str]) -> str | None:
     """What ``git rev-parse ARGS`` prints in ``path`` (one value, newlines and all), or None."""
     result = git.run(["rev-parse", *args], path, check=False)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from jsonpointer import JsonPointer
+
 from devflow import jsontext
 from devflow.errors import Code, DevflowError
 
@@ -204,7 +206,7 @@ def _hint(exc: yaml.MarkedYAMLError) -> str:
 
 
 def _pointer(path: Sequence[str | int]) -> str:
-    return "".join(f"/{p}" for p in path) or "/"
+    return JsonPointer.from_parts(path).path or "/"
 
 
 _JSON_SCALARS: Final = (str, int, float, bool, type(None))

@@ -14,6 +14,7 @@ from devflow.errors import Code, DevflowError
 
 if TYPE_CHECKING:
     from devflow.backends.base import Backend
+    from devflow.definitions import Problem
     from devflow.memo import Memo
 
 #: the backends devflow ships, by name
@@ -68,7 +69,16 @@ def _shipped(name: str) -> Backend | None:
     return None
 
 
-def check_options(name: str, options: Mapping[str, Any]) -> list[str]:
+def check_options(name: str, options: Mapping[str, Any]) -> list[Problem]:
+    """A persona's ``options`` checked by its backend: each problem at its place in the
+    persona (``("options", "argv", 2)``); none for a backend devflow does not know (the
+    persona's meta-schema names the backends)."""
     if name not in SHIPPED and name not in _BACKENDS:
         return []
     return get(name).check_options(options)
+
+
+def check_scenario(name: str) -> str | None:
+    """Why ``name`` is no scenario of the scripted backend, or None when it is one."""
+    from devflow.backends import scripted  # noqa: PLC0415 - see the module doc
+    return scripted.check_scenario(name)

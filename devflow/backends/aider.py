@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from devflow.backends import command
+from devflow.backends import options as opts
 from devflow.backends.base import Outcome, Task
 from devflow.backends.process import Exit
 
@@ -61,22 +61,19 @@ EDIT_FORMATS: Final = ("whole", "diff", "diff-fenced", "udiff", "udiff-simple", 
 class Aider(command.Preset):
     name = "aider"
     program = "aider"
-    OWN = ("edit_format", "api_base", "map_tokens", "model_metadata", "prices", "files",
-           "read", "weak_model", "editor_model")
-
-    def check_own(self, options: Mapping[str, Any]) -> list[str]:
-        problems = command.check_strings(options, "api_base", "weak_model",
-                                             "editor_model")
-        problems += command.check_string_lists(options, "files", "read")
-        if options.get("edit_format", "whole") not in EDIT_FORMATS:
-            problems.append(f"edit_format must be one of {', '.join(EDIT_FORMATS)}")
-        tokens = options.get("map_tokens", 0)
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            problems.append("map_tokens must be a whole number, 0 or more")
-        if "model_metadata" in options and not isinstance(options["model_metadata"], Mapping):
-            problems.append("model_metadata must be a mapping (litellm's model fields: "
-                            "max_input_tokens, input_cost_per_token, …)")
-        return problems + command.check_prices(options)
+    options_schema = command.preset_schema({
+        "edit_format": {"enum": list(EDIT_FORMATS), "description": "how Aider edits files"},
+        "api_base": {"type": "string", "description": "an OpenAI-compatible server"},
+        "map_tokens": {**opts.COUNT, "description": "Aider's repository map (0, the "
+                                                       "default, keeps it out)"},
+        "model_metadata": {"type": "object", "description": "more of litellm's model fields "
+                                                            "(max_input_tokens, ...)"},
+        "prices": opts.PRICES,
+        "files": {**opts.STRINGS, "description": "more files to put in the chat"},
+        "read": {**opts.STRINGS, "description": "files added read-only"},
+        "weak_model": {"type": "string", "description": "Aider's weak model"},
+        "editor_model": {"type": "string", "description": "Aider's editor model"},
+    })
 
     def arguments(self, task: Task, home: Path, extra: list[str]) -> list[str]:
         options = task.persona.options

@@ -1,9 +1,9 @@
 """What every backend is: a way to turn (persona, phase, prompt) into one agent process.
 
-A backend checks a persona's options, says whether it is available on this machine
-(and its version), builds the process (argv list, environment, stdin), turns stdout
-lines into progress notes, and reads the usage and failure reasons it can find in
-the process's output once it exited.
+A backend declares a persona's options (a JSON Schema) and checks them, says whether
+it is available on this machine (and its version), builds the process (argv list,
+environment, stdin), turns stdout lines into progress notes, and reads the usage and
+failure reasons it can find in the process's output once it exited.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Final, Protocol
 
 from devflow import jsontext
 from devflow.backends.process import Exit
-from devflow.definitions import Persona
+from devflow.definitions import Persona, Problem
 from devflow.schemas import SchemaRegistry
 
 #: Variables every agent gets from devflow's environment; anything else only by allowlist.
@@ -96,8 +96,14 @@ class Availability:
 class Backend(Protocol):
     name: str
 
-    def check_options(self, options: Mapping[str, Any]) -> list[str]:
-        """Problems with a persona's ``options`` for this backend (empty when fine)."""
+    @property
+    def options_schema(self) -> Mapping[str, Any]:
+        """What a persona's ``options`` may hold: a JSON Schema (``backends.options``)."""
+
+    def check_options(self, options: Mapping[str, Any]) -> list[Problem]:
+        """Problems with a persona's ``options`` for this backend (empty when fine): those
+        of ``options_schema``, then what a schema cannot say. Each is at its place in the
+        persona (``options``, ...)."""
 
     def availability(self, persona: Persona) -> Availability:
         """Whether this persona can run here, and the version of what runs it."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from devflow.backends import command
+from devflow.backends import options as opts
 from devflow.backends.base import Outcome, Task, json_object
 from devflow.backends.process import Exit
 
@@ -42,15 +43,14 @@ QUIET: Final = {
 class ClaudeCode(command.Preset):
     name = "claude-code"
     program = "claude"
-    OWN = ("permission_mode", "allowed_tools", "disallowed_tools")
+    options_schema = command.preset_schema({
+        "permission_mode": {"enum": list(PERMISSION_MODES),
+                            "description": "which tools it may use without asking "
+                                           "(default acceptEdits)"},
+        "allowed_tools": {**opts.STRINGS, "description": "tools allowed without asking"},
+        "disallowed_tools": {**opts.STRINGS, "description": "tools refused"},
+    })
     VERSION_ENV = {"CLAUDE_CONFIG_DIR": "{home}/.claude", **QUIET}
-
-    def check_own(self, options: Mapping[str, Any]) -> list[str]:
-        problems = command.check_string_lists(options, "allowed_tools", "disallowed_tools")
-        mode = options.get("permission_mode", "acceptEdits")
-        if mode not in PERMISSION_MODES:
-            problems.append(f"permission_mode {mode!r}: use one of {', '.join(PERMISSION_MODES)}")
-        return problems
 
     def arguments(self, task: Task, home: Path, extra: list[str]) -> list[str]:
         options = task.persona.options

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from devflow.backends import command
+from devflow.backends import options as opts
 from devflow.backends.base import Outcome, Task, json_object
 from devflow.backends.process import Exit
 
@@ -45,25 +46,26 @@ _VARIABLE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Codex(command.Preset):
     name = "codex"
     program = "codex"
-    OWN = ("base_url", "base_url_env", "env_key", "provider", "wire_api", "sandbox", "prices",
-           "request_max_retries", "stream_max_retries")
+    options_schema = command.preset_schema({
+        "base_url": {"type": "string", "description": "the provider's URL; without it, "
+                                                      "Codex's built-in openai provider"},
+        # a variable whose value, when set, is the URL instead of base_url
+        "base_url_env": {"type": "string", "pattern": _VARIABLE.pattern,
+                         "description": "the name of an environment variable"},
+        # the variable holding the provider's key
+        "env_key": {"type": "string", "pattern": _VARIABLE.pattern,
+                    "description": "the name of an environment variable"},
+        # the provider's name in the config (default devflow)
+        "provider": {"type": "string", "pattern": _NAME.pattern,
+                     "description": "a name of letters, digits, - and _"},
+        "wire_api": {"type": "string", "description": "what the provider speaks "
+                                                      "(default responses)"},
+        "sandbox": {"enum": list(SANDBOXES), "description": "Codex's own sandbox"},
+        "prices": opts.PRICES,
+        "request_max_retries": {**opts.COUNT, "description": "the provider's retries"},
+        "stream_max_retries": {**opts.COUNT, "description": "the provider's retries"},
+    })
     VERSION_ENV = {"CODEX_HOME": "{home}/.codex"}
-
-    def check_own(self, options: Mapping[str, Any]) -> list[str]:
-        problems = command.check_strings(options, "base_url", "base_url_env", "env_key",
-                                         "provider", "wire_api")
-        if not _NAME.match(str(options.get("provider", "devflow"))):
-            problems.append("provider must be a name of letters, digits, - and _")
-        for name in ("env_key", "base_url_env"):
-            if name in options and not _VARIABLE.match(str(options[name])):
-                problems.append(f"{name} must be the name of an environment variable")
-        if options.get("sandbox", "workspace-write") not in SANDBOXES:
-            problems.append(f"sandbox must be one of {', '.join(SANDBOXES)}")
-        for name in ("request_max_retries", "stream_max_retries"):
-            value = options.get(name, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                problems.append(f"{name} must be a whole number, 0 or more")
-        return problems + command.check_prices(options)
 
     def arguments(self, task: Task, home: Path, extra: list[str]) -> list[str]:
         codex_home = home / ".codex"

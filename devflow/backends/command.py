@@ -37,9 +37,10 @@ from typing import Any, Final
 
 from devflow import durations
 from devflow import memo as memos
+from devflow.backends import options as opts
 from devflow.backends.base import Availability, Command, Outcome, Task, agent_env
 from devflow.backends.process import Exit
-from devflow.definitions import Persona
+from devflow.definitions import Persona, Problem
 from devflow.errors import Code, DevflowError
 from devflow.schemas import SchemaRegistry
 
@@ -83,55 +84,42 @@ def expand(argv: Sequence[str], task: Task) -> list[str]:
     return out
 
 
-def check_argv(value: Any, field: str, *, required: bool) -> list[str]:
-    if value is None:
-        return [f"{field} is required: a list of arguments, e.g. [my-agent, '{{prompt_file}}']"] \
-            if required else []
-    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-        return [f"{field} must be a list of strings (an argv, never a shell string)"]
-    if required and (not value or not value[0]):
-        return [f"{field} must name a program first"]
+def check_argv(value: Any, field: str) -> list[Problem]:
+    """An argv's placeholders (its shape is the options schema's): each a known one, and a
+    whole argument."""
+    if not isinstance(value, list):
+        return []
     problems = []
     for index, arg in enumerate(value):
+        if not isinstance(arg, str):
+            continue
         whole = _WHOLE.match(arg)
         if whole and whole.group(1) not in PLACEHOLDERS:
-            problems.append(f"{field}[{index}]: unknown placeholder {arg!r} "
-                            f"(known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})")
+            problems.append(_problem((field, index), f"unknown placeholder {arg!r} "
+                                     f"(known: {', '.join('{' + p + '}' for p in PLACEHOLDERS)})"))
         elif not whole and _ANY.search(arg):
-            problems.append(f"{field}[{index}]: {arg!r}: a placeholder must be a whole "
-                            f"argument (write it as an argument of its own)")
+            problems.append(_problem((field, index), f"{arg!r}: a placeholder must be a whole "
+                                     f"argument (write it as an argument of its own)"))
     return problems
 
 
-def check_known(options: Mapping[str, Any], known: Sequence[str], backend: str) -> list[str]:
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        return [f"unknown {backend} options: {', '.join(unknown)} "
-                f"(known: {', '.join(sorted(known))})"]
-    return []
-
-
-def check_timeout(options: Mapping[str, Any]) -> list[str]:
-    if "timeout" not in options:
+def check_timeout(options: Mapping[str, Any]) -> list[Problem]:
+    """The ``timeout`` option (a string or a number, says the schema) as a duration."""
+    value = options.get("timeout")
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
         return []
     try:
-        seconds = durations.parse_duration(options["timeout"], field="timeout")
+        seconds = durations.parse_duration(value, field="timeout")
         if not 0 < seconds < float("inf"):  # NaN fails this too
-            return ["timeout must be a positive, finite duration"]
+            return [_problem(("timeout",), "timeout must be a positive, finite duration")]
     except DevflowError as exc:
-        return [exc.message if "timeout" in exc.message else f"timeout: {exc.message}"]
+        return [_problem(("timeout",), exc.message if "timeout" in exc.message
+                         else f"timeout: {exc.message}")]
     return []
 
 
-def check_strings(options: Mapping[str, Any], *names: str) -> list[str]:
-    return [f"{name} must be a string" for name in names
-            if name in options and not isinstance(options[name], str)]
-
-
-def check_string_lists(options: Mapping[str, Any], *names: str) -> list[str]:
-    return [f"{name} must be a list of strings" for name in names
-            if name in options and not (isinstance(options[name], list)
-                                        and all(isinstance(v, str) for v in options[name]))]
+def _problem(at: tuple[str | int, ...], message: str) -> Problem:
+    return Problem(Code.BACKEND_OPTION_INVALID, ("options", *at), message)
 
 
 def timeout_of(options: Mapping[str, Any]) -> float | None:
@@ -195,16 +183,23 @@ def _ask_version(argv: Sequence[str], env: Mapping[str, str] | None) -> str | No
 # -- the command backend ----------------------------------------------------------------
 class CommandBackend:
     name = "command"
-    OPTIONS: Final = ("argv", "stdin", "timeout", "version_argv")
+    options_schema: Final = opts.schema({
+        "argv": {**opts.ARGV, "minItems": 1, "prefixItems": [{"type": "string", "minLength": 1}],
+                 "description": "the program (on PATH, or absolute) and its arguments; "
+                                "placeholders such as {prompt_file} are whole arguments"},
+        "stdin": {"enum": ["prompt", "none"],
+                  "description": "prompt: the prompt file on standard input; none (the "
+                                 "default): /dev/null"},
+        "timeout": opts.DURATION,
+        "version_argv": {**opts.ARGV, "minItems": 1,
+                         "description": "an argv that prints the program's version"},
+    }, required=("argv",))
 
-    def check_options(self, options: Mapping[str, Any]) -> list[str]:
-        problems = check_known(options, self.OPTIONS, self.name)
-        problems += check_argv(options.get("argv"), "argv", required=True)
-        problems += check_argv(options.get("version_argv"), "version_argv", required=False)
-        if options.get("stdin", "none") not in ("prompt", "none"):
-            problems.append("stdin must be `prompt` (the prompt file on standard input) "
-                            "or `none`")
-        return problems + check_timeout(options)
+    def check_options(self, options: Mapping[str, Any]) -> list[Problem]:
+        return (opts.problems(self.options_schema, options)
+                + check_argv(options.get("argv"), "argv")
+                + check_argv(options.get("version_argv"), "version_argv")
+                + check_timeout(options))
 
     def availability(self, persona: Persona) -> Availability:
         argv = list(persona.options.get("argv") or [])
@@ -240,14 +235,28 @@ class CommandBackend:
 
 
 # -- presets ----------------------------------------------------------------------------
+#: the options every preset takes, beside its own
+COMMON: Final[Mapping[str, Mapping[str, Any]]] = {
+    "args": {**opts.ARGV, "description": "more arguments, where the preset's argv says ARGS "
+                                         "(placeholders allowed)"},
+    "bin": {"type": "string", "minLength": 1,
+            "description": "the program to run instead of the one on PATH"},
+    "timeout": opts.DURATION,
+}
+
+
+def preset_schema(own: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A preset's options schema: ``COMMON`` and its ``own`` options."""
+    return opts.schema({**COMMON, **own})
+
+
 class Preset:
     """A real CLI run through the command machinery; subclasses say how to drive it."""
 
     name: str = ""
     program: str = ""
-    #: options every preset takes, beside its own ``OWN``
-    COMMON: Final = ("args", "bin", "timeout")
-    OWN: tuple[str, ...] = ()
+    #: its options: ``COMMON`` and its own (``preset_schema``)
+    options_schema: Mapping[str, Any] = {}
     #: variables for ``--version`` beside PATH and a throwaway HOME (``{home}`` is that HOME)
     VERSION_ENV: Mapping[str, str] = {}
 
@@ -255,14 +264,9 @@ class Preset:
     def bin_variable(self) -> str:
         return f"DEVFLOW_{self.program.upper()}_BIN"
 
-    def check_options(self, options: Mapping[str, Any]) -> list[str]:
-        problems = check_known(options, (*self.COMMON, *self.OWN), self.name)
-        problems += check_argv(options.get("args"), "args", required=False)
-        problems += check_strings(options, "bin") + check_timeout(options)
-        return problems + self.check_own(options)
-
-    def check_own(self, options: Mapping[str, Any]) -> list[str]:
-        return []
+    def check_options(self, options: Mapping[str, Any]) -> list[Problem]:
+        return (opts.problems(self.options_schema, options)
+                + check_argv(options.get("args"), "args") + check_timeout(options))
 
     def executable(self, persona: Persona) -> str:
         return str(persona.options.get("bin") or os.environ.get(self.bin_variable)
@@ -334,19 +338,6 @@ def prices_for(model: str | None, options: Mapping[str, Any]) -> Mapping[str, fl
     if isinstance(own, Mapping) and own:
         return own
     return _configured_prices.get(model or "")
-
-
-def check_prices(options: Mapping[str, Any]) -> list[str]:
-    prices = options.get("prices")
-    if prices is None:
-        return []
-    if not isinstance(prices, Mapping) or not prices:
-        return ["prices must map input, output (and cached_input) to USD per million tokens"]
-    problems = [f"prices.{k}: unknown (known: input, output, cached_input)"
-                for k in prices if k not in ("input", "output", "cached_input")]
-    problems += [f"prices.{k} must be a number, not negative" for k, v in prices.items()
-                 if isinstance(v, bool) or not isinstance(v, int | float) or v < 0]
-    return problems
 
 
 def cost(prices: Mapping[str, float] | None, tokens_in: int, tokens_out: int,

@@ -45,7 +45,6 @@ from devflow.settings import Settings
 #: the system's read-only part; the merged-/usr links are recreated as links
 SYSTEM_DIRS: Final = ("/usr", "/etc", "/opt")
 SYSTEM_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-NETWORKS: Final = ("host", "none")
 _PROBE_TIMEOUT: Final = 10.0
 _MAX_HOPS: Final = 40
 

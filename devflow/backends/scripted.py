@@ -34,10 +34,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+from devflow.backends import options as opts
 from devflow.backends import samples
 from devflow.backends.base import Availability, Command, Outcome, Task, agent_env, json_object
 from devflow.backends.process import Exit
-from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
+from devflow.definitions import PHASE_PLAN_SCHEMA, Persona, Problem
 from devflow.schemas import SchemaRegistry
 
 SCENARIO: Final = re.compile(
@@ -47,6 +48,12 @@ _AGENT: Final = Path(__file__).resolve().parent / "scripted_agent.py"
 #: a script up to this size goes in the agent's environment, a larger one in a file
 #: (Linux caps one environment string at 128 KiB)
 _SCRIPT_IN_ENV: Final = 64 * 1024
+
+
+_SCENARIO: Final = {
+    "type": "string", "pattern": SCENARIO.pattern,
+    "description": "a scenario: ok, invalid-then-ok, invalid, no-artifact, exit-1, "
+                   "slow:SECONDS, plan:N, edit, hang or crash-worker"}
 
 
 def check_scenario(name: str) -> str | None:
@@ -59,21 +66,14 @@ def check_scenario(name: str) -> str | None:
 class Scripted:
     name = "scripted"
 
-    def check_options(self, options: Mapping[str, Any]) -> list[str]:
-        problems = []
-        unknown = set(options) - {"scenario", "scenarios"}
-        if unknown:
-            problems.append(f"unknown scripted options: {', '.join(sorted(unknown))} "
-                            f"(known: scenario, scenarios)")
-        if "scenario" in options and (why := check_scenario(str(options["scenario"]))):
-            problems.append(why)
-        scenarios = options.get("scenarios", {})
-        if not isinstance(scenarios, dict):
-            problems.append("scenarios must map phase keys to scenario names")
-        else:
-            problems += [f"scenarios.{k}: {why}" for k, v in scenarios.items()
-                         if (why := check_scenario(str(v)))]
-        return problems
+    options_schema: Final = opts.schema({
+        "scenario": _SCENARIO,
+        "scenarios": {"type": "object", "additionalProperties": _SCENARIO,
+                      "description": "a scenario by phase key (wins over scenario)"},
+    })
+
+    def check_options(self, options: Mapping[str, Any]) -> list[Problem]:
+        return opts.problems(self.options_schema, options)
 
     def availability(self, persona: Persona) -> Availability:
         return Availability(True, version=f"python {sys.version.split()[0]}")

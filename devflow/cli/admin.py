@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from devflow.cli import output
@@ -79,6 +81,35 @@ def backends_list(state: State, as_json: bool) -> None:
                    f"refused (sandbox_unavailable)")
 
 
+@backends_group.command("show", epilog="""\b
+Examples:
+  devflow backends show claude-code
+  devflow backends show codex --json | jq '.options.properties | keys'""")
+@click.argument("backend")
+@click.option("--json", "as_json", is_flag=True, help="The options' JSON Schema.")
+@click.pass_obj
+def backends_show(state: State, backend: str, as_json: bool) -> None:
+    """The options a persona of BACKEND may give (a persona's file is checked against them)."""
+    schema = state.app.backend_options(backend)
+    if as_json:
+        output.emit_json({"backend": backend, "options": schema})
+        return
+    required = set(schema.get("required", ()))
+    output.table(["option", "type", "meaning"],
+                 [[key + (" (required)" if key in required else ""), _kind(body),
+                   body.get("description", "")]
+                  for key, body in schema["properties"].items()],
+                 wrap=("type", "meaning"))
+
+
+def _kind(body: dict[str, Any]) -> str:
+    """What an option's schema says its value is, in a few words."""
+    if isinstance(body.get("enum"), list):
+        return "one of " + ", ".join(str(v) for v in body["enum"])
+    kind = body.get("type", "any")
+    return " or ".join(kind) if isinstance(kind, list) else str(kind)
+
+
 @click.command("sweep", epilog="""\b
 Examples:
   devflow sweep --dry-run
@@ -130,13 +161,13 @@ def worker(state: State, concurrency: int, poll: float, once: bool, name: str, g
     Told to stop, it claims nothing more and lets each drive end its step; after
     --grace seconds the attempts still going are recorded as interrupted.
     """
-    from devflow.engine.worker import Options
     from devflow.errors import Code, DevflowError
+    from devflow.requests import WorkerOptions
     if concurrency < 1 or poll <= 0 or grace < 0:
         raise DevflowError(Code.INVALID_INPUT, "--concurrency must be at least 1, --poll "
                            "positive and --grace not negative", hint="e.g. --concurrency 4")
-    stats = state.app.work(Options(name=name, concurrency=concurrency, poll=poll, once=once,
-                                   grace=grace))
+    stats = state.app.work(WorkerOptions(name=name, concurrency=concurrency, poll=poll,
+                                         once=once, grace=grace))
     if as_json:
         output.emit_json({"worker": stats.worker_id, "driven": stats.driven,
                           "skipped": stats.skipped})

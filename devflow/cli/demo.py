@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,70 +13,6 @@ from devflow.cli.runs import DRIVER_EXIT, outcome, show_view
 
 if TYPE_CHECKING:
     from devflow.app import RunView
-
-_FILES = {
-    "README.md": """\
-        # textkit
-
-        Small text helpers used by the export tool.
-
-        ## Usage
-
-            from textkit.slug import slugify
-            slugify("Hello, World!")  # "hello-world"
-        """,
-    "textkit/__init__.py": '"""Small text helpers."""\n',
-    "textkit/slug.py": """\
-        import re
-
-
-        def slugify(text: str) -> str:
-            return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-        """,
-    "tests/test_slug.py": """\
-        from textkit.slug import slugify
-
-
-        def test_basic():
-            assert slugify("Hello, World!") == "hello-world"
-        """,
-}
-_REQUIREMENTS = """\
-Export file names are built from document titles with textkit.slug.slugify.
-Titles with accents lose their letters (\"Café déjà vu\" becomes \"caf-d-j-vu\")
-and very long titles make file names the file system refuses.
-
-- Transliterate accented Latin letters to ASCII before slugifying.
-- Add a max_length parameter (default 80) that cuts at a word boundary.
-- Keep slugify("Hello, World!") == "hello-world".
-"""
-
-
-def _sample_repo(directory: Path) -> tuple[Path, bool]:
-    """The sample project under ``directory``: made there, or the one an earlier demo made
-    (True); anything else already at that place is left alone: an error."""
-    from devflow import git
-    from devflow.errors import Code, DevflowError
-    repo = directory / "textkit"
-    if repo.exists():
-        made = git.run(["log", "-1", "--format=%s", "main"], repo, check=False) \
-            if repo.is_dir() else None
-        if made is not None and made.returncode == 0 and made.stdout.strip() == _SUBJECT:
-            return repo, True
-        raise DevflowError(Code.INVALID_INPUT, f"{repo} exists and is not devflow's sample "
-                           "project", hint="choose another --dir (the demo makes DIR/textkit)")
-    repo.mkdir(parents=True)
-    for name, body in _FILES.items():
-        path = repo / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(body), encoding="utf-8")
-    git.run(["init", "--quiet", "--initial-branch=main"], repo)
-    git.run(["add", "--all"], repo)
-    git.run(["commit", "--quiet", "--no-verify", "-m", _SUBJECT], repo, env=git.AUTHOR)
-    return repo, False
-
-
-_SUBJECT = "textkit: slugify"
 
 
 @click.command("demo", epilog=f"""\b
@@ -101,10 +36,9 @@ def demo(state: State, directory: Path | None, auto_approve: bool, as_json: bool
     """
     from devflow.approvals import DecisionRequest, new_token
     from devflow.cli.progress import Progress
-    from devflow.engine.start import StartRequest
     app = state.app
-    base = directory or app.settings.home / "demo" / app.store.clock().strftime("%Y%m%d-%H%M%S")
-    repo, reused = _sample_repo(base.expanduser().resolve())
+    request, reused = app.demo_request(directory)
+    repo = request.repo
 
     def say(text: str) -> None:
         if not as_json:
@@ -113,12 +47,6 @@ def demo(state: State, directory: Path | None, auto_approve: bool, as_json: bool
     say(f"demo: sample project at {repo}" + (" (made by an earlier demo)" if reused else ""))
     say("demo: template development@1, scripted agents; the spec's first attempt is invalid "
         "on purpose (to show a repair), the planner adds one follow-up phase")
-    request = StartRequest(
-        repo=repo, base="main", template="development@1", requirements=_REQUIREMENTS,
-        objective="Readable, bounded export file names", actor=app.settings.actor,
-        binds={"planner": "scripted-planner", "implementer": "scripted-implementer",
-               "reviewer": "scripted-reviewer"},
-        scenarios={"spec": "invalid-then-ok", "plan": "plan:1"})
     with Progress(quiet=as_json) as progress:
         view = app.start(request, observer=progress)
         while view.gate is not None and auto_approve:

@@ -20,9 +20,12 @@ from typing import Any
 
 import click
 
-from devflow import logs, model
+from devflow import events, logs, model
 from devflow.cli import output
 
+#: the events that end a phase, for its row
+_PHASE_ENDS = frozenset(t.name for t in (events.PHASE_COMPLETED, events.PHASE_FAILED,
+                                         events.PHASE_SKIPPED))
 
 @dataclass
 class _Row:
@@ -90,7 +93,7 @@ class Progress:
             click.echo(f"warning: {text}", err=True)
 
     def _apply(self, event: model.Event) -> None:
-        if event.type == "run.created":
+        if event.type == events.RUN_CREATED.name:
             self._status = f"run {event.run_id}"
         if event.phase is None:
             if event.type.startswith("run."):
@@ -101,24 +104,24 @@ class Progress:
         if isinstance(attempt, int):
             row.attempt = attempt
         kind = event.type
-        if kind == "phase.started":
+        if kind == events.PHASE_STARTED.name:
             row.state, row.note = "running", "agent starting"
             row.started = row.started or time.monotonic()
             row.ended = None
-        elif kind == "agent.exited":
+        elif kind == events.AGENT_EXITED.name:
             row.state, row.note = "validating", ""
-        elif kind == "phase.artifact_invalid":
+        elif kind == events.PHASE_ARTIFACT_INVALID.name:
             row.state = "repairing" if event.payload.get("repair") else "failed"
             row.note = f"{event.payload.get('code')}"
-        elif kind in ("phase.completed", "phase.failed", "phase.skipped"):
+        elif kind in _PHASE_ENDS:
             row.state = kind.split(".")[1]
             row.ended = time.monotonic()
-        elif kind == "approval.requested":
+        elif kind == events.APPROVAL_REQUESTED.name:
             row.state = "awaiting approval"
             row.note = f"gate {event.payload.get('gate')}"
-        elif kind == "phase.changes_requested":
+        elif kind == events.PHASE_CHANGES_REQUESTED.name:
             row.state, row.note = "pending", "changes requested"
-        elif kind == "phase.interrupted":
+        elif kind == events.PHASE_INTERRUPTED.name:
             row.state, row.note = "pending", "interrupted"
             row.ended = time.monotonic()
 

@@ -126,8 +126,7 @@ Examples:
               help="The git repository to work on (any directory inside it).")
 @click.option("--base", help="Branch (or ref) to start from; default: the repo's current branch.")
 @click.option("--template", "-t", required=True, help="NAME or NAME@VERSION, e.g. development@1.")
-@click.option("--requirements", "-r", type=click.Path(exists=True, dir_okay=False,
-                                                      allow_dash=True),
+@click.option("--requirements", "-r", type=click.Path(dir_okay=False, allow_dash=True),
               help="File with the requirements (UTF-8 text), or - for standard input.")
 @click.option("--objective", "-o", help="One line saying what the run is for.")
 @click.option("--bind", multiple=True, metavar="ROLE=PERSONA[@VERSION]",
@@ -150,14 +149,13 @@ def run_start(state: State, repo: Path, base: str | None, template: str,
     own branches are never touched. Progress shows on stderr while agents work.
     """
     from devflow.cli.progress import Progress
-    from devflow.engine.start import StartRequest, check_text
-    # the bytes as read: the library decodes and checks them, with the objective (here
-    # first, before the repository is looked at; and again where the run starts)
+    from devflow.requests import StartRequest
+    # the bytes as read: the library decodes and checks them, with the objective, before
+    # it looks at the repository (no --base: its current branch)
     data = _read_requirements(requirements)
-    check_text(data, requirements, objective)
     app = state.app
     request = StartRequest(
-        repo=repo, base=base or _current_branch(repo), template=template, requirements=data,
+        repo=repo, base=base or None, template=template, requirements=data,
         requirements_source=requirements, objective=objective, binds=_pairs(bind, "--bind"),
         run_id=run_id, scenarios=_pairs(scenario, "--scenario"), max_cost=max_cost,
         actor=app.settings.actor)
@@ -183,34 +181,13 @@ def _read_requirements(path: str | None) -> bytes:
         return sys.stdin.buffer.read()
     try:
         return Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise DevflowError(Code.FILE_NOT_FOUND, f"requirements file {path} does not exist",
+                           hint="check the path (relative paths are from the current "
+                                "directory), or give - to read standard input") from exc
     except OSError as exc:
         raise DevflowError(Code.INVALID_INPUT, f"requirements file {path} cannot be read: "
                            f"{exc.strerror}", hint="check the path and its permissions") from exc
-
-
-def _current_branch(repo: Path) -> str:
-    from devflow import git, worktree
-    from devflow.errors import Code, DevflowError
-    result = git.run(["symbolic-ref", "--quiet", "--short", "HEAD"], repo, check=False)
-    if result.returncode == 0 and result.stdout.strip():
-        return result.stdout.strip()
-    if result.returncode == 1:  # --quiet: HEAD is not a symbolic ref
-        raise DevflowError(Code.INVALID_INPUT, f"HEAD of {repo} is detached: there is no "
-                           "current branch to start from", hint="pass --base BRANCH")
-    worktree.locate(repo.expanduser().resolve(), "HEAD")  # says what is wrong with --repo
-    raise git.GitError(["symbolic-ref", "HEAD"], repo, result)
-
-
-def _repo_top(path: Path) -> str:
-    """The repository ``run start --repo PATH`` would record: the top of the one containing
-    PATH; a path that is no repository (any more) stands for itself."""
-    from devflow import git
-    resolved = path.expanduser().resolve()
-    if resolved.is_dir():
-        found = git.run(["rev-parse", "--show-toplevel"], resolved, check=False)
-        if found.returncode == 0 and found.stdout.strip():
-            return str(Path(found.stdout.rstrip("\n")).resolve())
-    return str(resolved)
 
 
 @run_group.command("status", epilog="""\b
@@ -242,8 +219,7 @@ def run_list(state: State, states: tuple[str, ...], repo: Path | None, limit: in
              as_json: bool) -> None:
     """List runs, newest first."""
     from devflow.states import RunState
-    runs = state.app.runs([RunState(s) for s in states] or None,
-                          _repo_top(repo) if repo else None, limit)
+    runs = state.app.runs([RunState(s) for s in states] or None, repo, limit)
     if as_json:
         output.emit_json({"runs": [r.to_json() for r in runs]})
         return

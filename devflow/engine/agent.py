@@ -19,7 +19,7 @@ from pathlib import Path
 
 import anyio
 
-from devflow import backends, faults, logs, model
+from devflow import backends, events, faults, logs, model
 from devflow.backends import process, sandbox
 from devflow.backends.base import Backend, Outcome, Task
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
@@ -157,16 +157,16 @@ def _begin(tx: RunTx, key: str, persona: str, backend: str, argv: list[str],
     phase = tx.move_phase(key, PhaseState.RUNNING, attempt=attempt,
                           repairs=phase.repairs + (1 if repair else 0))
     # the attempt number is taken under this lock: its key cannot have been used
-    tx.event(model.NewEvent(
-        "phase.started", key, {"attempt": attempt, "role": phase.definition.role,
-                               "persona": persona, "repair": repair},
+    tx.event(events.PHASE_STARTED.new(
+        key, {"attempt": attempt, "role": phase.definition.role, "persona": persona,
+              "repair": repair},
         key=f"{tx.run.id}:phase.started:{key}:{attempt}"), unseen=True)
     invocation = tx.start_invocation(
         phase_key=key, attempt=attempt, kind="agent", backend=backend,
         argv=tx.redact_list(argv), host=host, pid=started.pid, pgid=started.pgid,
         process_start=started.start,
         stdout_path=str(spawn.stdout_log), stderr_path=str(spawn.stderr_log))
-    tx.event(model.NewEvent("agent.started", key, {
+    tx.event(events.AGENT_STARTED.new(key, {
         "attempt": attempt, "backend": backend, "pid": started.pid, "host": host,
         "invocation": invocation.id, "sandbox": sandbox}))
     return tx.run, phase, invocation
@@ -198,7 +198,7 @@ async def _flush_notes(ctx: Context, run_id: str, key: str, attempt: int, notes:
 
 
 def _notes(tx: RunTx, key: str, attempt: int, notes: list[str]) -> None:
-    tx.event(model.NewEvent("agent.progress", key, {"attempt": attempt, "notes": notes}))
+    tx.event(events.AGENT_PROGRESS.new(key, {"attempt": attempt, "notes": notes}))
 
 
 def record_exit(tx: RunTx, phase: model.Phase, invocation: model.Invocation,
@@ -226,7 +226,7 @@ def record_exit(tx: RunTx, phase: model.Phase, invocation: model.Invocation,
     run = tx.set_run(tokens_in=run.tokens_in + (outcome.tokens_in or 0),
                      tokens_out=run.tokens_out + (outcome.tokens_out or 0),
                      cost_usd=run.cost_usd + (outcome.cost_usd or 0.0))
-    tx.event(model.NewEvent("agent.exited", phase.key, {
+    tx.event(events.AGENT_EXITED.new(phase.key, {
         "attempt": phase.attempt, "exit_code": exit_.exit_code, "signal": exit_.signal,
         "duration_ms": exit_.duration_ms, "timed_out": exit_.timed_out,
         "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,

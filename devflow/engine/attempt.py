@@ -23,7 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devflow import approvals, artifacts, faults, logs, model, runtree, transitions, worktree
+from devflow import (
+    approvals,
+    artifacts,
+    events,
+    faults,
+    logs,
+    model,
+    runtree,
+    transitions,
+    worktree,
+)
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
@@ -150,7 +160,7 @@ def _readied(tx: RunTx, key: str, sha: str | None, found: list[str]) -> model.Ph
         if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
             tx.set_run(checkpoint_sha=sha)
     if found:
-        tx.event(model.NewEvent("worktree.restored", key, {
+        tx.event(events.WORKTREE_RESTORED.new(key, {
             "found": found, "sha": sha or tx.run.checkpoint_sha}))
     return tx.set_phase(key, feedback=feedback)
 
@@ -190,7 +200,7 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
                                "errors": errors, "repair": more}
     if verdict.shown is not None:
         payload["artifact"] = verdict.shown
-    tx.event(model.NewEvent("phase.artifact_invalid", phase.key, payload))
+    tx.event(events.PHASE_ARTIFACT_INVALID.new(phase.key, payload))
     feedback = dict(tx.phase(phase.key).feedback)
     feedback.pop("interrupted", None)
     feedback["repair"] = {"code": str(verdict.code), "errors": errors}
@@ -198,9 +208,9 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     if not more:
         reason = (f"{verdict.code} after {phase.attempt} attempt(s): "
                   + "; ".join(str(i) if i.pointer else i.message for i in verdict.issues[:3]))
-        tx.move_phase(phase.key, PhaseState.FAILED, model.NewEvent(
-            "phase.failed", phase.key, {"attempt": phase.attempt, "code": str(verdict.code),
-                                        "reason": reason}),
+        tx.move_phase(phase.key, PhaseState.FAILED, events.PHASE_FAILED.new(
+            phase.key, {"attempt": phase.attempt, "code": str(verdict.code),
+                        "reason": reason}),
             failure_code=str(verdict.code), failure_reason=reason)
         transitions.terminate_in(tx, RunState.FAILED, code=str(verdict.code),
                                  reason=f"phase {phase.key}: {reason}")
@@ -271,13 +281,13 @@ def _complete(tx: RunTx, phase: model.Phase, kept: Kept) -> None:
     if commit is not None and commit != tx.run.checkpoint_sha:
         fields["checkpoint_sha"] = commit
         tx.set_run(checkpoint_sha=commit)
-        tx.event(model.NewEvent("checkpoint.committed", phase.key,
-                                {"attempt": phase.attempt, "sha": commit}))
+        tx.event(events.CHECKPOINT_COMMITTED.new(phase.key,
+                                                 {"attempt": phase.attempt, "sha": commit}))
     tx.set_phase(phase.key, **fields)
     if evidence is not None:
         approvals.open_first_gate(tx, phase.key, evidence)
         return
-    tx.move_phase(phase.key, PhaseState.COMPLETED, model.NewEvent(
-        "phase.completed", phase.key, {"attempt": phase.attempt, "artifact_sha": record.sha256,
-                                       "checkpoint": fields.get("checkpoint_sha")}))
+    tx.move_phase(phase.key, PhaseState.COMPLETED, events.PHASE_COMPLETED.new(
+        phase.key, {"attempt": phase.attempt, "artifact_sha": record.sha256,
+                    "checkpoint": fields.get("checkpoint_sha")}))
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from devflow import access, approvals, faults, model, transitions
+from devflow import access, approvals, events, faults, model, transitions
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import PAUSABLE, TERMINAL, RunState
@@ -90,9 +90,9 @@ def pause(ctx: Context, run_id: str, actor: str, reason: str | None = None,
             raise DevflowError(Code.ILLEGAL_TRANSITION,
                                f"run {tx.run.id} is {tx.state}: it can be paused once it executes",
                                hint="pause works from executing, planning or awaiting_approval")
-        return Changed(tx.move_run(RunState.PAUSED, model.NewEvent(
-            "run.paused", payload={"by": actor, "reason": reason, "from": str(tx.state),
-                                   "authentication": authentication})), True)
+        return Changed(tx.move_run(RunState.PAUSED, events.RUN_PAUSED.new(
+            payload={"by": actor, "reason": reason, "from": str(tx.state),
+                     "authentication": authentication})), True)
     return ctx.change(ctx.store.runs.get(run_id).id, fn)
 
 
@@ -104,9 +104,9 @@ def resume(ctx: Context, run_id: str, actor: str, reason: str | None = None,
         if tx.state is not RunState.PAUSED:
             return Changed(tx.run, False)
         target = tx.run.paused_from or RunState.EXECUTING
-        return Changed(tx.move_run(RunState(target), model.NewEvent(
-            "run.resumed", payload={"by": actor, "reason": reason, "to": str(target),
-                                    "authentication": authentication})), True)
+        return Changed(tx.move_run(RunState(target), events.RUN_RESUMED.new(
+            payload={"by": actor, "reason": reason, "to": str(target),
+                     "authentication": authentication})), True)
     return ctx.change(ctx.store.runs.get(run_id).id, fn)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 
-from devflow import logs, model, transitions
+from devflow import events, logs, model, transitions
 from devflow.definitions import Persona
 from devflow.engine import agent, attempt, finish, heartbeat, plan, setup, workspace
 from devflow.engine.context import Context
@@ -160,5 +160,5 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
 
 
 def _skip(tx: RunTx, key: str) -> None:
-    tx.move_phase(key, PhaseState.SKIPPED, model.NewEvent("phase.skipped", key,
-                                                          {"reason": "no artifact"}))
+    tx.move_phase(key, PhaseState.SKIPPED, events.PHASE_SKIPPED.new(
+        key, {"reason": "no artifact"}))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devflow import artifacts, logs, model, report, states, worktree
+from devflow import artifacts, events, logs, model, report, states, worktree
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
 from devflow.store import History, RunTx
@@ -64,8 +64,8 @@ def write_report(ctx: Context, run_id: str) -> Path:
 
 def _record(tx: RunTx, path: Path, status: str) -> None:
     tx.set_run(report_status=status)
-    tx.event(model.NewEvent("report.written", payload={"path": str(path), "status": status},
-                            key=f"{tx.run.id}:report.written:{status}"))
+    tx.event(events.REPORT_WRITTEN.new(payload={"path": str(path), "status": status},
+                                              key=f"{tx.run.id}:report.written:{status}"))
 
 
 def _gather(history: History) -> report.ReportData:

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from devflow import artifacts, definitions, model
+from devflow import artifacts, definitions, events, model
 from devflow.definitions import PHASE_PLAN_SCHEMA, ArtifactSpec, PhaseDef
 from devflow.errors import Code, DevflowError
-from devflow.schemas import Issue, SchemaRegistry
+from devflow.schemas import Issue, SchemaRegistry, pointer
 from devflow.states import PhaseState
 from devflow.store import RunTx
 
@@ -39,11 +39,11 @@ def problems(plan: Mapping[str, Any], taken: Iterable[str], roles: Sequence[str]
     found, seen = [], set(taken)
     bound = {r: "" for r in roles}
     for i, phase in enumerate(to_phases(plan)):
-        where = f"/phases/{i}"
         if phase.key in seen:
-            found.append(Issue(f"{where}/key", f"phase key {phase.key!r} is already taken"))
+            found.append(Issue(pointer(("phases", i, "key")),
+                               f"phase key {phase.key!r} is already taken"))
         seen.add(phase.key)
-        found += [Issue(where + definitions.pointer_of(p.path[2:]), p.message)
+        found += [Issue(pointer(p.path), p.message)
                   for p in definitions.check_phase(phase, ("phases", i), bound, {}, schemas)]
     return found
 
@@ -72,6 +72,6 @@ def apply_next(tx: RunTx, schemas: SchemaRegistry) -> list[str]:
                            hint="the run fails; start a new run once the plan is fixed")
     added = tx.add_phases(to_phases(kept), origin=f"plan:{source.key}")
     tx.set_phase(source.key, feedback={**source.feedback, "plan_applied": True})
-    tx.event(model.NewEvent("phase.planned", source.key, {
+    tx.event(events.PHASE_PLANNED.new(source.key, {
         "phases": [p.key for p in added], "dropped": sorted(rejected)}))
     return [p.key for p in added]

@@ -6,7 +6,7 @@ import functools
 from pathlib import Path
 from typing import Any
 
-from devflow import model, worktree
+from devflow import events, model, worktree
 from devflow.engine.context import Context
 from devflow.states import TERMINAL
 from devflow.store import RunTx
@@ -34,7 +34,7 @@ def prune(ctx: Context, *, older_than: float | None = None, delete_branches: boo
         if not dry_run:
             if repo.is_dir():
                 worktree.remove(repo, path, branch=run.branch if branch else None)
-            event = model.NewEvent("worktree.removed", payload={
+            event = events.WORKTREE_REMOVED.new(payload={
                 "path": run.worktree, "bytes": size, "branch_deleted": branch})
             ctx.change(run.id, functools.partial(_record, event=event))
         removed.append({"run_id": run.id, "worktree": run.worktree, "bytes": size,

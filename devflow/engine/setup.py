@@ -12,7 +12,7 @@ import functools
 import os
 from pathlib import Path
 
-from devflow import model
+from devflow import events, model
 from devflow.backends import process
 from devflow.backends.base import BASE_ENV
 from devflow.engine import finish, workspace
@@ -72,7 +72,7 @@ def _started(tx: RunTx, argv: list[str], number: int, process_: process.Started,
         process_start=process_.start,
         stdout_path=str(logs / f"setup-{number}.stdout.log"),
         stderr_path=str(logs / f"setup-{number}.stderr.log"))
-    tx.event(model.NewEvent("setup.started", payload={"command": number, "pid": pid}))
+    tx.event(events.SETUP_STARTED.new(payload={"command": number, "pid": pid}))
     return invocation
 
 
@@ -84,7 +84,7 @@ def _ended(tx: RunTx, invocation: model.Invocation, exit_: process.Exit) -> None
 
 def _done(tx: RunTx, count: int) -> None:
     tx.set_run(options={**tx.run.options, "setup_done": True})
-    tx.event(model.NewEvent("setup.completed", payload={"commands": count}))
+    tx.event(events.SETUP_COMPLETED.new(payload={"commands": count}))
 
 
 def _tail(path: Path, lines: int = 15) -> str:

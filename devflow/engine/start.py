@@ -16,40 +16,19 @@ import re
 import secrets
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import anyio
 
-from devflow import faults, jsontext, model, worktree
-from devflow.backends.scripted import check_scenario
+from devflow import backends, faults, jsontext, model, worktree
 from devflow.definitions import Template
 from devflow.engine import binding, finish, heartbeat, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError, LeaseLost
+from devflow.requests import StartRequest
 from devflow.store import NewRun, Ports
 
 RUN_ID: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")
-
-
-@dataclass(frozen=True)
-class StartRequest:
-    """What a run is asked to do. ``requirements`` may be the bytes of a file as read
-    (``requirements_source`` names it): they are decoded and checked here, not by the
-    caller, so every way of starting a run refuses the same input the same way."""
-
-    repo: Path
-    base: str
-    template: str
-    requirements: str | bytes
-    actor: str
-    objective: str | None = None
-    binds: Mapping[str, str] = field(default_factory=dict)
-    run_id: str | None = None
-    scenarios: Mapping[str, str] = field(default_factory=dict)
-    max_cost: float | None = None
-    requirements_source: str | None = None
 
 
 def new_run_id(ctx: Context) -> str:
@@ -92,7 +71,9 @@ async def _create(ctx: Context, request: StartRequest, owner: str,
 def _insert(ctx: Context, request: StartRequest, owner: str) -> model.Run:
     """Every check, then the run inserted, bound, under a lease ``owner`` holds."""
     requirements = requirements_text(request)
-    repo, base_sha = worktree.locate(request.repo.expanduser().resolve(), request.base)
+    path = request.repo.expanduser().resolve()
+    base = request.base if request.base is not None else worktree.current_branch(path)
+    repo, base_sha = worktree.locate(path, base)
     template = ctx.catalog.template(request.template)
     bindings, personas = binding.bind(template, ctx.catalog, request.binds)
     ctx.remember_secrets(bindings)
@@ -122,7 +103,7 @@ def _insert(ctx: Context, request: StartRequest, owner: str) -> model.Run:
     return ctx.store.runs.create(NewRun(
         id=run_id, template_name=template.name, template_version=template.version,
         template_hash=template.hash, template_def=dict(template.definition), repo=str(repo),
-        base=request.base, base_sha=base_sha, branch=f"devflow/{run_id}/main",
+        base=base, base_sha=base_sha, branch=f"devflow/{run_id}/main",
         workspace=str(run_dir), worktree=str(tree), host=ctx.host,
         requirements=requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
@@ -218,6 +199,6 @@ def _check_scenarios(scenarios: Mapping[str, str], template: Template,
                                f"{persona} on backend {backend}; scenarios are for scripted "
                                "agents", hint="bind its role to a scripted persona, e.g. "
                                "--bind implementer=scripted-implementer, or drop --scenario")
-        if why := check_scenario(name):
+        if why := backends.check_scenario(name):
             raise DevflowError(Code.INVALID_INPUT, f"--scenario {phase}={name}: {why}",
                                hint="e.g. --scenario spec=invalid-then-ok")

@@ -24,18 +24,10 @@ from devflow import logs, worktree
 from devflow.engine import drive
 from devflow.engine.context import Context, new_owner
 from devflow.errors import DevflowError, LeaseLost
+from devflow.requests import WorkerOptions
 from devflow.store import Claimed
 
 log = logs.get_logger("devflow.worker")
-
-
-@dataclass(frozen=True)
-class Options:
-    name: str = "worker"
-    concurrency: int = 4
-    poll: float = 1.0
-    once: bool = False
-    grace: float = 30.0
 
 
 @dataclass
@@ -45,7 +37,7 @@ class Stats:
     skipped: list[str] = field(default_factory=list)
 
 
-async def work(ctx: Context, options: Options, stop: anyio.Event) -> Stats:
+async def work(ctx: Context, options: WorkerOptions, stop: anyio.Event) -> Stats:
     worker_id = new_owner(f"worker-{options.name}")
     stats = Stats(worker_id)
     await ctx.call(ctx.store.leases.register_worker, worker_id, options.name, ctx.host,

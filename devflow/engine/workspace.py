@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devflow import model, worktree
+from devflow import events, model, worktree
 from devflow.backends.base import attempt_name
 from devflow.engine.context import Context
 from devflow.store import RunTx
@@ -59,7 +59,7 @@ def ensure_worktree(ctx: Context, run: model.Run, lease: model.Lease | None = No
             tx.set_run(host=ctx.host)  # the run's worktree lives here from now on
         if hand_back:
             tx.set_run(lease_owner=None, lease_expires_at=None)
-        tx.event(model.NewEvent("worktree.created", payload={
+        tx.event(events.WORKTREE_CREATED.new(payload={
             "path": str(path), "branch": run.branch,
             "from": run.branch if from_branch else run.base_sha, "host": ctx.host,
             "included": included[:50]}))

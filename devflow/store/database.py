@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
@@ -39,10 +38,6 @@ log = logs.get_logger("devflow.store")
 
 _SQLITE_BUSY: Final = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
 _RETRIES: Final = 8
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{path}"
 
 
 class Database:
@@ -198,11 +193,3 @@ def _rollback(conn: sa.Connection | None) -> None:
         conn.rollback()
     except DBAPIError:
         conn.invalidate()
-
-
-def constraint_name(exc: DBAPIError) -> str | None:
-    """The name of the constraint an IntegrityError broke, from the driver, not the text."""
-    diag = getattr(exc.orig, "diag", None)
-    if diag is not None:
-        return getattr(diag, "constraint_name", None)
-    return None

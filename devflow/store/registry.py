@@ -50,12 +50,6 @@ class Registry:
         self.db.write(tx)
         self._stored.update(item[:4] for item in new)
 
-    def registered(self, kind: str, name: str, version: str) -> str | None:
-        def tx(conn: sa.Connection) -> str | None:
-            row = conn.execute(_BY_KEY, {"kind": kind, "name": name, "version": version}).first()
-            return str(row.hash) if row else None
-        return self.db.read(tx)
-
 
 _BY_KEY = sa.select(DEFINITION.c.hash, DEFINITION.c.registered_at).where(
     DEFINITION.c.kind == sa.bindparam("kind"), DEFINITION.c.name == sa.bindparam("name"),

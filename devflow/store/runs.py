@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from devflow import model, states
+from devflow import events, model, states
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
@@ -176,12 +176,12 @@ class Runs:
                     persona_def=dict(b.persona_def), backend=b.backend,
                     backend_version=b.backend_version) for b in new.bindings])
             runtx = RunTx(conn, row, now, self.redact)
-            runtx.event(model.NewEvent("run.created", payload={
+            runtx.event(events.RUN_CREATED.new(payload={
                 "template": f"{new.template_name}@{new.template_version}",
                 "template_hash": new.template_hash, "repo": new.repo, "base": new.base,
                 "branch": new.branch, "by": new.created_by}))
             runtx.add_phases(new.phases, origin="template")
-            bound = runtx.move_run(RunState.BOUND, model.NewEvent("run.bound", payload={
+            bound = runtx.move_run(RunState.BOUND, events.RUN_BOUND.new(payload={
                 "bindings": {b.role: b.persona_ref for b in new.bindings},
                 **({"sandbox": dict(new.sandboxes)} if new.sandboxes else {})}))
             runtx.finish()

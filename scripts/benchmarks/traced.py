@@ -94,8 +94,7 @@ def _wrap_app(fn: Callable[..., Any]) -> Callable[..., Any]:
 #: module -> (attribute path, part); attributes missing in this version are skipped
 WRAPS: dict[str, list[tuple[str, str]]] = {
     "devflow.catalog": [("_shelve", "definitions"), ("Catalog.load_persona_definition",
-                                                     "definitions"),
-                        ("Catalog.load_template_definition", "definitions")],
+                                                     "definitions")],
     "devflow.engine.binding": [("bind", "binding")],
     "devflow.engine.control": [("decide", "decision")],
     "devflow.settings": [("Settings.load", "start-up")],

@@ -127,6 +127,9 @@ def test_every_command_exits_by_the_rule(app: App, forked: ForkedCli, repo: Path
     case(4, "run", "start", "--repo", str(repo), "--base", "nope", *quick, "--json")
     case(4, "run", "start", "--repo", str(repo), "--base", "b3", "--template", "nope",
          "--requirements", req, "--json")
+    missing = case(4, "run", "start", "--repo", str(repo), "--base", "b3", "--template",
+                   "quick@1", "--requirements", str(tmp_path / "missing.md"), "--json")
+    assert json.loads(missing.stdout)["error"]["code"] == "file_not_found"
     # -- run status / list: showing a failed run is a success
     case(0, "run", "status", failed)
     case(0, "run", "status", failed, "--json")
@@ -214,6 +217,9 @@ def test_every_command_exits_by_the_rule(app: App, forked: ForkedCli, repo: Path
     case(0, "backends", "list")
     case(0, "backends", "list", "--json")
     case(2, "backends", "list", "--bogus")
+    case(0, "backends", "show", "codex")
+    case(0, "backends", "show", "command", "--json")
+    case(2, "backends", "show", "nope", "--json")
     case(0, "sweep", "--dry-run")
     case(0, "sweep", "--json")
     case(2, "sweep", "--policy", "maybe")

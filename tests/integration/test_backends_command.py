@@ -56,29 +56,55 @@ def _quick(repo: Path, binds: dict[str, str], **more: Any) -> StartRequest:
 
 
 # -- options --------------------------------------------------------------------------------
-@pytest.mark.parametrize(("backend", "options", "problem"), [
-    ("command", {}, "argv is required"),
-    ("command", {"argv": "my-agent --prompt {prompt_file}"}, "never a shell string"),
-    ("command", {"argv": []}, "must name a program"),
-    ("command", {"argv": ["a", "--prompt={prompt_file}"]}, "must be a whole argument"),
-    ("command", {"argv": ["a", "{prompt}"]}, "unknown placeholder '{prompt}'"),
-    ("command", {"argv": ["a"], "stdin": "file"}, "stdin must be `prompt`"),
-    ("command", {"argv": ["a"], "timeout": "soon"}, "timeout"),
-    ("command", {"argv": ["a"], "timeout": float("nan")}, "timeout"),
-    ("aider", {"timeout": 0}, "positive, finite"),
-    ("command", {"argv": ["a"], "shell": True}, "unknown command options: shell"),
-    ("claude-code", {"permission_mode": "yolo"}, "permission_mode 'yolo'"),
-    ("claude-code", {"allowed_tools": "Write"}, "allowed_tools must be a list"),
-    ("claude-code", {"args": ["--x={model}"]}, "must be a whole argument"),
-    ("codex", {"sandbox": "none"}, "sandbox must be one of"),
-    ("codex", {"env_key": "not a name"}, "env_key must be the name"),
-    ("codex", {"prices": {"input": -1}}, "prices.input must be a number"),
-    ("aider", {"edit_format": "poem"}, "edit_format must be one of"),
-    ("aider", {"map_tokens": -5}, "map_tokens must be a whole number"),
+@pytest.mark.parametrize(("backend", "options", "at", "problem"), [
+    ("command", {}, (), "'argv' is a required property"),
+    ("command", {"argv": "my-agent --prompt {prompt_file}"}, ("argv",), "is not of type 'array'"),
+    ("command", {"argv": []}, ("argv",), "should be non-empty"),
+    ("command", {"argv": [""]}, ("argv", 0), "should be non-empty"),
+    ("command", {"argv": ["a", "--prompt={prompt_file}"]}, ("argv", 1),
+     "must be a whole argument"),
+    ("command", {"argv": ["a", "{prompt}"]}, ("argv", 1), "unknown placeholder '{prompt}'"),
+    ("command", {"argv": ["a"], "stdin": "file"}, ("stdin",), "'file' is not one of"),
+    ("command", {"argv": ["a"], "timeout": "soon"}, ("timeout",), "'soon' is not a duration"),
+    ("command", {"argv": ["a"], "timeout": float("nan")}, ("timeout",), "timeout"),
+    ("aider", {"timeout": 0}, ("timeout",), "positive, finite"),
+    ("command", {"argv": ["a"], "shell": True}, ("shell",),
+     "unknown option 'shell' (known: argv, stdin, timeout, version_argv)"),
+    ("command", {"argv": ["a"], "version-argv": ["a"]}, ("version-argv",),
+     "did you mean 'version_argv'?"),
+    ("claude-code", {"permission_mode": "yolo"}, ("permission_mode",), "'yolo' is not one of"),
+    ("claude-code", {"allowed_tools": "Write"}, ("allowed_tools",), "is not of type 'array'"),
+    ("claude-code", {"args": ["--x={model}"]}, ("args", 0), "must be a whole argument"),
+    ("claude-code", {"bin": 7}, ("bin",), "is not of type 'string'"),
+    ("codex", {"sandbox": "none"}, ("sandbox",), "'none' is not one of"),
+    ("codex", {"env_key": "not a name"}, ("env_key",), "write the name of an environment"),
+    ("codex", {"provider": "my provider"}, ("provider",), "letters, digits"),
+    ("codex", {"prices": {"input": -1}}, ("prices", "input"), "less than the minimum of 0"),
+    ("codex", {"prices": {"inptu": 1}}, ("prices", "inptu"),
+     "unknown option 'inptu' in prices: did you mean 'input'?"),
+    ("codex", {"request_max_retries": True}, ("request_max_retries",), "not of type 'integer'"),
+    ("aider", {"edit_format": "poem"}, ("edit_format",), "'poem' is not one of"),
+    ("aider", {"map_tokens": -5}, ("map_tokens",), "less than the minimum of 0"),
+    ("aider", {"model_metadata": []}, ("model_metadata",), "is not of type 'object'"),
+    ("scripted", {"scenario": "bogus"}, ("scenario",), "'bogus': write a scenario: ok,"),
+    ("scripted", {"scenarios": {"spec": "nope"}}, ("scenarios", "spec"), "write a scenario"),
+    ("scripted", {"scenarios": ["ok"]}, ("scenarios",), "is not of type 'object'"),
 ])
-def test_options_are_checked(backend: str, options: dict[str, Any], problem: str) -> None:
+def test_options_are_checked_against_the_backends_schema(
+        backend: str, options: dict[str, Any], at: tuple[str | int, ...], problem: str) -> None:
+    """Each problem is at its place in the persona (so its file names the line), with the
+    code of a refused option."""
     problems = backends.check_options(backend, options)
-    assert any(problem in p for p in problems), problems
+    assert [(p.code, p.path) for p in problems] == [
+        (Code.BACKEND_OPTION_INVALID, ("options", *at))], problems
+    assert problem in problems[0].message
+
+
+def test_the_problems_of_several_options_are_all_named() -> None:
+    problems = backends.check_options("claude-code", {
+        "permision_mode": "plan", "allowed_tools": "Read", "args": ["{prompt}"]})
+    assert [p.path for p in problems] == [("options", "permision_mode"),
+                                         ("options", "allowed_tools"), ("options", "args", 0)]
 
 
 @pytest.mark.parametrize(("backend", "options"), [

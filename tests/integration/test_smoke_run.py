@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from devflow import events as vocabulary
 from devflow import git
 from devflow.app import App
 from devflow.approvals import DecisionRequest, new_token
@@ -38,6 +39,9 @@ def test_development_run_reaches_a_validated_report(app: App, repo: Path) -> Non
                                      for k in ("review", "implement", "plan", "spec")]
     events = list(app.events(view.run.id))
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    # what was stored is what devflow/events.py declares, payloads included
+    assert [(e.type, found) for e in events
+            if (found := vocabulary.get(e.type).problems(e.phase, e.payload))] == []
 
 
 def test_the_scripted_agent_takes_its_script_from_a_file_when_it_is_large(

@@ -289,10 +289,10 @@ def test_missing_report_is_written(app: App, repo: Path) -> None:
 
 
 def test_worker_once_drives_detached_runs_and_registers(app: App, tmp_path: Path) -> None:
-    from devflow.engine.worker import Options
+    from devflow.requests import WorkerOptions
     from tests.conftest import make_repo
     runs = [_start(app, make_repo(tmp_path / f"r{i}"), "quick@1", detach=True) for i in range(3)]
-    stats = app.work(Options(name="t", concurrency=2, poll=0.1, once=True))
+    stats = app.work(WorkerOptions(name="t", concurrency=2, poll=0.1, once=True))
     assert sorted(stats.driven) == sorted(runs)
     assert all(app.store.runs.get(r).state is RunState.COMPLETED for r in runs)
     workers = app.workers(include_stopped=True)

@@ -32,8 +32,8 @@ import sqlalchemy as sa
 from devflow import model
 from devflow.app import App
 from devflow.approvals import DecisionRequest, new_token
-from devflow.engine.start import StartRequest
 from devflow.errors import DevflowError
+from devflow.requests import StartRequest
 from devflow.settings import Settings
 from devflow.states import RUN_MOVES, TERMINAL, RunState
 from tests.conftest import ROOT

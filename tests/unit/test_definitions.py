@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow import backends, definitions
+from devflow import backends, definitions, schemas
 from devflow.catalog import Catalog, Dirs
 from devflow.definitions import DefinitionError, Persona, Template
 from devflow.errors import Code, DevflowError
@@ -127,7 +127,7 @@ def test_more_cross_checks(catalog: Catalog, old: str, new: str, code: Code,
     assert GOOD_TEMPLATE.count(old) == 1
     with pytest.raises(DefinitionError) as caught:
         _template(catalog, GOOD_TEMPLATE.replace(old, new))
-    assert (caught.value.problems[0].code, definitions.pointer_of(
+    assert (caught.value.problems[0].code, schemas.pointer(
         caught.value.problems[0].path)) == (code, pointer)
 
 
@@ -213,8 +213,8 @@ def test_persona_options_are_checked_by_the_backend(catalog: Catalog) -> None:
     text = GOOD_PERSONA.replace("scenario: ok", "scenario: no-such-scenario-at-all")
     with pytest.raises(DefinitionError) as caught:
         _persona(catalog, text)
-    assert caught.value.problems[0].code is Code.DEFINITION_INVALID
-    assert caught.value.problems[0].path == ("options",)
+    assert caught.value.problems[0].code is Code.BACKEND_OPTION_INVALID
+    assert caught.value.problems[0].path == ("options", "scenario")
 
 
 def test_parse_ref() -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow import memo
+from devflow import backends, memo
 from devflow.backends import command
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
@@ -134,9 +134,8 @@ def test_a_persona_checked_without_its_options_is_not_taken_as_checked_with_them
     assert Catalog(Dirs.with_builtins([], [personas]), memo=kept).persona("odd@1")
     with pytest.raises(DevflowError) as caught:
         Catalog(Dirs.with_builtins([], [personas]), memo=kept,
-                check_persona_options=lambda backend, options: ["unknown option shell"]
-                ).persona("odd@1")
-    assert "unknown option shell" in caught.value.message
+                check_persona_options=backends.check_options).persona("odd@1")
+    assert "unknown option 'shell'" in caught.value.message
 
 
 def test_an_invalid_definition_is_never_remembered(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@ read, or text), with the objective; and command-line arguments that are not text
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from devflow.cli.main import main
@@ -67,3 +69,16 @@ def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(
     out = capsys.readouterr().out
     assert '"code": "invalid_input"' in out
     assert "argument 3 is not UTF-8 text: byte 0xe9 at offset 3" in out
+
+
+def test_blank_requirements_are_refused_before_the_database_is_opened(tmp_path: Path) -> None:
+    from devflow.app import App
+    from devflow.requests import StartRequest
+    from devflow.settings import Settings
+    home = tmp_path / "home"
+    app = App(Settings.load(env={}, home=str(home), workspace=str(tmp_path / "ws")))
+    with pytest.raises(DevflowError) as caught:
+        app.start(StartRequest(repo=tmp_path, base=None, template="quick@1", requirements=b" \n",
+                               requirements_source="r.md", actor="tester"))
+    assert caught.value.code is Code.INVALID_INPUT
+    assert "store" not in app.__dict__ and not home.exists()
