@@ -219,8 +219,8 @@ class App:
         start.requirements_text(request)  # bad text changes nothing: no database opened
         ctx = self.context(observer)
         if detach:
-            return self.view(start.start_detached(ctx, request, new_owner("cli")).id)
-        run, lease = start.start(ctx, request, new_owner("cli"))
+            return self.view(_run_async(start.start_detached, ctx, request, new_owner("cli")).id)
+        run, lease = _run_async(start.start, ctx, request, new_owner("cli"))
         _drive_here(ctx, run.id, lease)
         return self.view(run.id)
 

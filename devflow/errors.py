@@ -212,19 +212,37 @@ class DevflowError(Exception):
         return f"DevflowError({self.code!s}, {self.message!r}, hint={self.hint!r})"
 
 
-class LeaseLost(DevflowError):
-    """The driver no longer holds the run's lease; it must stop without writing."""
+class ControlFlow(BaseException):
+    """An exception that steers control flow rather than reports a failure.
+
+    Like asyncio's ``CancelledError`` it derives from ``BaseException``, so an ``except
+    Exception`` meant for failures (a drive's crash handler, a backend's error path)
+    cannot swallow it: only the code that must stop on it names it. The subclasses:
+    ``LeaseLost``, ``Interrupted``, ``engine.agent.Stop`` and the CLI's ``PipeClosed``.
+    """
+
+
+class LeaseLost(ControlFlow):
+    """The driver no longer holds the run's lease; it must stop without writing.
+
+    Not a failure of the run: the driver stops and leaves it to whoever holds it now.
+    Where it must be told to a person (a start whose run was taken over), ``error()``
+    is the ``lease_lost`` error to report.
+    """
 
     def __init__(self, run_id: str, message: str = "") -> None:
-        super().__init__(
-            Code.LEASE_LOST,
-            message or f"this driver no longer holds the lease of run {run_id}",
+        self.run_id = run_id
+        self.message = message or f"this driver no longer holds the lease of run {run_id}"
+        super().__init__(self.message)
+
+    def error(self) -> DevflowError:
+        return DevflowError(
+            Code.LEASE_LOST, self.message,
             hint="another worker or the sweep took the run over; nothing more is written here",
-            run_id=run_id,
-        )
+            run_id=self.run_id)
 
 
-class Interrupted(Exception):
+class Interrupted(ControlFlow):
     """A foreground driver was stopped by a signal (Ctrl-C, SIGTERM): the attempt under way
     was recorded as interrupted and the lease released; the run is runnable, not aborted."""
 

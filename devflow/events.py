@@ -213,7 +213,7 @@ PHASE_INTERRUPTED: Final = _declare(
     "phase.interrupted", "The phase's attempt was cut short (its driver stopped, or was "
     "stopped); the phase is pending again and its next attempt starts afresh.",
     _ATTEMPT,
-    Field("reason", "string", "why; when the driver interrupted it itself", always=False),
+    Field("reason", "string", "why: the driver's words, or the sweep's when it recovered the run"),
     Field("agents", "array", "the agents the sweep found; when the sweep recovered the run",
           always=False),
     Field("artifact", "string", "what the sweep found of the artifact; when it recovered "

@@ -45,7 +45,7 @@ from devflow.backends import process
 from devflow.engine import context, control, finish, schedule, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
-from devflow.states import PhaseState, RunState
+from devflow.states import RunState
 from devflow.store import RunTx
 
 log = logs.get_logger("devflow.sweep")
@@ -204,8 +204,7 @@ def _recover(ctx: Context, run_id: str, policy: str, limit: int, dry_run: bool) 
     if outcome is None:
         return []  # its driver renewed the lease meanwhile, or another sweep got there
     actions = [outcome]
-    if outcome.kind == "failed":
-        finish.write_report(ctx, run_id)
+    if outcome.kind == "failed":  # its report was written with the commit
         return actions
     fresh = ctx.store.runs.get(run_id)
     if fresh.host == ctx.host and not (Path(fresh.worktree) / ".git").exists():
@@ -237,18 +236,9 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int,
     if run.lease_owner is None or run.lease_expires_at is None \
             or run.lease_expires_at > tx.now or run.state in states.TERMINAL:
         return None
-    tx.close_invocations(outcome="interrupted",
-                         reason="its driver stopped; recovered by the sweep")
-    interrupted = []
-    for phase in tx.phases():
-        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
-                phase.key, {
-                    "attempt": phase.attempt, "agents": found.agents,
-                    "artifact": found.artifact, "worktree": found.worktree}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": run.checkpoint_sha})
-            interrupted.append(phase.key)
+    interrupted = transitions.interrupt_in(
+        tx, "its driver stopped; recovered by the sweep",
+        {"agents": found.agents, "artifact": found.artifact, "worktree": found.worktree})
     recoveries = run.recoveries + (0 if alive else 1)
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)
     detail: dict[str, Any] = {"owner": run.lease_owner, "recoveries": recoveries,
@@ -279,7 +269,4 @@ def _gate(ctx: Context, approval: model.Approval, dry_run: bool) -> Iterable[Act
         actions.append(Action(approval.run_id, step.kind,
                               {"approval_id": approval.id, "gate": approval.gate,
                                **dict(step.detail)}))
-    run = ctx.store.runs.get(approval.run_id)
-    if run.state in states.TERMINAL and run.report_status is None:
-        finish.write_report(ctx, run.id)
     return actions

@@ -1,10 +1,12 @@
-"""Composite moves on an open RunTx that several layers share: ending a run, and
-pausing one that a fault of the machine blocks.
+"""Composite moves on an open RunTx that several layers share: ending a run,
+interrupting an attempt, and pausing a run that a fault of the machine blocks.
 
 Ending a run fails its active phases, aborts its pending approval requests and moves
 the run to its terminal state with the event, all in the caller's transaction.
-Blocking a run records the attempt under way as interrupted (its phase back to
-pending, to start afresh from the last checkpoint) and pauses the run with the
+Interrupting an attempt (its driver stopped, died, or left it running) closes its
+invocations and sends its phase back to pending, to start afresh from the run's last
+checkpoint. The driver (``engine.drive``) and the sweep both interrupt through here.
+Blocking a run interrupts the attempt under way and pauses the run with the
 ``blocked`` reason, which ``resume`` clears.
 """
 
@@ -16,6 +18,26 @@ from typing import Any
 from devflow import events, model, states
 from devflow.states import TERMINAL, ApprovalState, PhaseState, RunState
 from devflow.store import RunTx
+
+
+def interrupt_in(tx: RunTx, reason: str, found: Mapping[str, Any] | None = None) -> list[str]:
+    """Record the attempt under way as interrupted; the keys of the phases sent back.
+
+    Its unfinished invocations are closed (their processes are the caller's to stop: a
+    ``Context.change`` stops them on commit); each running or validating phase goes back
+    to pending with ``phase.interrupted`` (``reason``, and ``found``: what the sweep saw
+    of the attempt), and its next attempt starts from the run's last checkpoint.
+    """
+    tx.close_invocations(outcome="interrupted", reason=reason)
+    checkpoint = tx.run.checkpoint_sha
+    keys = []
+    for phase in tx.phases():
+        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
+            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
+                phase.key, {"attempt": phase.attempt, "reason": reason, **(found or {})}),
+                feedback={**phase.feedback, "interrupted": True, "reset_to": checkpoint})
+            keys.append(phase.key)
+    return keys
 
 
 def terminate_in(tx: RunTx, to: RunState, *, code: str | None = None, reason: str | None = None,
@@ -50,14 +72,7 @@ def block_in(tx: RunTx, blocked: Mapping[str, Any]) -> model.Run:
     if tx.state in TERMINAL or tx.state is RunState.PAUSED:
         return tx.run
     reason = f"blocked: {blocked.get('message')}"
-    tx.close_invocations(outcome="interrupted", reason=reason)
-    for phase in tx.phases():
-        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
-                phase.key, {"attempt": phase.attempt, "reason": reason,
-                                                 "blocked": blocked.get("kind")}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": tx.run.checkpoint_sha})
+    interrupt_in(tx, reason, {"blocked": blocked.get("kind")})
     tx.set_run(options={**tx.run.options, "blocked": dict(blocked)})
     return tx.move_run(RunState.PAUSED, events.RUN_PAUSED.new(payload={
         "by": "devflow", "reason": reason, "from": str(tx.state), "authentication": None,

@@ -171,10 +171,12 @@ def main(argv: list[str] | None = None) -> None:
         _quietly(output.usage_error, exc, want_json)
         sys.exit(2)
     except BaseException as exc:
-        from devflow.errors import DevflowError, Interrupted
+        from devflow.errors import DevflowError, Interrupted, LeaseLost
         if isinstance(exc, Interrupted):
             _quietly(_interrupted, exc, want_json)
             sys.exit(128 + exc.signum)
+        if isinstance(exc, LeaseLost):  # a drive stops on it; one that reached here is told
+            exc = exc.error()
         if isinstance(exc, DevflowError):
             _quietly(output.error, exc, want_json)
             sys.exit(exc.exit_code)

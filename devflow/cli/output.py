@@ -22,11 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from devflow.errors import ControlFlow
+
 if TYPE_CHECKING:
     from devflow.errors import DevflowError
 
 
-class PipeClosed(Exception):
+class PipeClosed(ControlFlow):
     """The reader of our output went away (``devflow events RUN | head -1``)."""
 
 

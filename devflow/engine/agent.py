@@ -26,6 +26,7 @@ from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
 from devflow.engine import confine, prompt, workspace
 from devflow.engine.context import Context, single
+from devflow.errors import ControlFlow
 from devflow.states import PhaseState, RunState
 from devflow.store import RunTx
 
@@ -33,8 +34,8 @@ _NOTES_PER_ATTEMPT = 300
 log = logs.get_logger("devflow.engine")
 
 
-class Stop(Exception):
-    """The run cannot take another step now (paused, aborted, waiting)."""
+class Stop(ControlFlow):
+    """The run cannot take another step now (paused, aborted, waiting): the drive stops."""
 
 
 @dataclass

@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from devflow import (
     approvals,
     artifacts,
@@ -39,7 +37,7 @@ from devflow import (
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
-from devflow.engine import agent, finish, plan, workspace
+from devflow.engine import agent, plan, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
 from devflow.schemas import Issue
@@ -80,9 +78,7 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
                  exit_code=result.exit.exit_code)
         run, phase = await ctx.call(_conclude, ctx, result, lease)
         faults.point("phase_accepted")
-        if run.state in TERMINAL:
-            with anyio.CancelScope(shield=True):
-                await ctx.call(finish.write_report, ctx, run.id)
+        if run.state in TERMINAL:  # its report was written with the verdict's commit
             return None
         if phase.state is not PhaseState.VALIDATING:
             # completed, or waiting at its gate: the verdict changed no other phase

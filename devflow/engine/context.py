@@ -24,7 +24,9 @@ from devflow import model, redact
 from devflow.backends import process
 from devflow.backends.base import BASE_ENV
 from devflow.catalog import Catalog
+from devflow.engine import finish
 from devflow.settings import Settings
+from devflow.states import RunState
 from devflow.store import Limits, RunTx, Store
 
 T = TypeVar("T")
@@ -134,19 +136,27 @@ class Context:
     def change(self, run_id: str, fn: Callable[[RunTx], T],
                lease: model.Lease | None = None, phase: str | None = None,
                deciding: bool = False) -> T:
-        """A RunTx on the run; its events go to the observer once it committed.
+        """A RunTx on the run, and what follows its commit: the agents whose invocations
+        it closed are stopped, its events go to the observer, and if it ended the run
+        (any move into a terminal state, ``RunTx.move_run``) the final report is written.
 
+        This is the one way a run changes (``Runs.change`` has no other caller), so every
+        terminal move gets its report here and no caller writes one by hand; a crash
+        between the commit and the report leaves it to the sweep (``missing_reports``).
         ``phase``: the phase ``fn`` reads, read with the run's lock; ``deciding``: ``fn``
         may add a decision (``Runs.change``)."""
-        def tx(runtx: RunTx) -> tuple[T, list[model.Event], list[model.Invocation]]:
-            return fn(runtx), runtx.events, runtx.closed
-        result, events, closed = self.store.runs.change(run_id, tx, lease=lease, phase=phase,
-                                                        deciding=deciding)
+        def tx(runtx: RunTx) -> tuple[T, list[model.Event], list[model.Invocation],
+                                      RunState | None]:
+            return fn(runtx), runtx.events, runtx.closed, runtx.ended
+        result, events, closed, ended = self.store.runs.change(
+            run_id, tx, lease=lease, phase=phase, deciding=deciding)
         for invocation in closed:  # agents whose invocation this change ended: stop them
             if invocation.host == self.host:
                 stop(invocation)
         for event in events:
             self.observer.event(event)
+        if ended is not None:
+            finish.write_report(self, run_id)
         return result
 
     async def achange(self, run_id: str, fn: Callable[[RunTx], T],

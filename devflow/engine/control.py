@@ -3,7 +3,7 @@
 Each is one transaction on the locked run. Pause, resume and abort repeated are
 no-ops that say ``changed: false``; on a terminal run they are conflicts (abort of an
 aborted run is a repeat, not a conflict). A decision or an abort that ends the run
-kills the run's agents on this host and writes the report.
+kills the run's agents on this host and writes the report (``Context.change``).
 
 Who may is ``access.authorize``'s to say, under the lock, before anything changes:
 pause, resume and abort of a run waiting at a gate that names approvers need one of
@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from devflow import access, approvals, events, faults, model, transitions
-from devflow.engine import finish
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import PAUSABLE, TERMINAL, RunState
@@ -52,8 +51,6 @@ def decide(ctx: Context, req: approvals.DecisionRequest) -> approvals.DecisionRe
         tx, req, _pick_in(tx, req, candidate), current, policy),
         phase=candidate.phase_key if candidate is not None else None, deciding=True)
     faults.point("decision_recorded")
-    if not result.replayed and result.run.state in TERMINAL:
-        finish.write_report(ctx, run.id)
     return result
 
 
@@ -134,8 +131,6 @@ def abort(ctx: Context, run_id: str, actor: str, reason: str | None = None,
         return Changed(transitions.terminate_in(tx, RunState.ABORTED, by=actor, reason=reason,
                                                 authentication=authentication), True)
     result = ctx.change(ctx.store.runs.get(run_id).id, fn)
-    if result.changed:
-        finish.write_report(ctx, result.run.id)
     return Changed(ctx.store.runs.get(result.run.id), result.changed)
 
 

@@ -2,9 +2,10 @@
 
 Each turn reads the run, makes sure its worktree exists, and takes the next step:
 skip a phase without artifact, run the attempts of the next pending phase, add the
-phases of a completed phase plan, or complete the run. Beside the loop a heartbeat
-renews the lease; if the lease is lost, or the run was aborted from elsewhere, the
-loop is cancelled (which terminates a running agent) and nothing more is written.
+phases of a completed phase plan, or complete the run. Beside the loop the heartbeat
+(``engine.heartbeat``) renews the lease; if the lease is lost, or the run was aborted
+from elsewhere, the loop is cancelled (which terminates a running agent) and nothing
+more is written.
 Finishing (terminal state, report) is shielded from cancellation.
 
 A fault of the machine (``devflow.machine``: a full disk, a git lock a live process
@@ -23,7 +24,7 @@ import anyio
 
 from devflow import events, logs, machine, model, transitions
 from devflow.definitions import Persona
-from devflow.engine import agent, attempt, finish, plan, setup, workspace
+from devflow.engine import agent, attempt, finish, heartbeat, plan, setup, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.states import RUNNABLE, TERMINAL, PhaseState, RunState
@@ -45,7 +46,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
     bound = log.bind(run_id=run_id, owner=lease.owner, fence=lease.fence)
     try:
         async with anyio.create_task_group() as group:
-            group.start_soon(_heartbeat, ctx, run_id, lease, lost, group.cancel_scope)
+            group.start_soon(heartbeat.keep, ctx, run_id, lease, lost, group.cancel_scope)
             try:
                 await _loop(ctx, run_id, lease, stop)
             except LeaseLost:
@@ -59,7 +60,7 @@ async def drive(ctx: Context, run_id: str, lease: model.Lease,
         with anyio.CancelScope(shield=True):
             try:
                 await ctx.achange(run_id, functools.partial(
-                    interrupt_in, reason="its driver was stopped"), lease)
+                    transitions.interrupt_in, reason="its driver was stopped"), lease)
             except (LeaseLost, DevflowError):
                 lost.set()
         raise
@@ -88,20 +89,6 @@ async def _say_lost(ctx: Context, run: model.Run, lease: model.Lease, bound: Any
         bound.warning("lease_lost")
         return
     bound.info("run_ended_elsewhere", state=str(run.state), by=by)
-
-
-def interrupt_in(tx: RunTx, reason: str) -> list[str]:
-    """Record the attempt under way as interrupted: its phase goes back to pending."""
-    tx.close_invocations(outcome="interrupted", reason=reason)
-    keys = []
-    for phase in tx.phases():
-        if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
-            tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
-                phase.key, {"attempt": phase.attempt, "reason": reason}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": tx.run.checkpoint_sha})
-            keys.append(phase.key)
-    return keys
 
 
 async def _fail_unless_stopped(ctx: Context, run_id: str, lease: model.Lease,
@@ -151,25 +138,6 @@ async def _block(ctx: Context, run_id: str, lease: model.Lease, blocked: machine
             lost.set()
 
 
-async def _heartbeat(ctx: Context, run_id: str, lease: model.Lease, lost: anyio.Event,
-                     scope: anyio.CancelScope) -> None:
-    while True:
-        await anyio.sleep(ctx.settings.heartbeat_seconds)
-        try:
-            run = await ctx.call(ctx.store.leases.renew, run_id, lease,
-                                 ctx.settings.lease_seconds)
-        except LeaseLost:
-            lost.set()
-            scope.cancel()
-            return
-        except DevflowError as exc:  # the database is away: keep trying until the lease runs out
-            log.warning("heartbeat_failed", run_id=run_id, error=exc.message)
-            continue
-        if run.state in TERMINAL:
-            scope.cancel()
-            return
-
-
 async def _loop(ctx: Context, run_id: str, lease: model.Lease,
                 stop: anyio.Event | None) -> None:
     bindings = {b.role: b for b in await ctx.call(ctx.store.runs.bindings, run_id)}
@@ -206,7 +174,7 @@ async def _loop(ctx: Context, run_id: str, lease: model.Lease,
         if step.state is PhaseState.RUNNING:
             # Only a driver that died leaves this; the sweep normally recovers it first.
             await ctx.achange(run_id, functools.partial(
-                interrupt_in, reason="found running when the lease was taken"), lease)
+                transitions.interrupt_in, reason="found running when the lease was taken"), lease)
             continue
         if step.definition.artifact is None:
             await ctx.achange(run_id, functools.partial(_skip, key=step.key), lease)

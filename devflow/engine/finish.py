@@ -1,25 +1,29 @@
-"""Ending a run: the terminal transition, then the final report (DESIGN.md §3.2).
+"""Ending a run: the terminal transition, and the final report (DESIGN.md §3.2).
 
 ``terminate`` moves a run to completed, failed or aborted in one transaction: active
 phases fail, pending approvals are aborted, the event is appended. Agents still
-running for the run on this host are killed. ``write_report`` then composes the
-report; if composing fails, a stub is written. The sweep calls ``write_report`` for
-terminal runs that have none. A report that cannot be written because of a fault of
-the machine (a full disk) is left to that sweep: the event ``report.blocked`` says
-why, and nothing half-written stays behind.
+running for the run on this host are killed. ``write_report`` composes the report; if
+composing fails, a stub is written. Nobody calls it after a terminal move by hand:
+``Context.change`` does, once any transaction that ended the run committed. The sweep
+(and a report asked for whose file is gone) calls it for terminal runs that have none.
+A report that cannot be written because of a fault of the machine (a full disk) is
+left to that sweep: the event ``report.blocked`` says why, and nothing half-written
+stays behind.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devflow import artifacts, events, logs, machine, model, report, states, worktree
-from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
 from devflow.store import History, RunTx
 from devflow.transitions import terminate_in
+
+if TYPE_CHECKING:  # Context writes the report after a terminal move: it imports this module
+    from devflow.engine.context import Context
 
 log = logs.get_logger("devflow.engine")
 
@@ -27,8 +31,8 @@ log = logs.get_logger("devflow.engine")
 def terminate(ctx: Context, run_id: str, to: RunState, *, code: str | None = None,
               reason: str | None = None, by: str = "devflow",
               lease: model.Lease | None = None) -> model.Run:
+    """End the run (its report is written once that committed, by ``Context.change``)."""
     ctx.change(run_id, lambda tx: terminate_in(tx, to, code=code, reason=reason, by=by), lease)
-    write_report(ctx, run_id)
     return ctx.store.runs.get(run_id)
 
 

@@ -18,9 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from devflow import faults, logs, ticks, triggerdefs
+import anyio
+
+from devflow import faults, logs, model, ticks, triggerdefs
 from devflow.engine import start
-from devflow.engine.context import Context, new_owner
+from devflow.engine.context import Context, new_owner, single
 from devflow.errors import Code, DevflowError, Kind
 from devflow.requests import StartRequest, TickClaim
 from devflow.triggerdefs import Trigger
@@ -110,7 +112,7 @@ def start_tick(ctx: Context, trigger: Trigger, tick: ticks.Tick) -> Outcome:
         actor=tick.fired_by or f"trigger:{trigger.name}", binds=dict(trigger.bindings),
         tick=claim)
     try:
-        run = start.start_detached(ctx, request, new_owner(f"trigger-{trigger.name}"))
+        run = _start_detached(ctx, request, new_owner(f"trigger-{trigger.name}"))
     except DevflowError as exc:
         if exc.code is Code.TICK_TAKEN:
             return Outcome(trigger.name, tick.scheduled_at, "taken", reason=exc.message,
@@ -120,6 +122,20 @@ def start_tick(ctx: Context, trigger: Trigger, tick: ticks.Tick) -> Outcome:
         return Outcome(trigger.name, tick.scheduled_at, "failed" if give_up else "deferred",
                        reason=f"{exc.code}: {exc.message}", error=exc)
     return Outcome(trigger.name, tick.scheduled_at, "started", run_id=run.id)
+
+
+def _start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run:
+    """``start.start_detached`` from this synchronous step: on the caller's event loop
+    when it runs in one of that loop's worker threads (a worker's pass), else on a loop
+    of its own (the sweep, ``triggers fire``)."""
+    try:
+        return anyio.from_thread.run(start.start_detached, ctx, request, owner)
+    except anyio.NoEventLoopError:
+        pass
+    try:
+        return anyio.run(start.start_detached, ctx, request, owner)
+    except BaseExceptionGroup as failed:
+        raise single(failed) from None
 
 
 def _claim_seconds(ctx: Context) -> float:

@@ -6,26 +6,28 @@ behind. Then one transaction inserts the run, bound, within the concurrency limi
 under a lease held by the starter. Then the worktree; if that fails, the run is
 failed with a report, never left half-made, unless a fault of the machine stopped it
 (a full disk, a git lock held): then the run is paused with a ``blocked`` reason, and
-``devflow run resume`` makes the worktree once the cause is gone.
+``devflow run resume`` makes the worktree once the cause is gone. The lease is renewed
+beside the worktree's making by the heartbeat (``engine.heartbeat``); the checks and the
+insert, synchronous, run on a worker thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 import secrets
 import socket
-import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import anyio
+
 from devflow import backends, faults, jsontext, machine, model, transitions, worktree
 from devflow.definitions import Template
-from devflow.engine import binding, finish, workspace
+from devflow.engine import binding, finish, heartbeat, workspace
 from devflow.engine.context import Context
-from devflow.errors import Code, DevflowError
+from devflow.errors import Code, DevflowError, LeaseLost
 from devflow.requests import StartRequest
 from devflow.store import NewRun, Ports
 
@@ -37,20 +39,51 @@ def new_run_id(ctx: Context) -> str:
     return ctx.clock().strftime("%Y%m%d-") + "".join(secrets.choice(alphabet) for _ in range(6))
 
 
-def start(ctx: Context, request: StartRequest, owner: str) -> tuple[model.Run, model.Lease]:
+async def start(ctx: Context, request: StartRequest,
+                owner: str) -> tuple[model.Run, model.Lease]:
     """Create the run and its worktree; the caller holds the returned lease."""
-    return _create(ctx, request, owner, hand_back=False)
+    return await _create(ctx, request, owner, hand_back=False)
 
 
-def start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run:
+async def start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run:
     """Create the run and its worktree and leave the run to workers: the lease taken to
     create it is given up in the transaction that records the worktree."""
-    run, _ = _create(ctx, request, owner, hand_back=True)
+    run, _ = await _create(ctx, request, owner, hand_back=True)
     return run
 
 
-def _create(ctx: Context, request: StartRequest, owner: str,
-            hand_back: bool) -> tuple[model.Run, model.Lease]:
+async def _create(ctx: Context, request: StartRequest, owner: str,
+                  hand_back: bool) -> tuple[model.Run, model.Lease]:
+    run = await ctx.call(_insert, ctx, request, owner)
+    lease = model.Lease(owner=owner, fence=run.lease_fence)
+    faults.point("run_inserted")
+    try:
+        made = await heartbeat.while_held(ctx, run.id, lease, workspace.ensure_worktree,
+                                          ctx, run, lease, hand_back=hand_back)
+    except LeaseLost as lost:  # the run is another's (a person ended it, the sweep took it)
+        raise lost.error() from None
+    except (DevflowError, OSError) as exc:
+        blocked = machine.classify(exc, Path(run.worktree))
+        if blocked is None and not isinstance(exc, DevflowError):
+            raise
+        with anyio.CancelScope(shield=True):
+            if blocked is None and isinstance(exc, DevflowError):
+                await ctx.call(finish.fail, ctx, run.id, exc.code, exc.message, lease=lease)
+                raise
+            assert blocked is not None
+            # a fault of the machine (a full disk, a git lock held): paused, not failed
+            paused = await ctx.achange(
+                run.id, lambda tx: transitions.block_in(tx, blocked.to_json()), lease)
+            if hand_back:
+                await ctx.call(ctx.store.leases.release, run.id, lease)
+            return paused, lease
+    if made is None:
+        made = await ctx.call(ctx.store.runs.get, run.id)
+    return made, lease
+
+
+def _insert(ctx: Context, request: StartRequest, owner: str) -> model.Run:
+    """Every check, then the run inserted, bound, under a lease ``owner`` holds."""
     requirements = requirements_text(request)
     path = request.repo.expanduser().resolve()
     base = request.base if request.base is not None else worktree.current_branch(path)
@@ -84,7 +117,7 @@ def _create(ctx: Context, request: StartRequest, owner: str,
     if request.tick is not None:
         options["trigger"] = {"name": request.tick.trigger,
                               "scheduled_at": request.tick.scheduled_at.isoformat()}
-    run = ctx.store.runs.create(NewRun(
+    return ctx.store.runs.create(NewRun(
         id=run_id, template_name=template.name, template_version=template.version,
         template_hash=template.hash, template_def=dict(template.definition), repo=str(repo),
         base=base, base_sha=base_sha, branch=f"devflow/{run_id}/main",
@@ -94,46 +127,6 @@ def _create(ctx: Context, request: StartRequest, owner: str,
         sandboxes={role: plan.label for role, plan in sandboxes.items()}, tick=request.tick,
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
-    lease = model.Lease(owner=owner, fence=run.lease_fence)
-    faults.point("run_inserted")
-    try:
-        with renewing(ctx, run.id, lease):
-            made = workspace.ensure_worktree(ctx, run, lease, hand_back=hand_back)
-    except (DevflowError, OSError) as exc:
-        if (blocked := machine.classify(exc, Path(run.worktree))) is None:
-            if not isinstance(exc, DevflowError):
-                raise
-            finish.fail(ctx, run.id, exc.code, exc.message, lease=lease)
-            raise
-        paused = ctx.change(run.id, lambda tx: transitions.block_in(tx, blocked.to_json()),
-                            lease)
-        if hand_back:
-            ctx.store.leases.release(run.id, lease)
-        return paused, lease
-    return made or ctx.store.runs.get(run.id), lease
-
-
-@contextlib.contextmanager
-def renewing(ctx: Context, run_id: str, lease: model.Lease) -> Iterator[None]:
-    """Renew ``lease`` from a thread while a synchronous step (making a worktree: git may
-    wait for another's lock, copy files) takes longer than the lease lasts."""
-    stop = threading.Event()
-
-    def beat() -> None:
-        while not stop.wait(ctx.settings.heartbeat_seconds):
-            try:
-                ctx.store.leases.renew(run_id, lease, ctx.settings.lease_seconds)
-            except DevflowError:
-                return
-
-    thread = threading.Thread(target=beat, name=f"lease-{run_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
 
 def ports_free(first: int, count: int) -> bool:
     """Whether nothing on this machine listens on the ``count`` ports from ``first``."""

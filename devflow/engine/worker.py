@@ -26,7 +26,7 @@ import anyio
 from devflow import logs, worktree
 from devflow.engine import drive, schedule
 from devflow.engine.context import Context, new_owner
-from devflow.errors import DevflowError
+from devflow.errors import DevflowError, LeaseLost
 from devflow.requests import WorkerOptions
 from devflow.store import Claimed
 
@@ -127,6 +127,8 @@ async def _drive_one(ctx: Context, item: Claimed, scope: anyio.CancelScope, stop
     try:
         with scope:
             await drive.drive(ctx, item.run_id, item.lease, stop)
+    except LeaseLost:  # drive stops on it itself; one that got out ends only this drive
+        log.warning("lease_lost", run_id=item.run_id)
     except Exception:
         log.exception("drive_failed", run_id=item.run_id)
     finally:

@@ -1,8 +1,10 @@
 """Leases and workers: who drives a run right now, until when, under which fencing number.
 
 A lease is taken only on a runnable run that nobody holds; every take grows the
-fencing number. A lease that expired is not taken over here: the sweep first
-records the interrupted attempt and kills what the dead driver left running.
+fencing number. Whether a driver still holds its lease is ``check``'s to say, here
+only: a renewal and every transaction a driver opens (``RunTx.check_lease``) ask it.
+A lease that expired is not taken over here: the sweep first records the interrupted
+attempt and kills what the dead driver left running.
 """
 
 from __future__ import annotations
@@ -68,10 +70,10 @@ class Leases:
         """Extend a held lease; LeaseLost when it is no longer ours."""
         def tx(conn: sa.Connection) -> model.Run:
             row = self._locked(conn, run_id)
-            now = self.clock()
-            if (row is None or row.lease_owner != lease.owner or row.lease_fence != lease.fence
-                    or row.lease_expires_at is None or row.lease_expires_at <= now):
+            if row is None:
                 raise LeaseLost(run_id)
+            now = self.clock()
+            check(lease, run_id, row.lease_owner, row.lease_fence, row.lease_expires_at, now)
             row.set({"lease_expires_at": now + timedelta(seconds=seconds)})
             row.write(conn)
             return rows.run(row)
@@ -122,6 +124,14 @@ class Leases:
             query = query.where(WORKER.c.stopped_at.is_(None))
         query = query.order_by(WORKER.c.started_at)
         return self.db.read(lambda conn: [rows.worker(w) for w in conn.execute(query)])
+
+
+def check(lease: model.Lease, run_id: str, owner: str | None, fence: int,
+          expires: datetime | None, now: datetime) -> None:
+    """LeaseLost unless ``lease`` is the run's (its owner and fencing number, as read under
+    the run's lock) and has not run out at ``now``."""
+    if owner != lease.owner or fence != lease.fence or expires is None or expires <= now:
+        raise LeaseLost(run_id)
 
 
 _RUNNABLE = [str(s) for s in states.RUNNABLE]

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 
 from devflow import model, states, webhooks
 from devflow.definitions import PhaseDef
-from devflow.errors import Code, DevflowError, LeaseLost
+from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState, PhaseState, RunState
-from devflow.store import records, rows
+from devflow.store import leases, records, rows
 from devflow.store.records import (
     APPROVAL,
     DECISION,
@@ -61,6 +61,9 @@ class RunTx:
         self._decision_id = decision_id
         #: invocations this transaction closed while their process may still run
         self.closed: list[model.Invocation] = []
+        #: the terminal state this transaction moved the run to: its report is written
+        #: once the transaction committed (``Context.change``)
+        self.ended: RunState | None = None
 
     # -- the run ---------------------------------------------------------------------------
     @property
@@ -110,6 +113,7 @@ class RunTx:
             fields["paused_from"] = None
         if to in states.TERMINAL:
             fields.update(ended_at=self.now, lease_owner=None, lease_expires_at=None)
+            self.ended = to
         if failure:
             fields["failure_code"], fields["failure_reason"] = failure
         self._row.set(fields)
@@ -139,9 +143,8 @@ class RunTx:
 
     def check_lease(self, lease: model.Lease) -> None:
         row = self._row
-        if (row.lease_owner != lease.owner or row.lease_fence != lease.fence
-                or row.lease_expires_at is None or row.lease_expires_at <= self.now):
-            raise LeaseLost(row.id)
+        leases.check(lease, row.id, row.lease_owner, row.lease_fence, row.lease_expires_at,
+                     self.now)
 
     def redact_list(self, values: list[str]) -> list[str]:
         """``values`` with secrets replaced, for what is stored beside events (argv)."""

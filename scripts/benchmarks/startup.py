@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+import anyio
+
 from common import Figure, Report, Stat, calls_timed, make_app, start_request, synthetic_repo, timed
 
 from devflow import git, worktree
@@ -27,7 +29,7 @@ def run(report: Report, url: str, root: Path, n: int, templates: Path) -> None:
             request = start_request(repo, "bench5@1", run_id=f"bench-{i}")
 
             def create(request: StartRequest = request) -> None:
-                start.start_detached(ctx, request, new_owner("bench"))  # run start --detach
+                anyio.run(start.start_detached, ctx, request, new_owner("bench"))  # --detach
             spent.clear()
             ours_ms = timed(create)
             if i:  # the first pair warms caches

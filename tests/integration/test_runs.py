@@ -107,12 +107,14 @@ def test_run_gets_its_own_worktree_and_branch(app: App, repo: Path) -> None:
 
 def test_a_started_run_is_returned_as_stored(app: App, repo: Path) -> None:
     """start returns the run as the worktree's transaction left it, not read again."""
+    import anyio
+
     from devflow.engine import start as engine_start
     ctx = app.context()
-    detached = engine_start.start_detached(ctx, quick(repo), "tester-1")
+    detached = anyio.run(engine_start.start_detached, ctx, quick(repo), "tester-1")
     assert detached == app.store.runs.get(detached.id)
     git.run(["branch", "other"], repo)  # one active run per branch
-    held, lease = engine_start.start(ctx, quick(repo, base="other"), "tester-2")
+    held, lease = anyio.run(engine_start.start, ctx, quick(repo, base="other"), "tester-2")
     assert held == app.store.runs.get(held.id)
     assert (held.lease_owner, held.lease_fence) == (lease.owner, lease.fence) == ("tester-2", 1)
     assert app.store.leases.release(held.id, lease)
