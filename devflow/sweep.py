@@ -183,8 +183,7 @@ def _recover_in(tx: RunTx, found: _Found, policy: str, limit: int) -> Action | N
                 "phase.interrupted", phase.key, {
                     "attempt": phase.attempt, "agents": found.agents,
                     "artifact": found.artifact, "worktree": found.worktree}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": run.checkpoint_sha})
+                control=phase.control.interrupted_at(run.checkpoint_sha))
             interrupted.append(phase.key)
     recoveries = run.recoveries + 1
     tx.set_run(lease_owner=None, lease_expires_at=None, recoveries=recoveries)

@@ -105,8 +105,7 @@ def interrupt_in(tx: RunTx, reason: str) -> list[str]:
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
             tx.move_phase(phase.key, PhaseState.PENDING, model.NewEvent(
                 "phase.interrupted", phase.key, {"attempt": phase.attempt, "reason": reason}),
-                feedback={**phase.feedback, "interrupted": True,
-                          "reset_to": tx.run.checkpoint_sha})
+                control=phase.control.interrupted_at(tx.run.checkpoint_sha))
             keys.append(phase.key)
     return keys
 

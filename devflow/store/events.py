@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from devflow import model
-from devflow.store import rows
 from devflow.store.database import Database
-from devflow.store.records import EVENT
+from devflow.store.rows import EVENTS
+from devflow.store.tables import EVENT
 
 
 class Events:
@@ -17,7 +17,7 @@ class Events:
     def after(self, run_id: str, seq: int = 0, limit: int = 1000) -> list[model.Event]:
         query = (sa.select(EVENT).where(EVENT.c.run_id == run_id, EVENT.c.seq > seq)
                  .order_by(EVENT.c.seq).limit(limit))
-        return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
+        return self.db.read(lambda conn: [EVENTS.load(e._mapping) for e in conn.execute(query)])
 
     def tail(self, run_id: str, count: int) -> list[model.Event]:
         return self.db.read(lambda conn: tail_in(conn, run_id, count))
@@ -27,4 +27,4 @@ def tail_in(conn: sa.Connection, run_id: str, count: int) -> list[model.Event]:
     """The last ``count`` events of the run, oldest first."""
     query = (sa.select(EVENT).where(EVENT.c.run_id == run_id)
              .order_by(EVENT.c.seq.desc()).limit(count))
-    return [rows.event(e) for e in reversed(conn.execute(query).all())]
+    return [EVENTS.load(e._mapping) for e in reversed(conn.execute(query).all())]
