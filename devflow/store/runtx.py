@@ -43,7 +43,7 @@ class RunTx:
         self._redact = redact
         # The rows this transaction read or added, as it has them now (``_rows``) and as
         # the database has them (``_stored``; a row not there yet is to be inserted).
-        # Writing is ``rows.changes`` between the two, one UPDATE a row.
+        # Writing is ``rows.Mapper.changes`` between the two: one UPDATE a changed row.
         self._rows: dict[Key, Any] = {}
         self._stored: dict[Key, Any] = {}
         self._run_key: Key = (RUN.name, run.id)
