@@ -71,24 +71,36 @@ class Mapper(Generic[T]):
         self._order = tuple(name for name, _, _, _ in self._fields)
         self._names = frozenset(self._order)
         self._by_name = {f[0]: f for f in self._fields}
-        self._prefixed: dict[str, list[tuple[str, tuple[str, ...], Any]]] = {}
+        #: ``load`` by the prefix of the columns' names
+        self._loaders: dict[str, Callable[[Mapping[Any, Any]], T]] = {}
 
     def load(self, row: Mapping[Any, Any], prefix: str = "") -> T:
         """The value of a row: a Core row's ``_mapping`` or a dict, its columns named
         ``prefix`` + column."""
-        keys = self._prefixed.get(prefix)
-        if keys is None:
-            keys = self._prefixed[prefix] = [
-                (name, tuple(prefix + c for c in group), load)
-                for name, group, load, _ in self._fields]
-        values: dict[str, Any] = {}
-        for name, group, load in keys:
-            if len(group) == 1:
-                value = row[group[0]]
-                values[name] = value if load is None or value is None else load(value)
+        load = self._loaders.get(prefix)
+        if load is None:
+            load = self._loaders[prefix] = self._loader(prefix)
+        return load(row)
+
+    def _loader(self, prefix: str) -> Callable[[Mapping[Any, Any]], T]:
+        """``load`` for one prefix, as one function that names each column (written and
+        compiled once, as ``dataclasses`` writes ``__init__``: a loop over the fields for
+        every row would cost several times the row's own reading)."""
+        env: dict[str, Any] = {"cls": self.cls}
+        args = []
+        for i, (name, group, load, _) in enumerate(self._fields):
+            cells = [f"row[{prefix + c!r}]" for c in group]
+            if load is None:
+                args.append(f"{name}={cells[0]}")
+                continue
+            env[f"load{i}"] = load
+            if len(group) == 1:  # NULL stays None
+                args.append(f"{name}=(None if (v := {cells[0]}) is None else load{i}(v))")
             else:
-                values[name] = load(*(row[c] for c in group))
-        return self.cls(**values)
+                args.append(f"{name}=load{i}({', '.join(cells)})")
+        source = f"def load(row):\n    return cls({', '.join(args)})\n"
+        exec(compile(source, f"<load {self.cls.__name__}>", "exec"), env)  # noqa: S102
+        return env["load"]  # type: ignore[no-any-return]
 
     def columns(self, value: T | None = None, **fields: Any) -> dict[str, Any]:
         """The columns of ``value`` (every field), or of the ``fields`` named."""

@@ -105,15 +105,17 @@ class RunTx:
     # -- the run ---------------------------------------------------------------------------
     @property
     def run(self) -> model.Run:
-        run: model.Run = self._rows[self._run_key]
-        return run if run.last_seq == self._seq else replace(run, last_seq=self._seq)
+        run = self._run_now
+        if run.last_seq != self._seq:  # events were appended: the run as they leave it
+            run = self._rows[self._run_key] = replace(run, last_seq=self._seq)
+        return run
 
     def _set_run(self, **fields: Any) -> model.Run:
         return self._change(RUN.name, self._run_now, **fields)
 
     def finish(self) -> None:
         """Write what this transaction changed; ``Runs.change`` calls it last."""
-        if self._new_events:
+        if self._run_now.last_seq != self._seq:  # the new events' counter
             self._set_run(last_seq=self._seq)
         updates, inserts = self._writes()
         if self._together:
