@@ -291,11 +291,11 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
             nxt = _open(tx, phase.key, later[0], approval.round, approval.evidence)
             outcome["next_approval_id"] = nxt.id
         else:
-            feedback = {"sections": dict(req.sections)} if req.sections else {}
+            control = model.PhaseControl(sections=dict(req.sections))
             tx.move_phase(phase.key, PhaseState.COMPLETED, events.PHASE_COMPLETED.new(
                 phase.key, {"attempt": phase.attempt, "approved_by": req.actor,
                             "artifact_sha": phase.artifact_sha}),
-                feedback=feedback)
+                control=control)
             tx.settle(RunState.EXECUTING)
     elif req.action == "request_changes":
         _changes(tx, req, phase, rejected)
@@ -318,15 +318,13 @@ def _apply(tx: RunTx, req: DecisionRequest, approval: model.Approval,
 
 
 def _changes(tx: RunTx, req: DecisionRequest, phase: model.Phase, rejected: list[str]) -> None:
-    feedback: dict[str, Any] = {"changes": {
-        "actor": req.actor, "comment": req.comment,
-        "rejected_sections": [{"key": k, "comment": req.section_comments.get(k)}
-                              for k in rejected]}}
-    if req.rewind:
-        feedback["reset_to"] = _previous_checkpoint(tx, phase)
+    control = model.PhaseControl(
+        changes=model.Changes(req.actor, req.comment, tuple(
+            model.RejectedSection(k, req.section_comments.get(k)) for k in rejected)),
+        reset_to=_previous_checkpoint(tx, phase) if req.rewind else None)
     tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_CHANGES_REQUESTED.new(
         phase.key, {"attempt": phase.attempt, "by": req.actor, "rewind": req.rewind}),
-        feedback=feedback)
+        control=control)
     tx.settle(RunState.EXECUTING)
 
 

@@ -82,7 +82,7 @@ def _escalate(tx: RunTx, approval: model.Approval, index: int,
     if chain.action is None:
         approvers = tuple(dict.fromkeys(
             [*approval.approvers, *chain.to] if chain.keep_previous else chain.to))
-        tx.set_approval(approval.id, approvers=list(approvers), escalation_applied=number)
+        tx.set_approval(approval.id, approvers=approvers, escalation_applied=number)
         tx.event(events.APPROVAL_ESCALATED.new(approval.phase_key, {
             "approval_id": approval.id, "gate": approval.gate, "round": approval.round,
             "step": number, "to": list(chain.to), "approvers": list(approvers),

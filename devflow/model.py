@@ -1,15 +1,17 @@
 """The values the layers pass around: runs, phases, events, approvals, invocations.
 
-Frozen dataclasses, built by the store from its rows; nothing here touches the
-database. ``to_json`` gives the stable shapes the CLI prints with ``--json``.
+Frozen dataclasses: the one row type. The store builds them from its rows and writes
+their fields back (``devflow.store.rows`` maps fields to columns, one field per column of
+the same name); nothing here touches the database. ``to_json`` gives the stable shapes
+the CLI prints with ``--json``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from devflow.definitions import PhaseDef
 from devflow.states import TERMINAL, ApprovalState, PhaseState, RunState
@@ -125,6 +127,152 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """One thing wrong with a refused attempt's artifact: where (a JSON pointer) and what."""
+
+    pointer: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """Why the last attempt was refused: the verdict's code and what was wrong."""
+
+    code: str
+    errors: tuple[Refusal, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedSection:
+    key: str
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Changes an approver asked for: who, why, and the sections rejected."""
+
+    actor: str
+    comment: str | None = None
+    rejected_sections: tuple[RejectedSection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseControl:
+    """What steers a phase's next attempt, kept with the phase (column ``run_phase.control``).
+
+    ``interrupted``: an attempt was cut short (its driver stopped); the next starts afresh.
+    ``reset_to``: the checkpoint the worktree goes back to before the next attempt.
+    ``repair``: the last attempt was refused, and why (the next prompt says so).
+    ``changes``: an approver asked for changes (the next prompt says which).
+    ``sections``: the section verdicts of the approval that completed the phase.
+    ``plan_applied``: the phase's plan has been added to the run.
+
+    Stored as JSON of exactly these keys (``to_json``); ``from_json`` refuses any other
+    shape, so a stored value is always one of these.
+    """
+
+    interrupted: bool = False
+    reset_to: str | None = None
+    repair: Repair | None = None
+    changes: Changes | None = None
+    sections: Mapping[str, str] = field(default_factory=dict)
+    plan_applied: bool = False
+
+    # -- the moves ----------------------------------------------------------------------
+    def interrupted_at(self, checkpoint: str | None) -> PhaseControl:
+        """An attempt was interrupted: the next starts afresh from ``checkpoint``."""
+        return replace(self, interrupted=True, reset_to=checkpoint)
+
+    def refused(self, code: str, errors: Sequence[Refusal]) -> PhaseControl:
+        """The attempt ran to its end and was refused: the next one repairs it."""
+        return replace(self, interrupted=False, repair=Repair(code, tuple(errors)))
+
+    def reset_done(self) -> PhaseControl:
+        return replace(self, reset_to=None) if self.reset_to is not None else self
+
+    @property
+    def resumes_session(self) -> bool:
+        """The next attempt continues the agent's last session: it is asked to fix what it
+        did (a repair or changes), and it was not cut short."""
+        return not self.interrupted and (self.repair is not None or self.changes is not None)
+
+    @property
+    def rejected(self) -> frozenset[str]:
+        """The keys of the sections the completing approval rejected."""
+        return frozenset(k for k, v in self.sections.items() if v == "reject")
+
+    # -- JSON ---------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "interrupted": self.interrupted, "reset_to": self.reset_to,
+            "repair": None if self.repair is None else {
+                "code": self.repair.code,
+                "errors": [{"pointer": e.pointer, "message": e.message}
+                           for e in self.repair.errors]},
+            "changes": None if self.changes is None else {
+                "actor": self.changes.actor, "comment": self.changes.comment,
+                "rejected_sections": [{"key": s.key, "comment": s.comment}
+                                      for s in self.changes.rejected_sections]},
+            "sections": dict(self.sections), "plan_applied": self.plan_applied,
+        }
+
+    @classmethod
+    def from_json(cls, body: Any) -> PhaseControl:
+        """The value ``to_json`` gave; ValueError for anything else."""
+        if body == _NO_CONTROL_JSON:  # most phases, most of the time
+            return NO_CONTROL
+        _keys(body, CONTROL_KEYS, "phase control")
+        repair, changes = body["repair"], body["changes"]
+        sections = body["sections"]
+        if not isinstance(sections, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in sections.items()):
+            raise ValueError("phase control: sections must map section keys to verdicts")
+        return cls(
+            interrupted=_typed(body["interrupted"], bool, "interrupted"),
+            reset_to=_typed(body["reset_to"], str, "reset_to", null=True),
+            repair=None if repair is None else Repair(
+                _typed(_keys(repair, ("code", "errors"), "repair")["code"], str, "repair.code"),
+                tuple(Refusal(_typed(_keys(e, ("pointer", "message"), "repair error")["pointer"],
+                                     str, "pointer"), _typed(e["message"], str, "message"))
+                      for e in _typed(repair["errors"], list, "repair.errors"))),
+            changes=None if changes is None else Changes(
+                _typed(_keys(changes, ("actor", "comment", "rejected_sections"),
+                             "changes")["actor"], str, "changes.actor"),
+                _typed(changes["comment"], str, "changes.comment", null=True),
+                tuple(RejectedSection(
+                    _typed(_keys(s, ("key", "comment"), "rejected section")["key"], str, "key"),
+                    _typed(s["comment"], str, "comment", null=True))
+                    for s in _typed(changes["rejected_sections"], list, "rejected_sections"))),
+            sections=sections,
+            plan_applied=_typed(body["plan_applied"], bool, "plan_applied"),
+        )
+
+
+#: the keys of a phase control value's JSON, all of them always present
+CONTROL_KEYS: Final = ("interrupted", "reset_to", "repair", "changes", "sections",
+                       "plan_applied")
+#: a phase nothing steers (a new phase, or one whose attempt completed)
+NO_CONTROL: Final = PhaseControl()
+_NO_CONTROL_JSON: Final = NO_CONTROL.to_json()
+
+
+def _keys(value: Any, keys: Sequence[str], what: str) -> Any:
+    if not isinstance(value, dict) or value.keys() != set(keys):
+        found = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ValueError(f"phase control: {what} must have exactly the keys {list(keys)}, "
+                         f"not {found}")
+    return value
+
+
+def _typed(value: Any, kind: type, what: str, *, null: bool = False) -> Any:
+    if (value is None and null) or isinstance(value, kind):
+        return value
+    raise ValueError(f"phase control: {what} must be {kind.__name__}"
+                     f"{' or null' if null else ''}, not {type(value).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
 class Phase:
     id: int
     run_id: str
@@ -143,7 +291,7 @@ class Phase:
     ended_at: datetime | None = None
     failure_code: str | None = None
     failure_reason: str | None = None
-    feedback: Mapping[str, Any] = field(default_factory=dict)
+    control: PhaseControl = NO_CONTROL
     tokens_in: int = 0
     tokens_out: int = 0
     cost_usd: float = 0.0
@@ -265,6 +413,8 @@ class Decision:
     created_at: datetime
     #: how it was authenticated (``access.Principal.record``); None before it was recorded
     authentication: Mapping[str, Any] | None = None
+    #: what the decision did (the run's and the phase's states after it), for a retry
+    outcome: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "approval_id": self.approval_id, "token": self.client_token,

@@ -35,7 +35,7 @@ def interrupt_in(tx: RunTx, reason: str, found: Mapping[str, Any] | None = None)
         if phase.state in (PhaseState.RUNNING, PhaseState.VALIDATING):
             tx.move_phase(phase.key, PhaseState.PENDING, events.PHASE_INTERRUPTED.new(
                 phase.key, {"attempt": phase.attempt, "reason": reason, **(found or {})}),
-                feedback={**phase.feedback, "interrupted": True, "reset_to": checkpoint})
+                control=phase.control.interrupted_at(checkpoint))
             keys.append(phase.key)
     return keys
 

@@ -90,7 +90,7 @@ async def run(ctx: Context, run: model.Run, phase: model.Phase, persona: Persona
     home = Path(run.workspace) / "home"
     home.mkdir(mode=0o700, exist_ok=True)
     resume = None
-    if "interrupted" not in phase.feedback and {"repair", "changes"} & set(phase.feedback):
+    if phase.control.resumes_session:
         resume = await ctx.call(_last_session, ctx, run.id, phase.key)
     task = Task(
         run_id=run.id, phase=phase.key, attempt=attempt, role=d.role,

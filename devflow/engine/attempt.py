@@ -65,7 +65,7 @@ async def run_phase(ctx: Context, run: model.Run, phase: model.Phase,
     one as it left it (the verdict changes no other phase, so the driver need not read
     them again), or None once the run has ended.
     """
-    reset_to = phase.feedback.get("reset_to")
+    reset_to = phase.control.reset_to
     readied = await ctx.call(_ready, run, reset_to)
     if reset_to or readied.found or readied.removed:
         phase = await ctx.achange(run.id, functools.partial(_readied, key=phase.key,
@@ -172,19 +172,19 @@ def _ready(run: model.Run, reset_to: str | None) -> Readied:
 
 def _readied(tx: RunTx, key: str, sha: str | None, readied: Readied) -> model.Phase:
     """Record what ``_ready`` did: the run's branch is at ``sha`` after a reset."""
-    feedback = dict(tx.phase(key).feedback)
+    control = tx.phase(key).control
     workspace.lock_events(tx, readied.removed)
     if readied.salvaged is not None:
         tx.event(events.WORKTREE_SALVAGED.new(key, {
             **readied.salvaged, "reset_to": sha, "attempt": tx.phase(key).attempt}))
     if sha is not None:
-        feedback.pop("reset_to", None)
+        control = control.reset_done()
         if tx.run.checkpoint_sha != sha:  # a rewind to an earlier checkpoint
             tx.set_run(checkpoint_sha=sha)
     if readied.found:
         tx.event(events.WORKTREE_RESTORED.new(key, {
             "found": readied.found, "sha": sha or tx.run.checkpoint_sha}))
-    return tx.set_phase(key, feedback=feedback)
+    return tx.set_phase(key, control=control)
 
 
 
@@ -218,16 +218,15 @@ def _judge(ctx: Context, run: model.Run, phase: model.Phase, result: agent.Resul
 
 
 def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> model.Phase:
-    errors = [{"pointer": i.pointer, "message": i.message} for i in verdict.issues[:50]]
+    refusals = [model.Refusal(i.pointer, i.message) for i in verdict.issues[:50]]
+    errors = [{"pointer": r.pointer, "message": r.message} for r in refusals]
     payload: dict[str, Any] = {"attempt": phase.attempt, "code": str(verdict.code),
                                "errors": errors, "repair": more}
     if verdict.shown is not None:
         payload["artifact"] = verdict.shown
     tx.event(events.PHASE_ARTIFACT_INVALID.new(phase.key, payload))
-    feedback = dict(tx.phase(phase.key).feedback)
-    feedback.pop("interrupted", None)
-    feedback["repair"] = {"code": str(verdict.code), "errors": errors}
-    tx.set_phase(phase.key, feedback=feedback)
+    tx.set_phase(phase.key, control=tx.phase(phase.key).control.refused(str(verdict.code),
+                                                                        refusals))
     if not more:
         reason = (f"{verdict.code} after {phase.attempt} attempt(s): "
                   + "; ".join(str(i) if i.pointer else i.message for i in verdict.issues[:3]))
@@ -303,7 +302,7 @@ def _complete(tx: RunTx, phase: model.Phase, kept: Kept) -> None:
     workspace.lock_events(tx, kept.removed)
     tx.add_artifact(record)
     fields: dict[str, Any] = {"artifact_sha": record.sha256, "artifact_stored": record.stored_path,
-                              "feedback": {}}
+                              "control": model.NO_CONTROL}
     if commit is not None and commit != tx.run.checkpoint_sha:
         fields["checkpoint_sha"] = commit
         tx.set_run(checkpoint_sha=commit)

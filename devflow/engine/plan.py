@@ -10,6 +10,7 @@ the phases the approver did not reject are added.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ def problems(plan: Mapping[str, Any], taken: Iterable[str], roles: Sequence[str]
 def pending_plans(phases: Sequence[model.Phase]) -> list[model.Phase]:
     return [p for p in phases if p.state is PhaseState.COMPLETED
             and p.definition.artifact and p.definition.artifact.schema == PHASE_PLAN_SCHEMA
-            and not p.feedback.get("plan_applied")]
+            and not p.control.plan_applied]
 
 
 def apply_next(tx: RunTx, schemas: SchemaRegistry) -> list[str]:
@@ -62,7 +63,7 @@ def apply_next(tx: RunTx, schemas: SchemaRegistry) -> list[str]:
     source = plans[0]
     assert source.artifact_stored and source.artifact_sha
     plan = artifacts.load_stored(Path(source.artifact_stored), source.artifact_sha)
-    rejected = {k for k, v in dict(source.feedback.get("sections", {})).items() if v == "reject"}
+    rejected = source.control.rejected
     kept = {**plan, "phases": [p for p in plan.get("phases", []) if p.get("key") not in rejected]}
     roles = list(dict(tx.run.template_def.get("roles", {})))
     if found := problems(kept, [p.key for p in tx.phases()], roles, schemas):
@@ -71,7 +72,7 @@ def apply_next(tx: RunTx, schemas: SchemaRegistry) -> list[str]:
                            + "; ".join(str(i) for i in found[:5]),
                            hint="the run fails; start a new run once the plan is fixed")
     added = tx.add_phases(to_phases(kept), origin=f"plan:{source.key}")
-    tx.set_phase(source.key, feedback={**source.feedback, "plan_applied": True})
+    tx.set_phase(source.key, control=replace(source.control, plan_applied=True))
     tx.event(events.PHASE_PLANNED.new(source.key, {
         "phases": [p.key for p in added], "dropped": sorted(rejected)}))
     return [p.key for p in added]

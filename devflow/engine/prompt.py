@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ def compose(run: model.Run, phase: model.Phase, attempt: int, persona: Persona,
             f"the current directory) that validates against the JSON Schema "
             f"`{d.artifact.schema}` below. The file holds only that JSON.\n\n"
             f"```json\n{_schema_text(schemas, d.artifact.schema)}\n```")
-    feedback = _feedback(phase.feedback)
+    feedback = _feedback(phase.control)
     if feedback:
         parts.append(feedback)
     shown = _earlier(earlier)
@@ -72,28 +72,27 @@ def _earlier(phases: Sequence[model.Phase]) -> list[str]:
     return shown
 
 
-def _feedback(feedback: Mapping[str, Any]) -> str:
+def _feedback(control: model.PhaseControl) -> str:
     parts = []
-    if "interrupted" in feedback:
+    if control.interrupted:
         parts.append("## Note\n\nAn earlier attempt of this phase was interrupted (devflow's "
                      "process stopped); the worktree was reset to the last checkpoint. Start "
                      "afresh.")
-    changes = feedback.get("changes")
+    changes = control.changes
     if changes:
-        lines = [f"## Changes requested by {changes.get('actor', 'the approver')}"]
-        if changes.get("comment"):
-            lines.append(str(changes["comment"]).strip())
-        for item in changes.get("rejected_sections", []):
-            lines.append(f"- section `{item['key']}` was rejected"
-                         + (f": {item['comment']}" if item.get("comment") else ""))
+        lines = [f"## Changes requested by {changes.actor or 'the approver'}"]
+        if changes.comment:
+            lines.append(changes.comment.strip())
+        for item in changes.rejected_sections:
+            lines.append(f"- section `{item.key}` was rejected"
+                         + (f": {item.comment}" if item.comment else ""))
         lines.append("Address every point, then write the artifact again.")
         parts.append("\n\n".join(lines))
-    repair = feedback.get("repair")
+    repair = control.repair
     if repair:
-        errors = "\n".join(f"- `{e.get('pointer') or '/'}`: {e.get('message')}"
-                           for e in repair.get("errors", []))
-        why = ("It changed the worktree's git metadata" if repair.get("code") == "agent_tampered"
+        errors = "\n".join(f"- `{e.pointer or '/'}`: {e.message}" for e in repair.errors)
+        why = ("It changed the worktree's git metadata" if repair.code == "agent_tampered"
                else "It did not leave a valid artifact")
-        parts.append(f"## Your previous attempt was refused\n\n{why} ({repair.get('code')}). "
+        parts.append(f"## Your previous attempt was refused\n\n{why} ({repair.code}). "
                      f"Fix every point and write the whole file again:\n\n{errors}")
     return "\n\n".join(parts)

@@ -9,9 +9,9 @@ import sqlalchemy as sa
 from devflow import model
 from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState
-from devflow.store import rows
 from devflow.store.database import Database
-from devflow.store.records import APPROVAL, DECISION, by_id
+from devflow.store.rows import APPROVALS, DECISIONS
+from devflow.store.statements import APPROVAL, DECISION, by_id
 
 
 class Approvals:
@@ -23,7 +23,7 @@ class Approvals:
             row = conn.execute(by_id(APPROVAL), {"id": approval_id}).first()
             if row is None:
                 raise approval_not_found(approval_id)
-            return rows.approval(row)
+            return APPROVALS.load(row._mapping)
         return self.db.read(tx)
 
     def find(self, *, pending: bool = False, run_id: str | None = None,
@@ -37,7 +37,7 @@ class Approvals:
                  .where(APPROVAL.c.state == str(ApprovalState.PENDING),
                         APPROVAL.c.next_due_at <= now)
                  .order_by(APPROVAL.c.next_due_at).limit(limit))
-        return self.db.read(lambda conn: [rows.approval(a) for a in conn.execute(query)])
+        return self.db.read(lambda conn: [APPROVALS.load(a._mapping) for a in conn.execute(query)])
 
     def decisions(self, *, approval_id: int | None = None,
                   run_id: str | None = None) -> list[model.Decision]:
@@ -57,7 +57,8 @@ def approvals_in(conn: sa.Connection, *, pending: bool = False, run_id: str | No
         query = query.where(APPROVAL.c.state == str(ApprovalState.PENDING))
     if run_id:
         query = query.where(APPROVAL.c.run_id == run_id)
-    return [rows.approval(a) for a in conn.execute(query.order_by(APPROVAL.c.id).limit(limit))]
+    return [APPROVALS.load(a._mapping)
+            for a in conn.execute(query.order_by(APPROVAL.c.id).limit(limit))]
 
 
 def decisions_in(conn: sa.Connection, *, approval_id: int | None = None,
@@ -68,4 +69,4 @@ def decisions_in(conn: sa.Connection, *, approval_id: int | None = None,
     if run_id is not None:
         query = query.join(APPROVAL, APPROVAL.c.id == DECISION.c.approval_id).where(
             APPROVAL.c.run_id == run_id)
-    return [rows.decision(d) for d in conn.execute(query.order_by(DECISION.c.id))]
+    return [DECISIONS.load(d._mapping) for d in conn.execute(query.order_by(DECISION.c.id))]

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 
 from devflow import model
-from devflow.store import rows
 from devflow.store.database import Database
-from devflow.store.records import EVENT
+from devflow.store.rows import EVENTS
+from devflow.store.tables import EVENT
 
 
 class Events:
@@ -19,7 +19,7 @@ class Events:
     def after(self, run_id: str, seq: int = 0, limit: int = 1000) -> list[model.Event]:
         query = (sa.select(EVENT).where(EVENT.c.run_id == run_id, EVENT.c.seq > seq)
                  .order_by(EVENT.c.seq).limit(limit))
-        return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
+        return self.db.read(lambda conn: [EVENTS.load(e._mapping) for e in conn.execute(query)])
 
     def of_types(self, types: Sequence[str], run_id: str | None = None) -> list[model.Event]:
         """The events of these types (of one run, or of all), oldest first per run."""
@@ -27,7 +27,7 @@ class Events:
         if run_id is not None:
             query = query.where(EVENT.c.run_id == run_id)
         query = query.order_by(EVENT.c.run_id, EVENT.c.seq)
-        return self.db.read(lambda conn: [rows.event(e) for e in conn.execute(query)])
+        return self.db.read(lambda conn: [EVENTS.load(e._mapping) for e in conn.execute(query)])
 
     def span(self, run_id: str) -> tuple[int, int] | None:
         """The first and last sequence numbers the log holds for the run; None if none."""
@@ -44,4 +44,4 @@ def tail_in(conn: sa.Connection, run_id: str, count: int) -> list[model.Event]:
     """The last ``count`` events of the run, oldest first."""
     query = (sa.select(EVENT).where(EVENT.c.run_id == run_id)
              .order_by(EVENT.c.seq.desc()).limit(count))
-    return [rows.event(e) for e in reversed(conn.execute(query).all())]
+    return [EVENTS.load(e._mapping) for e in reversed(conn.execute(query).all())]

@@ -12,14 +12,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 
 from devflow import model, states
 from devflow.errors import LeaseLost
-from devflow.store import records, rows
+from devflow.store import statements
 from devflow.store.database import Database
-from devflow.store.records import RUN, Record
+from devflow.store.rows import RUNS, WORKERS
+from devflow.store.statements import RUN
 from devflow.store.tables import WORKER
 
 
@@ -33,11 +35,11 @@ class Leases:
     def __init__(self, db: Database, clock: Callable[[], datetime]) -> None:
         self.db = db
         self.clock = clock
-        self._lock_query = db.lock_run_query(records.by_id(RUN))
+        self._lock_query = db.lock_run_query(statements.by_id(RUN))
 
-    def _locked(self, conn: sa.Connection, run_id: str) -> Record | None:
+    def _locked(self, conn: sa.Connection, run_id: str) -> model.Run | None:
         row = conn.execute(self._lock_query, {"id": run_id}).first()
-        return Record(RUN, row._mapping) if row is not None else None
+        return RUNS.load(row._mapping) if row is not None else None
 
     def claim(self, run_id: str, owner: str, seconds: float) -> model.Lease | None:
         """Take the lease of one run if it is runnable and free; None otherwise."""
@@ -61,8 +63,8 @@ class Leases:
             for found in conn.execute(query).all():
                 if found.id in exclude or len(claimed) >= limit:
                     continue
-                row = Record(RUN, found._mapping)
-                claimed.append(Claimed(row.id, _take(conn, row, owner, expires)))
+                claimed.append(Claimed(found.id, _take(conn, RUNS.load(found._mapping),
+                                                       owner, expires)))
             return claimed
         return self.db.write(tx)
 
@@ -74,9 +76,7 @@ class Leases:
                 raise LeaseLost(run_id)
             now = self.clock()
             check(lease, run_id, row.lease_owner, row.lease_fence, row.lease_expires_at, now)
-            row.set({"lease_expires_at": now + timedelta(seconds=seconds)})
-            row.write(conn)
-            return rows.run(row)
+            return _update(conn, row, lease_expires_at=now + timedelta(seconds=seconds))
         return self.db.write(tx)
 
     def release(self, run_id: str, lease: model.Lease) -> bool:
@@ -84,8 +84,7 @@ class Leases:
             row = self._locked(conn, run_id)
             if row is None or row.lease_owner != lease.owner or row.lease_fence != lease.fence:
                 return False
-            row.set({"lease_owner": None, "lease_expires_at": None})
-            row.write(conn)
+            _update(conn, row, lease_owner=None, lease_expires_at=None)
             return True
         return self.db.write(tx)
 
@@ -123,7 +122,7 @@ class Leases:
         if not include_stopped:
             query = query.where(WORKER.c.stopped_at.is_(None))
         query = query.order_by(WORKER.c.started_at)
-        return self.db.read(lambda conn: [rows.worker(w) for w in conn.execute(query)])
+        return self.db.read(lambda conn: [WORKERS.load(w._mapping) for w in conn.execute(query)])
 
 
 def check(lease: model.Lease, run_id: str, owner: str | None, fence: int,
@@ -138,8 +137,13 @@ _RUNNABLE = [str(s) for s in states.RUNNABLE]
 _TERMINAL = [str(s) for s in states.TERMINAL]
 
 
-def _take(conn: sa.Connection, row: Record, owner: str, expires: datetime) -> model.Lease:
-    fence = row.lease_fence + 1
-    row.set({"lease_owner": owner, "lease_expires_at": expires, "lease_fence": fence})
-    row.write(conn)
+def _take(conn: sa.Connection, run: model.Run, owner: str, expires: datetime) -> model.Lease:
+    fence = run.lease_fence + 1
+    _update(conn, run, lease_owner=owner, lease_expires_at=expires, lease_fence=fence)
     return model.Lease(owner=owner, fence=fence)
+
+
+def _update(conn: sa.Connection, run: model.Run, **fields: Any) -> model.Run:
+    """``run`` with ``fields`` changed, written with one UPDATE."""
+    statements.update(conn, RUN, run.id, RUNS.columns(**fields))
+    return RUNS.replace(run, **fields)

@@ -14,12 +14,13 @@ from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError
 from devflow.requests import TickClaim
 from devflow.states import RunState
-from devflow.store import records, rows
+from devflow.store import statements
 from devflow.store.approvals import approval_not_found, approvals_in, decisions_in
 from devflow.store.database import Database
 from devflow.store.events import tail_in
-from devflow.store.records import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN, Record
+from devflow.store.rows import APPROVALS, ARTIFACTS, BINDINGS, INVOCATIONS, PHASES, RUNS
 from devflow.store.runtx import Redactor, RunTx
+from devflow.store.statements import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN
 from devflow.store.triggers import claim_in
 
 T = TypeVar("T")
@@ -100,12 +101,13 @@ class Runs:
         self.db = db
         self.clock = clock
         self.redact = redact
-        self._lock_query = db.lock_run_query(records.by_id(RUN))
-        self._lock_with_phase = db.lock_run_query(records.RUN_WITH_PHASE, of=(RUN, records.PHASE))
+        self._lock_query = db.lock_run_query(statements.by_id(RUN))
+        self._lock_with_phase = db.lock_run_query(statements.RUN_WITH_PHASE,
+                                                  of=(RUN, statements.PHASE))
         # SQLite's inserts cost no round trip: a decision is inserted where it is added
         self._lock_for_decision = self._lock_with_phase if db.is_sqlite else db.lock_run_query(
-            records.RUN_WITH_PHASE.add_columns(records.NEXT_DECISION_ID),
-            of=(RUN, records.PHASE))
+            statements.RUN_WITH_PHASE.add_columns(statements.NEXT_DECISION_ID),
+            of=(RUN, statements.PHASE))
 
     # -- changing a run --------------------------------------------------------------------
     def change(self, run_id: str, fn: Callable[[RunTx], T], *,
@@ -128,7 +130,7 @@ class Runs:
         return self.db.write(tx)
 
     def _locked(self, conn: sa.Connection, run_id: str, phase: str | None,
-                deciding: bool = False) -> tuple[Record, Record | None, int | None]:
+                deciding: bool = False) -> tuple[model.Run, model.Phase | None, int | None]:
         """The locked run; its phase when asked; a new decision's id when deciding (and
         the database hands ids out)."""
         if phase is not None:
@@ -136,14 +138,13 @@ class Runs:
             row = conn.execute(query, {"id": run_id, "key": phase}).first()
             if row is not None:
                 values = row._mapping
-                return (Record(RUN, records.columns(RUN, values)),
-                        Record(records.PHASE, records.columns(records.PHASE, values, "p_")),
+                return (RUNS.load(values), PHASES.load(values, "p_"),
                         values.get("next_decision_id"))
         # no such phase (the transaction will say so) or none asked for
         row = conn.execute(self._lock_query, {"id": run_id}).first()
         if row is None:
             raise _not_found(run_id)
-        return Record(RUN, row._mapping), None, None
+        return RUNS.load(row._mapping), None, None
 
     def create(self, new: NewRun, limits: Limits, *, lease_owner: str | None = None,
                lease_seconds: float = 60.0, ports: Ports | None = None) -> model.Run:
@@ -174,14 +175,11 @@ class Runs:
             if lease_owner is not None:
                 values.update(lease_owner=lease_owner, lease_fence=1,
                               lease_expires_at=now + timedelta(seconds=lease_seconds))
-            row = Record(RUN, conn.execute(records.insert_returning(RUN), values).one()._mapping)
+            run = RUNS.load(conn.execute(statements.insert_returning(RUN), values).one()._mapping)
             if new.bindings:
-                conn.execute(records.plain_insert(BINDING), [dict(
-                    run_id=new.id, role=b.role, persona_name=b.persona_name,
-                    persona_version=b.persona_version, persona_hash=b.persona_hash,
-                    persona_def=dict(b.persona_def), backend=b.backend,
-                    backend_version=b.backend_version) for b in new.bindings])
-            runtx = RunTx(conn, row, now, self.redact)
+                conn.execute(statements.plain_insert(BINDING), [
+                    {**BINDINGS.columns(b), "run_id": new.id} for b in new.bindings])
+            runtx = RunTx(conn, run, now, self.redact)
             runtx.event(events.RUN_CREATED.new(payload={
                 "template": f"{new.template_name}@{new.template_version}",
                 "template_hash": new.template_hash, "repo": new.repo, "base": new.base,
@@ -196,7 +194,7 @@ class Runs:
 
     # -- reading ---------------------------------------------------------------------------
     def get(self, run_id: str) -> model.Run:
-        return self.db.read(lambda conn: rows.run(_run(conn, run_id)))
+        return self.db.read(lambda conn: RUNS.load(_run(conn, run_id)._mapping))
 
     def find(self, *, states_in: Sequence[RunState] | None = None, repo: str | None = None,
              limit: int = 200, before: tuple[datetime, str] | None = None) -> list[model.Run]:
@@ -211,22 +209,22 @@ class Runs:
                 query = query.where(sa.or_(RUN.c.created_at < before[0], sa.and_(
                     RUN.c.created_at == before[0], RUN.c.id < before[1])))
             query = query.order_by(RUN.c.created_at.desc(), RUN.c.id.desc()).limit(limit)
-            return [rows.run(r) for r in conn.execute(query)]
+            return [RUNS.load(r._mapping) for r in conn.execute(query)]
         return self.db.read(tx)
 
     def snapshot(self, run_id: str) -> tuple[model.Run, list[model.Phase]]:
         """The run and its phases, read together on one connection."""
         def tx(conn: sa.Connection) -> tuple[model.Run, list[model.Phase]]:
-            row = conn.execute(records.by_id(RUN), {"id": run_id}).first()
+            row = conn.execute(statements.by_id(RUN), {"id": run_id}).first()
             if row is None:
                 raise _not_found(run_id)
-            return rows.run(row), _phases(conn, run_id)
+            return RUNS.load(row._mapping), _phases(conn, run_id)
         return self.db.read(tx)
 
     def history(self, run_id: str, last_events: int = 200) -> History:
         """Everything a report tells of a run, read on one connection."""
         def tx(conn: sa.Connection) -> History:
-            run = rows.run(_run(conn, run_id))
+            run = RUNS.load(_run(conn, run_id)._mapping)
             return History(run, _phases(conn, run.id), _bindings(conn, run.id),
                            approvals_in(conn, run_id=run.id),
                            decisions_in(conn, run_id=run.id), _invocations(conn, run.id),
@@ -237,24 +235,24 @@ class Runs:
         """What a decision on the run starts from, in one read."""
         def tx(conn: sa.Connection) -> Deciding:
             if approval_id is not None:
-                run = rows.run(_run(conn, run_id))
-                row = conn.execute(records.by_id(APPROVAL), {"id": approval_id}).first()
+                run = RUNS.load(_run(conn, run_id)._mapping)
+                row = conn.execute(statements.by_id(APPROVAL), {"id": approval_id}).first()
                 if row is None:
                     raise approval_not_found(approval_id)
-                approval = rows.approval(row)
+                approval = APPROVALS.load(row._mapping)
                 used = any(d.client_token == token
                            for d in decisions_in(conn, approval_id=approval.id))
                 return Deciding(run, approval, used)
             # the run and its candidate requests in one statement, by the exact id
-            found = conn.execute(records.RUN_GATE, {"id": run_id, "token": token}).all()
+            found = conn.execute(statements.RUN_GATE, {"id": run_id, "token": token}).all()
             if found:
-                run = rows.run(found[0])
-                gate = [_approval(r, "a_") for r in found if r.a_id is not None]
+                run = RUNS.load(found[0]._mapping)
+                gate = [APPROVALS.load(r._mapping, "a_") for r in found if r.a_id is not None]
                 decided = [r.a_id for r in found if r.a_d_id is not None]
             else:  # an id prefix
-                run = rows.run(_run(conn, run_id))
-                rest = conn.execute(records.GATE, {"run_id": run.id, "token": token}).all()
-                gate = [_approval(r, "") for r in rest]
+                run = RUNS.load(_run(conn, run_id)._mapping)
+                rest = conn.execute(statements.GATE, {"run_id": run.id, "token": token}).all()
+                gate = [APPROVALS.load(r._mapping) for r in rest]
                 decided = [r.id for r in rest if r.d_id is not None]
             if decided:  # a retry: the request its token decided
                 return Deciding(run, next(a for a in gate if a.id == decided[0]), True)
@@ -274,7 +272,7 @@ class Runs:
         def tx(conn: sa.Connection) -> list[model.ArtifactRecord]:
             found = conn.execute(
                 sa.select(ARTIFACT).where(ARTIFACT.c.run_id == run_id).order_by(ARTIFACT.c.id))
-            return [rows.artifact(a) for a in found]
+            return [ARTIFACTS.load(a._mapping) for a in found]
         return self.db.read(tx)
 
     def missing_reports(self, limit: int = 100) -> list[str]:
@@ -326,7 +324,7 @@ def _port_block(active: Sequence[Any], ports: Ports) -> int:
 
 def _run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
     """The run of this id, or of the only id starting with it (at least four characters)."""
-    row = conn.execute(records.by_id(RUN), {"id": run_id}).first()
+    row = conn.execute(statements.by_id(RUN), {"id": run_id}).first()
     if row is not None:
         return row
     if len(run_id) >= 4:
@@ -337,21 +335,18 @@ def _run(conn: sa.Connection, run_id: str) -> sa.Row[Any]:
     raise _not_found(run_id)
 
 
-def _approval(row: sa.Row[Any], prefix: str) -> model.Approval:
-    return rows.approval(Record(APPROVAL, records.columns(APPROVAL, row._mapping, prefix)))
-
-
 def _phases(conn: sa.Connection, run_id: str) -> list[model.Phase]:
-    return [rows.phase(p) for p in conn.execute(records.RUN_PHASES, {"run_id": run_id})]
+    return [PHASES.load(p._mapping)
+            for p in conn.execute(statements.RUN_PHASES, {"run_id": run_id})]
 
 
 def _bindings(conn: sa.Connection, run_id: str) -> list[model.Binding]:
-    return [rows.binding(b) for b in conn.execute(
+    return [BINDINGS.load(b._mapping) for b in conn.execute(
         sa.select(BINDING).where(BINDING.c.run_id == run_id).order_by(BINDING.c.role))]
 
 
 def _invocations(conn: sa.Connection, run_id: str) -> list[model.Invocation]:
-    return [rows.invocation(i) for i in conn.execute(
+    return [INVOCATIONS.load(i._mapping) for i in conn.execute(
         sa.select(INVOCATION).where(INVOCATION.c.run_id == run_id).order_by(INVOCATION.c.id))]
 
 

@@ -4,15 +4,17 @@ Opened by ``Runs.change`` (which locks the run row and checks the lease), a RunT
 offers the verbs that change a run, its phases, approvals, artifacts and
 invocations. Every state move is checked against ``devflow.states`` and appends its
 event in the same transaction; event numbers come from the locked run row, so they
-are gapless per run.
+are gapless per run. The rows it reads are the frozen values of ``devflow.model``; a
+change makes a new value (``dataclasses.replace``), and what differs from the row as
+the database has it is written as explicit UPDATEs before the next query and at the end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 
@@ -20,41 +22,45 @@ from devflow import model, states, webhooks
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState, PhaseState, RunState
-from devflow.store import leases, records, rows
-from devflow.store.records import (
-    APPROVAL,
-    DECISION,
-    INVOCATION,
-    PHASE,
-    Record,
-)
+from devflow.store import leases, rows, statements
+from devflow.store.rows import APPROVALS, ARTIFACTS, DECISIONS, EVENTS, PHASES
+from devflow.store.statements import APPROVAL, DECISION, INVOCATION, PHASE, RUN
 from devflow.store.tables import WEBHOOK_OUTBOX
 
 Redactor = Callable[[Mapping[str, Any]], dict[str, Any]]
+V = TypeVar("V")
+#: a row held by a transaction: (table name, id)
+Key = tuple[str, Any]
 
 
 class RunTx:
-    def __init__(self, conn: sa.Connection, run: Record, now: datetime,
-                 redact: Redactor | None = None, phase: Record | None = None,
+    def __init__(self, conn: sa.Connection, run: model.Run, now: datetime,
+                 redact: Redactor | None = None, phase: model.Phase | None = None,
                  decision_id: int | None = None) -> None:
         self.conn = conn
         #: the last writes go as one statement where the database allows it
         self._together = self.conn.dialect.name == "postgresql"
-        self._row = run
         self.now = now
         self._redact = redact
-        self._phases: dict[str, Record] | None = None
-        self._some_phases: dict[str, Record] = {phase.key: phase} if phase else {}
-        #: other rows read or written in this transaction, by (table, id): changes to
-        #: them are written before the next query and at the end
-        self._held: dict[tuple[str, int], Record] = {}
+        # The rows this transaction read or added, as it has them now (``_rows``) and as
+        # the database has them (``_stored``; a row not there yet is to be inserted).
+        # Writing is ``rows.Mapper.changes`` between the two: one UPDATE a changed row.
+        self._rows: dict[Key, Any] = {}
+        self._stored: dict[Key, Any] = {}
+        self._run_key: Key = (RUN.name, run.id)
+        self._keep(RUN.name, run)
+        #: the ids of the phases held, by key; all of the run's once ``_all_phases``
+        self._phase_ids: dict[str, int] = {}
+        self._all_phases = False
+        if phase is not None:
+            self._phase_ids[phase.key] = self._keep(PHASE.name, phase).id
         self.events: list[model.Event] = []
         # New events are numbered at once but written together by ``finish`` (one batched
         # insert and one update of the run's counter, not one of each per event).
         self._seq = run.last_seq
         self._new_events: dict[str, dict[str, Any]] = {}
         #: rows to insert that nothing reads back, written with the changed rows
-        self._inserts: list[tuple[sa.Table, dict[str, Any]]] = []
+        self._inserts: list[statements.Insert] = []
         #: decision tokens looked up in the run and not found
         self._unused_tokens: set[str] = set()
         #: the id a decision added here takes, when the lock read one
@@ -65,50 +71,87 @@ class RunTx:
         #: once the transaction committed (``Context.change``)
         self.ended: RunState | None = None
 
+    # -- the rows held ---------------------------------------------------------------------
+    def _keep(self, table: str, value: V, *, new: bool = False) -> V:
+        """Hold a row read (or, ``new``, one to insert); a row held already stays as held."""
+        key = (table, value.id)  # type: ignore[attr-defined]
+        held = self._rows.get(key)
+        if held is not None:
+            return held  # type: ignore[no-any-return]
+        self._rows[key] = value
+        if not new:
+            self._stored[key] = value
+        return value
+
+    def _change(self, table: str, value: V, **fields: Any) -> V:
+        """``value`` (a row held) with ``fields`` changed, held as changed."""
+        changed: V = rows.BY_TABLE[table].replace(value, **fields)
+        self._rows[(table, changed.id)] = changed  # type: ignore[attr-defined]
+        return changed
+
+    def _writes(self) -> tuple[list[statements.Update], list[statements.Insert]]:
+        """What changed since the last write, as UPDATEs and INSERTs; then held as written."""
+        updates: list[statements.Update] = []
+        inserts = self._inserts
+        self._inserts = []
+        for key, value in self._rows.items():
+            stored = self._stored.get(key, _NEW)
+            if stored is value:
+                continue
+            mapper = rows.BY_TABLE[key[0]]
+            if stored is _NEW:
+                inserts = [*inserts, (mapper.table, mapper.columns(value))]
+            elif columns := mapper.changes(stored, value):
+                updates.append((mapper.table, key[1], columns))
+            self._stored[key] = value
+        return updates, inserts
+
     # -- the run ---------------------------------------------------------------------------
     @property
     def run(self) -> model.Run:
-        run = rows.run(self._row)
-        return run if run.last_seq == self._seq else replace(run, last_seq=self._seq)
+        run = self._run_now
+        if run.last_seq != self._seq:  # events were appended: the run as they leave it
+            run = self._rows[self._run_key] = replace(run, last_seq=self._seq)
+        return run
+
+    def _set_run(self, **fields: Any) -> model.Run:
+        return self._change(RUN.name, self._run_now, **fields)
 
     def finish(self) -> None:
         """Write what this transaction changed; ``Runs.change`` calls it last."""
-        if self._new_events:
-            self._row.set({"last_seq": self._seq})
+        if self._run_now.last_seq != self._seq:  # the new events' counter
+            self._set_run(last_seq=self._seq)
+        updates, inserts = self._writes()
         if self._together:
-            records.write_together(
-                self.conn, [self._row, *(self._phases or self._some_phases).values(),
-                            *self._held.values()], self._inserts,
-                list(self._new_events.values()))
-            self._new_events, self._inserts = {}, []
+            statements.write_together(self.conn, updates, inserts,
+                                      list(self._new_events.values()))
+            self._new_events = {}
             return
-        self._flush()
+        statements.write(self.conn, updates, inserts)
         if self._new_events:
-            self.conn.execute(records.INSERT_EVENTS, list(self._new_events.values()))
+            self.conn.execute(statements.INSERT_EVENTS, list(self._new_events.values()))
             self._new_events = {}
 
     def _flush(self) -> None:
         """Write the changed rows, so that a query sees them."""
-        self._row.write(self.conn)
-        for phase in (self._phases or self._some_phases).values():
-            phase.write(self.conn)
-        for held in self._held.values():
-            held.write(self.conn)
-        for table, values in self._inserts:
-            self.conn.execute(records.plain_insert(table), values)
-        self._inserts = []
+        statements.write(self.conn, *self._writes())
 
     @property
     def state(self) -> RunState:
-        return RunState(self._row.state)
+        return self._run_now.state
+
+    @property
+    def _run_now(self) -> model.Run:
+        run: model.Run = self._rows[self._run_key]
+        return run
 
     def move_run(self, to: RunState, event: model.NewEvent | None = None, *,
                  failure: tuple[str, str] | None = None) -> model.Run:
-        current = RunState(self._row.state)
+        current = self._run_now.state
         states.check_run_move(current, to)
-        fields: dict[str, Any] = {"state": str(to), "updated_at": self.now}
+        fields: dict[str, Any] = {"state": to, "updated_at": self.now}
         if to is RunState.PAUSED:
-            fields["paused_from"] = str(current)
+            fields["paused_from"] = current
         elif current is RunState.PAUSED:
             fields["paused_from"] = None
         if to in states.TERMINAL:
@@ -116,19 +159,19 @@ class RunTx:
             self.ended = to
         if failure:
             fields["failure_code"], fields["failure_reason"] = failure
-        self._row.set(fields)
+        self._set_run(**fields)
         if event is not None:
             self.event(event)
         return self.run
 
     def settle(self, to: RunState, event: model.NewEvent | None = None) -> model.Run:
         """Move the run to ``to``; a paused run instead remembers ``to`` as where resume goes."""
-        if RunState(self._row.state) is RunState.PAUSED:
-            self._row.set({"paused_from": str(to)})
+        if self._run_now.state is RunState.PAUSED:
+            self._set_run(paused_from=to)
             if event is not None:
                 self.event(event)
             return self.run
-        if RunState(self._row.state) is to:
+        if self._run_now.state is to:
             if event is not None:
                 self.event(event)
             return self.run
@@ -138,12 +181,12 @@ class RunTx:
         """Change fields of the run that are not its state (usage totals, lease, report)."""
         if "state" in fields:
             raise ValueError("a run's state changes through move_run only")
-        self._row.set({**fields, "updated_at": self.now})
+        self._set_run(**fields, updated_at=self.now)
         return self.run
 
     def check_lease(self, lease: model.Lease) -> None:
-        row = self._row
-        leases.check(lease, row.id, row.lease_owner, row.lease_fence, row.lease_expires_at,
+        run = self._run_now
+        leases.check(lease, run.id, run.lease_owner, run.lease_fence, run.lease_expires_at,
                      self.now)
 
     def redact_list(self, values: list[str]) -> list[str]:
@@ -159,134 +202,127 @@ class RunTx:
         ``unseen``: the caller knows the key was never used (what it records happens once,
         under this lock), so it is not looked up; the unique index still refuses a second.
         """
+        run_id = self._run_key[1]
         if new.key is not None and (pending := self._new_events.get(new.key)) is not None:
-            return _event(pending)
+            return EVENTS.load(pending)
         if new.key is not None and not unseen:
-            existing = self.conn.execute(records.EVENT_BY_KEY, {"key": new.key}).first()
+            existing = self.conn.execute(statements.EVENT_BY_KEY, {"key": new.key}).first()
             if existing is not None:
-                if existing.run_id != self._row.id:
+                if existing.run_id != run_id:
                     raise DevflowError(Code.INTERNAL, f"idempotency key {new.key!r} belongs to "
-                                       f"run {existing.run_id}, not {self._row.id}",
+                                       f"run {existing.run_id}, not {run_id}",
                                        hint="idempotency keys start with their run's id")
-                return _event(existing._mapping)
+                return EVENTS.load(existing._mapping)
         payload = dict(new.payload)
         if self._redact is not None:
             payload = self._redact(payload)
         self._seq += 1
-        key = new.key or f"{self._row.id}:{self._seq}"
-        row = {"run_id": self._row.id, "seq": self._seq, "type": new.type, "phase": new.phase,
+        key = new.key or f"{run_id}:{self._seq}"
+        row = {"run_id": run_id, "seq": self._seq, "type": new.type, "phase": new.phase,
                "payload": payload, "ts": self.now, "idem_key": key}
         self._new_events[key] = row
         if new.type in webhooks.EVENTS:  # the outbox row commits with its event
             self._inserts.append((WEBHOOK_OUTBOX, {
-                "run_id": self._row.id, "seq": self._seq, "type": new.type,
+                "run_id": run_id, "seq": self._seq, "type": new.type,
                 "phase": new.phase, "payload": payload, "ts": self.now, "fanned": False}))
-        appended = _event(row)
+        appended = EVENTS.load(row)
         self.events.append(appended)
         return appended
 
     # -- phases ----------------------------------------------------------------------------
-    def _phase_rows(self) -> dict[str, Record]:
-        if self._phases is None:
-            found = self.conn.execute(records.RUN_PHASES, {"run_id": self._row.id})
-            # a phase already held (and maybe changed) in this transaction stays the one
-            self._phases = {r.key: self._some_phases.get(r.key) or Record(PHASE, r._mapping)
-                            for r in found}
-        return self._phases
-
     def phases(self) -> list[model.Phase]:
-        return [rows.phase(p) for p in self._phase_rows().values()]
+        if not self._all_phases:
+            found = self.conn.execute(statements.RUN_PHASES, {"run_id": self._run_key[1]})
+            # in their order; a phase already held (and maybe changed) here stays the one
+            self._phase_ids = {r.key: self._keep(PHASE.name, PHASES.load(r._mapping)).id
+                               for r in found}
+            self._all_phases = True
+        return [self._rows[(PHASE.name, i)] for i in self._phase_ids.values()]
 
     def phase(self, key: str) -> model.Phase:
-        return rows.phase(self._phase_row(key))
-
-    def _phase_row(self, key: str) -> Record:
-        if self._phases is not None:
-            row = self._phases.get(key)
-        elif (row := self._some_phases.get(key)) is None:
+        phase_id = self._phase_ids.get(key)
+        if phase_id is None and not self._all_phases:
             # one row by its unique key, without loading the run's other phases
-            found = self.conn.execute(records.RUN_PHASE, {"run_id": self._row.id,
-                                                          "key": key}).first()
+            found = self.conn.execute(statements.RUN_PHASE, {"run_id": self._run_key[1],
+                                                             "key": key}).first()
             if found is not None:
-                row = self._some_phases[key] = Record(PHASE, found._mapping)
-        if row is None:
-            raise DevflowError(Code.INVALID_INPUT, f"run {self._row.id} has no phase {key!r}",
-                               hint=f"devflow run status {self._row.id}")
-        return row
+                phase_id = self._phase_ids[key] = self._keep(
+                    PHASE.name, PHASES.load(found._mapping)).id
+        if phase_id is None:
+            raise DevflowError(Code.INVALID_INPUT, f"run {self._run_key[1]} has no phase "
+                               f"{key!r}", hint=f"devflow run status {self._run_key[1]}")
+        held: model.Phase = self._rows[(PHASE.name, phase_id)]
+        return held
 
     def add_phases(self, defs: Sequence[PhaseDef], origin: str) -> list[model.Phase]:
-        existing = self._phase_rows()
+        existing = {p.key: p for p in self.phases()}
         position = max((p.position for p in existing.values()), default=0)
         values: list[dict[str, Any]] = []
         for d in defs:
             if d.key in existing or any(v["key"] == d.key for v in values):
-                raise DevflowError(Code.DUPLICATE_PHASE, f"run {self._row.id} already has a "
-                                   f"phase {d.key!r}", hint="phase keys must be unique in a run")
+                raise DevflowError(Code.DUPLICATE_PHASE, f"run {self._run_key[1]} already has "
+                                   f"a phase {d.key!r}", hint="phase keys must be unique in a run")
             position += 1
-            values.append({"run_id": self._row.id, "position": position, "key": d.key,
+            values.append({"run_id": self._run_key[1], "position": position, "key": d.key,
                            "origin": origin, "definition": d.to_json(),
                            "state": str(PhaseState.PENDING)})
         if not values:
             return []
-        added = [Record(PHASE, r._mapping)
-                 for r in self.conn.execute(records.INSERT_PHASES, values)]
-        existing.update((r.key, r) for r in added)
-        return [rows.phase(r) for r in added]
+        added = [self._keep(PHASE.name, PHASES.load(r._mapping))
+                 for r in self.conn.execute(statements.INSERT_PHASES, values)]
+        self._phase_ids.update((p.key, p.id) for p in added)
+        return added
 
     def move_phase(self, key: str, to: PhaseState, event: model.NewEvent | None = None,
                    **fields: Any) -> model.Phase:
-        if RunState(self._row.state) in states.TERMINAL:
+        if self._run_now.state in states.TERMINAL:
             raise DevflowError(Code.ILLEGAL_TRANSITION,
-                               f"run {self._row.id} is {self._row.state}: its phases never "
-                               f"change again", hint="a terminal run is final")
-        row = self._phase_row(key)
-        states.check_phase_move(PhaseState(row.state), to)
-        moved: dict[str, Any] = {"state": str(to)}
-        if to is PhaseState.RUNNING and row.started_at is None:
+                               f"run {self._run_key[1]} is {self._run_now.state}: its phases "
+                               f"never change again", hint="a terminal run is final")
+        phase = self.phase(key)
+        states.check_phase_move(phase.state, to)
+        moved: dict[str, Any] = {"state": to}
+        if to is PhaseState.RUNNING and phase.started_at is None:
             moved["started_at"] = self.now
         if to in states.PHASE_FINAL:
             moved["ended_at"] = self.now
-        row.set({**moved, **fields})
+        phase = self._change(PHASE.name, phase, **moved, **fields)
         if event is not None:
             self.event(event)
-        return rows.phase(row)
+        return phase
 
     def set_phase(self, key: str, **fields: Any) -> model.Phase:
         if "state" in fields:
             raise ValueError("a phase's state changes through move_phase only")
-        row = self._phase_row(key)
-        row.set(fields)
-        return rows.phase(row)
+        return self._change(PHASE.name, self.phase(key), **fields)
 
     # -- rows of the other tables ----------------------------------------------------------
-    def _insert(self, table: sa.Table, **values: Any) -> Record:
-        return self._hold(table, self.conn.execute(records.insert_returning(table),
-                                                    values).one()._mapping)
+    def _insert(self, table: sa.Table, **values: Any) -> Any:
+        found = self.conn.execute(statements.insert_returning(table), values).one()
+        return self._keep(table.name, rows.BY_TABLE[table.name].load(found._mapping))
 
-    def _get(self, table: sa.Table, row_id: int) -> Record | None:
-        held = self._held.get((table.name, row_id))
+    def _get(self, table: sa.Table, row_id: int) -> Any:
+        held = self._rows.get((table.name, row_id))
         if held is None:
-            found = self.conn.execute(records.by_id(table), {"id": row_id}).first()
+            found = self.conn.execute(statements.by_id(table), {"id": row_id}).first()
             if found is not None:
-                held = self._hold(table, found._mapping)
+                held = self._keep(table.name, rows.BY_TABLE[table.name].load(found._mapping))
         return held
 
-    def _query(self, table: sa.Table, query: sa.Select[Any]) -> list[Record]:
+    def _query(self, table: sa.Table, query: sa.Select[Any]) -> list[Any]:
         """The rows ``query`` finds, as the ones held where this transaction holds them."""
         self._flush()
-        return [self._hold(table, r._mapping) for r in self.conn.execute(query)]
+        mapper = rows.BY_TABLE[table.name]
+        return [self._keep(table.name, mapper.load(r._mapping)) for r in self.conn.execute(query)]
 
     # -- artifacts and invocations ---------------------------------------------------------
     def add_artifact(self, record: model.ArtifactRecord) -> None:
-        self._inserts.append((records.ARTIFACT, {
-            "run_id": record.run_id, "phase_key": record.phase_key, "attempt": record.attempt,
-            "path": record.path, "schema_id": record.schema_id, "sha256": record.sha256,
-            "size": record.size, "stored_path": record.stored_path,
-            "created_at": record.created_at}))
+        self._inserts.append((ARTIFACTS.table, ARTIFACTS.columns(record)))
 
     def start_invocation(self, **fields: Any) -> model.Invocation:
-        return rows.invocation(self._insert(INVOCATION, run_id=self._row.id,
-                                            started_at=self.now, **fields))
+        invocation: model.Invocation = self._insert(
+            INVOCATION, run_id=self._run_key[1], started_at=self.now, **fields)
+        return invocation
 
     def update_invocation(self, invocation: model.Invocation, **fields: Any) -> model.Invocation:
         """Change an invocation of this run.
@@ -295,15 +331,11 @@ class RunTx:
         of this run returned it) instead of being read again: only the changed columns
         are written, with this transaction's other writes.
         """
-        if invocation.run_id != self._row.id:
+        if invocation.run_id != self._run_key[1]:
             raise DevflowError(Code.INTERNAL, f"invocation {invocation.id} is not of run "
-                               f"{self._row.id}", hint="this is a bug in devflow")
-        row = self._held.get((INVOCATION.name, invocation.id))
-        if row is None:
-            row = self._hold(INVOCATION, {**{f: getattr(invocation, f) for f in _INVOCATION},
-                                          "argv": list(invocation.argv)})
-        row.set(fields)
-        return rows.invocation(row)
+                               f"{self._run_key[1]}", hint="this is a bug in devflow")
+        held = self._keep(INVOCATION.name, invocation)
+        return self._change(INVOCATION.name, held, **fields)
 
     def close_invocations(self, outcome: str, reason: str) -> list[model.Invocation]:
         """Close the run's unfinished invocations; their processes are the caller's to stop."""
@@ -313,56 +345,50 @@ class RunTx:
         return closed
 
     def open_invocations(self) -> list[model.Invocation]:
-        found = self._query(INVOCATION, sa.select(INVOCATION).where(
-            INVOCATION.c.run_id == self._row.id, INVOCATION.c.ended_at.is_(None))
+        return self._query(INVOCATION, sa.select(INVOCATION).where(
+            INVOCATION.c.run_id == self._run_key[1], INVOCATION.c.ended_at.is_(None))
             .order_by(INVOCATION.c.id))
-        return [rows.invocation(r) for r in found]
 
     # -- approvals -------------------------------------------------------------------------
     def open_approval(self, **fields: Any) -> model.Approval:
-        return rows.approval(self._insert(APPROVAL, run_id=self._row.id,
-                                          state=str(ApprovalState.PENDING),
-                                          opened_at=self.now, **fields))
+        approval: model.Approval = self._insert(
+            APPROVAL, run_id=self._run_key[1], state=str(ApprovalState.PENDING),
+            opened_at=self.now, **fields)
+        return approval
 
     def approvals(self, *, pending: bool = False) -> list[model.Approval]:
-        query = sa.select(APPROVAL).where(APPROVAL.c.run_id == self._row.id)
+        query = sa.select(APPROVAL).where(APPROVAL.c.run_id == self._run_key[1])
         if pending:
             query = query.where(APPROVAL.c.state == str(ApprovalState.PENDING))
-        return [rows.approval(r) for r in self._query(APPROVAL, query.order_by(APPROVAL.c.id))]
-
-    def _approval_row(self, approval_id: int) -> Record:
-        row = self._get(APPROVAL, approval_id)
-        if row is None or row.run_id != self._row.id:
-            raise DevflowError(Code.APPROVAL_NOT_FOUND, f"no approval request {approval_id} on "
-                               f"run {self._row.id}", hint=f"devflow approvals list --run "
-                               f"{self._row.id}")
-        return row
+        return self._query(APPROVAL, query.order_by(APPROVAL.c.id))
 
     def approval(self, approval_id: int) -> model.Approval:
-        return rows.approval(self._approval_row(approval_id))
+        approval: model.Approval | None = self._get(APPROVAL, approval_id)
+        if approval is None or approval.run_id != self._run_key[1]:
+            raise DevflowError(Code.APPROVAL_NOT_FOUND, f"no approval request {approval_id} on "
+                               f"run {self._run_key[1]}", hint=f"devflow approvals list --run "
+                               f"{self._run_key[1]}")
+        return approval
 
     def resolve_approval(self, approval_id: int, to: ApprovalState, *, by: str,
                          resolution: str) -> model.Approval:
-        row = self._approval_row(approval_id)
-        states.check_approval_move(ApprovalState(row.state), to)
-        row.set({"state": str(to), "resolved_at": self.now, "resolved_by": by,
-                 "resolution": resolution})
-        return rows.approval(row)
+        approval = self.approval(approval_id)
+        states.check_approval_move(approval.state, to)
+        return self._change(APPROVAL.name, approval, state=to, resolved_at=self.now,
+                            resolved_by=by, resolution=resolution)
 
     def set_approval(self, approval_id: int, **fields: Any) -> model.Approval:
         if "state" in fields:
             raise ValueError("an approval's state changes through resolve_approval only")
-        row = self._approval_row(approval_id)
-        row.set(fields)
-        return rows.approval(row)
+        return self._change(APPROVAL.name, self.approval(approval_id), **fields)
 
     def decision_by_token(self, approval_id: int, token: str) -> model.Decision | None:
         if token in self._unused_tokens:  # looked up in the whole run already
-            self._approval_row(approval_id)  # (which holds this request)
+            self.approval(approval_id)  # (which holds this request)
             return None
-        found = self._query(DECISION, sa.select(DECISION).where(
+        found: list[model.Decision] = self._query(DECISION, sa.select(DECISION).where(
             DECISION.c.approval_id == approval_id, DECISION.c.client_token == token))
-        return rows.decision(found[0]) if found else None
+        return found[0] if found else None
 
     def gate(self, token: str) -> tuple[list[model.Approval], model.Decision | None]:
         """The run's pending requests and the decision ``token`` made in the run, if any.
@@ -370,47 +396,40 @@ class RunTx:
         One query; the requests and the decision are held like rows read one by one.
         """
         self._flush()
-        pending, decided = [], None
-        for r in self.conn.execute(records.GATE, {"run_id": self._row.id, "token": token}):
-            approval = self._hold(APPROVAL, records.columns(APPROVAL, r._mapping))
+        pending: list[model.Approval] = []
+        decided: model.Decision | None = None
+        for r in self.conn.execute(statements.GATE, {"run_id": self._run_key[1],
+                                                     "token": token}):
+            approval = self._keep(APPROVAL.name, APPROVALS.load(r._mapping))
             if r.d_id is not None and decided is None:  # the first, as deciding()
-                decided = self._hold(DECISION, records.columns(DECISION, r._mapping, "d_"))
-            if approval.state == str(ApprovalState.PENDING):
-                pending.append(rows.approval(approval))
+                decided = self._keep(DECISION.name, DECISIONS.load(r._mapping, "d_"))
+            if approval.state is ApprovalState.PENDING:
+                pending.append(approval)
         if decided is None:
             self._unused_tokens.add(token)
-        return pending, rows.decision(decided) if decided else None
-
-    def _hold(self, table: sa.Table, values: Mapping[Any, Any], *, new: bool = False) -> Record:
-        row = self._held.get((table.name, values["id"]))
-        if row is None:
-            row = self._held[(table.name, values["id"])] = Record(table, values, new=new)
-        return row
+        return pending, decided
 
     def add_decision(self, **fields: Any) -> model.Decision:
         self._unused_tokens.discard(fields["client_token"])
         decision_id, self._decision_id = self._decision_id, None
         if decision_id is None:
-            return rows.decision(self._insert(DECISION, created_at=self.now, **fields))
+            decision: model.Decision = self._insert(DECISION, created_at=self.now, **fields)
+            return decision
         # its id known, it is inserted whole with the other writes, as the transaction
         # leaves it (its outcome is set later)
-        return rows.decision(self._hold(DECISION, {
+        return self._keep(DECISION.name, DECISIONS.load({
             **dict.fromkeys(DECISION.c.keys()), "sections": {}, "evidence": {}, "outcome": {},
-            "id": decision_id, "created_at": self.now, **fields}, new=True))
+            "id": decision_id, "created_at": self.now, **fields}), new=True)
 
     def decision_outcome(self, decision_id: int) -> dict[str, Any]:
-        row = self._get(DECISION, decision_id)
-        return dict(row.outcome) if row else {}
+        decision: model.Decision | None = self._get(DECISION, decision_id)
+        return dict(decision.outcome) if decision else {}
 
     def set_decision_outcome(self, decision_id: int, outcome: Mapping[str, Any]) -> None:
-        row = self._get(DECISION, decision_id)
-        if row is not None:
-            row.set({"outcome": dict(outcome)})
+        decision = self._get(DECISION, decision_id)
+        if decision is not None:
+            self._change(DECISION.name, decision, outcome=dict(outcome))
 
 
-_INVOCATION = tuple(f.name for f in fields(model.Invocation))
-
-
-def _event(row: Mapping[Any, Any]) -> model.Event:
-    return model.Event(run_id=row["run_id"], seq=row["seq"], type=row["type"],
-                       phase=row["phase"], payload=row["payload"], ts=row["ts"])
+#: a row this transaction holds that the database does not have yet
+_NEW: Final = object()

@@ -1,9 +1,11 @@
 """The tables, one per concept of DESIGN.md §1, with the indexes the hot queries use.
 
 One schema for SQLite and PostgreSQL, declared with SQLAlchemy Core: the store reads and
-writes with Core statements (``devflow.store.records``) and turns rows into the frozen
-values of ``devflow.model`` (``devflow.store.rows``), so nothing needs mapped classes,
-and a command that only reads imports no ORM (docs/performance.md, "Read commands").
+writes with Core statements (``devflow.store.statements``), and each table's rows are
+the frozen values of ``devflow.model``, mapped by one generic mapper
+(``devflow.store.rows``, which checks at import that every column has its field): no
+mapped classes, and a command that only reads imports no ORM (docs/performance.md,
+"Read commands").
 Times are stored as UTC and come back aware; JSON columns hold definitions, payloads
 and evidence. Constraint and index names are fixed by a naming convention so that
 errors can be told apart by name and the migrations name the same things on both
@@ -17,6 +19,8 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.types import TypeDecorator
+
+from devflow.model import NO_CONTROL
 
 METADATA: Final = sa.MetaData(naming_convention={
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -125,7 +129,10 @@ PHASE: Final = sa.Table(
     _int("round", 0), _str("artifact_sha", 64, null=True), _str("artifact_stored", null=True),
     _str("checkpoint_sha", 64, null=True), _time("started_at", null=True),
     _time("ended_at", null=True), _str("failure_code", 64, null=True),
-    _text("failure_reason", null=True), _json("feedback"), _int("tokens_in", 0),
+    _text("failure_reason", null=True),
+    # what steers the next attempt: model.PhaseControl's JSON, every key present
+    sa.Column("control", sa.JSON(), nullable=False, default=NO_CONTROL.to_json),
+    _int("tokens_in", 0),
     _int("tokens_out", 0), _float("cost_usd", 0.0),
     sa.UniqueConstraint("run_id", "key"),
     sa.UniqueConstraint("run_id", "position"),

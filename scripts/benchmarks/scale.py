@@ -14,8 +14,10 @@ import sqlalchemy as sa
 from common import Figure, Report, Stat, make_app, repeat
 
 from devflow.app import App
+from devflow.model import NO_CONTROL
 from devflow.states import RunState
 
+_NO_CONTROL = json.dumps(NO_CONTROL.to_json())
 _STATES = ["completed"] * 95 + ["failed"] * 2 + ["executing"] + ["awaiting_approval"] * 2
 
 
@@ -57,8 +59,8 @@ def fill(url: str, runs: int, events_per_run: int) -> None:
                 "updated_at, ended_at, last_seq, report_status, lease_fence, recoveries, "
                 "tokens_in, tokens_out, cost_usd", [(*r, 0, 0, 0, 0, 0.0) for r in run_rows])
         _insert(raw, url, "run_phase", "run_id, position, key, origin, definition, state, "
-                "attempt, repairs, round, feedback, tokens_in, tokens_out, cost_usd",
-                [(*r, 0, 1, "{}", 0, 0, 0.0) for r in phase_rows])
+                "attempt, repairs, round, control, tokens_in, tokens_out, cost_usd",
+                [(*r, 0, 1, _NO_CONTROL, 0, 0, 0.0) for r in phase_rows])
         _insert(raw, url, "approval_request", "run_id, phase_key, gate, round, state, message, "
                 "options, approvers, opened_at, next_due_at, escalation_applied",
                 [(*r, 0) for r in approval_rows])

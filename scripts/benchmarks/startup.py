@@ -6,7 +6,6 @@ import contextlib
 from pathlib import Path
 
 import anyio
-
 from common import Figure, Report, Stat, calls_timed, make_app, start_request, synthetic_repo, timed
 
 from devflow import git, worktree

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from common import Figure, Report, make_app, pg_database, start_request, synthetic_repo
 
 from devflow.states import RunState
-from devflow.store.records import EVENT
+from devflow.store.tables import EVENT
 
 
 def run(report: Report, root: Path, runs: int, sleeping_runs: int, templates: Path,

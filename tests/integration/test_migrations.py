@@ -3,10 +3,12 @@ downgrade and upgrade again over data, and the embedded database's self-upgrade.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -14,11 +16,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from devflow import model
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
 from devflow.store import Database, Limits, Store, migrate
 from devflow.store.migrations import HEAD
-from devflow.store.tables import METADATA
+from devflow.store.tables import METADATA, PHASE
 from tests.conftest import _pg_admin, pg_url_for
 from tests.integration.test_store_properties import new_run
 
@@ -246,3 +249,77 @@ def test_an_unsupported_database_url_is_config_invalid() -> None:
     with pytest.raises(DevflowError) as caught:
         Database("mysql://u@h/db")
     assert caught.value.code is Code.CONFIG_INVALID
+
+
+#: phases' ``feedback`` as devflow wrote it before 0009 (phase control), and the control
+#: value each becomes
+_OLD_FEEDBACK: list[tuple[dict[str, Any], model.PhaseControl]] = [
+    ({"interrupted": True, "reset_to": "a" * 40, "note": "never read: dropped"},
+     model.PhaseControl(interrupted=True, reset_to="a" * 40)),
+    ({"repair": {"code": "artifact_invalid",
+                 "errors": [{"pointer": "/title", "message": "is required"}]},
+      "interrupted": True, "reset_to": None},
+     model.PhaseControl(interrupted=True, repair=model.Repair(
+         "artifact_invalid", (model.Refusal("/title", "is required"),)))),
+    ({"changes": {"actor": "ann", "comment": "shorter",
+                  "rejected_sections": [{"key": "scope", "comment": None}]},
+      "reset_to": "b" * 40},
+     model.PhaseControl(reset_to="b" * 40, changes=model.Changes(
+         "ann", "shorter", (model.RejectedSection("scope"),)))),
+    ({"sections": {"one": "approve", "two": "reject"}, "plan_applied": True},
+     model.PhaseControl(sections={"one": "approve", "two": "reject"}, plan_applied=True)),
+]
+
+
+def test_phase_feedback_becomes_typed_control(empty_url: str) -> None:
+    """0009 converts each phase's old ``feedback`` into its control value,
+    and back on downgrade (the keys that were set)."""
+    db = Database(empty_url)
+    try:
+        migrate.upgrade(db)
+        _store_a_run(empty_url, "ctl-1")
+        _store_a_run(empty_url, "ctl-2")  # its phases' feedback stays {}
+        assert migrate.downgrade(db, "0008") == "0008"
+        with db.engine.begin() as conn:
+            ids = list(conn.execute(sa.text(
+                "SELECT id FROM run_phase WHERE run_id = 'ctl-1' ORDER BY position")).scalars())
+            assert len(ids) >= len(_OLD_FEEDBACK)
+            for phase_id, (old, _) in zip(ids, _OLD_FEEDBACK, strict=False):
+                conn.execute(sa.text("UPDATE run_phase SET feedback = :f WHERE id = :id")
+                             .bindparams(sa.bindparam("f", type_=sa.JSON())),
+                             {"f": old, "id": phase_id})
+        assert migrate.upgrade(db) == HEAD
+        assert _diffs(db) == []
+        with db.engine.connect() as conn:
+            stored = dict(conn.execute(sa.select(PHASE.c.id, PHASE.c.control)).all())
+        assert all(set(value) == set(model.CONTROL_KEYS) for value in stored.values())
+        store = Store.open(empty_url, migrate_now=False)
+        try:
+            phases = store.runs.phases("ctl-1")
+            untouched = store.runs.phases("ctl-2")
+        finally:
+            store.close()
+        for phase, (_, control) in zip(phases, _OLD_FEEDBACK, strict=False):
+            assert phase.control == control
+        assert untouched and all(p.control == model.NO_CONTROL for p in untouched)
+        # and back: the old shape of each, the keys devflow never read gone
+        assert migrate.downgrade(db, "0003") == "0003"
+        with db.engine.connect() as conn:
+            old = [json.loads(v) if isinstance(v, str) else v for v in conn.execute(sa.text(
+                "SELECT feedback FROM run_phase WHERE run_id = 'ctl-1' ORDER BY position"))
+                .scalars()]
+        assert old[0] == {"interrupted": True, "reset_to": "a" * 40}
+        assert old[3] == {"sections": {"one": "approve", "two": "reject"}, "plan_applied": True}
+    finally:
+        db.dispose()
+
+
+def test_a_control_value_of_another_shape_is_refused() -> None:
+    good = model.PhaseControl(interrupted=True, changes=model.Changes("ann")).to_json()
+    assert model.PhaseControl.from_json(good) == model.PhaseControl(
+        interrupted=True, changes=model.Changes("ann"))
+    for bad in ({**good, "extra": 1}, {k: v for k, v in good.items() if k != "repair"},
+                {**good, "interrupted": "yes"}, {**good, "changes": {"actor": "ann"}},
+                {**good, "sections": {"a": 1}}, {}, []):
+        with pytest.raises(ValueError, match="phase control"):
+            model.PhaseControl.from_json(bad)

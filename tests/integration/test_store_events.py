@@ -17,7 +17,7 @@ from devflow import model
 from devflow.catalog import Catalog, Dirs
 from devflow.errors import Code, DevflowError
 from devflow.states import PhaseState, RunState
-from devflow.store import Limits, RunTx, Store, records
+from devflow.store import Limits, RunTx, Store, statements
 from devflow.store.tables import EVENT, PHASE, RUN
 from tests.conftest import pg_url_for
 from tests.integration.test_store_properties import new_run
@@ -150,6 +150,10 @@ def test_foreign_keys_are_enforced(store: Store) -> None:
     assert _count(store, PHASE, run_id="no-such-run") == 0
 
 
+_KEPT = model.PhaseControl(changes=model.Changes("kept"))
+_HOLDER = model.PhaseControl(reset_to="holder")
+
+
 def test_one_change_writes_every_row_it_changed_and_its_events_in_order(
         store: Store, catalog: Catalog) -> None:
     """The run, two phases, an approval and a decision changed, five events appended: on
@@ -159,7 +163,7 @@ def test_one_change_writes_every_row_it_changed_and_its_events_in_order(
     def many(tx: RunTx) -> int:
         tx.move_run(RunState.EXECUTING, model.NewEvent("run.executing"))
         tx.move_phase("spec", PhaseState.RUNNING, model.NewEvent("phase.started", "spec"))
-        tx.set_phase("plan", feedback={"note": "kept"})
+        tx.set_phase("plan", control=_KEPT)
         approval = tx.open_approval(phase_key="spec", gate="spec_review", round=1,
                                     message="Review.", options=["approve"])
         decision = tx.add_decision(approval_id=approval.id, client_token="t-all",
@@ -175,7 +179,7 @@ def test_one_change_writes_every_row_it_changed_and_its_events_in_order(
     phases = {p.key: p for p in store.runs.phases("ev-all")}
     assert run.state is RunState.EXECUTING and run.last_seq == 7
     assert phases["spec"].state is PhaseState.RUNNING and phases["spec"].started_at
-    assert phases["plan"].feedback == {"note": "kept"}
+    assert phases["plan"].control == _KEPT
     assert store.approvals.get(approval_id).warned_at is not None
     [decision] = store.approvals.decisions(approval_id=approval_id)
     assert store.runs.change("ev-all", lambda tx: tx.decision_outcome(decision.id)) \
@@ -209,7 +213,7 @@ def test_a_change_that_waited_for_the_lock_reads_its_phase_as_the_holder_left_it
     holding, release = threading.Event(), threading.Event()
 
     def holder(tx: RunTx) -> None:
-        tx.set_phase("spec", feedback={"by": "holder"})
+        tx.set_phase("spec", control=_HOLDER)
         holding.set()
         assert release.wait(30)
 
@@ -218,14 +222,14 @@ def test_a_change_that_waited_for_the_lock_reads_its_phase_as_the_holder_left_it
     assert holding.wait(30)
     seen: list[object] = []
     second = threading.Thread(target=lambda: seen.append(store.runs.change(
-        "ev-wait", lambda tx: tx.phase("spec").feedback, phase="spec")))
+        "ev-wait", lambda tx: tx.phase("spec").control, phase="spec")))
     second.start()
     time.sleep(0.5)  # the second waits for the lock
     assert seen == []
     release.set()
     first.join(30)
     second.join(30)
-    assert seen == [{"by": "holder"}]
+    assert seen == [_HOLDER]
 
 
 def test_an_unseen_key_used_twice_in_one_change_is_one_event(store: Store,
@@ -407,7 +411,7 @@ def test_a_decisions_reads_find_requests_through_the_run_index(tmp_path: Path) -
     store = Store.open(f"sqlite:///{tmp_path / 'plans.db'}")
     try:
         with store.db.engine.connect() as conn:
-            for query in (records.RUN_GATE, records.GATE):
+            for query in (statements.RUN_GATE, statements.GATE):
                 sql = str(query.compile(dialect=conn.dialect))
                 plan = [str(r[-1]) for r in conn.exec_driver_sql(
                     "EXPLAIN QUERY PLAN " + sql, ("x",) * sql.count("?"))]

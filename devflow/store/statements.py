@@ -1,13 +1,12 @@
-"""Rows a transaction holds and changes, read and written with SQLAlchemy Core.
-
-A ``Record`` is a row's columns as attributes (so ``devflow.store.rows`` turns it into
-a model value like any row) plus the columns changed since it was read. The hot
-transactions (a phase's begin and verdict, a decision) read and write through these
-instead of the ORM's unit of work: the ORM spent about four fifths of their time on
-building, instrumenting and flushing SQLModel objects, not in the database.
+"""The store's statements, built once with SQLAlchemy Core, and the writes of a transaction.
 
 Statements are built once here and executed with parameters, so SQLAlchemy compiles
-each shape once per process.
+each shape once per process. A row changes by an explicit ``UPDATE`` of the columns
+that changed (``update``; ``devflow.store.rows`` says which differ between the value
+read and the value written), a row is added by an ``INSERT`` of its columns. A
+transaction of a run (``RunTx``) collects its changes and writes them before its next
+query and at its end; on PostgreSQL its last writes go as one statement
+(``write_together``).
 """
 
 from __future__ import annotations
@@ -33,76 +32,48 @@ from devflow.store.tables import (
 )
 
 __all__ = ["APPROVAL", "ARTIFACT", "BINDING", "DECISION", "EVENT", "INVOCATION", "PHASE", "RUN",
-           "Record"]
+           "Insert", "Update", "update", "write", "write_together"]
 
-_COLUMNS: dict[str, frozenset[str]] = {
-    t.name: frozenset(t.c.keys())
-    for t in (RUN, PHASE, EVENT, INVOCATION, APPROVAL, DECISION, ARTIFACT, BINDING)}
-
-
-class Record:
-    """One row's columns as attributes, and which of them changed since it was read; or a
-    row to insert (``new``: every column given, its id too), written whole."""
-
-    def __init__(self, table: sa.Table, values: Mapping[Any, Any], *, new: bool = False) -> None:
-        self.__dict__.update(values)
-        self._table = table
-        self._changed: dict[str, Any] = {}
-        self._new = new
-
-    def __getattr__(self, name: str) -> Any:  # only for names that are not columns
-        raise AttributeError(f"{self._table.name} has no column {name!r}")
-
-    def set(self, fields: Mapping[str, Any]) -> None:
-        unknown = set(fields) - _COLUMNS[self._table.name]
-        if unknown:
-            raise ValueError(f"{self._table.name} has no column {sorted(unknown)}")
-        self.__dict__.update(fields)
-        self._changed.update(fields)
-
-    def write(self, conn: sa.Connection) -> None:
-        """UPDATE the changed columns, by primary key (nothing when nothing changed); a
-        new row is inserted."""
-        if self._new:
-            conn.execute(plain_insert(self._table), self.values())
-            self._new, self._changed = False, {}
-        elif self._changed:
-            conn.execute(_UPDATES[self._table.name], {"key_": self.__dict__["id"], **self._changed})
-            self._changed = {}
-
-    def values(self) -> dict[str, Any]:
-        return {c: self.__dict__[c] for c in _COLUMNS[self._table.name]}
+#: a change to one row: its table, its id, the columns to set
+Update = tuple[sa.Table, Any, Mapping[str, Any]]
+#: a row to add: its table and every column given
+Insert = tuple[sa.Table, Mapping[str, Any]]
 
 
-def write_together(conn: sa.Connection, rows: Sequence[Record],
-                   inserts: Sequence[tuple[sa.Table, dict[str, Any]]],
+def update(conn: sa.Connection, table: sa.Table, row_id: Any, columns: Mapping[str, Any]) -> None:
+    """UPDATE the ``columns`` of the row ``row_id`` of ``table`` (nothing when none)."""
+    if columns:
+        conn.execute(_UPDATES[table.name], {"key_": row_id, **columns})
+
+
+def write(conn: sa.Connection, updates: Sequence[Update], inserts: Sequence[Insert]) -> None:
+    """The updates, then the inserts, one statement each."""
+    for table, row_id, columns in updates:
+        update(conn, table, row_id, columns)
+    for table, values in inserts:
+        conn.execute(plain_insert(table), values)
+
+
+def write_together(conn: sa.Connection, updates: Sequence[Update], inserts: Sequence[Insert],
                    events: list[dict[str, Any]]) -> None:
-    """The changed rows' UPDATEs, plain INSERTs and the new events as one statement
-    (PostgreSQL).
+    """The updates, the inserts and the new events as one statement (PostgreSQL).
 
     All but the last statement become data-modifying CTEs, which PostgreSQL runs once
     each, to completion, whether or not the outer statement reads them: one round trip
-    instead of one per row. Each row is updated once, as the CTEs share one snapshot.
-    The events travel as one array per column, so that every count of events is the
-    same statement. Statements are built once per shape (which tables, which columns)
-    and take their values as parameters.
+    instead of one per row. Each row is updated once (one ``Update`` a row), as the CTEs
+    share one snapshot. The events travel as one array per column, so that every count
+    of events is the same statement. Statements are built once per shape (which tables,
+    which columns) and take their values as parameters.
     """
-    changed = [r for r in rows if r._changed and not r._new]
-    new = [r for r in rows if r._new]
-    if new:  # inserted with their values as the transaction leaves them
-        inserts = [*inserts, *((r._table, r.values()) for r in new)]
-        for r in new:
-            r._new, r._changed = False, {}
-    shape = (tuple((r._table.name, tuple(r._changed)) for r in changed),
+    shape = (tuple((t.name, tuple(columns)) for t, _, columns in updates),
              tuple((t.name, tuple(values)) for t, values in inserts), bool(events))
     statement = _TOGETHER.get(shape)
     if statement is None:
-        statement = _TOGETHER[shape] = _together(changed, inserts, bool(events))
+        statement = _TOGETHER[shape] = _together(updates, inserts, bool(events))
     params: dict[str, Any] = {}
-    for i, r in enumerate(changed):
-        params[f"w{i}__id"] = r.__dict__["id"]
-        params.update((f"w{i}_{c}", v) for c, v in r._changed.items())
-        r._changed = {}
+    for i, (_, row_id, columns) in enumerate(updates):
+        params[f"w{i}__id"] = row_id
+        params.update((f"w{i}_{c}", v) for c, v in columns.items())
     for j, (_, values) in enumerate(inserts):
         params.update((f"i{j}_{c}", v) for c, v in values.items())
     if events:
@@ -111,12 +82,12 @@ def write_together(conn: sa.Connection, rows: Sequence[Record],
         conn.execute(statement, params)
 
 
-def _together(changed: Sequence[Record], inserts: Sequence[tuple[sa.Table, dict[str, Any]]],
+def _together(updates: Sequence[Update], inserts: Sequence[Insert],
               events: bool) -> sa.Executable | None:
     parts: list[sa.UpdateBase] = [
-        sa.update(r._table).where(r._table.c.id == bindparam(f"w{i}__id"))
-        .values({c: bindparam(f"w{i}_{c}") for c in r._changed})
-        for i, r in enumerate(changed)]
+        sa.update(table).where(table.c.id == bindparam(f"w{i}__id"))
+        .values({c: bindparam(f"w{i}_{c}") for c in columns})
+        for i, (table, _, columns) in enumerate(updates)]
     parts += [sa.insert(table).values({c: bindparam(f"i{j}_{c}") for c in values})
               for j, (table, values) in enumerate(inserts)]
     if events:
@@ -150,11 +121,6 @@ def _insert_event_arrays() -> sa.Insert:
     return sa.insert(EVENT).from_select(columns, sa.select(*(
         sa.func.unnest(bindparam(f"ev_{c}", type_=postgresql.ARRAY(_unbounded(EVENT.c[c].type))))
         for c in columns)))
-
-
-def columns(table: sa.Table, values: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """``table``'s columns out of a row that may hold others: those named ``prefix`` + key."""
-    return {c.key: values[f"{prefix}{c.key}"] for c in table.c}
 
 
 # The SET clause comes from the parameters' keys, so one statement serves every shape.
