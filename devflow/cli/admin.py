@@ -248,11 +248,15 @@ def worktree_prune(state: State, older_than: str | None, delete_branches: bool,
         click.echo(f"    to remove it anyway: {output.commands(item['force'])}")
     worktrees = sum(1 for i in acted if i["worktree"])
     branches = sum(1 for i in acted if i["branch"])
-    summary = f"{worktrees} worktree(s) {remove}"
+    summary = f"{remove} {_count(worktrees, 'worktree')}"
     if delete_branches:
-        summary += f", {branches} branch(es) {delete}"
-    summary += f", {len(kept)} kept"
+        summary += f", {delete} {_count(branches, 'branch', 'branches')}"
+    summary += f", kept {len(kept)}"
     click.echo(f"{summary}; {'would free' if dry_run else 'freed'} {freed / 1e6:.1f} MB")
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def register(cli: click.Group) -> None:

@@ -74,11 +74,11 @@ def test_prune_keeps_work_found_nowhere_else_until_forced(cli: Cli, repo: Path,
     assert f"{clean['id']}  would remove {clean['worktree']}" in text
     assert f"{untracked['id']}  kept {untracked['worktree']}: 1 untracked file(s)" in text
     assert f"to remove it anyway: devflow worktree prune --force {changed['id']}" in text
-    assert "1 worktree(s) would remove, 3 kept; would free" in text
+    assert "would remove 1 worktree, kept 3; would free" in text
     assert "deleted" not in text and "removed" not in text
     text = cli("worktree", "prune", "--delete-branches", "--dry-run", check=0).stdout
     assert f"would delete branch {clean['branch']}" in text
-    assert "1 branch(es) would delete" in text
+    assert "would delete 1 branch" in text
     assert "deleted" not in text and "removed" not in text
     assert git.run(["rev-parse", "--verify", f"refs/heads/{clean['branch']}"], repo,
                    check=False).returncode == 0
