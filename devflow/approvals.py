@@ -149,6 +149,10 @@ def decide_in(tx: RunTx, req: DecisionRequest, approval_id: int,
     approval = tx.approval(approval_id)
     existing = tx.decision_by_token(approval_id, req.token)
     if existing is not None:
+        if existing.actor != req.actor:  # a replay is its decider's: nobody else learns of it
+            raise DevflowError(Code.APPROVAL_CONFLICT,
+                               f"token {req.token} was already used on approval {approval_id} "
+                               f"by someone else", hint="a new decision needs a new token")
         if existing.action != req.action:
             raise DevflowError(Code.APPROVAL_CONFLICT,
                                f"token {req.token} was already used to {existing.action} "

@@ -144,9 +144,12 @@ def command(spec: Spec, bwrap: str) -> list[str]:
     for hidden in masks:
         argv += ["--tmpfs", str(hidden)] if hidden.is_dir() else \
             ["--ro-bind", "/dev/null", str(hidden)]
-    # what was asked for on its own inside a mask comes back over it
+    # a tool the persona needs, or a piece of the run, inside a mask comes back over it;
+    # a persona's own extra paths never do: they cannot show devflow's files again
+    persona = {*spec.read_only, *spec.writable}
     for flag, path in shown:
-        if any(_inside(path, mask) and path != mask for mask in masks):
+        if path not in persona and any(_inside(path, mask) and path != mask
+                                       for mask in masks):
             argv += [flag, str(path), str(path)]
     argv += ["--bind", str(spec.worktree), str(spec.worktree),
              "--bind", str(spec.home), str(spec.home)]

@@ -15,8 +15,7 @@ from devflow import model, worktree
 from devflow.backends import sandbox
 from devflow.backends.base import Command, Task
 from devflow.engine.context import Context
-
-_SQLITE: str = "sqlite:///"
+from devflow.store import sqlite_file
 
 
 def argv(ctx: Context, run: model.Run, task: Task, command: Command,
@@ -49,12 +48,13 @@ def view(ctx: Context, run: model.Run, task: Task, command: Command) -> sandbox.
 
 
 def _path(text: str) -> Path:
-    return Path(os.path.expanduser(text))
+    """A persona's extra path as bubblewrap and the masks will meet it (links resolved)."""
+    return Path(os.path.expanduser(text)).resolve()
 
 
 def _database_files(url: str) -> list[Path]:
     """An SQLite database's file and the files beside it (journal, WAL, shared memory)."""
-    if not url.startswith(_SQLITE):
+    path = sqlite_file(url)
+    if path is None:
         return []
-    path = Path(url[len(_SQLITE):].split("?", 1)[0]).expanduser().resolve()
     return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import anyio
 
@@ -27,6 +28,21 @@ from devflow.store import Due
 log = logs.get_logger("devflow.webhooks")
 
 TIMEOUT = 10.0
+#: how long a server holds the messages it took to send (20 at most, each within TIMEOUT):
+#: another server sending for the same endpoint leaves them alone meanwhile
+CLAIM = 20 * TIMEOUT + 60.0
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A 3xx is the endpoint's answer, not a place to send the message again: urllib
+    would re-send the POST as a GET without its body (and to any scheme or host)."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 async def deliver(ctx: Context, endpoints: Sequence[webhooks.Endpoint], base_url: str,
@@ -57,10 +73,12 @@ async def _serve(ctx: Context, endpoint: webhooks.Endpoint, base_url: str, stop:
                  poll: float) -> None:
     while not stop.is_set():
         try:
-            due = await ctx.call(ctx.store.outbox.due, endpoint.key)
-            for item in due:
+            due = await ctx.call(ctx.store.outbox.due, endpoint.key, 20, CLAIM)
+            for i, item in enumerate(due):
                 if not await _send(ctx, endpoint, base_url, item):
-                    break  # to be tried again later (those after it wait), or disabled
+                    # to be tried again later (those after it wait, due again), or disabled
+                    await ctx.call(ctx.store.outbox.release, [d.id for d in due[i + 1:]])
+                    break
         except Exception as exc:  # noqa: BLE001 - as above: try again at the next look
             log.warning("webhook_delivery_failed", endpoint=endpoint.shown, error=str(exc))
         await anyio.sleep(poll)
@@ -101,8 +119,9 @@ def _post(endpoint: webhooks.Endpoint, message_id: str, body: bytes,
         "webhook-id": message_id, "webhook-timestamp": str(timestamp),
         "webhook-signature": webhooks.sign(endpoint.secrets, message_id, timestamp, body)})
     try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:  # noqa: S310 - as above
-            return int(response.status), None
+        with _OPENER.open(request, timeout=TIMEOUT) as response:
+            status = int(response.status)
+            return (status, None) if status < 300 else (status, f"HTTP {status}")
     except urllib.error.HTTPError as exc:
         return exc.code, f"HTTP {exc.code}"
     except (urllib.error.URLError, OSError) as exc:

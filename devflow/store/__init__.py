@@ -14,7 +14,7 @@ from devflow.model import utcnow
 from devflow.requests import TickClaim
 from devflow.store import migrate
 from devflow.store.approvals import Approvals
-from devflow.store.database import Database
+from devflow.store.database import Database, sqlite_file
 from devflow.store.events import Events
 from devflow.store.leases import Claimed, Leases
 from devflow.store.outbox import Due, Outbox
@@ -25,7 +25,7 @@ from devflow.store.tokens import Tokens
 from devflow.store.triggers import Triggers
 
 __all__ = ["Claimed", "Database", "Due", "History", "Limits", "NewRun", "Ports", "RunTx",
-           "Store", "TickClaim"]
+           "Store", "TickClaim", "sqlite_file"]
 
 
 class Store:

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
@@ -165,6 +166,15 @@ class Database:
         if not self.is_sqlite:
             key = int.from_bytes(name.encode()[:8].ljust(8, b"\0"), "big", signed=True)
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite database URL (any driver: ``sqlite://``, ``sqlite+pysqlite://``);
+    None for another database or one in memory."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser().resolve()
 
 
 def _configure_sqlite(engine: sa.Engine, busy_timeout_ms: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,9 +49,15 @@ class Outbox:
             return len(found)
         return self.db.write(tx)
 
-    def due(self, endpoint: str, limit: int = 20) -> list[Due]:
-        """The endpoint's pending messages in order, up to the first whose next try is not
-        due yet (an endpoint gets its messages in order); none once it is disabled."""
+    def due(self, endpoint: str, limit: int = 20, hold: float = 300.0) -> list[Due]:
+        """Claim the endpoint's pending messages in order, up to the first whose next try
+        is not due yet (an endpoint gets its messages in order); none once it is disabled.
+
+        Claimed: their next try is moved ``hold`` seconds on in the same transaction, so
+        another server sending for the same endpoint finds them not due and waits (one
+        send each, in order). ``record`` (or ``release``, for those not tried) ends the
+        claim; a sender that died leaves them to be tried again once ``hold`` passed.
+        """
         query = (sa.select(WEBHOOK_DELIVERY.c.id, WEBHOOK_DELIVERY.c.attempts,
                            WEBHOOK_DELIVERY.c.next_at, WEBHOOK_OUTBOX)
                  .join(WEBHOOK_OUTBOX, WEBHOOK_OUTBOX.c.id == WEBHOOK_DELIVERY.c.outbox_id)
@@ -61,6 +67,7 @@ class Outbox:
                  .order_by(WEBHOOK_DELIVERY.c.id).limit(limit))
 
         def tx(conn: sa.Connection) -> list[Due]:
+            self.db.serialize(conn, f"wh{endpoint[:6]}")  # senders of one endpoint in turn
             now = self.clock()
             found = []
             for r in conn.execute(query):
@@ -69,8 +76,20 @@ class Outbox:
                 found.append(Due(r[0], r[1], {"run_id": r.run_id, "seq": r.seq,
                                               "type": r.type, "phase": r.phase,
                                               "payload": r.payload, "ts": r.ts.isoformat()}))
+            if found:
+                conn.execute(sa.update(WEBHOOK_DELIVERY).where(
+                    WEBHOOK_DELIVERY.c.id.in_([d.id for d in found]))
+                    .values(next_at=now + timedelta(seconds=hold)))
             return found
-        return self.db.read(tx)
+        return self.db.write(tx)
+
+    def release(self, delivery_ids: Sequence[int]) -> None:
+        """End the claim of messages ``due`` returned but that were not tried: due again."""
+        if delivery_ids:
+            self.db.write(lambda conn: conn.execute(
+                sa.update(WEBHOOK_DELIVERY).where(WEBHOOK_DELIVERY.c.id.in_(list(delivery_ids)),
+                                                  WEBHOOK_DELIVERY.c.state == PENDING)
+                .values(next_at=self.clock())))
 
     def record(self, delivery_id: int, *, state: str, status: int | None,
                error: str | None, next_at: datetime | None = None) -> None:

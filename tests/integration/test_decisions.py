@@ -283,6 +283,20 @@ def test_same_token_replays_and_another_action_with_it_conflicts(gapp: App, repo
     assert len(gapp.store.approvals.decisions(approval_id=view.gate.id)) == 1
 
 
+def test_a_replay_is_its_deciders_only(gapp: App, repo: Path) -> None:
+    """Another actor holding the token (it shows in the approvals' JSON) learns nothing:
+    the replay is refused as a conflict, and nothing changes."""
+    view = start(gapp, repo)
+    token = new_token()
+    decide(gapp, view.run.id, "approve", token=token, actor="alice")
+    before = snapshot(gapp, view.run.id)
+    error = refused(Code.APPROVAL_CONFLICT, decide, gapp, view.run.id, "approve", token=token,
+                    actor="bob")
+    assert "someone else" in error.message and "approved" not in error.message
+    assert snapshot(gapp, view.run.id) == before
+    assert decide(gapp, view.run.id, "approve", token=token, actor="alice").replayed
+
+
 def test_replay_after_the_run_moved_on_does_not_decide_the_next_gate(gapp: App,
                                                                       repo: Path) -> None:
     view = start(gapp, repo)

@@ -177,3 +177,20 @@ def test_the_plan(tmp_path: Path) -> None:
     if sandbox.probe().works:
         boxed = sandbox.plan(_persona(SandboxDef(network="none")), settings)
         assert boxed.sandboxed and boxed.label.endswith("network none")
+
+
+def test_a_personas_paths_never_show_devflows_files_again(tmp_path: Path) -> None:
+    """A persona that names devflow's database or another run's workspace among its
+    extra paths still sees them masked: only tools and the run's own pieces come back."""
+    home = tmp_path / "devflow-home"
+    other_run = home / "workspace" / "other-run"
+    other_run.mkdir(parents=True)
+    database = home / "devflow.db"
+    database.write_text("")
+    spec = _spec(tmp_path, read_only=(home, database), writable=(other_run,),
+                 hidden=(home, database))
+    argv = sandbox.command(spec, "bwrap")
+    mask = _at(argv, "--tmpfs", str(home))
+    assert all(i < mask for i, a in enumerate(argv) if a == str(other_run))
+    db_mask = max(i for i, a in enumerate(argv) if a == str(database))
+    assert argv[db_mask - 2:db_mask + 1] == ["--ro-bind", "/dev/null", str(database)]
