@@ -118,11 +118,17 @@ class Backend(Protocol):
         """Usage, session and failure reasons found in the output."""
 
 
+def base_env() -> dict[str, str]:
+    """What every process devflow starts for a run inherits from devflow's environment:
+    ``BASE_ENV``'s variables, nothing else (no database URL, no token)."""
+    return {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+
+
 def agent_env(task: Task, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The agent's whole environment: the base (with the run's HOME), the persona's allowlist
     and values, the task."""
     persona = task.persona
-    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env = base_env()
     if task.home is not None:  # the agent's own HOME, never the account's
         env["HOME"] = str(task.home)
     for pattern in persona.env_allow:

@@ -9,12 +9,11 @@ failure fails the run, with the end of the command's output in the report.
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 from devflow import events, model
 from devflow.backends import process
-from devflow.backends.base import BASE_ENV
+from devflow.backends.base import base_env
 from devflow.engine import finish, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
@@ -24,7 +23,7 @@ from devflow.store import RunTx
 async def run_setup(ctx: Context, run: model.Run, lease: model.Lease) -> bool:
     """Run the template's setup commands; False when one failed (the run is then failed)."""
     commands = [list(c) for c in run.template_def.get("setup") or ()]
-    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
+    env = base_env()
     env.update({"DEVFLOW_RUN_ID": run.id, "DEVFLOW_WORKTREE": run.worktree})
     if run.port_base is not None:
         env["DEVFLOW_PORT_BASE"] = str(run.port_base)
