@@ -5,10 +5,11 @@ one active run per subject, and a server killed between the delivery and its run
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,20 @@ webhook:
   ignore_senders: [devflow-bot]
 """
 
+BUILDS = """\
+name: builds
+template: quick@1
+repo: {repo}
+base: main
+requirements: "Fix {{subject}}: {{title}}"
+bindings:
+  implementer: scripted-implementer
+  reviewer: scripted-reviewer
+webhook:
+  source: generic
+  secret_env: DEVFLOW_TEST_HOOK_SECRET
+"""
+
 
 @pytest.fixture
 def server(settings: Settings, home: Path, repo: Path) -> Iterator[Served]:
@@ -49,6 +64,7 @@ def server(settings: Settings, home: Path, repo: Path) -> Iterator[Served]:
     (home / "triggers").mkdir()
     (home / "triggers" / "labelled.yaml").write_text(LABELLED.format(repo=repo),
                                                      encoding="utf-8")
+    (home / "triggers" / "builds.yaml").write_text(BUILDS.format(repo=repo), encoding="utf-8")
     served = Served(settings, home, ("--workers", "0"),
                     env={"DEVFLOW_TEST_HOOK_SECRET": SECRET}).start()
     yield served
@@ -147,7 +163,7 @@ def test_six_labels_at_once_start_one_run_and_the_filter_refuses_the_rest(
 
 
 def test_removing_and_readding_the_label_joins_the_active_run_until_it_ends(
-        app: App, server: Served) -> None:
+        app: App, server: Served, cli: Callable[..., subprocess.CompletedProcess[str]]) -> None:
     """The policy (docs/triggers.md): one active run per (trigger, subject)."""
     client = server.client()
     status, first = deliver(client, payload())
@@ -166,6 +182,26 @@ def test_removing_and_readding_the_label_joins_the_active_run_until_it_ends(
     assert [d["state"] for d in shown["deliveries"]] == \
         ["started", "duplicate", "refused", "started"]
     assert shown["runs"] == [after["run_id"], first["run_id"]]
+    text = cli("triggers", "show", "labelled", check=0).stdout
+    assert "deliveries, newest first" in text and "issues.unlabeled" in text
+    assert "POST /api/v1/hooks/labelled" in text and first["run_id"] in text
+
+
+def test_a_generic_sender_signs_with_its_own_headers(app: App, server: Served) -> None:
+    client = server.client()
+    raw = json.dumps({"subject": "nightly-build-41", "title": "the build broke"}).encode()
+
+    def send(delivery: str, signed: bytes = raw) -> tuple[int, Any]:
+        return client.call("POST", "/hooks/builds", raw=raw, headers={
+            "X-Devflow-Signature": hooks.signature(SECRET, signed),
+            "X-Devflow-Delivery": delivery, "X-Devflow-Event": "build.failed"})
+    assert send("b-1", signed=b"something else")[0] == 401
+    status, first = send("b-1")
+    assert (status, first["outcome"], first["subject"]) == (202, "started", "nightly-build-41")
+    status, second = send("b-2")  # the same subject, another delivery
+    assert (status, second["outcome"], second["run_id"]) == (200, "duplicate", first["run_id"])
+    assert app.store.runs.get(first["run_id"]).requirements.strip() == \
+        "Fix nightly-build-41: the build broke"
 
 
 @pytest.mark.parametrize("crash_at", ["delivery_recorded", "run_inserted"])
