@@ -474,7 +474,7 @@ class App:
         """A webhook delivery to trigger ``name`` (``POST /api/v1/hooks/{trigger}``):
         verified, recorded once, its run started once."""
         from devflow.engine import deliveries  # noqa: PLC0415 - see the module doc
-        return deliveries.receive(self.context(), self.catalog.trigger(name), headers, raw)
+        return deliveries.receive(self.context(), name, headers, raw)
 
     # -- people ----------------------------------------------------------------------------
     # Who the caller is (``principal``) is the interface's to establish: the CLI's is the

@@ -46,13 +46,16 @@ class Received:
                 "repeat": self.delivery.repeat, **self.delivery.to_json()}
 
 
-def receive(ctx: Context, trigger: Trigger, headers: Mapping[str, str],
-            raw: bytes) -> Received:
-    """One delivery to ``trigger`` (``headers`` with lower-cased names)."""
-    webhook = trigger.webhook
-    if webhook is None or not trigger.served:
-        raise DevflowError(Code.TRIGGER_NOT_FOUND, f"no webhook trigger {trigger.name} is "
-                           "served here", hint="devflow triggers list")
+def receive(ctx: Context, name: str, headers: Mapping[str, str], raw: bytes) -> Received:
+    """One delivery to trigger ``name`` (``headers`` with lower-cased names). An unknown
+    name is refused without the catalog's hint: the caller is not authenticated yet, and
+    the names of the other triggers are none of its business."""
+    trigger = next((t for t in ctx.catalog.triggers() if t.name == name), None)
+    webhook = trigger.webhook if trigger is not None else None
+    if trigger is None or webhook is None or not trigger.served:
+        raise DevflowError(Code.TRIGGER_NOT_FOUND, f"no webhook trigger {name[:48]!r} is "
+                           "served here", hint="the path is /api/v1/hooks/NAME of a webhook "
+                                               "trigger (devflow triggers list)")
     hooks.verify(webhook, os.environ.get(webhook.secret_env), headers, raw)
     delivery = hooks.parse(trigger, headers, raw)
     why = hooks.refusal(webhook, delivery)

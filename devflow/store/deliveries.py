@@ -89,12 +89,19 @@ class Deliveries:
     def stale(self, names: Sequence[str], claim_seconds: float) -> list[hooks.Stored]:
         """The pending deliveries of these triggers whose starter's claim ran out (it died
         between recording them and starting their runs), claimed again by the caller."""
-        def tx(conn: sa.Connection) -> list[hooks.Stored]:
+        def stale_ids(conn: sa.Connection) -> list[int]:
             now = self.clock()
-            found = conn.execute(sa.select(D.c.id).where(
+            return list(conn.execute(sa.select(D.c.id).where(
                 D.c.trigger.in_(names), D.c.state == hooks.PENDING,
                 sa.or_(D.c.claimed_until.is_(None), D.c.claimed_until <= now))
-                .order_by(D.c.id)).scalars().all()
+                .order_by(D.c.id)).scalars().all())
+
+        if not self.db.read(stale_ids):  # the usual case: no write at each worker look
+            return []
+
+        def tx(conn: sa.Connection) -> list[hooks.Stored]:
+            now = self.clock()
+            found = stale_ids(conn)
             taken = []
             for delivery_id in found:
                 done = conn.execute(sa.update(D).where(
