@@ -12,6 +12,7 @@ once, since only the insert that flips it from pending inserts a run.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -88,13 +89,18 @@ def start(ctx: Context, trigger: Trigger, stored: hooks.Stored) -> Received:
             ctx.store.deliveries.release(claim, exc)
         log.info("delivery", trigger=trigger.name, delivery=stored.delivery_id,
                  outcome="failed", reason=f"{exc.code}: {exc.message}")
-        found = ctx.store.deliveries.get(trigger.name, stored.source, stored.delivery_id)
+        found = _again(ctx, stored)
         return Received(found, "duplicate" if found.state == hooks.STARTED else "failed",
                         error=exc)
     log.info("delivery", trigger=trigger.name, delivery=stored.delivery_id,
              outcome="started", run_id=run.id)
-    found = ctx.store.deliveries.get(trigger.name, stored.source, stored.delivery_id)
-    return Received(found, "started")
+    return Received(_again(ctx, stored), "started")
+
+
+def _again(ctx: Context, stored: hooks.Stored) -> hooks.Stored:
+    """The delivery as stored now (its run, or why it failed), still a repeat if it was."""
+    found = ctx.store.deliveries.get(stored.trigger, stored.source, stored.delivery_id)
+    return dataclasses.replace(found, repeat=stored.repeat)
 
 
 def start_stale(ctx: Context) -> list[Received]:

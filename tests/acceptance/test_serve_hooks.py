@@ -187,6 +187,24 @@ def test_removing_and_readding_the_label_joins_the_active_run_until_it_ends(
     assert "POST /api/v1/hooks/labelled" in text and first["run_id"] in text
 
 
+def test_a_refused_start_releases_the_delivery_and_its_redelivery_starts_it(
+        app: App, server: Served) -> None:
+    client = server.client()
+    status, first = deliver(client, payload(number=7))
+    assert status == 202, first
+    # another issue while issue 7's run holds the branch: the start's own error
+    status, refused = deliver(client, payload(number=8), "d-issue-8")
+    assert (status, refused["error"]["code"]) == (409, "active_run_exists"), refused
+    shown = app.trigger("labelled").to_json(detail=True)
+    failed = next(d for d in shown["deliveries"] if d["delivery"] == "d-issue-8")
+    assert failed["state"] == "failed" and "active_run_exists" in failed["reason"]
+    assert "delivery.failed" in [e["type"] for e in shown["events"]]
+    app.abort(first["run_id"], "tester")
+    status, again = deliver(client, payload(number=8), "d-issue-8")
+    assert (status, again["outcome"], again["repeat"]) == (202, "started", True), again
+    assert len(app.runs()) == 2
+
+
 def test_a_generic_sender_signs_with_its_own_headers(app: App, server: Served) -> None:
     client = server.client()
     raw = json.dumps({"subject": "nightly-build-41", "title": "the build broke"}).encode()
