@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from devflow import access, approvals, ticks
     from devflow import sweep as sweep_module
     from devflow.definitions import Persona, Problem, Template
-    from devflow.engine import control, schedule, worker
+    from devflow.engine import control, deliveries, schedule, worker
     from devflow.engine import prune as prune_module
     from devflow.engine.context import Context, Observer
     from devflow.requests import StartRequest, WorkerOptions
@@ -435,7 +435,10 @@ class App:
         return ticks.TriggerView(
             trigger, state, recent[0] if recent else None, ticks.next_due(trigger, state, now),
             store.counts(name), recent if detail else [],
-            store.events(name) if detail else [])
+            store.events(name) if detail else [],
+            self.store.deliveries.recent(name, limit=50 if detail else 1)
+            if trigger.webhook is not None else [],
+            self.store.deliveries.counts(name) if trigger.webhook is not None else {})
 
     def pause_trigger(self, name: str, actor: str, reason: str | None = None) -> bool:
         """Pause: no tick of it starts until it is resumed; False when it was paused."""
@@ -451,7 +454,7 @@ class App:
         """Start one run of the trigger now (left to workers to drive)."""
         from devflow.engine import schedule  # noqa: PLC0415 - see the module doc
         trigger = self.catalog.trigger(name)
-        if not trigger.served:
+        if trigger.schedule is None:
             raise _not_served(trigger.name)
         return schedule.fire(self.context(), trigger, actor)
 
@@ -459,6 +462,19 @@ class App:
         """Evaluate every schedule trigger now, as a worker or the sweep does."""
         from devflow.engine import schedule  # noqa: PLC0415 - see the module doc
         return schedule.evaluate_all(self.context())
+
+    def start_stale_deliveries(self) -> list[deliveries.Received]:
+        """Start the webhook deliveries whose starter died before their run started (their
+        claims ran out), as a worker or the sweep does."""
+        from devflow.engine import deliveries  # noqa: PLC0415 - see the module doc
+        return deliveries.start_stale(self.context())
+
+    def receive_hook(self, name: str, headers: Mapping[str, str],
+                     raw: bytes) -> deliveries.Received:
+        """A webhook delivery to trigger ``name`` (``POST /api/v1/hooks/{trigger}``):
+        verified, recorded once, its run started once."""
+        from devflow.engine import deliveries  # noqa: PLC0415 - see the module doc
+        return deliveries.receive(self.context(), name, headers, raw)
 
     # -- people ----------------------------------------------------------------------------
     # Who the caller is (``principal``) is the interface's to establish: the CLI's is the
@@ -611,9 +627,9 @@ def _run_async(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
 
 
 def _not_served(name: str) -> DevflowError:
-    return DevflowError(Code.INVALID_INPUT, f"trigger {name} is a webhook trigger: webhooks are "
-                        "not served yet", hint="schedule triggers can be fired; see "
-                        "docs/triggers.md")
+    return DevflowError(Code.INVALID_INPUT, f"trigger {name} is a webhook trigger: its runs "
+                        "start from deliveries to POST /api/v1/hooks/{name}, not by fire",
+                        hint="schedule triggers can be fired; see docs/triggers.md")
 
 
 def _safe_url(url: str) -> str:

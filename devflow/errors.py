@@ -100,6 +100,8 @@ class Code(enum.StrEnum):
     TRIGGER_CONFLICT = "trigger_conflict"
     #: the tick was started (or decided) by another worker or sweep
     TICK_TAKEN = "tick_taken"
+    #: the webhook delivery was started (or released) by another
+    DELIVERY_TAKEN = "delivery_taken"
     #: the HTTP API: no token, or one unknown, revoked or expired
     UNAUTHENTICATED = "unauthenticated"
     #: the HTTP API: the token's role does not reach the route
@@ -155,7 +157,7 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
         Code.ILLEGAL_TRANSITION, Code.LEASE_LOST, Code.RUN_BUSY, Code.APPROVAL_CONFLICT,
         Code.APPROVAL_STALE, Code.NO_PENDING_APPROVAL, Code.AMBIGUOUS_APPROVAL,
         Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED, Code.TRIGGER_CONFLICT,
-        Code.TICK_TAKEN,
+        Code.TICK_TAKEN, Code.DELIVERY_TAKEN,
         Code.NOT_AUTHORIZED, Code.DATABASE_NOT_MIGRATED, Code.UNAUTHENTICATED,
         Code.ROLE_FORBIDDEN, Code.IDEMPOTENCY_KEY_REUSED,
     )},

@@ -5,7 +5,7 @@ the point ``name`` (after writing ``DEVFLOW_CRASH_MARKER`` if that is set), whic
 a real ``kill -9`` at a real moment. Without the variable a point costs one dict
 lookup. Points: run_inserted, agent_started, agent_exited, artifact_checked,
 artifact_stored, checkpoint_committed, phase_accepted, gate_opened, report_composed,
-decision_recorded, tick_decided, webhook_sending.
+decision_recorded, tick_decided, delivery_recorded, webhook_sending.
 
 - run_inserted (engine/start.py): the run row is committed, its worktree not made yet;
 - gate_opened (approvals.open_first_gate): inside the transaction that opens a gate,
@@ -13,6 +13,8 @@ decision_recorded, tick_decided, webhook_sending.
 - report_composed (report.write): report.md is in place, report.json not yet;
 - tick_decided (engine/schedule.py): a trigger's due ticks are decided and committed, the
   pending ones' runs not started yet;
+- delivery_recorded (engine/deliveries.py): a trigger's webhook delivery is recorded and
+  committed (pending, claimed), its run not started yet;
 - webhook_sending (engine/notify.py): a webhook message is committed, not sent yet.
 
 ``DEVFLOW_PAUSE_AT=name`` makes the process stop itself with SIGSTOP the first time it

@@ -22,6 +22,16 @@ class TickClaim:
     scheduled_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryClaim:
+    """The webhook delivery a run being created starts: it must still be ``pending``
+    when the run is inserted."""
+
+    trigger: str
+    source: str
+    delivery_id: str
+
+
 @dataclass(frozen=True)
 class StartRequest:
     """What a run is asked to do. ``requirements`` may be the bytes of a file as read
@@ -42,6 +52,8 @@ class StartRequest:
     requirements_source: str | None = None
     #: the trigger's tick that starts this run (claimed with the run's insert)
     tick: TickClaim | None = None
+    #: the webhook delivery that starts this run (claimed with the run's insert)
+    delivery: DeliveryClaim | None = None
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from devflow import (
     worktree,
 )
 from devflow.backends import process
-from devflow.engine import context, control, finish, schedule, workspace
+from devflow.engine import context, control, deliveries, finish, schedule, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code, DevflowError
 from devflow.states import RunState
@@ -91,14 +91,24 @@ def sweep(ctx: Context, *, policy: str = "resume", max_recoveries: int | None = 
         else:
             result.actions.append(Action(run_id, "report_missing"))
     if not dry_run:
-        for tick in schedule.evaluate_all(ctx):
-            result.actions.append(Action(tick.run_id, f"tick_{tick.outcome}", {
-                "trigger": tick.trigger, "scheduled_at": tick.scheduled_at.isoformat(),
-                **({"reason": tick.reason} if tick.reason else {})}))
+        result.actions += _triggers(ctx)
     for run in ctx.store.runs.find(states_in=[RunState.PAUSED], limit=10_000):
         if run.blocked is not None:
             result.actions.append(_unblock(ctx, run, dry_run))
     return result
+
+
+def _triggers(ctx: Context) -> list[Action]:
+    """The schedule triggers' due ticks, and the webhook deliveries whose starter died."""
+    actions = [Action(tick.run_id, f"tick_{tick.outcome}", {
+        "trigger": tick.trigger, "scheduled_at": tick.scheduled_at.isoformat(),
+        **({"reason": tick.reason} if tick.reason else {})})
+        for tick in schedule.evaluate_all(ctx)]
+    actions += [Action(got.run_id, f"delivery_{got.outcome}", {
+        "trigger": got.delivery.trigger, "delivery": got.delivery.delivery_id,
+        **({"reason": got.delivery.reason} if got.delivery.reason else {})})
+        for got in deliveries.start_stale(ctx)]
+    return actions
 
 
 # -- runs a fault of the machine blocked --------------------------------------------------

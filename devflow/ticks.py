@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from devflow import cron
+from devflow.hooks import Stored
 from devflow.triggerdefs import Trigger
 
 PENDING: Final = "pending"
@@ -244,6 +245,9 @@ class TriggerView:
     counts: dict[str, int]
     recent: list[Tick] = field(default_factory=list)
     events: list[TriggerEvent] = field(default_factory=list)
+    #: a webhook trigger's deliveries, newest first, and their counts by state
+    deliveries: list[Stored] = field(default_factory=list)
+    delivery_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def paused(self) -> bool:
@@ -264,11 +268,23 @@ class TriggerView:
             "next_tick": self.next_at.isoformat() if self.next_at else None,
             "ticks": dict(sorted(self.counts.items())),
         }
+        if t.webhook is not None:
+            body["webhook"] = {"source": t.webhook.source, "events": list(t.webhook.events),
+                               "filter": dict(t.webhook.filter),
+                               "senders": list(t.webhook.senders),
+                               "ignore_senders": list(t.webhook.ignore_senders),
+                               "path": f"/api/v1/hooks/{t.name}"}
+            body["deliveries_by_state"] = dict(sorted(self.delivery_counts.items()))
+            body["last_delivery"] = self.deliveries[0].to_json() if self.deliveries else None
         if detail:
             body["recent_ticks"] = [tick.to_json() for tick in self.recent]
             body["runs"] = [tick.run_id for tick in self.recent if tick.run_id]
             body["missed"] = [tick.to_json() for tick in self.recent if tick.state == MISSED]
             body["events"] = [event.to_json() for event in self.events]
+            if t.webhook is not None:
+                body["deliveries"] = [d.to_json() for d in self.deliveries]
+                body["runs"] = [d.run_id for d in self.deliveries
+                                if d.run_id and d.state == "started"]
             body["definition"] = dict(t.definition)
         return body
 

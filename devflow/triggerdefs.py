@@ -1,10 +1,12 @@
 """Trigger definitions: parsed, checked against ``devflow/trigger@1``, cross-checked, hashed.
 
 A trigger starts runs of a template on (repo, base) without a person at a shell: on a
-``schedule`` (cron in a time zone), or, once the HTTP server serves them, on a
-``webhook``. A webhook trigger is accepted and checked here (a source, the variable
-holding its secret: a trigger without a secret refuses to load), but no worker or
-sweep evaluates it yet: ``Trigger.served`` says so, and the CLI shows it.
+``schedule`` (cron in a time zone), or on a ``webhook`` that ``devflow serve`` receives
+at ``POST /api/v1/hooks/{trigger}`` (devflow.hooks; a trigger without a secret refuses
+to load). A webhook's source is github or generic; gitlab is accepted by the schema but
+not served (``Trigger.served`` says so, and the CLI shows it). ``actor_permission``
+cannot be checked without calling GitHub's API, which devflow does not: a trigger that
+asks for it refuses to load (list the ``senders`` allowed instead).
 
 The cross-checks name the file, the line and the JSON pointer of each problem: the
 cron expression parses, the time zone exists, ``jitter`` and ``grace`` are durations
@@ -33,6 +35,11 @@ CATCHUP: Final = ("skip", "latest", "all")
 OVERLAP: Final = ("skip", "buffer_one", "allow")
 #: the fields of a tick a trigger's requirements may name
 FIELDS: Final = ("trigger", "scheduled_at", "scheduled_at_utc", "date", "kind", "fired_by")
+#: the fields of a webhook delivery a trigger's requirements may name (devflow.hooks)
+HOOK_FIELDS: Final = ("trigger", "event", "delivery", "subject", "repository", "number",
+                      "title", "body", "label", "sender", "url")
+#: the webhook sources served
+SERVED_SOURCES: Final = ("github", "generic")
 DEFAULT_GRACE: Final = 300.0
 
 
@@ -48,11 +55,17 @@ class Schedule:
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
-    """Checked, kept, not served yet."""
+    """Where deliveries come from and which of them start a run (devflow.hooks)."""
 
     source: str
     secret_env: str
     events: tuple[str, ...] = ()
+    #: dotted path in the payload -> the value it must have (compared as text)
+    filter: Mapping[str, str] = field(default_factory=dict)
+    #: when set, only these senders start runs
+    senders: tuple[str, ...] = ()
+    #: senders whose deliveries never start a run: the agent's own account
+    ignore_senders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +93,9 @@ class Trigger:
 
     @property
     def served(self) -> bool:
-        """Whether devflow acts on it: schedules yes; webhooks once the server serves them."""
-        return self.schedule is not None
+        """Whether devflow acts on it: schedules, and webhooks of a source it serves."""
+        return self.schedule is not None or (
+            self.webhook is not None and self.webhook.source in SERVED_SOURCES)
 
 
 def parse_trigger(source: Source, schemas: SchemaRegistry) -> Trigger:
@@ -93,8 +107,9 @@ def parse_trigger(source: Source, schemas: SchemaRegistry) -> Trigger:
                                                i.message) for i in issues])
     problems: list[Problem] = []
     schedule = _schedule(data.get("schedule"), problems)
-    webhook = _webhook(data.get("webhook"))
-    problems += _requirements(data["requirements"])
+    webhook = _webhook(data.get("webhook"), problems)
+    problems += _requirements(data["requirements"], FIELDS if schedule or not webhook
+                              else HOOK_FIELDS, "a tick" if schedule else "a delivery")
     repo = data["repo"]
     if not (repo.startswith(("/", "~/")) or repo == "~"):
         problems.append(Problem(Code.DEFINITION_INVALID, ("repo",),
@@ -133,11 +148,26 @@ def _schedule(body: Mapping[str, Any] | None, problems: list[Problem]) -> Schedu
                     grace=grace or DEFAULT_GRACE)
 
 
-def _webhook(body: Mapping[str, Any] | None) -> Webhook | None:
+def _webhook(body: Mapping[str, Any] | None, problems: list[Problem]) -> Webhook | None:
     if body is None:
         return None
+    if "actor_permission" in body:
+        problems.append(Problem(Code.DEFINITION_INVALID, ("webhook", "actor_permission"),
+                                "a sender's permission cannot be checked without GitHub's "
+                                "API, which devflow does not call: list the senders allowed "
+                                "instead (senders: [LOGIN, ...])"))
     return Webhook(source=body["source"], secret_env=body["secret_env"],
-                   events=tuple(body.get("events") or ()))
+                   events=tuple(body.get("events") or ()),
+                   filter=MappingProxyType({str(k): _scalar(v) for k, v in
+                                            (body.get("filter") or {}).items()}),
+                   senders=tuple(body.get("senders") or ()),
+                   ignore_senders=tuple(body.get("ignore_senders") or ()))
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _duration(value: Any, at: tuple[str | int, ...], problems: list[Problem]) -> float | None:
@@ -154,9 +184,11 @@ def _duration(value: Any, at: tuple[str | int, ...], problems: list[Problem]) ->
     return seconds
 
 
-def _requirements(text: str) -> list[Problem]:
-    """The requirements name tick fields only, as plain ``{name}``: no attribute or index
-    access, no conversions (the text is filled in with ``str.format_map``)."""
+def _requirements(text: str, fields: tuple[str, ...] = FIELDS,
+                  what: str = "a tick") -> list[Problem]:
+    """The requirements name the fields of a tick (or of a delivery) only, as plain
+    ``{name}``: no attribute or index access, no conversions (the text is filled in with
+    ``str.format_map``)."""
     try:
         parsed = list(string.Formatter().parse(text))
     except ValueError as exc:
@@ -165,18 +197,19 @@ def _requirements(text: str) -> list[Problem]:
     for _, name, spec, conversion in parsed:
         if name is None:
             continue
-        if name not in FIELDS or spec or conversion:
+        if name not in fields or spec or conversion:
             return [Problem(Code.DEFINITION_INVALID, ("requirements",),
                             f"{{{name}{'!' + conversion if conversion else ''}"
-                            f"{':' + spec if spec else ''}}} is not a field of a tick; "
-                            f"the fields are {', '.join('{' + f + '}' for f in FIELDS)} "
+                            f"{':' + spec if spec else ''}}} is not a field of {what}; "
+                            f"the fields are {', '.join('{' + f + '}' for f in fields)} "
                             "(write {{ and }} for literal braces)")]
     return []
 
 
 def requirements_for(trigger: Trigger, fields: Mapping[str, str]) -> str:
-    """The trigger's requirements with the tick's fields filled in."""
-    return trigger.requirements.format_map({name: fields.get(name, "") for name in FIELDS})
+    """The trigger's requirements with the tick's (or the delivery's) fields filled in."""
+    names = FIELDS if trigger.schedule is not None else HOOK_FIELDS
+    return trigger.requirements.format_map({name: fields.get(name, "") for name in names})
 
 
 def _split(ptr: str) -> tuple[str | int, ...]:

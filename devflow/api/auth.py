@@ -20,7 +20,8 @@ from devflow.errors import Code, DevflowError
 
 _BEARER = HTTPBearer(auto_error=False, description="an API token: `devflow tokens create`")
 
-#: OpenAPI extension naming the least role a route needs ("public": none)
+#: OpenAPI extension naming the least role a route needs ("public": none; "signed": no
+#: token, the body signed with a trigger's secret)
 ROLE_KEY = "x-devflow-role"
 
 

@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devflow import logs
-from devflow.api import admin, approvals, auth, events, runs
+from devflow.api import admin, approvals, auth, events, hooks, runs
 from devflow.app import App
 from devflow.errors import Code, DevflowError
 
@@ -88,7 +88,7 @@ def build(app: App, *, allow_hosts: Iterable[str] = (), heartbeat: float = 15.0,
         """Whether the server answers (nothing about its runs)."""
         return {"ok": True}
 
-    for router in (runs.router, approvals.router, events.router, admin.router):
+    for router in (runs.router, approvals.router, events.router, admin.router, hooks.router):
         api.include_router(router, prefix=PREFIX)
     return HostAllowlist(api, [*LOOPBACK_NAMES, *allow_hosts])
 

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @click.group("triggers")
 def triggers() -> None:
-    """Triggers: schedules that start runs (files in $DEVFLOW_HOME/triggers, --triggers-dir)."""
+    """Triggers: schedules and webhooks that start runs (files in $DEVFLOW_HOME/triggers,
+    --triggers-dir)."""
 
 
 def _when(value: Any) -> str:
@@ -31,7 +32,9 @@ def _when(value: Any) -> str:
 def _schedule(view: TriggerView) -> str:
     s = view.trigger.schedule
     if s is None:
-        return "webhook (not served yet)"
+        w = view.trigger.webhook
+        source = w.source if w else "?"
+        return f"webhook {source}" + ("" if view.trigger.served else " (not served)")
     return f"{s.cron} {s.timezone}"
 
 
@@ -79,6 +82,16 @@ def triggers_show(state: State, name: str, as_json: bool) -> None:
                 if view.last else "-"),
                ("next tick", _when(view.next_at)),
                ("ticks", output.pairs_text(body["ticks"]) or "none yet")])
+    if t.webhook is not None:
+        output.kv([("hook", f"POST /api/v1/hooks/{t.name} (secret in ${t.webhook.secret_env})"),
+                   ("deliveries", output.pairs_text(body["deliveries_by_state"])
+                    or "none yet")])
+    if view.deliveries:
+        output.table(["received at", "delivery", "event", "subject", "sender", "state", "run",
+                      "reason"],
+                     [[_when(d.created_at), d.delivery_id, d.event, d.subject, d.sender or "-",
+                       d.state, d.run_id or "-", d.reason or ""] for d in view.deliveries],
+                     title="deliveries, newest first", wrap=("reason",))
     if view.recent:
         output.table(["scheduled at", "kind", "state", "run", "reason"],
                      [[_when(k.scheduled_at), k.kind, k.state, k.run_id or "-", k.reason or ""]
@@ -171,7 +184,7 @@ def triggers_validate(state: State, files: tuple[Path, ...], as_json: bool) -> i
 def _valid(path: Path | None, checked: Any) -> dict[str, Any]:
     entry = {"file": str(path), "ref": checked.ref, "hash": checked.hash}
     if not getattr(checked, "served", True):
-        entry["note"] = "a webhook trigger: accepted, not served yet"
+        entry["note"] = "a webhook trigger of a source not served (gitlab)"
     return entry
 
 

@@ -49,7 +49,7 @@ class Outcome:
 
 def evaluate_all(ctx: Context) -> list[Outcome]:
     """Evaluate every schedule trigger that may have something due (one read to see which)."""
-    triggers = [t for t in ctx.catalog.triggers() if t.served]
+    triggers = [t for t in ctx.catalog.triggers() if t.schedule is not None]
     if not triggers:
         return []
     now = ctx.clock()
@@ -74,7 +74,7 @@ def evaluate(ctx: Context, trigger: Trigger) -> list[Outcome]:
                active: list[str]) -> ticks.Plan:
         return ticks.plan(trigger, state, open_ticks, active, now)
 
-    plan, to_start = ctx.store.triggers.evaluate(trigger.name, decide, _claim_seconds(ctx))
+    plan, to_start = ctx.store.triggers.evaluate(trigger.name, decide, claim_seconds(ctx))
     faults.point("tick_decided")
     outcomes = [Outcome(trigger.name, d.scheduled_at, d.state, reason=d.reason)
                 for d in plan.decided if d.state != ticks.PENDING]
@@ -90,7 +90,7 @@ def fire(ctx: Context, trigger: Trigger, actor: str) -> Outcome:
     """A tick of the trigger now, by hand, started at once (whether paused or not, whatever
     its overlap policy: a person asked for it; the limits of runs still hold). A refused
     start is raised, as the start's own error, with what became of the tick."""
-    tick = ctx.store.triggers.fire(trigger.name, actor, _claim_seconds(ctx))
+    tick = ctx.store.triggers.fire(trigger.name, actor, claim_seconds(ctx))
     outcome = start_tick(ctx, trigger, tick)
     if outcome.error is None:
         return outcome
@@ -112,7 +112,7 @@ def start_tick(ctx: Context, trigger: Trigger, tick: ticks.Tick) -> Outcome:
         actor=tick.fired_by or f"trigger:{trigger.name}", binds=dict(trigger.bindings),
         tick=claim)
     try:
-        run = _start_detached(ctx, request, new_owner(f"trigger-{trigger.name}"))
+        run = start_detached(ctx, request, new_owner(f"trigger-{trigger.name}"))
     except DevflowError as exc:
         if exc.code is Code.TICK_TAKEN:
             return Outcome(trigger.name, tick.scheduled_at, "taken", reason=exc.message,
@@ -124,7 +124,7 @@ def start_tick(ctx: Context, trigger: Trigger, tick: ticks.Tick) -> Outcome:
     return Outcome(trigger.name, tick.scheduled_at, "started", run_id=run.id)
 
 
-def _start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run:
+def start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Run:
     """``start.start_detached`` from this synchronous step: on the caller's event loop
     when it runs in one of that loop's worker threads (a worker's pass), else on a loop
     of its own (the sweep, ``triggers fire``)."""
@@ -138,7 +138,7 @@ def _start_detached(ctx: Context, request: StartRequest, owner: str) -> model.Ru
         raise single(failed) from None
 
 
-def _claim_seconds(ctx: Context) -> float:
+def claim_seconds(ctx: Context) -> float:
     """How long a starter holds a pending tick before another may start it instead: a
     start makes a worktree, which can take a while on a large repository."""
     return max(2 * ctx.settings.lease_seconds, 60.0)

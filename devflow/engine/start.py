@@ -117,6 +117,9 @@ def _insert(ctx: Context, request: StartRequest, owner: str) -> model.Run:
     if request.tick is not None:
         options["trigger"] = {"name": request.tick.trigger,
                               "scheduled_at": request.tick.scheduled_at.isoformat()}
+    if request.delivery is not None:
+        options["trigger"] = {"name": request.delivery.trigger,
+                              "delivery": request.delivery.delivery_id}
     return ctx.store.runs.create(NewRun(
         id=run_id, template_name=template.name, template_version=template.version,
         template_hash=template.hash, template_def=dict(template.definition), repo=str(repo),
@@ -125,6 +128,7 @@ def _insert(ctx: Context, request: StartRequest, owner: str) -> model.Run:
         requirements=requirements, objective=request.objective,
         created_by=request.actor, bindings=bindings, phases=template.phases, options=options,
         sandboxes={role: plan.label for role, plan in sandboxes.items()}, tick=request.tick,
+        delivery=request.delivery,
     ), ctx.limits, lease_owner=owner, lease_seconds=ctx.settings.lease_seconds,
        ports=Ports(*ctx.settings.ports, ctx.settings.port_block, ports_free))
 

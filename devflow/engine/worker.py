@@ -24,7 +24,7 @@ from pathlib import Path
 import anyio
 
 from devflow import logs, worktree
-from devflow.engine import drive, schedule
+from devflow.engine import deliveries, drive, schedule
 from devflow.engine.context import Context, new_owner
 from devflow.errors import DevflowError, LeaseLost
 from devflow.requests import WorkerOptions
@@ -137,9 +137,11 @@ async def _drive_one(ctx: Context, item: Claimed, scope: anyio.CancelScope, stop
 
 
 async def _ticks(ctx: Context) -> None:
-    """Evaluate the schedule triggers: a failure is logged and left to the next look."""
+    """Evaluate the schedule triggers and start the webhook deliveries whose starter died:
+    a failure is logged and left to the next look."""
     try:
         await ctx.call(schedule.evaluate_all, ctx)
+        await ctx.call(deliveries.start_stale, ctx)
     except Exception:
         log.exception("trigger_evaluation_failed")
 

@@ -15,6 +15,7 @@ from devflow.requests import TickClaim
 from devflow.store import migrate
 from devflow.store.approvals import Approvals
 from devflow.store.database import Database, sqlite_file
+from devflow.store.deliveries import Deliveries
 from devflow.store.events import Events
 from devflow.store.leases import Claimed, Leases
 from devflow.store.outbox import Due, Outbox
@@ -39,6 +40,7 @@ class Store:
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
         self.triggers = Triggers(db, clock)
+        self.deliveries = Deliveries(db, clock)
         self.tokens = Tokens(db, clock)
         self.outbox = Outbox(db, clock)
 

@@ -12,11 +12,12 @@ import sqlalchemy as sa
 from devflow import events, model, states
 from devflow.definitions import PhaseDef
 from devflow.errors import Code, DevflowError
-from devflow.requests import TickClaim
+from devflow.requests import DeliveryClaim, TickClaim
 from devflow.states import RunState
 from devflow.store import statements
 from devflow.store.approvals import approval_not_found, approvals_in, decisions_in
 from devflow.store.database import Database
+from devflow.store.deliveries import claim_delivery_in
 from devflow.store.events import tail_in
 from devflow.store.rows import APPROVALS, ARTIFACTS, BINDINGS, INVOCATIONS, PHASES, RUNS
 from devflow.store.runtx import Redactor, RunTx
@@ -52,6 +53,8 @@ class NewRun:
     sandboxes: Mapping[str, str] = field(default_factory=dict)
     #: the trigger's tick this run starts: claimed in the transaction that inserts it
     tick: TickClaim | None = None
+    #: the webhook delivery this run starts: claimed in the transaction that inserts it
+    delivery: DeliveryClaim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,8 @@ class Runs:
             self.db.serialize(conn, "devflow-run-start")
             if new.tick is not None:
                 claim_in(conn, new.tick, new.id, self.clock())
+            if new.delivery is not None:
+                claim_delivery_in(conn, new.delivery, new.id, self.clock())
             # one read for all the checks: a run of this id, and every active run
             found = conn.execute(_START_READ, {"id": new.id}).all()
             if any(r.id == new.id for r in found):

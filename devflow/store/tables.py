@@ -239,6 +239,21 @@ TRIGGER_EVENT: Final = sa.Table(
     sa.Index("ix_trigger_event_trigger_id", "trigger", "id"),
 )
 
+#: A webhook delivery to a trigger (devflow.hooks), unique on (trigger, source, delivery
+#: id): ``pending`` with a claim until the run that starts it flips it to ``started`` in
+#: the transaction that inserts the run; ``duplicate`` (its subject had an active run,
+#: ``run_id``), ``refused`` (the filter, ``reason``) or ``failed`` (the start's error).
+TRIGGER_DELIVERY: Final = sa.Table(
+    "trigger_delivery", METADATA,
+    _id(), _str("trigger", 48), _str("source", 16), _str("delivery_id", 200),
+    _str("event", 128), _str("subject", 255), _str("sender", 255, null=True),
+    _str("state", 16), _text("reason", null=True), _str("run_id", 64, null=True),
+    _json("fields"), _time("claimed_until", null=True), _time("created_at"),
+    _time("updated_at"),
+    sa.UniqueConstraint("trigger", "source", "delivery_id"),
+    sa.Index("ix_trigger_delivery_subject", "trigger", "subject", "state"),
+)
+
 #: HTTP API tokens (devflow.tokens): the public prefix names one; only the SHA-256 of the
 #: whole token is kept
 API_TOKEN: Final = sa.Table(

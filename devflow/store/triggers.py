@@ -107,13 +107,7 @@ class Triggers:
             index_elements=["trigger", "scheduled_at"]).returning(TRIGGER_TICK.c.id)
 
     def _locked_state(self, conn: sa.Connection, name: str, now: datetime) -> ticks.TriggerState:
-        """The trigger's state row, locked; made when the trigger is first seen (its ticks
-        count from then: nothing before a trigger existed is missed)."""
-        insert = (postgresql.insert if not self.db.is_sqlite else sqlite.insert)(TRIGGER_STATE)
-        conn.execute(insert.values(name=name, paused=False, checked_until=now, created_at=now,
-                                   updated_at=now).on_conflict_do_nothing())
-        query = sa.select(TRIGGER_STATE).where(TRIGGER_STATE.c.name == name)
-        return _state(conn.execute(self.db.lock_run_query(query)).one())
+        return lock_trigger(self.db, conn, name, now)
 
     def release(self, claim: TickClaim, error: DevflowError, *, give_up: bool) -> None:
         """A start that failed: the tick is ``failed`` (``give_up``), or left pending for
@@ -186,6 +180,17 @@ class Triggers:
             id=r.id, trigger=r.trigger, type=r.type, scheduled_at=r.scheduled_at,
             run_id=r.run_id, payload=dict(r.payload), ts=r.ts)
             for r in reversed(conn.execute(query).all())])
+
+
+def lock_trigger(db: Database, conn: sa.Connection, name: str,
+                 now: datetime) -> ticks.TriggerState:
+    """The trigger's state row, locked; made when the trigger is first seen (its ticks
+    count from then: nothing before a trigger existed is missed)."""
+    insert = (postgresql.insert if not db.is_sqlite else sqlite.insert)(TRIGGER_STATE)
+    conn.execute(insert.values(name=name, paused=False, checked_until=now, created_at=now,
+                               updated_at=now).on_conflict_do_nothing())
+    query = sa.select(TRIGGER_STATE).where(TRIGGER_STATE.c.name == name)
+    return _state(conn.execute(db.lock_run_query(query)).one())
 
 
 def claim_in(conn: sa.Connection, claim: TickClaim, run_id: str,

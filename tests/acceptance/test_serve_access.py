@@ -41,6 +41,8 @@ EXPECTED_ROLES = {
     ("GET", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{token_id}"): "admin",
     ("GET", "/api/v1/webhooks"): "admin",
+    # no token: signed with the trigger's secret (test_serve_hooks.py)
+    ("POST", "/api/v1/hooks/{trigger}"): "signed",
 }
 
 
@@ -67,7 +69,7 @@ def _fill(path: str) -> str:
     """Path parameters naming nothing that exists: an allowed caller meets a 404."""
     return (path.removeprefix("/api/v1").replace("{run_id}", "no-such-run")
             .replace("{approval_id}", "999999").replace("{sha256}", "0" * 64)
-            .replace("{token_id}", "nosuchtokn"))
+            .replace("{token_id}", "nosuchtokn").replace("{trigger}", "no-such-trigger"))
 
 
 def test_every_route_checks_the_role_of_the_token_it_is_called_with(
@@ -83,6 +85,9 @@ def test_every_route_checks_the_role_of_the_token_it_is_called_with(
         status, answer = anonymous.call(method, _fill(path), body)
         if needed == "public":
             assert status == 200, (method, path, answer)
+            continue
+        if needed == "signed":  # no such trigger: nothing to sign for
+            assert (status, answer["error"]["code"]) == (404, "trigger_not_found")
             continue
         assert (status, answer["error"]["code"]) == (401, "unauthenticated"), (method, path)
         for role, token in by_role.items():

@@ -59,7 +59,7 @@ def test_validate_names_the_file_and_line_of_each_problem(cli: Cli, triggers: Pa
                                                           tmp_path: Path) -> None:
     done = cli("triggers", "validate", check=0)
     assert "ok       hourly" in done.stdout
-    assert "labelled" in done.stdout and "not served yet" in done.stdout
+    assert "ok       labelled" in done.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text((triggers / "hourly.yaml").read_text(encoding="utf-8")
                    .replace("0 * * * *", "0 * * *").replace("Europe/Berlin", "Berlin"),
@@ -84,7 +84,8 @@ def test_list_show_pause_resume_and_fire(cli: Cli, triggers: Path) -> None:
     hourly = next(t for t in listed if t["name"] == "hourly")
     assert hourly["paused"] is False and hourly["last_tick"] is None
     assert hourly["next_tick"] is not None and hourly["schedule"]["catchup"] == "latest"
-    assert next(t for t in listed if t["name"] == "labelled")["served"] is False
+    labelled = next(t for t in listed if t["name"] == "labelled")
+    assert labelled["served"] is True and labelled["webhook"]["path"] == "/api/v1/hooks/labelled"
 
     fired = as_json(cli("triggers", "fire", "hourly", "--json", check=0))
     assert fired["outcome"] == "started" and fired["run_id"]
@@ -109,7 +110,7 @@ def test_list_show_pause_resume_and_fire(cli: Cli, triggers: Path) -> None:
     # a second fire meets the first run on the branch: refused for now, exit 3
     refused = as_json(cli("triggers", "fire", "hourly", "--json", check=3))["error"]
     assert refused["code"] == "active_run_exists" and "tried again" in refused["hint"]
-    assert cli("triggers", "fire", "labelled", check=2).stderr.count("not served yet") == 1
+    assert "not by fire" in cli("triggers", "fire", "labelled", check=2).stderr
     missing = cli("triggers", "fire", "hourli", "--json", check=4)
     assert as_json(missing)["error"]["code"] == "trigger_not_found"
     assert "did you mean hourly" in as_json(missing)["error"]["hint"]

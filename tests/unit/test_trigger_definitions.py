@@ -100,22 +100,37 @@ def test_a_trigger_is_a_schedule_or_a_webhook(tmp_path: Path) -> None:
         _catalog(tmp_path).check_file(path, "trigger")
 
 
-def test_a_webhook_trigger_is_checked_and_not_served(tmp_path: Path) -> None:
-    body = NIGHTLY.split("schedule:", maxsplit=1)[0].replace("nightly", "labelled")
+def test_a_webhook_trigger_is_checked_and_served(tmp_path: Path) -> None:
+    body = NIGHTLY.split("schedule:", maxsplit=1)[0].replace("nightly", "labelled").replace(
+        "Tidy the code base ({date}, tick {scheduled_at} of {trigger}).",
+        "Work on {repository}#{number}: {title} ({label}, by {sender}).")
     _write(tmp_path, "labelled.yaml", body + textwrap.dedent("""\
         webhook:
           source: github
           secret_env: DEVFLOW_HOOK_SECRET
           events: [issues.labeled]
           filter: {label.name: agent}
-          actor_permission: write
+          ignore_senders: [devflow-bot]
         """))
     trigger = _catalog(tmp_path).trigger("labelled")
-    assert trigger.kind == "webhook" and not trigger.served
+    assert trigger.kind == "webhook" and trigger.served
+    assert trigger.webhook is not None and dict(trigger.webhook.filter) == {"label.name": "agent"}
+    assert trigger.webhook.ignore_senders == ("devflow-bot",)
     no_secret = _write(tmp_path / "other", "x.yaml", body + "webhook: {source: github}\n")
     with pytest.raises(DefinitionError) as caught:
         _catalog(tmp_path / "other").check_file(no_secret, "trigger")
     assert "secret_env" in caught.value.message
+    # a permission cannot be checked offline; a tick's field is not a delivery's
+    asks = _write(tmp_path / "perm", "p.yaml", body + "webhook: {source: github, "
+                  "secret_env: S, actor_permission: write}\n")
+    with pytest.raises(DefinitionError) as refused:
+        _catalog(tmp_path / "perm").check_file(asks, "trigger")
+    assert "senders" in str(refused.value.to_json())
+    ticky = _write(tmp_path / "tick", "t.yaml", body.replace("{title}", "{scheduled_at}")
+                   + "webhook: {source: github, secret_env: S}\n")
+    with pytest.raises(DefinitionError) as wrong:
+        _catalog(tmp_path / "tick").check_file(ticky, "trigger")
+    assert "not a field of a delivery" in str(wrong.value.to_json())
 
 
 def test_the_same_name_twice_with_other_contents_is_a_conflict(tmp_path: Path) -> None:
