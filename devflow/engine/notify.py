@@ -28,9 +28,10 @@ from devflow.store import Due
 log = logs.get_logger("devflow.webhooks")
 
 TIMEOUT = 10.0
-#: how long a server holds the messages it took to send (20 at most, each within TIMEOUT):
-#: another server sending for the same endpoint leaves them alone meanwhile
-CLAIM = 20 * TIMEOUT + 60.0
+#: how long a server holds the message it took to send (a try ends within TIMEOUT):
+#: another server sending for the same endpoint leaves it alone meanwhile, and a server
+#: that died while sending has it sent again once this has passed
+CLAIM = TIMEOUT + 20.0
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -73,12 +74,10 @@ async def _serve(ctx: Context, endpoint: webhooks.Endpoint, base_url: str, stop:
                  poll: float) -> None:
     while not stop.is_set():
         try:
-            due = await ctx.call(ctx.store.outbox.due, endpoint.key, 20, CLAIM)
-            for i, item in enumerate(due):
-                if not await _send(ctx, endpoint, base_url, item):
-                    # to be tried again later (those after it wait, due again), or disabled
-                    await ctx.call(ctx.store.outbox.release, [d.id for d in due[i + 1:]])
-                    break
+            while not stop.is_set():  # one message at a time, each claimed while sent
+                due = await ctx.call(ctx.store.outbox.due, endpoint.key, 1, CLAIM)
+                if not due or not await _send(ctx, endpoint, base_url, due[0]):
+                    break  # none due, or to be tried again later (those after it wait)
         except Exception as exc:  # noqa: BLE001 - as above: try again at the next look
             log.warning("webhook_delivery_failed", endpoint=endpoint.shown, error=str(exc))
         await anyio.sleep(poll)

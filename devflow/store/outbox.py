@@ -55,8 +55,8 @@ class Outbox:
 
         Claimed: their next try is moved ``hold`` seconds on in the same transaction, so
         another server sending for the same endpoint finds them not due and waits (one
-        send each, in order). ``record`` (or ``release``, for those not tried) ends the
-        claim; a sender that died leaves them to be tried again once ``hold`` passed.
+        send each, in order). ``record`` ends the claim; a sender that died leaves them
+        to be tried again once ``hold`` passed.
         """
         query = (sa.select(WEBHOOK_DELIVERY.c.id, WEBHOOK_DELIVERY.c.attempts,
                            WEBHOOK_DELIVERY.c.next_at, WEBHOOK_OUTBOX)
@@ -82,14 +82,6 @@ class Outbox:
                     .values(next_at=now + timedelta(seconds=hold)))
             return found
         return self.db.write(tx)
-
-    def release(self, delivery_ids: Sequence[int]) -> None:
-        """End the claim of messages ``due`` returned but that were not tried: due again."""
-        if delivery_ids:
-            self.db.write(lambda conn: conn.execute(
-                sa.update(WEBHOOK_DELIVERY).where(WEBHOOK_DELIVERY.c.id.in_(list(delivery_ids)),
-                                                  WEBHOOK_DELIVERY.c.state == PENDING)
-                .values(next_at=self.clock())))
 
     def record(self, delivery_id: int, *, state: str, status: int | None,
                error: str | None, next_at: datetime | None = None) -> None:
