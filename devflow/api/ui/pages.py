@@ -78,9 +78,7 @@ Signed = Annotated[SignedIn, Depends(signed_in)]
 # -- sign in and out ---------------------------------------------------------------------
 @router.get("/login")
 def login_page(request: Request) -> Response:
-    app = auth.app_of(request)
-    if sessions_of(request).get(request.cookies.get(COOKIE), app.now()) is not None:
-        return RedirectResponse("/ui/", status_code=303)
+    """The sign-in form (signed in or not: signing in again opens a new session)."""
     return _login_form(request)
 
 
