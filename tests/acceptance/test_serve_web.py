@@ -5,6 +5,7 @@ through the page with the CLI's semantics, and a run whose owner is lost."""
 from __future__ import annotations
 
 import http.client
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -280,9 +281,37 @@ def test_an_approver_decides_once_through_the_page_and_a_viewer_only_looks(
     # the run goes on in the worker, to its next gate
     stream = session_stream(driving.port, alice.cookies["devflow_session"],
                             f"/ui/runs/{run_id}/events/stream", last_event_id=requested.id)
-    nxt = wait_for(stream, "approval.requested")
+    review = wait_for(stream, "approval.requested").data["payload"]
     stream.close()
-    assert nxt.data["payload"]["approval_id"] != approval_id
+    assert review["gate"] == "final_review"
+
+    # a gate with sections: a rejected section says which changes, without a comment
+    shown = alice.get(f"/ui/approvals/{review['approval_id']}")
+    sections = re.findall(r'name="section:([^"]+)" value="reject"', shown.text)
+    assert sections == ["truncate-off-by-one", "cli-help-text"]  # the review's findings
+    assert 'data-severity="minor"' in shown.text and 'data-severity="info"' in shown.text
+    asked = alice.post(f"/ui/approvals/{review['approval_id']}/decide", {
+        "csrf": shown.csrf(), "action": "request_changes", "token": shown.hidden("token"),
+        "round": shown.hidden("round"), "evidence": shown.hidden("evidence"), "comment": "",
+        "section:truncate-off-by-one": "reject", "section:cli-help-text": "approve"})
+    assert asked.status == 303, asked.text[:2000]
+    assert any("request changes recorded" in f for f in alice.follow(asked).flashes())
+    (decision,) = operator.call("GET", f"/approvals/{review['approval_id']}")[1]["decisions"]
+    assert (decision["action"], decision["sections"]) == (
+        "request_changes", {"truncate-off-by-one": "reject", "cli-help-text": "approve"})
+
+    # the run page: the diff against the base (App.diff), invocations; once ended, the report
+    run = alice.get(f"/ui/runs/{run_id}")
+    assert len(run.testids("diff")) == 1
+    assert "diff --git" in run.text
+    assert "scripted" in run.text  # the invocations' backend
+    assert run.testids("report") == []
+    status, body = operator.call("POST", f"/runs/{run_id}/abort", {"reason": "enough"})
+    assert status == 200, body
+    ended = alice.get(f"/ui/runs/{run_id}")
+    assert '<span class="state state-aborted" data-testid="run-state">aborted</span>' \
+        in ended.text
+    assert ended.testids("report") and run_id in ended.text
 
 
 def test_a_run_whose_worker_stopped_renewing_its_lease_shows_owner_lost(

@@ -153,7 +153,8 @@ def run_live(run_id: str, me: Signed, app: auth.AppDep) -> Response:
     """The run's state and phases as stored now (the run page swaps them in live)."""
     view = app.view(run_id)
     return render.page("_live.html", view=view, run=view.run,
-                       owner_lost=render.owner_lost(view.run, app.now()))
+                       owner_lost=render.owner_lost(view.run, app.now()),
+                       approvals=app.approvals(run_id=view.run.id))
 
 
 @router.get("/runs/{run_id}/events/stream")

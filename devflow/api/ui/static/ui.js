@@ -36,7 +36,7 @@
     var row = document.createElement("tr");
     row.dataset.seq = String(event.seq);
     cell(row, String(event.seq));
-    cell(row, (event.ts || "").replace("T", " ").replace(/\.\d+/, "").replace("+00:00", " UTC"));
+    cell(row, (event.ts || "").replace("T", " ").replace(/\.\d+/, "").replace(/(Z|\+00:00)$/, " UTC"));
     cell(row, event.type);
     cell(row, event.phase || "");
     var code = document.createElement("code");
