@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from devflow import approvals, model, tokens
 from devflow.api import auth, events
@@ -257,8 +257,3 @@ def error_page(request: Request, exc: DevflowError) -> Response:
         return RedirectResponse("/ui/login", status_code=303)
     return render.page("error.html", exc.http_status, me=None, csrf="", flash=[],
                        error=exc)
-
-
-def not_found_page() -> HTMLResponse:
-    return render.page("error.html", 404, me=None, csrf="", flash=[], error=DevflowError(
-        Code.ROUTE_NOT_FOUND, "no such page", hint="start from /ui/"))
