@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devflow.app import App
 from devflow.settings import Settings
 from tests.acceptance.serve_support import Client, Served, Stream, wait_for
+from tests.acceptance.test_who_decides_cli import TEMPLATES
 from tests.acceptance.web_support import Browser, Page
 from tests.conftest import SCRIPTED
 
@@ -332,3 +334,54 @@ def test_a_run_whose_worker_stopped_renewing_its_lease_shows_owner_lost(
     assert "owner lost" in page.text and "worker-gone" in page.text
     assert browser.get("/ui/").testids("owner-lost")
     assert browser.get(f"/ui/runs/{run_id}/live").testids("owner-lost")
+
+
+@pytest.fixture
+def restricted(settings: Settings, home: Path, tmp_path: Path) -> Iterator[Served]:
+    """A server whose restricted@1 gate names the group leads (alice) as approvers."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for name, text in TEMPLATES.items():
+        (templates / name).write_text(text, encoding="utf-8")
+    (home / "config.yaml").write_text(yaml.safe_dump(
+        {"groups": {"leads": ["alice"], "operators": ["olga"]}}), encoding="utf-8")
+    served = Served(settings, home, ("--workers", "1", "--poll", "0.2"),
+                    env={"DEVFLOW_TEMPLATES_DIR": str(templates)}).start()
+    yield served
+    assert served.stop() == 0, served.log()
+
+
+def test_a_restricted_gate_is_decided_on_the_page_by_its_approvers_only(
+        app: App, restricted: Served, repo: Path) -> None:
+    operator = restricted.client(app.token_create("olga", "operator", "test")[0])
+    status, body = operator.call("POST", "/runs", {
+        "repo": str(repo), "base": "main", "template": "restricted@1",
+        "requirements": "Do the steps.", "binds": {"implementer": "scripted-implementer"}})
+    assert status == 201, body
+    run_id = body["run"]["id"]
+    stream = operator.stream(f"/runs/{run_id}/events/stream")
+    approval_id = wait_for(stream, "approval.requested").data["payload"]["approval_id"]
+    stream.close()
+    path = f"/ui/approvals/{approval_id}"
+
+    def click(browser: Browser) -> Page:
+        shown = browser.get(path)
+        return browser.post(f"{path}/decide", {
+            "csrf": shown.csrf(), "action": "approve", "token": shown.hidden("token"),
+            "round": shown.hidden("round"), "evidence": shown.hidden("evidence")})
+
+    # an admin's token reaches the route, but its actor is not among the gate's approvers
+    mallory = Browser(restricted.port)
+    mallory.sign_in(app.token_create("mallory", "admin", "test")[0])
+    refused = click(mallory)
+    assert refused.status == 403
+    assert any(f.startswith("not decided") and "leads (alice)" in f
+               for f in refused.flashes()), refused.flashes()
+    assert operator.call("GET", f"/approvals/{approval_id}")[1]["decisions"] == []
+
+    alice = Browser(restricted.port)
+    alice.sign_in(app.token_create("alice", "approver", "test")[0])
+    done = click(alice)
+    assert done.status == 303, done.text[:2000]
+    (decision,) = operator.call("GET", f"/approvals/{approval_id}")[1]["decisions"]
+    assert decision["actor"] == "alice"
