@@ -324,7 +324,9 @@ def test_a_run_whose_worker_stopped_renewing_its_lease_shows_owner_lost(
     run_id = body["run"]["id"]
     browser = Browser(idle.port)
     browser.sign_in(app.token_create("vera", "viewer", "test")[0])
-    assert not browser.get(f"/ui/runs/{run_id}").testids("owner-lost")
+    fresh = browser.get(f"/ui/runs/{run_id}")
+    assert not fresh.testids("owner-lost")
+    assert "No change yet." in fresh.text  # its branch is at the base: an empty diff
 
     # a worker took the run and stopped renewing its lease (as a killed one does): the
     # lease as stored ran out a second ago
