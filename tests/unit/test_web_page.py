@@ -11,7 +11,7 @@ from pathlib import Path
 from devflow import model
 from devflow.api.ui import render
 from devflow.api.ui.sessions import TTL, Sessions
-from devflow.states import RunState
+from devflow.states import ApprovalState, RunState
 
 SAMPLES = Path(__file__).parents[2] / "devflow" / "backends" / "samples"
 NOW = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -87,3 +87,21 @@ def test_a_session_is_new_at_each_sign_in_and_ends_with_its_token_or_its_time() 
     sessions.close(short_id)
     assert sessions.get(short_id, NOW) is None
     assert sessions.get("", NOW) is None and sessions.get(None, NOW) is None
+
+
+def test_a_request_is_decidable_while_pending_before_its_deadline_by_an_approver() -> None:
+    approval = model.Approval(
+        id=1, run_id="r", phase_key="spec", gate="spec_review", round=2,
+        state=ApprovalState.PENDING, message="", options=("approve",), approvers=(),
+        sections=None, evidence=model.Evidence(None, None, None, None),
+        opened_at=NOW - timedelta(hours=1), deadline=NOW + timedelta(hours=1))
+    assert render.not_decidable(approval, NOW, None) is None
+    assert "viewer" in str(render.not_decidable(approval, NOW, "viewer"))
+    late = NOW + timedelta(hours=2)
+    assert render.expired(approval, late)
+    assert str(render.not_decidable(approval, late, None)).startswith("expired")
+    decided = replace(approval, state=ApprovalState.APPROVED, resolution="approved",
+                      resolved_by="alice")
+    assert render.not_decidable(decided, NOW, None) == "already decided: approved by alice"
+    assert not render.expired(decided, late)
+    assert render.not_decidable(replace(approval, deadline=None), late, None) is None

@@ -56,6 +56,9 @@
     say("ended");
   });
   source.onerror = function () {
-    if (source.readyState !== EventSource.CLOSED) { say("reconnecting…"); }
+    // the browser reconnects by itself (with Last-Event-ID) unless the server refused
+    // the stream (signed out, say): then only a reload follows the run again
+    say(source.readyState === EventSource.CLOSED ? "not following: reload the page"
+                                                 : "reconnecting…");
   };
 })();
