@@ -37,6 +37,7 @@
     row.dataset.seq = String(event.seq);
     cell(row, String(event.seq));
     cell(row, (event.ts || "").replace("T", " ").replace(/\.\d+/, "").replace(/(Z|\+00:00)$/, " UTC"));
+    row.children[1].className = "when";
     cell(row, event.type);
     cell(row, event.phase || "");
     var code = document.createElement("code");
@@ -52,8 +53,10 @@
   source.addEventListener("resync", function () { refresh(); });
   source.addEventListener("end", function () {
     source.close();
-    refresh();
     say("ended");
+    // the run ended while the page was open: read it again whole (its report, the
+    // diff, the invocations); a page of an ended run does not do it again
+    if (live.dataset.ended !== "true") { window.location.reload(); } else { refresh(); }
   });
   source.onerror = function () {
     // the browser reconnects by itself (with Last-Event-ID) unless the server refused
