@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -292,12 +293,26 @@ def test_an_approver_decides_once_through_the_page_and_a_viewer_only_looks(
     sections = re.findall(r'name="section:([^"]+)" value="reject"', shown.text)
     assert sections == ["truncate-off-by-one", "cli-help-text"]  # the review's findings
     assert 'data-severity="minor"' in shown.text and 'data-severity="info"' in shown.text
-    asked = alice.post(f"/ui/approvals/{review['approval_id']}/decide", {
-        "csrf": shown.csrf(), "action": "request_changes", "token": shown.hidden("token"),
-        "round": shown.hidden("round"), "evidence": shown.hidden("evidence"), "comment": "",
-        "section:truncate-off-by-one": "reject", "section:cli-help-text": "approve"})
-    assert asked.status == 303, asked.text[:2000]
-    assert any("request changes recorded" in f for f in alice.follow(asked).flashes())
+    # ... posted by 8 clicks at once: one decision, the others told it was decided
+    form = {"csrf": shown.csrf(), "action": "request_changes", "token": shown.hidden("token"),
+            "round": shown.hidden("round"), "evidence": shown.hidden("evidence"),
+            "comment": "", "section:truncate-off-by-one": "reject",
+            "section:cli-help-text": "approve"}
+    barrier = threading.Barrier(8)
+    answers: list[Page] = []
+
+    def click() -> None:
+        barrier.wait()
+        answers.append(alice.post(f"/ui/approvals/{review['approval_id']}/decide", form))
+    clicks = [threading.Thread(target=click) for _ in range(8)]
+    for thread in clicks:
+        thread.start()
+    for thread in clicks:
+        thread.join()
+    assert [a.status for a in answers] == [303] * 8, [a.text[:500] for a in answers]
+    told = alice.get(f"/ui/approvals/{review['approval_id']}").flashes()
+    assert sum("request changes recorded" in f for f in told) == 1, told
+    assert sum(f.startswith("already decided") for f in told) == 7, told
     (decision,) = operator.call("GET", f"/approvals/{review['approval_id']}")[1]["decisions"]
     assert (decision["action"], decision["sections"]) == (
         "request_changes", {"truncate-off-by-one": "reject", "cli-help-text": "approve"})
