@@ -24,6 +24,21 @@
       });
   }
 
+  function refreshSections() {
+    fetch(window.location.pathname, { credentials: "same-origin",
+                                      headers: { Accept: "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html === null) { return; }
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        fresh.querySelectorAll("section[data-refresh]").forEach(function (section) {
+          var old = document.getElementById(section.id);
+          if (old) { old.replaceWith(document.importNode(section, true)); }
+        });
+      })
+      .catch(function () { /* a reload shows them */ });
+  }
+
   function cell(row, text) {
     var td = document.createElement("td");
     td.textContent = text;
@@ -54,9 +69,10 @@
   source.addEventListener("end", function () {
     source.close();
     say("ended");
-    // the run ended while the page was open: read it again whole (its report, the
-    // diff, the invocations); a page of an ended run does not do it again
-    if (live.dataset.ended !== "true") { window.location.reload(); } else { refresh(); }
+    refresh();
+    // the run ended while the page was open: its report, diff, invocations and
+    // bindings are read again and swapped in (the page is not reloaded)
+    if (live.dataset.ended !== "true") { refreshSections(); }
   });
   source.onerror = function () {
     // the browser reconnects by itself (with Last-Event-ID) unless the server refused
