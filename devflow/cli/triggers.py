@@ -33,7 +33,7 @@ def _schedule(view: TriggerView) -> str:
     if s is None:
         w = view.trigger.webhook
         source = w.source if w else "?"
-        return f"webhook {source}" + ("" if view.trigger.served else " (not served)")
+        return f"webhook {source}"
     return f"{s.cron} {s.timezone}"
 
 
@@ -181,10 +181,7 @@ def triggers_validate(state: State, files: tuple[Path, ...], as_json: bool) -> i
 
 
 def _valid(path: Path | None, checked: Any) -> dict[str, Any]:
-    entry = {"file": str(path), "ref": checked.ref, "hash": checked.hash}
-    if not getattr(checked, "served", True):
-        entry["note"] = "a webhook trigger of a source not served (gitlab)"
-    return entry
+    return {"file": str(path), "ref": checked.ref, "hash": checked.hash}
 
 
 def register(cli: click.Group) -> None:
