@@ -40,6 +40,7 @@ from devflow.store.tables import (
     TRIGGER_EVENT,
     TRIGGER_STATE,
     TRIGGER_TICK,
+    WEB_SESSION,
     WORKER,
 )
 
@@ -185,6 +186,7 @@ INVOCATIONS: Final = Mapper(model.Invocation, INVOCATION)
 ARTIFACTS: Final = Mapper(model.ArtifactRecord, ARTIFACT, unread=frozenset({"id"}))
 WORKERS: Final = Mapper(model.Worker, WORKER)
 TOKENS: Final = Mapper(model.ApiToken, API_TOKEN, unread=frozenset({"digest"}))
+SESSIONS: Final = Mapper(model.WebSession, WEB_SESSION)
 TRIGGER_STATES: Final = Mapper(ticks.TriggerState, TRIGGER_STATE,
                                unread=frozenset({"created_at", "updated_at"}))
 TICKS: Final = Mapper(ticks.Tick, TRIGGER_TICK, unread=frozenset({"id"}))
