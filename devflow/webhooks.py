@@ -125,13 +125,18 @@ def backoff(attempts: int, rand: random.Random | None = None) -> float:
 
 
 def message(event: Mapping[str, Any], base_url: str) -> dict[str, Any]:
-    """What a webhook receives for an event: the run, gate, round and a deep link."""
+    """What a webhook receives for an event: the run, gate, round and a deep link (the
+    web page of the request, or of the run; ``api``: the run in the HTTP API)."""
     payload = event.get("payload") or {}
     run_id = event["run_id"]
+    base = base_url.rstrip("/")
+    approval_id = payload.get("approval_id")
+    page = (f"approvals/{approval_id}" if approval_id is not None
+            and str(event["type"]).startswith("approval.") else f"runs/{run_id}")
     data = {"run_id": run_id, "seq": event["seq"], "phase": event.get("phase"),
             "gate": payload.get("gate"), "round": payload.get("round"),
-            "approval_id": payload.get("approval_id"), "deadline": payload.get("deadline"),
-            "link": f"{base_url.rstrip('/')}/api/v1/runs/{run_id}"}
+            "approval_id": approval_id, "deadline": payload.get("deadline"),
+            "link": f"{base}/ui/{page}", "api": f"{base}/api/v1/runs/{run_id}"}
     if str(event["type"]).startswith("run."):
         data.update(state=str(event["type"]).removeprefix("run."),
                     reason=payload.get("reason"), code=payload.get("code"))

@@ -143,7 +143,9 @@ def test_each_event_is_sent_once_signed_retried_and_a_gone_endpoint_disabled(
             assert webhooks.verify(secret, r.id, r.timestamp, r.body, r.signature)
         assert not webhooks.verify(NEW_SECRET, r.id, r.timestamp + 1, r.body, r.signature)
         data = r.message["data"]
-        assert data["run_id"] == run_id and data["link"].endswith(f"/runs/{run_id}")
+        assert data["run_id"] == run_id and data["api"].endswith(f"/api/v1/runs/{run_id}")
+        assert data["link"].endswith(f"/ui/approvals/{data['approval_id']}"
+                                     if data["approval_id"] else f"/ui/runs/{run_id}")
     assert [r.message["data"]["gate"] for r in ok[:2]] == ["spec_review", "final_review"]
     assert ok[0].message["data"]["round"] == 1
     assert ok[2].message["data"]["state"] == "completed"

@@ -64,7 +64,9 @@ def test_a_message_carries_the_run_gate_round_and_a_deep_link() -> None:
     assert sent["data"] == {"run_id": "r1", "seq": 7, "phase": "spec", "gate": "spec_review",
                             "round": 2, "approval_id": 3,
                             "deadline": "2026-12-07T09:00:00+00:00",
-                            "link": "https://devflow.example.org/api/v1/runs/r1"}
+                            "link": "https://devflow.example.org/ui/approvals/3",
+                            "api": "https://devflow.example.org/api/v1/runs/r1"}
     ended = webhooks.message({**event, "type": "run.failed", "payload": {
         "code": "approval_rejected", "reason": "no"}}, "http://x")
     assert (ended["data"]["state"], ended["data"]["code"]) == ("failed", "approval_rejected")
+    assert ended["data"]["link"] == "http://x/ui/runs/r1"  # an ended run: its page
