@@ -252,6 +252,27 @@ class App:
     def bindings(self, run_id: str) -> list[model.Binding]:
         return self.store.runs.bindings(self.store.runs.get(run_id).id)
 
+    def invocations(self, run_id: str) -> list[model.Invocation]:
+        """The agents and commands the run started, with their usage and cost."""
+        return self.store.runs.invocations(self.store.runs.get(run_id).id)
+
+    def diff(self, run_id: str, max_bytes: int = 512 * 1024) -> tuple[str, bool] | None:
+        """The run's branch against its base, as a patch (text, cut at ``max_bytes``);
+        None before the run has a base commit or when its repository is not here."""
+        run = self.store.runs.get(run_id)
+        if not run.base_sha or not run.branch or not Path(run.repo).is_dir():
+            return None
+        from devflow import worktree  # noqa: PLC0415 - see the module doc
+        return worktree.diff(Path(run.repo), run.base_sha, run.branch, max_bytes)
+
+    def report_text(self, run_id: str, fmt: str = "md") -> str | None:
+        """The final report as written, or None while there is none (it writes nothing)."""
+        run = self.store.runs.get(run_id)
+        path = Path(run.workspace) / f"report.{fmt}"
+        if run.state not in TERMINAL or not path.is_file():
+            return None
+        return path.read_text(encoding="utf-8")
+
     def runs(self, states: list[RunState] | None = None, repo: Path | None = None,
              limit: int = 200, before: tuple[datetime, str] | None = None) -> list[model.Run]:
         """Runs, newest first; ``repo``: those of the repository containing that path;
@@ -542,6 +563,19 @@ class App:
                                hint="ask an admin for a new one (devflow tokens create)")
         self.store.tokens.touch(token)
         return token
+
+    def now(self) -> datetime:
+        """The store's clock (what deadlines, leases and sessions are compared with)."""
+        return self.store.clock()
+
+    def live_token(self, prefix: str) -> model.ApiToken:
+        """The live token of this id (a web session's), or ``unauthenticated``: a session
+        ends when its token is revoked or expires."""
+        found = self.store.tokens.find(prefix)
+        if found is None or not found[0].live(self.store.clock()):
+            raise DevflowError(Code.UNAUTHENTICATED, f"API token {prefix} is no longer live",
+                               hint="sign in again with a live token")
+        return found[0]
 
     def approvals(self, *, pending: bool = False,
                   run_id: str | None = None) -> list[model.Approval]:

@@ -71,6 +71,10 @@ class Code(enum.StrEnum):
     #: `devflow serve` on an address other than loopback while no API token is live
     BIND_REFUSED = "bind_refused"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    #: the web page: a POST from another origin, or without this session's CSRF token
+    CSRF_FAILED = "csrf_failed"
+    #: the web page: a POST that is not a url-encoded form (text/plain included)
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     # not found
     TEMPLATE_NOT_FOUND = "template_not_found"
     PERSONA_NOT_FOUND = "persona_not_found"
@@ -143,7 +147,7 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
         Code.NOT_A_GIT_REPO, Code.BASE_BRANCH_NOT_FOUND, Code.NO_PERSONA_FOR_ROLE,
         Code.BACKEND_UNAVAILABLE, Code.BINDING_INVALID, Code.UNKNOWN_SECTION,
         Code.SANDBOX_UNAVAILABLE, Code.BAD_REQUEST, Code.HOST_NOT_ALLOWED, Code.BIND_REFUSED,
-        Code.METHOD_NOT_ALLOWED,
+        Code.METHOD_NOT_ALLOWED, Code.CSRF_FAILED, Code.UNSUPPORTED_MEDIA_TYPE,
     )},
     **{c: Kind.NOT_FOUND for c in (
         Code.TEMPLATE_NOT_FOUND, Code.PERSONA_NOT_FOUND, Code.SCHEMA_NOT_FOUND,
@@ -167,6 +171,7 @@ _KIND_OF: Final[Mapping[Code, Kind]] = {
 _HTTP_OF: Final[Mapping[Code, int]] = {
     Code.BAD_REQUEST: 400, Code.UNAUTHENTICATED: 401, Code.NOT_AUTHORIZED: 403,
     Code.ROLE_FORBIDDEN: 403, Code.HOST_NOT_ALLOWED: 403, Code.METHOD_NOT_ALLOWED: 405,
+    Code.CSRF_FAILED: 403, Code.UNSUPPORTED_MEDIA_TYPE: 415,
 }
 
 

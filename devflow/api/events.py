@@ -51,6 +51,13 @@ async def stream_events(run_id: str, request: Request, caller: Viewer, app: AppD
                         last_event_id: Annotated[str | None, Header()] = None,
                         ) -> StreamingResponse:
     """Server-Sent Events from `after` (or `Last-Event-ID`, which wins): see the module doc."""
+    return await sse(app, run_id, request, after, last_event_id)
+
+
+async def sse(app: App, run_id: str, request: Request, after: int,
+              last_event_id: str | None) -> StreamingResponse:
+    """The run's event stream from ``after`` or ``Last-Event-ID`` (the API's and the web
+    page's, each authenticated its own way)."""
     cursor = after
     if last_event_id is not None and last_event_id.strip():
         try:

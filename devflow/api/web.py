@@ -15,12 +15,15 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from devflow import logs
 from devflow.api import admin, approvals, auth, events, hooks, runs
+from devflow.api.ui import pages
+from devflow.api.ui.sessions import Sessions
 from devflow.app import App
 from devflow.errors import Code, DevflowError
 
@@ -78,6 +81,7 @@ def build(app: App, *, allow_hosts: Iterable[str] = (), heartbeat: float = 15.0,
     api.state.devflow = app
     api.state.heartbeat = heartbeat
     api.state.stopping = stopping
+    api.state.sessions = Sessions()
     api.add_exception_handler(DevflowError, _devflow_error)
     api.add_exception_handler(RequestValidationError, _unreadable)
     api.add_exception_handler(HTTPException, _http_error)
@@ -90,14 +94,26 @@ def build(app: App, *, allow_hosts: Iterable[str] = (), heartbeat: float = 15.0,
 
     for router in (runs.router, approvals.router, events.router, admin.router, hooks.router):
         api.include_router(router, prefix=PREFIX)
+
+    @api.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse("/ui/", status_code=303)
+
+    api.include_router(pages.router)
+    api.mount("/ui/static", StaticFiles(packages=[("devflow.api.ui", "static")]),
+              name="ui-static")
     return HostAllowlist(api, [*LOOPBACK_NAMES, *allow_hosts])
 
 
 
 
-async def _devflow_error(request: Request, exc: Exception) -> JSONResponse:
+def _page(request: Request) -> bool:
+    return request.url.path == "/ui" or request.url.path.startswith("/ui/")
+
+
+async def _devflow_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DevflowError)
-    return error_response(exc)
+    return pages.error_page(request, exc) if _page(request) else error_response(exc)
 
 
 async def _unreadable(request: Request, exc: Exception) -> JSONResponse:
@@ -111,8 +127,10 @@ async def _unreadable(request: Request, exc: Exception) -> JSONResponse:
                                        hint="see the route in /api/v1/openapi.json"))
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404 and _page(request):
+        return pages.not_found_page()
     if exc.status_code == 405:
         return error_response(DevflowError(
             Code.METHOD_NOT_ALLOWED, f"{request.method} is not a method of {request.url.path}",
