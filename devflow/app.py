@@ -258,7 +258,8 @@ class App:
 
     def diff(self, run_id: str, max_bytes: int = 512 * 1024) -> tuple[str, bool] | None:
         """The run's branch against its base, as a patch (text, cut at ``max_bytes``);
-        None before the run has a base commit or when its repository is not here."""
+        None before the run has a base commit, when its repository is not here or its
+        branch is gone (``worktree prune --delete-branches``)."""
         run = self.store.runs.get(run_id)
         if not run.base_sha or not run.branch or not Path(run.repo).is_dir():
             return None

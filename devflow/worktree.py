@@ -498,14 +498,17 @@ def diffstat(repo: Path, base_sha: str, branch: str) -> list[FileStat]:
     return stats
 
 
-def diff(repo: Path, base_sha: str, branch: str, max_bytes: int) -> tuple[str, bool]:
-    """The branch's change against the base commit, as a patch: (text, cut at max_bytes)."""
-    text = _git(repo, ["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--stat",
-                       "--patch", base_sha, f"refs/heads/{branch}", "--"],
-                check=False).stdout
-    if len(text.encode("utf-8")) <= max_bytes:
-        return text, False
-    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore"), True
+def diff(repo: Path, base_sha: str, branch: str, max_bytes: int) -> tuple[str, bool] | None:
+    """The branch's change against the base commit, as a patch: (text, cut at max_bytes);
+    None when git cannot tell (the branch or the base is gone)."""
+    result = _git(repo, ["diff", "--no-ext-diff", "--no-textconv", "--no-color", "--stat",
+                         "--patch", base_sha, f"refs/heads/{branch}", "--"], check=False)
+    if result.returncode != 0:
+        return None
+    raw = result.stdout.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return result.stdout, False
+    return raw[:max_bytes].decode("utf-8", errors="ignore"), True
 
 
 def disk_usage(path: Path) -> int:

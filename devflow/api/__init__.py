@@ -11,4 +11,5 @@ the store.
 - ``web``: the ASGI application: Host allowlist, errors as ``{"error": ...}``, routers
 - ``auth``: the bearer token, its role per route, its actor as the principal
 - ``runs``, ``approvals``, ``events``, ``admin``: the routes under ``/api/v1``
+- ``ui``: the approvers' web page under ``/ui`` (sessions, forms checked, pages)
 """

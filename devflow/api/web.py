@@ -5,7 +5,8 @@ HTTP status of its code (``errors.http_status``): a ``DevflowError`` of the libr
 as it is; a request that cannot be read (not JSON, a field of the wrong type or
 unknown) ``bad_request``; an unknown route or method ``route_not_found`` or
 ``method_not_allowed``; anything else ``internal_error``, its traceback in the
-server's log only.
+server's log only. Under ``/ui`` (the web page, ``ui``) the same error is a page with
+the same status, and a signed-out browser asking for a page is sent to sign in.
 """
 
 from __future__ import annotations
@@ -111,39 +112,41 @@ def _page(request: Request) -> bool:
     return request.url.path == "/ui" or request.url.path.startswith("/ui/")
 
 
-async def _devflow_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, DevflowError)
+def _respond(request: Request, exc: DevflowError) -> Response:
     return pages.error_page(request, exc) if _page(request) else error_response(exc)
 
 
-async def _unreadable(request: Request, exc: Exception) -> JSONResponse:
+async def _devflow_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DevflowError)
+    return _respond(request, exc)
+
+
+async def _unreadable(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     problems = []
     for item in exc.errors()[:5]:
         where = ".".join(str(part) for part in item.get("loc", ()))
         problems.append(f"{where}: {item.get('msg', 'invalid')}")
-    return error_response(DevflowError(Code.BAD_REQUEST, "the request cannot be read: "
-                                       + "; ".join(problems),
-                                       hint="see the route in /api/v1/openapi.json"))
+    return _respond(request, DevflowError(Code.BAD_REQUEST, "the request cannot be read: "
+                                          + "; ".join(problems),
+                                          hint="see the route in /api/v1/openapi.json"))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if exc.status_code == 404 and _page(request):
-        return pages.not_found_page()
     if exc.status_code == 405:
-        return error_response(DevflowError(
+        return _respond(request, DevflowError(
             Code.METHOD_NOT_ALLOWED, f"{request.method} is not a method of {request.url.path}",
             hint="see /api/v1/openapi.json"))
     if exc.status_code == 404:
-        return error_response(DevflowError(Code.ROUTE_NOT_FOUND,
-                                           f"no route {request.url.path}",
-                                           hint="the routes are in /api/v1/openapi.json"))
-    return error_response(DevflowError(Code.BAD_REQUEST, str(exc.detail), hint=""))
+        return _respond(request, DevflowError(Code.ROUTE_NOT_FOUND,
+                                              f"no route {request.url.path}",
+                                              hint="the routes are in /api/v1/openapi.json"))
+    return _respond(request, DevflowError(Code.BAD_REQUEST, str(exc.detail), hint=""))
 
 
-async def _crash(request: Request, exc: Exception) -> JSONResponse:
+async def _crash(request: Request, exc: Exception) -> Response:
     log.error("request_failed", method=request.method, path=request.url.path,
               error=f"{type(exc).__name__}: {exc}", exc_info=exc)
-    return error_response(DevflowError(Code.INTERNAL, "the server failed on this request",
-                                       hint="its log says why; retry, or report it"))
+    return _respond(request, DevflowError(Code.INTERNAL, "the server failed on this request",
+                                          hint="its log says why; retry, or report it"))

@@ -5,15 +5,19 @@ through the page with the CLI's semantics, and a run whose owner is lost."""
 from __future__ import annotations
 
 import http.client
+import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from devflow.app import App
 from devflow.settings import Settings
 from tests.acceptance.serve_support import Client, Served, Stream, wait_for
+from tests.acceptance.test_who_decides_cli import TEMPLATES
 from tests.acceptance.web_support import Browser, Page
 from tests.conftest import SCRIPTED
 
@@ -280,9 +284,51 @@ def test_an_approver_decides_once_through_the_page_and_a_viewer_only_looks(
     # the run goes on in the worker, to its next gate
     stream = session_stream(driving.port, alice.cookies["devflow_session"],
                             f"/ui/runs/{run_id}/events/stream", last_event_id=requested.id)
-    nxt = wait_for(stream, "approval.requested")
+    review = wait_for(stream, "approval.requested").data["payload"]
     stream.close()
-    assert nxt.data["payload"]["approval_id"] != approval_id
+    assert review["gate"] == "final_review"
+
+    # a gate with sections: a rejected section says which changes, without a comment
+    shown = alice.get(f"/ui/approvals/{review['approval_id']}")
+    sections = re.findall(r'name="section:([^"]+)" value="reject"', shown.text)
+    assert sections == ["truncate-off-by-one", "cli-help-text"]  # the review's findings
+    assert 'data-severity="minor"' in shown.text and 'data-severity="info"' in shown.text
+    # ... posted by 8 clicks at once: one decision, the others told it was decided
+    form = {"csrf": shown.csrf(), "action": "request_changes", "token": shown.hidden("token"),
+            "round": shown.hidden("round"), "evidence": shown.hidden("evidence"),
+            "comment": "", "section:truncate-off-by-one": "reject",
+            "section:cli-help-text": "approve"}
+    barrier = threading.Barrier(8)
+    answers: list[Page] = []
+
+    def click() -> None:
+        barrier.wait()
+        answers.append(alice.post(f"/ui/approvals/{review['approval_id']}/decide", form))
+    clicks = [threading.Thread(target=click) for _ in range(8)]
+    for thread in clicks:
+        thread.start()
+    for thread in clicks:
+        thread.join()
+    assert [a.status for a in answers] == [303] * 8, [a.text[:500] for a in answers]
+    told = alice.get(f"/ui/approvals/{review['approval_id']}").flashes()
+    assert sum("request changes recorded" in f for f in told) == 1, told
+    assert sum(f.startswith("already decided") for f in told) == 7, told
+    (decision,) = operator.call("GET", f"/approvals/{review['approval_id']}")[1]["decisions"]
+    assert (decision["action"], decision["sections"]) == (
+        "request_changes", {"truncate-off-by-one": "reject", "cli-help-text": "approve"})
+
+    # the run page: the diff against the base (App.diff), invocations; once ended, the report
+    run = alice.get(f"/ui/runs/{run_id}")
+    assert len(run.testids("diff")) == 1
+    assert "diff --git" in run.text
+    assert "scripted" in run.text  # the invocations' backend
+    assert run.testids("report") == []
+    status, body = operator.call("POST", f"/runs/{run_id}/abort", {"reason": "enough"})
+    assert status == 200, body
+    ended = alice.get(f"/ui/runs/{run_id}")
+    assert '<span class="state state-aborted" data-testid="run-state">aborted</span>' \
+        in ended.text
+    assert ended.testids("report") and run_id in ended.text
 
 
 def test_a_run_whose_worker_stopped_renewing_its_lease_shows_owner_lost(
@@ -293,7 +339,9 @@ def test_a_run_whose_worker_stopped_renewing_its_lease_shows_owner_lost(
     run_id = body["run"]["id"]
     browser = Browser(idle.port)
     browser.sign_in(app.token_create("vera", "viewer", "test")[0])
-    assert not browser.get(f"/ui/runs/{run_id}").testids("owner-lost")
+    fresh = browser.get(f"/ui/runs/{run_id}")
+    assert not fresh.testids("owner-lost")
+    assert "No change yet." in fresh.text  # its branch is at the base: an empty diff
 
     # a worker took the run and stopped renewing its lease (as a killed one does): the
     # lease as stored ran out a second ago
@@ -303,3 +351,54 @@ def test_a_run_whose_worker_stopped_renewing_its_lease_shows_owner_lost(
     assert "owner lost" in page.text and "worker-gone" in page.text
     assert browser.get("/ui/").testids("owner-lost")
     assert browser.get(f"/ui/runs/{run_id}/live").testids("owner-lost")
+
+
+@pytest.fixture
+def restricted(settings: Settings, home: Path, tmp_path: Path) -> Iterator[Served]:
+    """A server whose restricted@1 gate names the group leads (alice) as approvers."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for name, text in TEMPLATES.items():
+        (templates / name).write_text(text, encoding="utf-8")
+    (home / "config.yaml").write_text(yaml.safe_dump(
+        {"groups": {"leads": ["alice"], "operators": ["olga"]}}), encoding="utf-8")
+    served = Served(settings, home, ("--workers", "1", "--poll", "0.2"),
+                    env={"DEVFLOW_TEMPLATES_DIR": str(templates)}).start()
+    yield served
+    assert served.stop() == 0, served.log()
+
+
+def test_a_restricted_gate_is_decided_on_the_page_by_its_approvers_only(
+        app: App, restricted: Served, repo: Path) -> None:
+    operator = restricted.client(app.token_create("olga", "operator", "test")[0])
+    status, body = operator.call("POST", "/runs", {
+        "repo": str(repo), "base": "main", "template": "restricted@1",
+        "requirements": "Do the steps.", "binds": {"implementer": "scripted-implementer"}})
+    assert status == 201, body
+    run_id = body["run"]["id"]
+    stream = operator.stream(f"/runs/{run_id}/events/stream")
+    approval_id = wait_for(stream, "approval.requested").data["payload"]["approval_id"]
+    stream.close()
+    path = f"/ui/approvals/{approval_id}"
+
+    def click(browser: Browser) -> Page:
+        shown = browser.get(path)
+        return browser.post(f"{path}/decide", {
+            "csrf": shown.csrf(), "action": "approve", "token": shown.hidden("token"),
+            "round": shown.hidden("round"), "evidence": shown.hidden("evidence")})
+
+    # an admin's token reaches the route, but its actor is not among the gate's approvers
+    mallory = Browser(restricted.port)
+    mallory.sign_in(app.token_create("mallory", "admin", "test")[0])
+    refused = click(mallory)
+    assert refused.status == 403
+    assert any(f.startswith("not decided") and "leads (alice)" in f
+               for f in refused.flashes()), refused.flashes()
+    assert operator.call("GET", f"/approvals/{approval_id}")[1]["decisions"] == []
+
+    alice = Browser(restricted.port)
+    alice.sign_in(app.token_create("alice", "approver", "test")[0])
+    done = click(alice)
+    assert done.status == 303, done.text[:2000]
+    (decision,) = operator.call("GET", f"/approvals/{approval_id}")[1]["decisions"]
+    assert decision["actor"] == "alice"

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from devflow import approvals, model, tokens
 from devflow.api import auth, events
@@ -24,7 +24,6 @@ from devflow.api.ui import guard, render
 from devflow.api.ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
 from devflow.app import App
 from devflow.errors import Code, DevflowError
-from devflow.states import ApprovalState
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
@@ -153,7 +152,8 @@ def run_live(run_id: str, me: Signed, app: auth.AppDep) -> Response:
     """The run's state and phases as stored now (the run page swaps them in live)."""
     view = app.view(run_id)
     return render.page("_live.html", view=view, run=view.run,
-                       owner_lost=render.owner_lost(view.run, app.now()))
+                       owner_lost=render.owner_lost(view.run, app.now()),
+                       approvals=app.approvals(run_id=view.run.id))
 
 
 @router.get("/runs/{run_id}/events/stream")
@@ -182,20 +182,13 @@ def request_page(approval_id: int, me: Signed, app: auth.AppDep) -> Response:
 def _request_page(app: App, me: SignedIn, approval_id: int, status: int = 200) -> Response:
     approval, decisions, document = app.approval(approval_id)
     run = app.view(approval.run_id).run
-    expired = (approval.state is ApprovalState.PENDING and approval.deadline is not None
-               and approval.deadline <= app.now())
-    why_not = None
-    if approval.state is not ApprovalState.PENDING:
-        why_not = f"already decided: {approval.resolution or approval.state}" + (
-            f" by {approval.resolved_by}" if approval.resolved_by else "")
-    elif expired:
-        why_not = "expired: its deadline passed; the sweep decides it as the gate says"
-    elif not me.may_decide:
-        why_not = f"your token's role ({me.token.role}) may look, not decide"
+    now = app.now()
+    why_not = render.not_decidable(approval, now, me.token.role if not me.may_decide
+                                   else None)
     return render.page("request.html", status, **me.base(
         approval=approval, decisions=decisions, run=run, view=render.artifact_view(document),
         sections=render.section_keys(document, approval.sections),
-        decidable=why_not is None, why_not=why_not, expired=expired,
+        decidable=why_not is None, why_not=why_not, expired=render.expired(approval, now),
         decision_token="web-" + secrets.token_urlsafe(16)))
 
 
@@ -256,8 +249,3 @@ def error_page(request: Request, exc: DevflowError) -> Response:
         return RedirectResponse("/ui/login", status_code=303)
     return render.page("error.html", exc.http_status, me=None, csrf="", flash=[],
                        error=exc)
-
-
-def not_found_page() -> HTMLResponse:
-    return render.page("error.html", 404, me=None, csrf="", flash=[], error=DevflowError(
-        Code.ROUTE_NOT_FOUND, "no such page", hint="start from /ui/"))

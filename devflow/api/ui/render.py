@@ -17,7 +17,7 @@ import jinja2
 from fastapi.responses import HTMLResponse
 
 from devflow import model
-from devflow.states import RUNNABLE
+from devflow.states import RUNNABLE, ApprovalState
 
 #: the order severities are shown in; others follow, by name
 SEVERITIES = ("blocker", "critical", "major", "minor", "info")
@@ -46,6 +46,26 @@ def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
 def owner_lost(run: model.Run, now: datetime) -> bool:
     return (run.state in RUNNABLE and run.lease_owner is not None
             and run.lease_expires_at is not None and run.lease_expires_at <= now)
+
+
+def expired(approval: model.Approval, now: datetime) -> bool:
+    """A pending request whose deadline passed (the sweep decides it as the gate says)."""
+    return (approval.state is ApprovalState.PENDING and approval.deadline is not None
+            and approval.deadline <= now)
+
+
+def not_decidable(approval: model.Approval, now: datetime,
+                  looking_role: str | None) -> str | None:
+    """Why the request's buttons cannot be clicked, or None; ``looking_role``: the role
+    of a token that may look but not decide (None: it may decide)."""
+    if approval.state is not ApprovalState.PENDING:
+        return f"already decided: {approval.resolution or approval.state}" + (
+            f" by {approval.resolved_by}" if approval.resolved_by else "")
+    if expired(approval, now):
+        return "expired: its deadline passed; the sweep decides it as the gate says"
+    if looking_role is not None:
+        return f"your token's role ({looking_role}) may look, not decide"
+    return None
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,21 @@
       });
   }
 
+  function refreshSections() {
+    fetch(window.location.pathname, { credentials: "same-origin",
+                                      headers: { Accept: "text/html" } })
+      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(function (html) {
+        if (html === null) { return; }
+        var fresh = new DOMParser().parseFromString(html, "text/html");
+        fresh.querySelectorAll("section[data-refresh]").forEach(function (section) {
+          var old = document.getElementById(section.id);
+          if (old) { old.replaceWith(document.importNode(section, true)); }
+        });
+      })
+      .catch(function () { /* a reload shows them */ });
+  }
+
   function cell(row, text) {
     var td = document.createElement("td");
     td.textContent = text;
@@ -36,7 +51,8 @@
     var row = document.createElement("tr");
     row.dataset.seq = String(event.seq);
     cell(row, String(event.seq));
-    cell(row, (event.ts || "").replace("T", " ").replace(/\.\d+/, "").replace("+00:00", " UTC"));
+    cell(row, (event.ts || "").replace("T", " ").replace(/\.\d+/, "").replace(/(Z|\+00:00)$/, " UTC"));
+    row.children[1].className = "when";
     cell(row, event.type);
     cell(row, event.phase || "");
     var code = document.createElement("code");
@@ -52,10 +68,16 @@
   source.addEventListener("resync", function () { refresh(); });
   source.addEventListener("end", function () {
     source.close();
-    refresh();
     say("ended");
+    refresh();
+    // the run ended while the page was open: its report, diff, invocations and
+    // bindings are read again and swapped in (the page is not reloaded)
+    if (live.dataset.ended !== "true") { refreshSections(); }
   });
   source.onerror = function () {
-    if (source.readyState !== EventSource.CLOSED) { say("reconnecting…"); }
+    // the browser reconnects by itself (with Last-Event-ID) unless the server refused
+    // the stream (signed out, say): then only a reload follows the run again
+    say(source.readyState === EventSource.CLOSED ? "not following: reload the page"
+                                                 : "reconnecting…");
   };
 })();
