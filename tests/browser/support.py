@@ -79,3 +79,64 @@ class Shots:
         path = self.folder / f"{name}.png"
         page.screenshot(path=str(path), full_page=full_page, animations="disabled")
         self.taken.append(path)
+
+
+def expect(target: Any) -> Any:
+    """playwright's ``expect``, waiting up to a minute (a loaded 2-core machine runs the
+    scripted agents of a phase in seconds)."""
+    from playwright.sync_api import expect as playwright_expect
+    playwright_expect.set_options(timeout=60_000)
+    return playwright_expect(target)
+
+
+def open_row(row: Any) -> None:
+    """Follow the link of a list row (the row itself, or the first link inside it)."""
+    row.locator("xpath=self::a | .//a").first.click()
+
+
+#: records, in the tab's sessionStorage (it outlives a reload), what the page showed as
+#: it changed in place: each state of the run and of its phases, and the events table's
+#: seqs (a MutationObserver of this document only: a reloaded page records nothing); and
+#: leaves a mark on ``window`` that only a reload would clear
+WATCH_LIVE = """() => {
+  window.devflowMark = 'not reloaded';
+  const seen = [];
+  const note = () => {
+    const run = document.querySelector('[data-testid=run-state]');
+    const found = run ? ['run:' + run.textContent.trim()] : [];
+    for (const p of document.querySelectorAll('[data-testid=phase]')) {
+      found.push(p.dataset.phase + ':' + p.dataset.state);
+    }
+    for (const item of found) { if (!seen.includes(item)) seen.push(item); }
+    const seqs = [...document.querySelectorAll('#events tr[data-seq]')]
+      .map(r => Number(r.dataset.seq));
+    sessionStorage.setItem('devflowLive', JSON.stringify({seen: seen, seqs: seqs}));
+  };
+  new MutationObserver(note).observe(document.body, {subtree: true, childList: true,
+                                                     attributes: true, characterData: true});
+  note();
+}"""
+SEEN_LIVE = "() => JSON.parse(sessionStorage.getItem('devflowLive'))"
+
+
+def seen_live(page: Any) -> dict[str, Any]:
+    """What ``WATCH_LIVE`` recorded (read again when the page was reloading meanwhile)."""
+    from playwright.sync_api import Error
+    for _ in range(100):
+        try:
+            seen = page.evaluate(SEEN_LIVE)
+        except Error:  # the page reloaded itself while it was read
+            page.wait_for_load_state()
+            continue
+        assert isinstance(seen, dict)
+        return seen
+    raise AssertionError("the page never stopped reloading")
+
+
+def wait_until(page: Any, condition: Any, tries: int = 3000) -> None:
+    """Let the page's events run until ``condition()`` holds (a minute at most)."""
+    for _ in range(tries):
+        if condition():
+            return
+        page.wait_for_timeout(20)
+    raise AssertionError("the browser never got there")
