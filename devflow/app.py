@@ -546,7 +546,10 @@ class App:
         return self.store.tokens.list(include_dead=include_dead)
 
     def token_revoke(self, prefix: str) -> tuple[model.ApiToken, bool]:
-        return self.store.tokens.revoke(prefix)
+        """Revoke a token; the web page's sessions opened with it end with it."""
+        revoked = self.store.tokens.revoke(prefix)
+        self.store.sessions.close_token(revoked[0].prefix)
+        return revoked
 
     def authenticate(self, presented: str) -> model.ApiToken:
         """The live token presented (its use recorded), or ``unauthenticated``."""
@@ -569,14 +572,46 @@ class App:
         """The store's clock (what deadlines, leases and sessions are compared with)."""
         return self.store.clock()
 
-    def live_token(self, prefix: str) -> model.ApiToken:
-        """The live token of this id (a web session's), or ``unauthenticated``: a session
-        ends when its token is revoked or expires."""
-        found = self.store.tokens.find(prefix)
-        if found is None or not found[0].live(self.store.clock()):
-            raise DevflowError(Code.UNAUTHENTICATED, f"API token {prefix} is no longer live",
-                               hint="sign in again with a live token")
-        return found[0]
+    # -- web page sessions -----------------------------------------------------------------
+    def session_open(self, token: model.ApiToken, seconds: float,
+                     replacing: str | None = None) -> tuple[str, model.WebSession]:
+        """A new session of the web page for a live token (authenticated just before):
+        (its id, for the cookie only; what is kept). It lasts ``seconds``, never beyond
+        the token; ``replacing``: the session id the browser had, ended."""
+        from datetime import timedelta  # noqa: PLC0415 - see the module doc
+
+        from devflow import tokens  # noqa: PLC0415 - as above
+        session_id, key, csrf = tokens.new_session()
+        expires = self.now() + timedelta(seconds=seconds)
+        if token.expires_at is not None:
+            expires = min(expires, token.expires_at)
+        kept = self.store.sessions.open(key, token.prefix, csrf, expires,
+                                        tokens.digest(replacing) if replacing else None)
+        return session_id, kept
+
+    def session(self, session_id: str) -> tuple[model.WebSession, model.ApiToken]:
+        """The live session of this id and its token, or ``unauthenticated``: none, ended,
+        expired, or its token revoked or expired. It changes nothing."""
+        from devflow import tokens  # noqa: PLC0415 - see the module doc
+        found = self.store.sessions.find(tokens.digest(session_id)) if session_id else None
+        if found is None:
+            raise DevflowError(Code.UNAUTHENTICATED, "not signed in",
+                               hint="sign in with an API token")
+        session, token = found
+        now = self.now()
+        if session.expires_at <= now:
+            raise DevflowError(Code.UNAUTHENTICATED, "the session expired",
+                               hint="sign in again")
+        if not token.live(now):
+            why = "revoked" if token.revoked_at is not None else "expired"
+            raise DevflowError(Code.UNAUTHENTICATED, f"API token {token.prefix} is {why}",
+                               hint="sign in with a live token")
+        return found
+
+    def session_close(self, session_id: str) -> bool:
+        """End a session (sign out); whether there was one."""
+        from devflow import tokens  # noqa: PLC0415 - see the module doc
+        return self.store.sessions.close(tokens.digest(session_id))
 
     def approvals(self, *, pending: bool = False,
                   run_id: str | None = None) -> list[model.Approval]:

@@ -511,6 +511,18 @@ class Housekeeping:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSession:
+    """A sign-in to the web page as kept: the hash of its id (the cookie holds the id),
+    the API token it acts with, its CSRF token and expiry."""
+
+    key: str
+    token_prefix: str
+    csrf: str
+    created_at: datetime
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class ApiToken:
     """An HTTP API token as kept: its public prefix, never the secret (only its hash is)."""
 

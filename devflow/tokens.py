@@ -52,6 +52,13 @@ def new() -> tuple[str, str, str]:
     return token, prefix, digest(token)
 
 
+def new_session() -> tuple[str, str, str]:
+    """A new web session: (its id, for the cookie; the key it is kept by, the id's hash;
+    its CSRF token)."""
+    session_id = secrets.token_urlsafe(32)
+    return session_id, digest(session_id), secrets.token_urlsafe(32)
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from devflow import logs
 from devflow.api import admin, approvals, auth, events, hooks, runs
 from devflow.api.ui import pages
-from devflow.api.ui.sessions import Sessions
+from devflow.api.ui.sessions import Flashes
 from devflow.app import App
 from devflow.errors import Code, DevflowError
 
@@ -82,7 +82,7 @@ def build(app: App, *, allow_hosts: Iterable[str] = (), heartbeat: float = 15.0,
     api.state.devflow = app
     api.state.heartbeat = heartbeat
     api.state.stopping = stopping
-    api.state.sessions = Sessions()
+    api.state.flashes = Flashes()
     api.add_exception_handler(DevflowError, _devflow_error)
     api.add_exception_handler(RequestValidationError, _unreadable)
     api.add_exception_handler(HTTPException, _http_error)

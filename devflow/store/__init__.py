@@ -2,7 +2,7 @@
 
 ``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
 ``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions),
-``tokens`` (the HTTP API's), ``outbox`` (webhooks).
+``tokens`` (the HTTP API's), ``sessions`` (the web page's), ``outbox`` (webhooks).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
 from devflow.store.tokens import Tokens
 from devflow.store.triggers import Triggers
+from devflow.store.websessions import WebSessions
 
 __all__ = ["Claimed", "Database", "Due", "History", "Limits", "NewRun", "Ports", "RunTx",
            "Store", "TickClaim", "sqlite_file"]
@@ -42,6 +43,7 @@ class Store:
         self.triggers = Triggers(db, clock)
         self.deliveries = Deliveries(db, clock)
         self.tokens = Tokens(db, clock)
+        self.sessions = WebSessions(db, clock)
         self.outbox = Outbox(db, clock)
 
     @classmethod

@@ -264,6 +264,18 @@ API_TOKEN: Final = sa.Table(
     _time("last_used_at", null=True),
 )
 
+#: sessions of the web page: the hash of the id its cookie holds (never the id), the API
+#: token it was opened with (a session lives only while its token does), its CSRF token
+WEB_SESSION: Final = sa.Table(
+    "web_session", METADATA,
+    _str("key", 64, primary_key=True),
+    sa.Column("token_prefix", sa.String(16), sa.ForeignKey("api_token.prefix"),
+              nullable=False),
+    _str("csrf", 64), _time("created_at"), _time("expires_at"),
+    sa.Index("ix_web_session_token_prefix", "token_prefix"),
+    sa.Index("ix_web_session_expires_at", "expires_at"),
+)
+
 #: events a webhook may be told of (devflow.webhooks.EVENTS), written in the transaction
 #: that records the event: committed together, so none is lost between commit and send
 WEBHOOK_OUTBOX: Final = sa.Table(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from devflow import tokens
 from devflow.app import App
 from devflow.settings import Settings
 from tests.acceptance.serve_support import Client, Served, Stream, wait_for
@@ -83,6 +84,15 @@ def test_sign_in_opens_a_fresh_http_only_session_and_sign_out_or_revocation_ends
     assert second != first
     stale = Browser(idle.port, cookies={"devflow_session": first})
     assert stale.get("/ui/").header("location") == "/ui/login"
+    # only the id's hash is kept
+    assert app.store.sessions.find(second) is None
+    assert app.store.sessions.find(tokens.digest(second)) is not None
+
+    # sessions are kept in the database: a restarted server knows them
+    assert idle.stop() == 0
+    idle.start()
+    browser.port = idle.port
+    assert browser.get("/ui/").status == 200
 
     # sign out: the session ends, the cookie is cleared
     page = browser.get("/ui/")

@@ -1,5 +1,5 @@
 """The web page's pure parts: how artifacts are shown, gate sections found, owners lost,
-and sessions opened, rotated, expired and ended with their token."""
+and whether a request can be decided."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 from devflow import model
 from devflow.api.ui import render
-from devflow.api.ui.sessions import TTL, Sessions
 from devflow.states import ApprovalState, RunState
 
 SAMPLES = Path(__file__).parents[2] / "devflow" / "backends" / "samples"
@@ -64,29 +63,6 @@ def test_owner_lost_is_a_runnable_run_whose_lease_ran_out() -> None:
                                  NOW)
     assert not render.owner_lost(replace(run, lease_owner=None, lease_expires_at=None), NOW)
     assert not render.owner_lost(replace(run, state=RunState.AWAITING_APPROVAL), NOW)
-
-
-def test_a_session_is_new_at_each_sign_in_and_ends_with_its_token_or_its_time() -> None:
-    sessions = Sessions()
-    first_id, first = sessions.open("tok1", "alice", "approver", NOW, None)
-    assert sessions.get(first_id, NOW) is first
-    assert first.expires_at == NOW + TTL
-    second_id, second = sessions.open("tok1", "alice", "approver", NOW, None,
-                                      replacing=first_id)
-    assert second_id != first_id and second.csrf != first.csrf
-    assert sessions.get(first_id, NOW) is None  # rotated: the old id is gone
-    assert sessions.get(second_id, NOW + TTL) is None  # expired
-    # never beyond the token's own expiry
-    short_id, short = sessions.open("tok2", "bob", "viewer", NOW, NOW + timedelta(minutes=5))
-    assert short.expires_at == NOW + timedelta(minutes=5)
-    other_id, _ = sessions.open("tok1", "alice", "approver", NOW, None)
-    again_id, _ = sessions.open("tok1", "alice", "approver", NOW, None)
-    assert sessions.close_token("tok1") == 2
-    assert sessions.get(other_id, NOW) is None and sessions.get(again_id, NOW) is None
-    assert sessions.get(short_id, NOW) is short
-    sessions.close(short_id)
-    assert sessions.get(short_id, NOW) is None
-    assert sessions.get("", NOW) is None and sessions.get(None, NOW) is None
 
 
 def test_a_request_is_decidable_while_pending_before_its_deadline_by_an_approver() -> None:

@@ -21,7 +21,7 @@ from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from devflow import approvals, model, tokens
 from devflow.api import auth, events
 from devflow.api.ui import guard, render
-from devflow.api.ui.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions
+from devflow.api.ui.sessions import COOKIE, LOGIN_COOKIE, TTL, Flashes
 from devflow.app import App
 from devflow.errors import Code, DevflowError
 
@@ -34,8 +34,9 @@ SHOWN_EVENTS = 200
 @dataclass(frozen=True)
 class SignedIn:
     session_id: str
-    session: Session
+    session: model.WebSession
     token: model.ApiToken
+    flashes: Flashes
 
     @property
     def caller(self) -> auth.Caller:
@@ -45,30 +46,26 @@ class SignedIn:
     def may_decide(self) -> bool:
         return tokens.reaches(self.token.role, "approver")
 
+    def tell(self, message: str) -> None:
+        """Say ``message`` on the session's next page."""
+        self.flashes.add(self.session.key, message)
+
     def base(self, **context: Any) -> dict[str, Any]:
-        flash, self.session.flash[:] = list(self.session.flash), []
-        return {"me": self.token, "csrf": self.session.csrf, "flash": flash, **context}
+        return {"me": self.token, "csrf": self.session.csrf,
+                "flash": self.flashes.take(self.session.key), **context}
 
 
-def sessions_of(request: Request) -> Sessions:
-    found: Sessions = request.app.state.sessions
+def flashes_of(request: Request) -> Flashes:
+    found: Flashes = request.app.state.flashes
     return found
 
 
 def signed_in(request: Request) -> SignedIn:
-    """The session of the request, its token still live; else ``unauthenticated`` (a page
-    answers it with the sign-in page)."""
-    app, sessions = auth.app_of(request), sessions_of(request)
+    """The request's live session and its token; else ``unauthenticated`` (a page answers
+    it with the sign-in page)."""
     session_id = request.cookies.get(COOKIE, "")
-    session = sessions.get(session_id, app.now())
-    if session is None:
-        raise DevflowError(Code.UNAUTHENTICATED, "not signed in", hint="sign in with a token")
-    try:
-        token = app.live_token(session.token_id)
-    except DevflowError:
-        sessions.close_token(session.token_id)
-        raise
-    return SignedIn(session_id, session, token)
+    session, token = auth.app_of(request).session(session_id)
+    return SignedIn(session_id, session, token, flashes_of(request))
 
 
 Signed = Annotated[SignedIn, Depends(signed_in)]
@@ -94,18 +91,17 @@ def _login_form(request: Request, error: str | None = None, status: int = 200) -
 async def login(request: Request) -> Response:
     fields = await guard.form(request)
     guard.check_csrf(fields, request.cookies.get(LOGIN_COOKIE))
-    app, sessions = auth.app_of(request), sessions_of(request)
+    app = auth.app_of(request)
     try:
         token = await anyio.to_thread.run_sync(app.authenticate, fields.get("token", "").strip())
     except DevflowError as exc:
         if exc.code is not Code.UNAUTHENTICATED:
             raise
         return _login_form(request, f"{exc.message}. {exc.hint}", 401)
-    session_id, session = sessions.open(token.prefix, token.actor, token.role,
-                                        app.now(), token.expires_at,
-                                        replacing=request.cookies.get(COOKIE))
+    session_id, session = await anyio.to_thread.run_sync(
+        app.session_open, token, TTL, request.cookies.get(COOKIE) or None)
     response = RedirectResponse("/ui/", status_code=303)
-    max_age = int((session.expires_at - app.now()).total_seconds())
+    max_age = int((session.expires_at - session.created_at).total_seconds())
     response.set_cookie(COOKIE, session_id, max_age=max_age, path="/", httponly=True,
                         samesite="lax", secure=guard.scheme(request) == "https")
     response.delete_cookie(LOGIN_COOKIE, path="/ui/login")
@@ -115,7 +111,8 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request, me: Signed) -> Response:
     guard.check_csrf(await guard.form(request), me.session.csrf)
-    sessions_of(request).close(me.session_id)
+    await anyio.to_thread.run_sync(auth.app_of(request).session_close, me.session_id)
+    flashes_of(request).take(me.session.key)
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")
     return response
@@ -207,11 +204,10 @@ async def decide(approval_id: int, request: Request, me: Signed,
         if exc.code in (Code.UNAUTHENTICATED, Code.ROLE_FORBIDDEN, Code.APPROVAL_NOT_FOUND):
             raise
         said = "already decided" if exc.code is Code.APPROVAL_CONFLICT else "not decided"
-        me.session.flash.append(f"{said}: {exc.message}" + (f" ({exc.hint})" if exc.hint
-                                                              else ""))
+        me.tell(f"{said}: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
         return await anyio.to_thread.run_sync(_request_page, app, me, approval_id,
                                               exc.http_status)
-    me.session.flash.append(flash)
+    me.tell(flash)
     return RedirectResponse(f"/ui/approvals/{approval_id}", status_code=303)
 
 

@@ -1,85 +1,40 @@
-"""Web sessions: a random id in an HttpOnly cookie, the session itself on the server.
+"""Web sessions' cookies, and the one-time messages a form leaves for the next page.
 
-A session holds the id of the API token it was opened with (never the token), its
-CSRF token and an expiry (``TTL``, and never beyond the token's own). Each request
-reads the token again (``App.live_token``): a revoked or expired token ends its
-sessions. Signing in always opens a new session (a new id) and drops the one the
-browser had, so an id planted before sign-in is worthless after it. Sessions live in
-the server's memory: a restart of ``devflow serve`` signs everyone out.
+A session itself is kept in the database (``App.session_open``, ``App.session``): the
+cookie holds a random 256-bit id, the database only its hash, with the API token the
+session acts with (never the token), its CSRF token and its expiry (``TTL``, never
+beyond the token's own). Signing in always opens a new session and ends the one the
+browser had; revoking the token ends its sessions. Sessions survive a restart of the
+server and are shared by servers on one database.
+
+A form's outcome ("approve recorded", "already decided") is told once, on the next
+page of the session: these messages live in the server's memory only (a restart loses
+an untold one, nothing else).
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 import threading
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
 
 #: the session cookie
 COOKIE = "devflow_session"
 #: the sign-in form's own CSRF cookie (before there is a session)
 LOGIN_COOKIE = "devflow_login"
-#: how long a session lasts after sign-in
-TTL = timedelta(hours=12)
+#: how long a session lasts after sign-in, in seconds
+TTL = 12 * 3600.0
 
 
-@dataclass
-class Session:
-    token_id: str
-    actor: str
-    role: str
-    csrf: str
-    expires_at: datetime
-    #: a message for the next page shown (the outcome of a form)
-    flash: list[str] = field(default_factory=list)
-
-
-def _key(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-class Sessions:
-    """The live sessions of this server, by the hash of their id (thread-safe)."""
+class Flashes:
+    """Messages for the next page of a session, by the session's key (thread-safe)."""
 
     def __init__(self) -> None:
-        self._by_key: dict[str, Session] = {}
+        self._by_key: dict[str, list[str]] = {}
         self._lock = threading.Lock()
 
-    def open(self, token_id: str, actor: str, role: str, now: datetime,
-             token_expires: datetime | None, replacing: str | None = None) -> tuple[str, Session]:
-        """A new session (its id, to send once as the cookie); ``replacing``: the id the
-        browser had, dropped."""
-        session_id = secrets.token_urlsafe(32)
-        expires = now + TTL if token_expires is None else min(now + TTL, token_expires)
-        session = Session(token_id, actor, role, secrets.token_urlsafe(32), expires)
+    def add(self, key: str, message: str) -> None:
         with self._lock:
-            if replacing:
-                self._by_key.pop(_key(replacing), None)
-            for key in [k for k, s in self._by_key.items() if s.expires_at <= now]:
-                del self._by_key[key]
-            self._by_key[_key(session_id)] = session
-        return session_id, session
+            self._by_key.setdefault(key, []).append(message)
 
-    def get(self, session_id: str | None, now: datetime) -> Session | None:
-        if not session_id:
-            return None
+    def take(self, key: str) -> list[str]:
         with self._lock:
-            session = self._by_key.get(_key(session_id))
-            if session is not None and session.expires_at <= now:
-                del self._by_key[_key(session_id)]
-                return None
-            return session
-
-    def close(self, session_id: str | None) -> None:
-        if session_id:
-            with self._lock:
-                self._by_key.pop(_key(session_id), None)
-
-    def close_token(self, token_id: str) -> int:
-        """End every session of a token (it was revoked or expired); how many there were."""
-        with self._lock:
-            keys = [k for k, s in self._by_key.items() if s.token_id == token_id]
-            for key in keys:
-                del self._by_key[key]
-            return len(keys)
+            return self._by_key.pop(key, [])
