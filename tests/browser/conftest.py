@@ -1,7 +1,7 @@
-"""The browser tests' world: ``devflow serve`` as a real process on loopback with one
-embedded worker, the system's Chromium (one per test process), a fresh browser context
-(no cookies) per test, tokens by role, and runs of development@1 with scripted agents
-started through the API.
+"""The browser tests' world: ``devflow serve --workers 2`` (as the issue's acceptance
+runs it) as a real process on loopback, the system's Chromium (one per test process), a
+fresh browser context (no cookies) per test, tokens by role, and runs of development@1
+with scripted agents started through the API.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def chromium() -> Iterator[Any]:
 
 @pytest.fixture
 def server(settings: Settings, home: Path) -> Iterator[Served]:
-    served = Served(settings, home, ("--workers", "1", "--poll", "0.2")).start()
+    served = Served(settings, home, ("--workers", "2", "--poll", "0.2")).start()
     yield served
     assert served.stop() == 0, served.log()
 
