@@ -145,7 +145,7 @@ def test_a_double_click_decides_once_and_the_second_click_says_already_decided(
     expect(late.get_by_test_id("approve")).to_be_enabled()
 
     # the second click comes while the first one's answer is still on its way: both
-    # posts reach the server (the browser holds each answer until both were sent)
+    # posts reach the server (the test holds the answers until the second was sent)
     posts: list[Any] = []
     page.route("**/decide", lambda route: posts.append(route))  # noqa: PLW0108 - playwright
     # marks its handlers with an attribute, which a bound method of a list cannot take
