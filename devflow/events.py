@@ -319,6 +319,10 @@ BRANCH_DELETED: Final = _declare(
     "branch.deleted", "`devflow worktree prune --delete-branches` deleted the ended run's "
     "branch (once).",
     Field("branch", "string", "the branch"))
+SALVAGE_DELETED: Final = _declare(
+    "salvage.deleted", "`devflow worktree prune --delete-branches --force RUN` deleted the "
+    "run's salvage refs (the work a recovery reset dropped).",
+    Field("refs", "array", "the refs deleted"))
 WORKTREE_SALVAGED: Final = _declare(
     "worktree.salvaged", "Before a recovery reset the worktree, what the reset would drop was "
     "committed to a ref of its own, `refs/heads/devflow/<run>/salvage-<n>`.",

@@ -1,8 +1,9 @@
 """Inbound webhooks of triggers: the signature, the delivery, the filter. No I/O.
 
 A delivery is checked in this order, and nothing is stored until the first step
-passed: the HMAC-SHA256 of the raw body with the trigger's secret, compared in
-constant time with the signature header (``verify``); then the headers and the JSON
+passed: the HMAC-SHA256 of the raw body with the trigger's secret (GitLab's: the secret
+token itself), compared in constant time with the signature header (``verify``); then
+the headers and the JSON
 body are read (``parse``); then the trigger's filter says whether it starts anything
 (``refusal``: None, or why not).
 
@@ -12,6 +13,12 @@ Sources and their headers (docs/triggers.md):
   ``X-GitHub-Event``; the event is ``EVENT.ACTION`` when the payload has an ``action``
   (``issues.labeled``); the subject ``OWNER/REPO#NUMBER`` of the issue or pull request;
   the sender ``sender.login``.
+- ``gitlab``: ``X-Gitlab-Token: SECRET`` (GitLab sends the secret token, it signs
+  nothing), ``Idempotency-Key`` (the same on GitLab's retries; ``X-Gitlab-Event-UUID``
+  when absent), ``X-Gitlab-Event``; the event is ``OBJECT_KIND.ACTION`` of the payload
+  (``issue.update``), the subject ``GROUP/PROJECT#IID`` of an issue (``!IID`` of a
+  merge request, also of a comment on one), the sender ``user.username``, the label
+  the first one the change added.
 - ``generic``: ``X-Devflow-Signature: sha256=HEX``, ``X-Devflow-Delivery``,
   ``X-Devflow-Event``; the subject, sender, title, body, number, label and url are the
   payload's top-level fields of those names.
@@ -44,8 +51,11 @@ MAX_BODY: Final = 5 * 1024 * 1024
 
 _HEADERS: Final = {
     "github": ("x-hub-signature-256", "x-github-delivery", "x-github-event"),
+    "gitlab": ("x-gitlab-token", "idempotency-key", "x-gitlab-event"),
     "generic": ("x-devflow-signature", "x-devflow-delivery", "x-devflow-event"),
 }
+#: GitLab before 17.4 sends no Idempotency-Key: its event UUID names the delivery then
+_GITLAB_EVENT_ID: Final = "x-gitlab-event-uuid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,12 @@ def verify(webhook: Webhook, secret: str | None, headers: Mapping[str, str],
                            hint=f"set {webhook.secret_env} in the server's environment")
     name = _HEADERS[webhook.source][0]
     given = headers.get(name, "")
+    if webhook.source == "gitlab":
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            raise DevflowError(Code.UNAUTHENTICATED,
+                               f"the {name} header is missing or is not the secret token",
+                               hint="set the webhook's secret token in GitLab to the secret")
+        return
     if not hmac.compare_digest(given.encode(), signature(secret, raw).encode()):
         raise DevflowError(Code.UNAUTHENTICATED,
                            f"the {name} header is missing or does not sign this body",
@@ -114,6 +130,8 @@ def parse(trigger: Trigger, headers: Mapping[str, str], raw: bytes) -> Delivery:
     source = trigger.webhook.source
     _, id_header, event_header = _HEADERS[source]
     delivery_id = headers.get(id_header, "").strip()
+    if source == "gitlab" and not delivery_id:
+        delivery_id = headers.get(_GITLAB_EVENT_ID, "").strip()
     event = headers.get(event_header, "").strip()
     if not delivery_id or len(delivery_id) > 200 or not event:
         raise DevflowError(Code.BAD_REQUEST, f"{id_header} (at most 200 characters) and "
@@ -128,6 +146,8 @@ def parse(trigger: Trigger, headers: Mapping[str, str], raw: bytes) -> Delivery:
                            hint="send the payload as a JSON object")
     if source == "github":
         return _github(delivery_id, event, payload, trigger.name)
+    if source == "gitlab":
+        return _gitlab(delivery_id, event, payload, trigger.name)
     return _generic(delivery_id, event, payload, trigger.name)
 
 
@@ -147,6 +167,46 @@ def _github(delivery_id: str, event: str, payload: dict[str, Any], name: str) ->
               "label": _text(lookup(payload, "label.name")), "sender": sender or "",
               "url": _text(item.get("html_url"))}
     return Delivery("github", delivery_id, event, subject, sender, fields, payload)
+
+
+def _gitlab(delivery_id: str, event: str, payload: dict[str, Any], name: str) -> Delivery:
+    kind = _text(payload.get("object_kind"))
+    attributes = _mapping(payload.get("object_attributes"))
+    action = _text(attributes.get("action"))
+    if kind:
+        event = f"{kind}.{action}" if action else kind
+    # a comment is about the issue or merge request it is on
+    item = ((_mapping(payload.get("merge_request")) or _mapping(payload.get("issue")))
+            if kind == "note" else attributes)
+    request = kind == "merge_request" or (kind == "note" and "merge_request" in payload)
+    project = _text(lookup(payload, "project.path_with_namespace"))
+    number = _text(item.get("iid"))
+    mark = "!" if request else "#"
+    subject = (f"{project}{mark}{number}" if project and number else delivery_id)[:255]
+    sender = _text(lookup(payload, "user.username")) or None
+    fields = {"trigger": name, "event": event, "delivery": delivery_id, "subject": subject,
+              "repository": project, "number": number, "title": _text(item.get("title")),
+              "body": _text(attributes.get("note") if kind == "note"
+                            else item.get("description")),
+              "label": _label_added(payload), "sender": sender or "",
+              "url": _text(attributes.get("url"))}
+    return Delivery("gitlab", delivery_id, event, subject, sender, fields, payload)
+
+
+def _label_added(payload: Mapping[str, Any]) -> str:
+    """The first label a GitLab change added (``changes.labels``: previous, current)."""
+    labels = _mapping(lookup(payload, "changes.labels"))
+
+    def titles(key: str) -> list[str]:
+        found = labels.get(key)
+        return [_text(_mapping(x).get("title")) for x in found] if isinstance(found, list) else []
+
+    before = set(titles("previous"))
+    return next((title for title in titles("current") if title and title not in before), "")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _generic(delivery_id: str, event: str, payload: dict[str, Any], name: str) -> Delivery:

@@ -256,7 +256,7 @@ class TriggerView:
     def to_json(self, *, detail: bool = False) -> dict[str, Any]:
         t = self.trigger
         body: dict[str, Any] = {
-            "name": t.name, "kind": t.kind, "served": t.served, "template": t.template,
+            "name": t.name, "kind": t.kind, "template": t.template,
             "repo": t.repo, "base": t.base, "source": str(t.source) if t.source else None,
             "schedule": ({"cron": t.schedule.cron, "timezone": t.schedule.timezone,
                           "catchup": t.schedule.catchup, "overlap": t.schedule.overlap,

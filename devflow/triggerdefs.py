@@ -3,8 +3,7 @@
 A trigger starts runs of a template on (repo, base) without a person at a shell: on a
 ``schedule`` (cron in a time zone), or on a ``webhook`` that ``devflow serve`` receives
 at ``POST /api/v1/hooks/{trigger}`` (devflow.hooks; a trigger without a secret refuses
-to load). A webhook's source is github or generic; gitlab is accepted by the schema but
-not served (``Trigger.served`` says so, and the CLI shows it). ``actor_permission``
+to load). A webhook's source is github, gitlab or generic. ``actor_permission``
 cannot be checked without calling GitHub's API, which devflow does not: a trigger that
 asks for it refuses to load (list the ``senders`` allowed instead).
 
@@ -38,8 +37,6 @@ FIELDS: Final = ("trigger", "scheduled_at", "scheduled_at_utc", "date", "kind", 
 #: the fields of a webhook delivery a trigger's requirements may name (devflow.hooks)
 HOOK_FIELDS: Final = ("trigger", "event", "delivery", "subject", "repository", "number",
                       "title", "body", "label", "sender", "url")
-#: the webhook sources served
-SERVED_SOURCES: Final = ("github", "generic")
 DEFAULT_GRACE: Final = 300.0
 
 
@@ -90,12 +87,6 @@ class Trigger:
     @property
     def kind(self) -> str:
         return "schedule" if self.schedule is not None else "webhook"
-
-    @property
-    def served(self) -> bool:
-        """Whether devflow acts on it: schedules, and webhooks of a source it serves."""
-        return self.schedule is not None or (
-            self.webhook is not None and self.webhook.source in SERVED_SOURCES)
 
 
 def parse_trigger(source: Source, schemas: SchemaRegistry) -> Trigger:

@@ -308,6 +308,24 @@ def remove(repo: Path, path: Path, *, branch: str | None = None) -> None:
             _git(repo, ["branch", "-D", branch])
 
 
+def salvage_refs(repo: Path, branch: str) -> list[str]:
+    """The run's salvage refs (``salvage`` makes them), oldest first."""
+    prefix = f"refs/heads/{Path(branch).parent.as_posix()}/salvage-"
+    found = _git(repo, ["for-each-ref", "--format=%(refname)", prefix.rsplit("/", 1)[0]],
+                 check=False).stdout.split()
+    refs = [r for r in found if r.startswith(prefix) and r.removeprefix(prefix).isdigit()]
+    return sorted(refs, key=lambda r: int(r.removeprefix(prefix)))
+
+
+def delete_refs(repo: Path, refs: list[str]) -> None:
+    """Delete the refs (a prune's salvage refs) in one git process."""
+    if not refs:
+        return
+    with _lock(repo):
+        commands = "".join(f"delete {ref}\n" for ref in refs)
+        git.run(["update-ref", "--stdin"], repo, git_dir=_common_dir(repo), input_text=commands)
+
+
 def unsaved(tree: Tree) -> tuple[list[str], list[str]]:
     """What removing the worktree would lose: the files that differ from HEAD (staged or
     not) and the untracked files. Ignored files are not counted (git status hides them)."""

@@ -211,7 +211,9 @@ Examples:
 A worktree is kept when it holds uncommitted changes or untracked files, or when its
 run failed or was aborted before its last attempt was committed (the worktree may hold
 the agent's only copy of its work); --force RUN_ID removes it anyway. A worktree
-pruned once is recorded as pruned and not listed again.""")
+pruned once is recorded as pruned and not listed again. --delete-branches keeps a
+run's salvage refs (what a recovery reset dropped) unless the run is named with
+--force too.""")
 @click.option("--older-than", help="Only runs that ended longer ago than this (e.g. 7d).")
 @click.option("--delete-branches", is_flag=True, help="Delete the run branches too.")
 @click.option("--force", "force", multiple=True, metavar="RUN_ID",
@@ -227,8 +229,9 @@ def worktree_prune(state: State, older_than: str | None, delete_branches: bool,
     seconds = parse_duration(older_than, field="--older-than") if older_than else None
     items = [item.to_json() for item in state.app.prune(
         older_than=seconds, delete_branches=delete_branches, dry_run=dry_run, force=force)]
-    acted = [i for i in items if not i.get("kept") and (i["worktree"] or i["branch"])]
-    kept = [i for i in items if i.get("kept")]
+    acted = [i for i in items if not i.get("kept") and (i["worktree"] or i["branch"]
+                                                         or i["salvage"])]
+    kept = [i for i in items if i.get("kept") or i.get("salvage_kept")]
     failed = [i for i in items if i.get("error")]
     freed = sum(i["bytes"] for i in acted)
     if as_json:
@@ -240,11 +243,15 @@ def worktree_prune(state: State, older_than: str | None, delete_branches: bool,
         done = ([f"{remove} {item['worktree']} ({item['bytes'] / 1e6:.1f} MB)"]
                 if item["worktree"] else [])
         done += [f"{delete} branch {item['branch']}"] if item["branch"] else []
+        done += [f"{delete} {ref}" for ref in item["salvage"]]
         click.echo(f"{item['run_id']}  {'; '.join(done)}")
     for item in failed:
         click.echo(f"{item['run_id']}  not removed: {item['error']}")
     for item in kept:
-        click.echo(f"{item['run_id']}  kept {item['worktree']}: {'; '.join(item['kept'])}")
+        if item.get("kept"):
+            click.echo(f"{item['run_id']}  kept {item['worktree']}: {'; '.join(item['kept'])}")
+        for ref in item.get("salvage_kept", []):
+            click.echo(f"{item['run_id']}  kept {ref}")
         click.echo(f"    to remove it anyway: {output.commands(item['force'])}")
     worktrees = sum(1 for i in acted if i["worktree"])
     branches = sum(1 for i in acted if i["branch"])

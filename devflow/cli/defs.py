@@ -9,42 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-from devflow.cli import output
+from devflow.cli import checks, output
 from devflow.cli.main import State
-
-if TYPE_CHECKING:
-    from devflow.errors import DevflowError
-
-_FILES = click.Path(path_type=Path, exists=False, dir_okay=False)
-_VALIDATE_EXIT = "Exit 0 when every file is valid, 2 when one is not (each is named with why)."
-
-
-def _entry(file: Path | None, error: DevflowError) -> dict[str, Any]:
-    return {"file": str(file) if file else None, "code": str(error.code),
-            "message": error.message, "hint": error.hint}
-
-
-def _skipped(state: State, kind: str) -> list[dict[str, Any]]:
-    """What the catalog left out of ``kind``, and why."""
-    catalog = state.app.catalog
-    found = [_entry(b.path, b.error) for b in catalog.broken_of(kind)]
-    if kind != "schema":  # schema conflicts are among the broken files already
-        found += [_entry(None, e) for e in catalog.conflicts(kind)]
-    return found
-
-
-def _say_skipped(skipped: list[dict[str, Any]], kind: str) -> None:
-    if not skipped:
-        return
-    click.secho(f"skipped {len(skipped)} {kind} file(s):", fg="yellow", err=True)
-    for item in skipped:
-        click.echo(f"  {item['file'] or '-'}: [{item['code']}] "
-                   + item["message"].replace("\n", "\n    "), err=True)
-    click.echo(f"  (`devflow {kind}s validate` checks them)", err=True)
 
 
 def _validate(state: State, kind: str, files: tuple[Path, ...], as_json: bool) -> int:
@@ -65,23 +35,7 @@ def _validate(state: State, kind: str, files: tuple[Path, ...], as_json: bool) -
         invalid = [{"file": str(b.path), "error": b.error.to_json()}
                    for b in app.catalog.broken_of(kind)]
         invalid += [{"file": None, "error": e.to_json()} for e in app.catalog.conflicts(kind)]
-    return _verdicts(valid, invalid, as_json)
-
-
-def _verdicts(valid: list[dict[str, Any]], invalid: list[dict[str, Any]], as_json: bool) -> int:
-    if as_json:
-        output.emit_json({"valid": valid, "invalid": invalid})
-    else:
-        for item in valid:
-            click.echo(f"ok       {item['ref']:<28} {item['file']}"
-                       + (f"  ({item['note']})" if item.get("note") else ""))
-        for item in invalid:
-            err = item["error"]
-            click.secho(f"invalid  {item['file'] or ''}", fg="red", err=True)
-            click.echo(f"  [{err['code']}] {err['message']}".replace("\n", "\n  "), err=True)
-            if err.get("hint"):
-                click.echo(f"  hint: {err['hint']}", err=True)
-    return 2 if invalid else 0
+    return checks.verdicts(valid, invalid, as_json)
 
 
 def _show(item: Any, as_json: bool) -> None:
@@ -117,7 +71,7 @@ Example:
 def templates_list(state: State, as_json: bool) -> None:
     """List the templates devflow can see; name the files it had to skip, and why."""
     items = state.app.templates()
-    skipped = _skipped(state, "template")
+    skipped = checks.skipped(state, "template")
     if as_json:
         output.emit_json({"templates": [{"ref": t.ref, "name": t.name, "version": t.version,
                                          "description": t.description, "hash": t.hash,
@@ -128,7 +82,7 @@ def templates_list(state: State, as_json: bool) -> None:
     output.table(["template", "phases", "gates", "description"],
                  [[t.ref, " → ".join(p.key for p in t.phases), ", ".join(t.gates),
                    t.description] for t in items], wrap=("phases", "description"))
-    _say_skipped(skipped, "template")
+    checks.say_skipped(skipped, "template")
 
 
 @templates.command("show", epilog="""\b
@@ -148,8 +102,8 @@ Examples:
   devflow templates validate                     # every template devflow sees
   devflow templates validate my-flow.yaml --json
 
-{_VALIDATE_EXIT}""")
-@click.argument("files", nargs=-1, type=_FILES)
+{checks.VALIDATE_EXIT}""")
+@click.argument("files", nargs=-1, type=checks.FILES)
 @click.option("--json", "as_json", is_flag=True, help="valid and invalid files as JSON.")
 @click.pass_obj
 def templates_validate(state: State, files: tuple[Path, ...], as_json: bool) -> int:
@@ -171,7 +125,7 @@ Example:
 def personas_list(state: State, as_json: bool) -> None:
     """List the personas devflow can see; name the files it had to skip, and why."""
     items = state.app.personas()
-    skipped = _skipped(state, "persona")
+    skipped = checks.skipped(state, "persona")
     if as_json:
         output.emit_json({"personas": [{"ref": p.ref, "roles": list(p.roles),
                                         "backend": p.backend, "model": p.model,
@@ -180,7 +134,7 @@ def personas_list(state: State, as_json: bool) -> None:
         return
     output.table(["persona", "roles", "backend", "model"],
                  [[p.ref, ", ".join(p.roles), p.backend, p.model or ""] for p in items])
-    _say_skipped(skipped, "persona")
+    checks.say_skipped(skipped, "persona")
 
 
 @personas.command("show", epilog="""\b
@@ -199,8 +153,8 @@ Examples:
   devflow personas validate
   devflow personas validate my-persona.yaml
 
-{_VALIDATE_EXIT}""")
-@click.argument("files", nargs=-1, type=_FILES)
+{checks.VALIDATE_EXIT}""")
+@click.argument("files", nargs=-1, type=checks.FILES)
 @click.option("--json", "as_json", is_flag=True, help="valid and invalid files as JSON.")
 @click.pass_obj
 def personas_validate(state: State, files: tuple[Path, ...], as_json: bool) -> int:
@@ -223,7 +177,7 @@ def schemas_list(state: State, as_json: bool) -> None:
     """List schema ids; name the files devflow had to skip, and why."""
     registry = state.app.catalog.schemas
     files = [registry.get(i) for i in registry.ids() if i in registry]
-    skipped = _skipped(state, "schema")
+    skipped = checks.skipped(state, "schema")
     if as_json:
         output.emit_json({"schemas": [{"id": f.id, "title": f.title, "file": str(f.path)}
                                       for f in files],
@@ -231,7 +185,7 @@ def schemas_list(state: State, as_json: bool) -> None:
         return
     output.table(["schema", "title", "file"], [[f.id, f.title, f.path] for f in files],
                  wrap=("title", "file"))
-    _say_skipped(skipped, "schema")
+    checks.say_skipped(skipped, "schema")
 
 
 @schemas.command("show", epilog="""\b
@@ -259,8 +213,8 @@ Examples:
   devflow schemas validate                      # every schema devflow sees
   devflow schemas validate schemas/acme/ticket.json --json
 
-{_VALIDATE_EXIT}""")
-@click.argument("files", nargs=-1, type=_FILES)
+{checks.VALIDATE_EXIT}""")
+@click.argument("files", nargs=-1, type=checks.FILES)
 @click.option("--json", "as_json", is_flag=True, help="valid and invalid files as JSON.")
 @click.pass_obj
 def schemas_validate(state: State, files: tuple[Path, ...], as_json: bool) -> int:
@@ -287,7 +241,7 @@ def schemas_validate(state: State, files: tuple[Path, ...], as_json: bool) -> in
                                 "error": exc.to_json()})
         invalid += [{"file": str(path), "error": error.to_json()}
                     for path, error in registry.broken]
-    return _verdicts(valid, invalid, as_json)
+    return checks.verdicts(valid, invalid, as_json)
 
 
 @schemas.command("check", epilog="""\b

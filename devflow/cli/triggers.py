@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from devflow.cli import output
-from devflow.cli.defs import _FILES, _VALIDATE_EXIT, _say_skipped, _skipped, _verdicts
+from devflow.cli import checks, output
 from devflow.cli.main import State
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ def _schedule(view: TriggerView) -> str:
     if s is None:
         w = view.trigger.webhook
         source = w.source if w else "?"
-        return f"webhook {source}" + ("" if view.trigger.served else " (not served)")
+        return f"webhook {source}"
     return f"{s.cron} {s.timezone}"
 
 
@@ -46,7 +45,7 @@ Example:
 def triggers_list(state: State, as_json: bool) -> None:
     """List the triggers: schedule, paused or not, last and next tick."""
     views = state.app.triggers()
-    skipped = _skipped(state, "trigger")
+    skipped = checks.skipped(state, "trigger")
     if as_json:
         output.emit_json({"triggers": [v.to_json() for v in views], "skipped": skipped})
         return
@@ -54,7 +53,7 @@ def triggers_list(state: State, as_json: bool) -> None:
                  [[v.trigger.name, _schedule(v), "paused" if v.paused else "active",
                    f"{_when(v.last.scheduled_at)} {v.last.state}" if v.last else "-",
                    _when(v.next_at), v.trigger.template] for v in views])
-    _say_skipped(skipped, "trigger")
+    checks.say_skipped(skipped, "trigger")
 
 
 @triggers.command("show", epilog="""\b
@@ -155,8 +154,8 @@ Examples:
   devflow triggers validate                    # every trigger devflow sees
   devflow triggers validate nightly.yaml --json
 
-{_VALIDATE_EXIT}""")
-@click.argument("files", nargs=-1, type=_FILES)
+{checks.VALIDATE_EXIT}""")
+@click.argument("files", nargs=-1, type=checks.FILES)
 @click.option("--json", "as_json", is_flag=True, help="valid and invalid files as JSON.")
 @click.pass_obj
 def triggers_validate(state: State, files: tuple[Path, ...], as_json: bool) -> int:
@@ -178,14 +177,11 @@ def triggers_validate(state: State, files: tuple[Path, ...], as_json: bool) -> i
         invalid = [{"file": str(b.path), "error": b.error.to_json()}
                    for b in app.catalog.broken_of("trigger")]
         invalid += [{"file": None, "error": e.to_json()} for e in app.catalog.conflicts("trigger")]
-    return _verdicts(valid, invalid, as_json)
+    return checks.verdicts(valid, invalid, as_json)
 
 
 def _valid(path: Path | None, checked: Any) -> dict[str, Any]:
-    entry = {"file": str(path), "ref": checked.ref, "hash": checked.hash}
-    if not getattr(checked, "served", True):
-        entry["note"] = "a webhook trigger of a source not served (gitlab)"
-    return entry
+    return {"file": str(path), "ref": checked.ref, "hash": checked.hash}
 
 
 def register(cli: click.Group) -> None:

@@ -53,7 +53,7 @@ def receive(ctx: Context, name: str, headers: Mapping[str, str], raw: bytes) -> 
     the names of the other triggers are none of its business."""
     trigger = next((t for t in ctx.catalog.triggers() if t.name == name), None)
     webhook = trigger.webhook if trigger is not None else None
-    if trigger is None or webhook is None or not trigger.served:
+    if trigger is None or webhook is None:
         raise DevflowError(Code.TRIGGER_NOT_FOUND, f"no webhook trigger {name[:48]!r} is "
                            "served here", hint="the path is /api/v1/hooks/NAME of a webhook "
                                                "trigger (devflow triggers list)")
@@ -106,7 +106,7 @@ def _again(ctx: Context, stored: hooks.Stored) -> hooks.Stored:
 def start_stale(ctx: Context) -> list[Received]:
     """Start the pending deliveries whose starter died (their claims ran out)."""
     served = {t.name: t for t in ctx.catalog.triggers()
-              if t.webhook is not None and t.served}
+              if t.webhook is not None}
     if not served:
         return []
     return [start(ctx, served[stored.trigger], stored) for stored in

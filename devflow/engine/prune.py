@@ -7,6 +7,10 @@ or when its run failed or was aborted while an attempt's work was never committe
 so cannot say what it holds. What was removed is recorded as events of the run
 (``worktree.removed``, ``branch.deleted``): a second prune does not list it again, and
 ``run status`` and the report show it (the report is rewritten with it).
+
+A run's salvage refs (``refs/heads/devflow/<run>/salvage-<n>``: what a recovery reset
+dropped, found nowhere else) outlive its branch: ``--delete-branches`` lists them as
+kept, and deletes them only for a run named with ``force`` (``salvage.deleted``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Item:
     bytes: int = 0
     #: why the worktree is kept (empty: it is not)
     kept: list[str] = field(default_factory=list)
+    #: salvage refs deleted (or to be) now / kept since the run was not forced
+    salvage: list[str] = field(default_factory=list)
+    salvage_kept: list[str] = field(default_factory=list)
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -46,15 +53,20 @@ class Item:
                                 "worktree": run.worktree if self.remove else None,
                                 "bytes": self.bytes,
                                 "branch": run.branch if self.delete_branch else None}
+        body["salvage"] = list(self.salvage)
         if self.kept:
             body.update(worktree=run.worktree, kept=list(self.kept), force=force_hint(run.id))
+        if self.salvage_kept:
+            body.update(salvage_kept=list(self.salvage_kept),
+                        force=force_hint(run.id, delete_branches=True))
         if self.error:
             body["error"] = self.error
         return body
 
 
-def force_hint(run_id: str) -> str:
-    return f"devflow worktree prune --force {run_id}"
+def force_hint(run_id: str, *, delete_branches: bool = False) -> str:
+    flags = "--delete-branches " if delete_branches else ""
+    return f"devflow worktree prune {flags}--force {run_id}"
 
 
 def prune(ctx: Context, *, older_than: float | None = None, delete_branches: bool = False,
@@ -88,7 +100,8 @@ def _plan(ctx: Context, run: model.Run, done: model.Housekeeping, delete_branche
     remove = done.worktree_pruned_at is None and path.exists()
     branch = (delete_branches and done.branch_deleted_at is None and repo.is_dir()
               and worktree.branch_exists(repo, run.branch))
-    if not remove and not branch:
+    salvage = worktree.salvage_refs(repo, run.branch) if delete_branches and repo.is_dir() else []
+    if not remove and not branch and not salvage:
         return None
     item = Item(run, remove=remove, delete_branch=branch,
                 bytes=worktree.disk_usage(path) if remove else 0)
@@ -97,6 +110,11 @@ def _plan(ctx: Context, run: model.Run, done: model.Housekeeping, delete_branche
     if item.kept:
         item.remove = item.delete_branch = False  # git deletes no branch checked out
         item.bytes = 0
+    if forced:
+        item.salvage = salvage
+    else:
+        item.salvage_kept = [f"{ref}: work a recovery reset dropped, found nowhere else "
+                             f"(`git log {ref}` shows it)" for ref in salvage]
     return item
 
 
@@ -134,6 +152,7 @@ def _act(ctx: Context, item: Item) -> None:
     path, repo = Path(run.worktree), Path(run.repo)
     try:
         worktree.remove(repo, path, branch=run.branch if item.delete_branch else None)
+        worktree.delete_refs(repo, item.salvage)
     except DevflowError as exc:
         item.error = exc.message
     if item.remove and path.exists():
@@ -142,7 +161,10 @@ def _act(ctx: Context, item: Item) -> None:
     if item.delete_branch and repo.is_dir() and worktree.branch_exists(repo, run.branch):
         item.delete_branch = False
         item.error = item.error or f"the branch {run.branch} could not be deleted"
-    if not item.remove and not item.delete_branch:
+    if item.salvage and repo.is_dir() and (left := worktree.salvage_refs(repo, run.branch)):
+        item.salvage = [ref for ref in item.salvage if ref not in left]
+        item.error = item.error or f"{', '.join(left)} could not be deleted"
+    if not item.remove and not item.delete_branch and not item.salvage:
         return
     ctx.change(run.id, functools.partial(_record, item=item))
     recorded = ctx.store.events.of_types(events.HOUSEKEEPING_NAMES, run.id)
@@ -158,3 +180,5 @@ def _record(tx: RunTx, item: Item) -> None:
     if item.delete_branch:
         tx.event(events.BRANCH_DELETED.new(payload={"branch": run.branch},
                                            key=f"{run.id}:{events.BRANCH_DELETED.name}"))
+    if item.salvage:
+        tx.event(events.SALVAGE_DELETED.new(payload={"refs": list(item.salvage)}))

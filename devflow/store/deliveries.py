@@ -14,6 +14,7 @@ delivery back (``release``: ``failed``, with the error; a redelivery tries again
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,6 +25,7 @@ from devflow import hooks, states
 from devflow.errors import Code, DevflowError
 from devflow.requests import DeliveryClaim
 from devflow.store.database import Database
+from devflow.store.rows import DELIVERIES
 from devflow.store.tables import RUN, TRIGGER_DELIVERY
 from devflow.store.triggers import _event, lock_trigger
 
@@ -59,8 +61,8 @@ class Deliveries:
                 else:
                     _event(conn, trigger, "delivery.repeated", None, now, run_id=seen.run_id,
                            payload={"delivery": delivery.id, "state": seen.state})
-                return _stored(conn.execute(sa.select(D).where(*where)).one(),
-                               repeat=True), stale or retry
+                return dataclasses.replace(_stored(conn.execute(sa.select(D).where(
+                    *where)).one()), repeat=True), stale or retry
             values: dict[str, Any] = dict(
                 trigger=trigger, source=delivery.source, delivery_id=delivery.id,
                 event=delivery.event[:128], subject=delivery.subject[:255],
@@ -175,9 +177,5 @@ def _active(conn: sa.Connection, trigger: str, subject: str) -> Any:
     return conn.execute(query).first()
 
 
-def _stored(row: Any, *, repeat: bool = False) -> hooks.Stored:
-    return hooks.Stored(
-        trigger=row.trigger, source=row.source, delivery_id=row.delivery_id, event=row.event,
-        subject=row.subject, sender=row.sender, state=row.state, reason=row.reason,
-        run_id=row.run_id, fields=dict(row.fields), claimed_until=row.claimed_until,
-        created_at=row.created_at, updated_at=row.updated_at, repeat=repeat)
+def _stored(row: sa.Row[Any]) -> hooks.Stored:
+    return DELIVERIES.load(row._mapping)

@@ -9,8 +9,9 @@ it is. A field whose type is a dataclass and that is no column (an approval's
 
 Each ``Mapper`` is checked when this module is imported: every field is a column (or
 such a group of columns) and every column is a field or named as one the value does
-not carry (an event's ``idem_key``). A column added to a table without its field, or
-the other way round, fails at import, not at the first row.
+not carry (an event's ``idem_key``), and every field is a column or named as one no
+row holds (a delivery's ``repeat``: left to its default). A column added to a table
+without its field, or the other way round, fails at import, not at the first row.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from typing import Any, Final, Generic, TypeVar, get_args, get_origin
 
 import sqlalchemy as sa
 
-from devflow import model
+from devflow import hooks, model, ticks
 from devflow.store.tables import (
+    API_TOKEN,
     APPROVAL,
     ARTIFACT,
     BINDING,
@@ -34,6 +36,11 @@ from devflow.store.tables import (
     INVOCATION,
     PHASE,
     RUN,
+    TRIGGER_DELIVERY,
+    TRIGGER_EVENT,
+    TRIGGER_STATE,
+    TRIGGER_TICK,
+    WEB_SESSION,
     WORKER,
 )
 
@@ -45,8 +52,8 @@ class Mapper(Generic[T]):
     """A table's rows as values of ``cls``: ``load`` a row, ``columns`` of field values,
     the ``changes`` between two values of the same row."""
 
-    def __init__(self, cls: type[T], table: sa.Table, *, unread: frozenset[str] = frozenset()
-                 ) -> None:
+    def __init__(self, cls: type[T], table: sa.Table, *, unread: frozenset[str] = frozenset(),
+                 unstored: frozenset[str] = frozenset()) -> None:
         self.cls, self.table = cls, table
         hints = typing.get_type_hints(cls)
         columns = set(table.c.keys())
@@ -54,6 +61,8 @@ class Mapper(Generic[T]):
         self._fields: list[tuple[str, tuple[str, ...], Callable[..., Any] | None,
                                  Callable[[Any], tuple[Any, ...]] | None]] = []
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name in unstored:
+                continue
             hint = hints[f.name]
             if f.name in columns:
                 load, dump = _scalar(hint)
@@ -176,6 +185,14 @@ DECISIONS: Final = Mapper(model.Decision, DECISION)
 INVOCATIONS: Final = Mapper(model.Invocation, INVOCATION)
 ARTIFACTS: Final = Mapper(model.ArtifactRecord, ARTIFACT, unread=frozenset({"id"}))
 WORKERS: Final = Mapper(model.Worker, WORKER)
+TOKENS: Final = Mapper(model.ApiToken, API_TOKEN, unread=frozenset({"digest"}))
+SESSIONS: Final = Mapper(model.WebSession, WEB_SESSION)
+TRIGGER_STATES: Final = Mapper(ticks.TriggerState, TRIGGER_STATE,
+                               unread=frozenset({"created_at", "updated_at"}))
+TICKS: Final = Mapper(ticks.Tick, TRIGGER_TICK, unread=frozenset({"id"}))
+TRIGGER_EVENTS: Final = Mapper(ticks.TriggerEvent, TRIGGER_EVENT)
+DELIVERIES: Final = Mapper(hooks.Stored, TRIGGER_DELIVERY, unread=frozenset({"id"}),
+                           unstored=frozenset({"repeat"}))
 
 #: the mapper of each table that a transaction holds rows of, by table name
 BY_TABLE: Final[Mapping[str, Mapper[Any]]] = {

@@ -11,15 +11,15 @@ import sqlalchemy as sa
 from devflow import model
 from devflow.errors import Code, DevflowError
 from devflow.store.database import Database
+from devflow.store.rows import TOKENS
 from devflow.store.tables import API_TOKEN
 
 #: last use is written at most this often per token (a read is not a write each time)
 TOUCH_EVERY = timedelta(seconds=60)
 
 
-def _token(row: Any) -> model.ApiToken:
-    return model.ApiToken(row.prefix, row.actor, row.role, row.created_at, row.created_by,
-                          row.expires_at, row.revoked_at, row.last_used_at)
+def _token(row: sa.Row[Any]) -> model.ApiToken:
+    return TOKENS.load(row._mapping)
 
 
 class Tokens:

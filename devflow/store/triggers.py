@@ -24,6 +24,7 @@ from devflow import states, ticks
 from devflow.errors import Code, DevflowError
 from devflow.requests import TickClaim
 from devflow.store.database import Database
+from devflow.store.rows import TICKS, TRIGGER_EVENTS, TRIGGER_STATES
 from devflow.store.tables import RUN, TRIGGER_EVENT, TRIGGER_STATE, TRIGGER_TICK
 
 Clock = Callable[[], datetime]
@@ -46,13 +47,13 @@ class Triggers:
     def overview(self, names: Sequence[str]) -> dict[str, Overview]:
         """Each trigger's state and open ticks, in one read (to see what is worth a lock)."""
         def tx(conn: sa.Connection) -> dict[str, Overview]:
-            found = {r.name: _state(r) for r in conn.execute(
+            found = {r.name: TRIGGER_STATES.load(r._mapping) for r in conn.execute(
                 sa.select(TRIGGER_STATE).where(TRIGGER_STATE.c.name.in_(names)))}
             open_ticks: dict[str, list[ticks.Tick]] = {}
             for row in conn.execute(sa.select(TRIGGER_TICK).where(
                     TRIGGER_TICK.c.trigger.in_(names), TRIGGER_TICK.c.state.in_(ticks.OPEN))
                     .order_by(TRIGGER_TICK.c.scheduled_at)):
-                open_ticks.setdefault(row.trigger, []).append(_tick(row))
+                open_ticks.setdefault(row.trigger, []).append(TICKS.load(row._mapping))
             return {n: Overview(found.get(n), open_ticks.get(n, [])) for n in names}
         return self.db.read(tx)
 
@@ -63,9 +64,9 @@ class Triggers:
         def tx(conn: sa.Connection) -> tuple[ticks.Plan, list[ticks.Tick]]:
             now = self.clock()
             state = self._locked_state(conn, name, now)
-            open_ticks = [_tick(r) for r in conn.execute(sa.select(TRIGGER_TICK).where(
+            open_ticks = _ticks(conn, sa.select(TRIGGER_TICK).where(
                 TRIGGER_TICK.c.trigger == name, TRIGGER_TICK.c.state.in_(ticks.OPEN))
-                .order_by(TRIGGER_TICK.c.scheduled_at))]
+                .order_by(TRIGGER_TICK.c.scheduled_at))
             plan = decide(state, open_ticks, _active_runs(conn, name))
             claim = now + timedelta(seconds=claim_seconds)
             for decided in plan.decided:
@@ -75,10 +76,10 @@ class Triggers:
                              .values(checked_until=plan.checked_until, updated_at=now))
             if not plan.to_start:
                 return plan, []
-            return plan, [_tick(r) for r in conn.execute(sa.select(TRIGGER_TICK).where(
+            return plan, _ticks(conn, sa.select(TRIGGER_TICK).where(
                 TRIGGER_TICK.c.trigger == name,
                 TRIGGER_TICK.c.scheduled_at.in_(plan.to_start))
-                .order_by(TRIGGER_TICK.c.scheduled_at))]
+                .order_by(TRIGGER_TICK.c.scheduled_at))
         return self.db.write(tx)
 
     def fire(self, name: str, actor: str, claim_seconds: float) -> ticks.Tick:
@@ -94,8 +95,9 @@ class Triggers:
                 raise DevflowError(Code.TICK_TAKEN, f"trigger {name} has a tick at "
                                    f"{now.isoformat()} already", hint="fire it again")
             _event(conn, name, "tick.fired", now, now, payload={"by": actor})
-            return _tick(conn.execute(sa.select(TRIGGER_TICK).where(
-                TRIGGER_TICK.c.trigger == name, TRIGGER_TICK.c.scheduled_at == now)).one())
+            return TICKS.load(conn.execute(sa.select(TRIGGER_TICK).where(
+                TRIGGER_TICK.c.trigger == name,
+                TRIGGER_TICK.c.scheduled_at == now)).one()._mapping)
         return self.db.write(tx)
 
     def _insert_tick(self) -> Any:
@@ -149,14 +151,14 @@ class Triggers:
                          .values(**values))
             _event(conn, name, "trigger.paused" if paused else "trigger.resumed", None, now,
                    payload={"by": actor, **({"reason": reason} if reason else {})})
-            return _state(conn.execute(sa.select(TRIGGER_STATE).where(
-                TRIGGER_STATE.c.name == name)).one()), True
+            return TRIGGER_STATES.load(conn.execute(sa.select(TRIGGER_STATE).where(
+                TRIGGER_STATE.c.name == name)).one()._mapping), True
         return self.db.write(tx)
 
     # -- reading ---------------------------------------------------------------------------
     def states(self) -> dict[str, ticks.TriggerState]:
-        return self.db.read(lambda conn: {r.name: _state(r) for r in conn.execute(
-            sa.select(TRIGGER_STATE))})
+        return self.db.read(lambda conn: {r.name: TRIGGER_STATES.load(r._mapping)
+                                          for r in conn.execute(sa.select(TRIGGER_STATE))})
 
     def recent_ticks(self, name: str, *, limit: int = 50,
               states_in: Sequence[str] | None = None) -> list[ticks.Tick]:
@@ -165,7 +167,7 @@ class Triggers:
         if states_in:
             query = query.where(TRIGGER_TICK.c.state.in_(states_in))
         query = query.order_by(TRIGGER_TICK.c.scheduled_at.desc()).limit(limit)
-        return self.db.read(lambda conn: [_tick(r) for r in conn.execute(query)])
+        return self.db.read(lambda conn: _ticks(conn, query))
 
     def counts(self, name: str) -> dict[str, int]:
         query = (sa.select(TRIGGER_TICK.c.state, sa.func.count()).where(
@@ -176,10 +178,8 @@ class Triggers:
         """The trigger's last events, oldest first."""
         query = (sa.select(TRIGGER_EVENT).where(TRIGGER_EVENT.c.trigger == name)
                  .order_by(TRIGGER_EVENT.c.id.desc()).limit(limit))
-        return self.db.read(lambda conn: [ticks.TriggerEvent(
-            id=r.id, trigger=r.trigger, type=r.type, scheduled_at=r.scheduled_at,
-            run_id=r.run_id, payload=dict(r.payload), ts=r.ts)
-            for r in reversed(conn.execute(query).all())])
+        return self.db.read(lambda conn: [TRIGGER_EVENTS.load(r._mapping)
+                                          for r in reversed(conn.execute(query).all())])
 
 
 def lock_trigger(db: Database, conn: sa.Connection, name: str,
@@ -190,7 +190,7 @@ def lock_trigger(db: Database, conn: sa.Connection, name: str,
     conn.execute(insert.values(name=name, paused=False, checked_until=now, created_at=now,
                                updated_at=now).on_conflict_do_nothing())
     query = sa.select(TRIGGER_STATE).where(TRIGGER_STATE.c.name == name)
-    return _state(conn.execute(db.lock_run_query(query)).one())
+    return TRIGGER_STATES.load(conn.execute(db.lock_run_query(query)).one()._mapping)
 
 
 def claim_in(conn: sa.Connection, claim: TickClaim, run_id: str,
@@ -245,14 +245,5 @@ def _active_runs(conn: sa.Connection, name: str) -> list[str]:
     return [r.id for r in conn.execute(query)]
 
 
-def _state(row: Any) -> ticks.TriggerState:
-    return ticks.TriggerState(name=row.name, paused=bool(row.paused),
-                              checked_until=row.checked_until, paused_by=row.paused_by,
-                              paused_at=row.paused_at, reason=row.reason)
-
-
-def _tick(row: Any) -> ticks.Tick:
-    return ticks.Tick(trigger=row.trigger, scheduled_at=row.scheduled_at, kind=row.kind,
-                      state=row.state, run_id=row.run_id, reason=row.reason,
-                      claimed_until=row.claimed_until, created_at=row.created_at,
-                      updated_at=row.updated_at, fired_by=row.fired_by)
+def _ticks(conn: sa.Connection, query: sa.Select[Any]) -> list[ticks.Tick]:
+    return [TICKS.load(r._mapping) for r in conn.execute(query)]

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Final
 
 import sqlalchemy as sa
 
 from devflow import model
 from devflow.store.database import Database
+from devflow.store.rows import SESSIONS, TOKENS
 from devflow.store.tables import API_TOKEN, WEB_SESSION
 
-
-def _session(row: Any) -> model.WebSession:
-    return model.WebSession(row.key, row.token_prefix, row.csrf, row.created_at,
-                            row.expires_at)
+#: a session with its token, whose columns are read as ``t_`` + column
+_WITH_TOKEN: Final = sa.select(WEB_SESSION, *(c.label(f"t_{c.key}") for c in API_TOKEN.c)).join(
+    API_TOKEN, API_TOKEN.c.prefix == WEB_SESSION.c.token_prefix)
 
 
 class WebSessions:
@@ -28,34 +28,24 @@ class WebSessions:
              replacing: str | None = None) -> model.WebSession:
         """Keep a new session; in the same transaction drop the one it replaces (the id
         the browser had) and those expired."""
-        now = self.clock()
+        session = model.WebSession(key, token_prefix, csrf, self.clock(), expires_at)
 
         def tx(conn: sa.Connection) -> None:
-            gone = WEB_SESSION.c.expires_at <= now
+            gone = WEB_SESSION.c.expires_at <= session.created_at
             if replacing is not None:
                 gone = sa.or_(gone, WEB_SESSION.c.key == replacing)
             conn.execute(sa.delete(WEB_SESSION).where(gone))
-            conn.execute(sa.insert(WEB_SESSION).values(
-                key=key, token_prefix=token_prefix, csrf=csrf, created_at=now,
-                expires_at=expires_at))
+            conn.execute(sa.insert(WEB_SESSION).values(**SESSIONS.columns(session)))
         self.db.write(tx)
-        return model.WebSession(key, token_prefix, csrf, now, expires_at)
+        return session
 
     def find(self, key: str) -> tuple[model.WebSession, model.ApiToken] | None:
         """The session of this key and its token, as kept (live or not); None if none."""
-        token = API_TOKEN.c
-        query = (sa.select(WEB_SESSION, token.actor, token.role,
-                           token.created_at.label("token_created_at"), token.created_by,
-                           token.expires_at.label("token_expires_at"), token.revoked_at,
-                           token.last_used_at)
-                 .join(API_TOKEN, token.prefix == WEB_SESSION.c.token_prefix)
-                 .where(WEB_SESSION.c.key == key))
+        query = _WITH_TOKEN.where(WEB_SESSION.c.key == key)
         row = self.db.read(lambda conn: conn.execute(query).first())
         if row is None:
             return None
-        return _session(row), model.ApiToken(
-            row.token_prefix, row.actor, row.role, row.token_created_at, row.created_by,
-            row.token_expires_at, row.revoked_at, row.last_used_at)
+        return SESSIONS.load(row._mapping), TOKENS.load(row._mapping, prefix="t_")
 
     def close(self, key: str) -> bool:
         """End the session; whether there was one."""

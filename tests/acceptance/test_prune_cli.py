@@ -148,3 +148,40 @@ def test_force_naming_no_run_changes_nothing(cli: Cli, repo: Path, tmp_path: Pat
     assert Path(run["worktree"]).is_dir()
     assert as_json(cli("run", "status", run["id"], "--json", check=0))["run"][
         "worktree_pruned_at"] is None
+
+
+def test_salvage_refs_outlive_the_branch_until_the_run_is_forced(cli: Cli, repo: Path,
+                                                                 tmp_path: Path) -> None:
+    run = _start(cli, repo, tmp_path)
+    tip = git.out(["rev-parse", f"refs/heads/{run['branch']}"], repo)
+    dropped = git.out(["commit-tree", f"{tip}^{{tree}}", "-p", tip, "-m", "dropped work"], repo)
+    ref = f"refs/heads/devflow/{run['id']}/salvage-1"
+    git.run(["update-ref", ref, dropped], repo)
+
+    def exists(name: str) -> bool:
+        return git.run(["rev-parse", "--verify", "--quiet", name], repo,
+                       check=False).returncode == 0
+
+    # the branch goes, the salvage ref stays, saying why and how to delete it
+    text = cli("worktree", "prune", "--delete-branches", "--dry-run", check=0).stdout
+    assert f"{run['id']}  kept {ref}: work a recovery reset dropped" in text
+    assert f"devflow worktree prune --delete-branches --force {run['id']}" in text
+    done = _prune(cli, "--delete-branches")
+    [removed] = done["removed"]
+    assert (removed["branch"], removed["salvage"]) == (run["branch"], [])
+    [kept] = done["kept"]
+    assert kept["salvage_kept"][0].startswith(f"{ref}: ")
+    assert kept["force"] == f"devflow worktree prune --delete-branches --force {run['id']}"
+    assert not exists(f"refs/heads/{run['branch']}") and exists(ref)
+    assert _prune(cli, "--delete-branches")["removed"] == []  # listed as kept, not acted on
+    assert _prune(cli)["kept"] == []  # without --delete-branches refs are not looked at
+
+    # named with --force, it goes too, recorded once
+    forced = _prune(cli, "--delete-branches", "--force", run["id"])
+    assert [(i["run_id"], i["branch"], i["salvage"]) for i in forced["removed"]] == [
+        (run["id"], None, [ref])]
+    assert forced["kept"] == [] and not exists(ref)
+    events = [json.loads(line) for line in cli("events", run["id"], "--json",
+                                                check=0).stdout.splitlines()]
+    assert [e["payload"]["refs"] for e in events if e["type"] == "salvage.deleted"] == [[ref]]
+    assert _prune(cli, "--delete-branches", "--force", run["id"])["removed"] == []

@@ -57,6 +57,21 @@ webhook:
   secret_env: DEVFLOW_TEST_HOOK_SECRET
 """
 
+MERGES = """\
+name: merges
+template: quick@1
+repo: {repo}
+base: main
+requirements: "Review {{subject}} ({{event}} by {{sender}}): {{title}}"
+bindings:
+  implementer: scripted-implementer
+  reviewer: scripted-reviewer
+webhook:
+  source: gitlab
+  secret_env: DEVFLOW_TEST_HOOK_SECRET
+  events: [merge_request.open]
+"""
+
 
 @pytest.fixture
 def server(settings: Settings, home: Path, repo: Path) -> Iterator[Served]:
@@ -65,6 +80,7 @@ def server(settings: Settings, home: Path, repo: Path) -> Iterator[Served]:
     (home / "triggers" / "labelled.yaml").write_text(LABELLED.format(repo=repo),
                                                      encoding="utf-8")
     (home / "triggers" / "builds.yaml").write_text(BUILDS.format(repo=repo), encoding="utf-8")
+    (home / "triggers" / "merges.yaml").write_text(MERGES.format(repo=repo), encoding="utf-8")
     served = Served(settings, home, ("--workers", "0"),
                     env={"DEVFLOW_TEST_HOOK_SECRET": SECRET}).start()
     yield served
@@ -220,6 +236,33 @@ def test_a_generic_sender_signs_with_its_own_headers(app: App, server: Served) -
     assert (status, second["outcome"], second["run_id"]) == (200, "duplicate", first["run_id"])
     assert app.store.runs.get(first["run_id"]).requirements.strip() == \
         "Fix nightly-build-41: the build broke"
+
+
+def test_a_gitlab_delivery_carries_the_secret_token_and_an_idempotency_key(
+        app: App, server: Served) -> None:
+    client = server.client()
+    body = {"object_kind": "merge_request", "user": {"username": "carol"},
+            "project": {"path_with_namespace": "acme/app"},
+            "object_attributes": {"iid": 5, "action": "open", "title": "Add bonjour()",
+                                  "description": "d", "url": "https://gitlab/acme/app/-/5"}}
+    raw = json.dumps(body).encode()
+
+    def send(key: str, token: str = SECRET, action: str = "open") -> tuple[int, Any]:
+        sent = raw if action == "open" else raw.replace(b'"open"', f'"{action}"'.encode())
+        return client.call("POST", "/hooks/merges", raw=sent, headers={
+            "X-Gitlab-Token": token, "Idempotency-Key": key,
+            "X-Gitlab-Event": "Merge Request Hook"})
+    assert send("k-1", token="not-it")[0] == 401
+    assert app.runs() == []
+    status, first = send("k-1")
+    assert (status, first["outcome"], first["subject"]) == (202, "started", "acme/app!5"), first
+    status, retried = send("k-1")  # GitLab's retry keeps its Idempotency-Key
+    assert (status, retried["outcome"], retried["repeat"]) == (200, "duplicate", True)
+    status, closed = send("k-2", action="close")
+    assert (status, closed["outcome"]) == (200, "refused"), closed
+    assert [r.id for r in app.runs()] == [first["run_id"]]
+    assert app.store.runs.get(first["run_id"]).requirements.strip() == \
+        "Review acme/app!5 (merge_request.open by carol): Add bonjour()"
 
 
 @pytest.mark.parametrize("crash_at", ["delivery_recorded", "run_inserted"])

@@ -46,6 +46,10 @@ def start_body(repo: Path) -> dict[str, Any]:
             "scenarios": {"plan": "plan:0"}}
 
 
+#: where a signed-out browser asking for /ui/ is sent
+SIGN_IN = "/ui/login?next=%2Fui%2F"
+
+
 def cookie_line(page: Page, name: str) -> str:
     (line,) = [c for c in page.set_cookies() if c.startswith(f"{name}=")]
     return line
@@ -56,7 +60,7 @@ def test_sign_in_opens_a_fresh_http_only_session_and_sign_out_or_revocation_ends
     token, kept = app.token_create("alice", "approver", "test")
     browser = Browser(idle.port)
     assert browser.get("/").header("location") == "/ui/"
-    assert browser.get("/ui/").header("location") == "/ui/login"
+    assert browser.get("/ui/").header("location") == "/ui/login?next=%2Fui%2F"
     form = browser.get("/ui/login")
     assert form.status == 200
     assert form.testids("token") and form.testids("sign-in")
@@ -83,7 +87,7 @@ def test_sign_in_opens_a_fresh_http_only_session_and_sign_out_or_revocation_ends
     second = browser.cookies["devflow_session"]
     assert second != first
     stale = Browser(idle.port, cookies={"devflow_session": first})
-    assert stale.get("/ui/").header("location") == "/ui/login"
+    assert stale.get("/ui/").header("location") == SIGN_IN
     # only the id's hash is kept
     assert app.store.sessions.find(second) is None
     assert app.store.sessions.find(tokens.digest(second)) is not None
@@ -100,7 +104,7 @@ def test_sign_in_opens_a_fresh_http_only_session_and_sign_out_or_revocation_ends
     assert (out.status, out.header("location")) == (303, "/ui/login")
     assert "devflow_session" not in browser.cookies
     replayed = Browser(idle.port, cookies={"devflow_session": second})
-    assert replayed.get("/ui/").header("location") == "/ui/login"
+    assert replayed.get("/ui/").header("location") == SIGN_IN
 
     # behind a TLS proxy (X-Forwarded-Proto: https) the cookies are Secure
     proxied = Browser(idle.port)
@@ -112,12 +116,27 @@ def test_sign_in_opens_a_fresh_http_only_session_and_sign_out_or_revocation_ends
     assert signed.status == 303, signed.text
     assert "Secure" in cookie_line(signed, "devflow_session")
 
+    # a deep link (a webhook's) leads through sign-in to its page; only to a page of /ui/
+    deep = Browser(idle.port)
+    sent = deep.get("/ui/approvals?all=1").header("location")
+    assert sent == "/ui/login?next=%2Fui%2Fapprovals%3Fall%3D1"
+    form = deep.get(sent)
+    assert form.hidden("next") == "/ui/approvals?all=1"
+    signed = deep.post("/ui/login", {"token": token, "csrf": form.csrf(),
+                                     "next": form.hidden("next")})
+    assert signed.header("location") == "/ui/approvals?all=1"
+    for elsewhere in ("https://evil.example/", "//evil.example/ui/", "/api/v1/tokens"):
+        form = deep.get("/ui/login")
+        signed = deep.post("/ui/login", {"token": token, "csrf": form.csrf(),
+                                         "next": elsewhere})
+        assert signed.header("location") == "/ui/", elsewhere
+
     # revoking the token ends its sessions
     again = Browser(idle.port)
     again.sign_in(token)
     assert again.get("/ui/approvals").status == 200
     app.token_revoke(kept.prefix)
-    assert again.get("/ui/approvals").header("location") == "/ui/login"
+    assert again.get("/ui/approvals").header("location") == "/ui/login?next=%2Fui%2Fapprovals"
     assert again.sign_in(token).status == 401
 
 
@@ -170,7 +189,7 @@ def test_forged_posts_are_refused_before_anything_is_read(app: App, idle: Served
     out = browser.post("/ui/logout", {"csrf": csrf}, origin=None,
                        headers={"Referer": f"{browser.origin}/ui/"})
     assert out.status == 303
-    assert browser.get("/ui/").header("location") == "/ui/login"
+    assert browser.get("/ui/").header("location") == SIGN_IN
 
 
 def session_stream(port: int, cookie: str | None, path: str,

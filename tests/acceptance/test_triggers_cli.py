@@ -85,7 +85,7 @@ def test_list_show_pause_resume_and_fire(cli: Cli, triggers: Path) -> None:
     assert hourly["paused"] is False and hourly["last_tick"] is None
     assert hourly["next_tick"] is not None and hourly["schedule"]["catchup"] == "latest"
     labelled = next(t for t in listed if t["name"] == "labelled")
-    assert labelled["served"] is True and labelled["webhook"]["path"] == "/api/v1/hooks/labelled"
+    assert labelled["webhook"]["path"] == "/api/v1/hooks/labelled"
 
     fired = as_json(cli("triggers", "fire", "hourly", "--json", check=0))
     assert fired["outcome"] == "started" and fired["run_id"]

@@ -95,3 +95,42 @@ def test_the_refusals_come_in_order_and_say_why() -> None:
         {"label.name": "bug"})), delivery) == "filter label.name: agent is not bug"
     assert hooks.refusal(Webhook("github", "S", filter=MappingProxyType(
         {"issue.locked": "true"})), delivery) == "filter issue.locked: (missing) is not true"
+
+
+def _gitlab(token: str = SECRET, key: str = "k1", uuid_only: bool = False) -> dict[str, str]:
+    headers = {"x-gitlab-token": token, "x-gitlab-event": "Issue Hook"}
+    headers["x-gitlab-event-uuid" if uuid_only else "idempotency-key"] = key
+    return headers
+
+
+def test_a_gitlab_delivery_is_checked_by_its_token_and_reads_its_payload() -> None:
+    trigger = _trigger("gitlab")
+    assert trigger.webhook is not None
+    body = {"object_kind": "issue", "user": {"username": "carol"},
+            "project": {"path_with_namespace": "acme/app"},
+            "object_attributes": {"iid": 9, "action": "update", "title": "T",
+                                  "description": "D", "url": "u"},
+            "changes": {"labels": {"previous": [{"title": "bug"}],
+                                   "current": [{"title": "bug"}, {"title": "agent"}]}}}
+    raw = json.dumps(body).encode()
+    hooks.verify(trigger.webhook, SECRET, _gitlab(), raw)
+    for secret, headers in ((SECRET, _gitlab(token="other")), (SECRET, {}), (None, _gitlab())):
+        with pytest.raises(DevflowError) as caught:
+            hooks.verify(trigger.webhook, secret, headers, raw)
+        assert caught.value.code is Code.UNAUTHENTICATED
+    got = hooks.parse(trigger, _gitlab(), raw)
+    assert (got.source, got.id, got.event, got.subject, got.sender) == (
+        "gitlab", "k1", "issue.update", "acme/app#9", "carol")
+    assert (got.fields["label"], got.fields["title"], got.fields["body"],
+            got.fields["url"]) == ("agent", "T", "D", "u")
+    # before GitLab 17.4 there is no Idempotency-Key: the event UUID names the delivery
+    assert hooks.parse(trigger, _gitlab(key="e-uuid", uuid_only=True), raw).id == "e-uuid"
+    # a comment on a merge request is about the merge request
+    note = {"object_kind": "note", "user": {"username": "dan"},
+            "project": {"path_with_namespace": "acme/app"},
+            "object_attributes": {"note": "please redo", "url": "n"},
+            "merge_request": {"iid": 4, "title": "MR"}}
+    raw = json.dumps(note).encode()
+    got = hooks.parse(trigger, _gitlab(), raw)
+    assert (got.event, got.subject, got.fields["body"], got.fields["title"]) == (
+        "note", "acme/app!4", "please redo", "MR")

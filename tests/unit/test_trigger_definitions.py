@@ -1,5 +1,5 @@
 """Trigger files: checked like templates (file, line and pointer of every problem), refused
-YAML features included; a webhook trigger accepted, checked, and marked not served."""
+YAML features included; a webhook trigger accepted and checked."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _write(directory: Path, name: str, text: str) -> Path:
 def test_a_schedule_trigger_loads_with_its_policies(tmp_path: Path) -> None:
     _write(tmp_path, "nightly.yaml", NIGHTLY)
     trigger = _catalog(tmp_path).trigger("nightly")
-    assert trigger.schedule is not None and trigger.served
+    assert trigger.schedule is not None
     assert (trigger.schedule.cron, trigger.schedule.timezone, trigger.schedule.catchup,
             trigger.schedule.overlap, trigger.schedule.jitter, trigger.schedule.grace) == \
         ("30 2 * * *", "Europe/Berlin", "latest", "buffer_one", 120.0, 300.0)
@@ -113,7 +113,7 @@ def test_a_webhook_trigger_is_checked_and_served(tmp_path: Path) -> None:
           ignore_senders: [devflow-bot]
         """))
     trigger = _catalog(tmp_path).trigger("labelled")
-    assert trigger.kind == "webhook" and trigger.served
+    assert trigger.kind == "webhook"
     assert trigger.webhook is not None and dict(trigger.webhook.filter) == {"label.name": "agent"}
     assert trigger.webhook.ignore_senders == ("devflow-bot",)
     no_secret = _write(tmp_path / "other", "x.yaml", body + "webhook: {source: github}\n")

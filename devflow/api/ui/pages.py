@@ -13,6 +13,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -73,15 +74,25 @@ Signed = Annotated[SignedIn, Depends(signed_in)]
 
 # -- sign in and out ---------------------------------------------------------------------
 @router.get("/login")
-def login_page(request: Request) -> Response:
-    """The sign-in form (signed in or not: signing in again opens a new session)."""
-    return _login_form(request)
+def login_page(request: Request,
+               next_page: Annotated[str, Query(alias="next")] = "/ui/") -> Response:
+    """The sign-in form (signed in or not: signing in again opens a new session);
+    ``next``: the page to go to once signed in."""
+    return _login_form(request, _next(next_page))
 
 
-def _login_form(request: Request, error: str | None = None, status: int = 200) -> Response:
+def _next(path: str) -> str:
+    """A page of this site to go to after sign-in (anything else: the runs)."""
+    if path.startswith("/ui/") and "\\" not in path:
+        return path
+    return "/ui/"
+
+
+def _login_form(request: Request, next_page: str, error: str | None = None,
+                status: int = 200) -> Response:
     nonce = secrets.token_urlsafe(24)
     response = render.page("login.html", status, me=None, csrf=nonce, flash=[],
-                           error=error)
+                           error=error, next_page=next_page)
     response.set_cookie(LOGIN_COOKIE, nonce, max_age=1800, path="/ui/login", httponly=True,
                         samesite="strict", secure=guard.scheme(request) == "https")
     return response
@@ -97,10 +108,11 @@ async def login(request: Request) -> Response:
     except DevflowError as exc:
         if exc.code is not Code.UNAUTHENTICATED:
             raise
-        return _login_form(request, f"{exc.message}. {exc.hint}", 401)
+        return _login_form(request, _next(fields.get("next", "")),
+                           f"{exc.message}. {exc.hint}", 401)
     session_id, session = await anyio.to_thread.run_sync(
         app.session_open, token, TTL, request.cookies.get(COOKIE) or None)
-    response = RedirectResponse("/ui/", status_code=303)
+    response = RedirectResponse(_next(fields.get("next", "")), status_code=303)
     max_age = int((session.expires_at - session.created_at).total_seconds())
     response.set_cookie(COOKIE, session_id, max_age=max_age, path="/", httponly=True,
                         samesite="lax", secure=guard.scheme(request) == "https")
@@ -242,6 +254,7 @@ def error_page(request: Request, exc: DevflowError) -> Response:
     """A DevflowError met on a page: the sign-in page when signed out, else its page."""
     if exc.code is Code.UNAUTHENTICATED and request.method == "GET" \
             and not request.url.path.endswith("/stream"):
-        return RedirectResponse("/ui/login", status_code=303)
+        here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/ui/login?{urlencode({'next': here})}", status_code=303)
     return render.page("error.html", exc.http_status, me=None, csrf="", flash=[],
                        error=exc)
