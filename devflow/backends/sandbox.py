@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -83,15 +84,35 @@ class Spec:
 
 
 # -- is bubblewrap here, and does it work ------------------------------------------------
+#: where each name was found on each PATH: an attempt asks, and searching PATH was half
+#: of the time its plan took; only what was found is kept, so an install is seen at once
+_FOUND: dict[tuple[str, str | None], str] = {}
+
+
 def probe(bwrap: str = "bwrap") -> Probe:
-    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program."""
+    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program
+    (its path and modification time)."""
     if sys.platform != "linux":
         return Probe(None, reason=f"bubblewrap runs on Linux only (this is {sys.platform})")
-    path = shutil.which(bwrap)
-    if path is None:
+    key = (bwrap, os.environ.get("PATH"))
+    path = _FOUND.get(key)
+    stamp = _mtime(path) if path else None
+    if stamp is None:  # not looked for yet, or gone since it was found
+        path = shutil.which(bwrap)
+        stamp = _mtime(path) if path else None
+    if path is None or stamp is None:
+        _FOUND.pop(key, None)
         return Probe(None, reason=f"{bwrap!r} is not installed (Debian and Ubuntu: "
                                   f"apt-get install bubblewrap)")
-    return _probe(path, os.stat(path).st_mtime_ns)
+    _FOUND[key] = path
+    return _probe(path, stamp)
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 @functools.cache
@@ -113,23 +134,52 @@ def _probe(path: str, _stamp: int) -> Probe:
 
 
 # -- the command line --------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """What ``command`` reads of this machine for one spec, each time: the same facts give
+    the same command, which is then remembered (``_command``)."""
+
+    root: bool
+    #: where /etc/resolv.conf leads when it is a link to something that exists
+    resolv: Path | None
+    exposure: Exposure
+    #: for each of the spec's hidden paths: "dir", "file", or "" when it does not exist
+    hidden: tuple[str, ...]
+    #: whether the worktree's ``.git`` is a file (a linked worktree's)
+    dot_git: bool
+
+
 def command(spec: Spec, bwrap: str) -> list[str]:
     """``bwrap`` and its options for ``spec``, up to and including ``--``: the agent's argv
-    follows. Later mounts win over earlier ones, so the order is the policy: the system,
-    the tools and the persona's paths; then what stays read-only whatever those made
+    follows. What the machine shows is read at every call (``_Host``; the system's
+    directories and links once per process, as ``_etc_secrets``), the options built from
+    it once per spec and facts: an attempt's sandbox is planned at every attempt."""
+    host = _Host(os.geteuid() == 0, _resolv(), expose(spec.tools, spec.path_env),
+                 tuple(_kind(h) for h in spec.hidden), (spec.worktree / ".git").is_file())
+    return list(_command(spec, bwrap, host))
+
+
+@functools.lru_cache(maxsize=64)
+def _command(spec: Spec, bwrap: str, host: _Host) -> tuple[str, ...]:
+    """Later mounts win over earlier ones, so the order is the policy: the system, the
+    tools and the persona's paths; then what stays read-only whatever those made
     writable; then the masks over devflow's own files; then the run's own pieces."""
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
     if spec.network == "none":
         argv.append("--unshare-net")
-    if os.geteuid() == 0:
+    if host.root:
         argv += ["--cap-drop", "ALL"]
-    bound: list[Path] = []  # what is visible so far, to know what the masks must cover
-    argv += _system(bound)
+    system, system_bound = _system()
+    argv += system
+    bound = list(system_bound)  # what is visible so far, to know what the masks must cover
+    if host.resolv is not None and not _covered(host.resolv, bound):
+        argv += ["--ro-bind", str(host.resolv), str(host.resolv)]
+        bound.append(host.resolv)
     argv += ["--proc", "/proc", "--ro-bind-try", "/proc/sys", "/proc/sys",
              "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
              "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - the sandbox's own, empty
-    exposure = expose(spec.tools, spec.path_env)
+    exposure = host.exposure
     shown: list[tuple[str, Path]] = [("--ro-bind", p) for p in exposure.roots]
     shown += [("--ro-bind-try", p) for p in spec.read_only]
     shown += [("--bind-try", p) for p in spec.writable]
@@ -140,28 +190,47 @@ def command(spec: Spec, bwrap: str) -> list[str]:
     for link, target in exposure.links:
         if not _covered(link, bound):
             argv += ["--symlink", target, str(link)]
-    masks = [h for h in spec.hidden if h.exists() and _covered(h, bound)]
-    for hidden in masks:
-        argv += ["--tmpfs", str(hidden)] if hidden.is_dir() else \
+    masks = [(h, kind) for h, kind in zip(spec.hidden, host.hidden, strict=True)
+             if kind and _covered(h, bound)]
+    for hidden, kind in masks:
+        argv += ["--tmpfs", str(hidden)] if kind == "dir" else \
             ["--ro-bind", "/dev/null", str(hidden)]
     # a tool the persona needs, or a piece of the run, inside a mask comes back over it;
     # a persona's own extra paths never do: they cannot show devflow's files again
     persona = {*spec.read_only, *spec.writable}
     for flag, path in shown:
         if path not in persona and any(_inside(path, mask) and path != mask
-                                       for mask in masks):
+                                       for mask, _ in masks):
             argv += [flag, str(path), str(path)]
     argv += ["--bind", str(spec.worktree), str(spec.worktree),
              "--bind", str(spec.home), str(spec.home)]
-    if (spec.worktree / ".git").is_file():
+    if host.dot_git:
         dot_git = str(spec.worktree / ".git")
         argv += ["--ro-bind", dot_git, dot_git]
     # the sandbox's own root is read-only too: nothing lands outside what was bound
-    return [*argv, "--remount-ro", "/", "--chdir", str(spec.worktree), "--"]
+    return (*argv, "--remount-ro", "/", "--chdir", str(spec.worktree), "--")
 
 
-def _system(bound: list[Path]) -> list[str]:
+def _kind(path: Path) -> str:
+    """"dir", "file" (anything else that exists), or "" (links followed, as bwrap does)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return ""
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def _resolv() -> Path | None:
+    resolv = Path("/etc/resolv.conf")
+    return resolv.resolve() if resolv.is_symlink() and resolv.exists() else None
+
+
+@functools.cache
+def _system() -> tuple[tuple[str, ...], tuple[Path, ...]]:
+    """The system's options, and what they show: read once per process (the layout of
+    the root and what in /etc is private do not change under a running devflow)."""
     argv: list[str] = []
+    bound: list[Path] = []
     for name in SYSTEM_DIRS:
         if os.path.isdir(name):
             argv += ["--ro-bind", name, name]
@@ -175,13 +244,7 @@ def _system(bound: list[Path]) -> list[str]:
     for secret in _etc_secrets():
         argv += ["--tmpfs", secret] if os.path.isdir(secret) else \
             ["--ro-bind", "/dev/null", secret]
-    resolv = Path("/etc/resolv.conf")
-    if resolv.is_symlink() and resolv.exists():
-        real = resolv.resolve()
-        if not _covered(real, bound):
-            argv += ["--ro-bind", str(real), str(real)]
-            bound.append(real)
-    return argv
+    return tuple(argv), tuple(bound)
 
 
 @functools.cache
