@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow.backends import sandbox
+from devflow.backends import exposure, sandbox
 from devflow.definitions import Persona, SandboxDef
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
@@ -148,11 +148,11 @@ def test_expose_follows_links_venvs_node_modules_and_interpreters(tmp_path: Path
     node.parent.mkdir(parents=True)
     node.write_text("ELF")
     node.chmod(0o755)
-    found = sandbox.expose([script, tmp_path / "bin" / "cli"], path_env=str(node.parent))
+    found = exposure.expose([script, tmp_path / "bin" / "cli"], path_env=str(node.parent))
     assert set(found.roots) == {venv, prefix / "lib", prefix / "bin" / "python3.11",
                                 npm / "node_modules", node}
     assert (tmp_path / "bin" / "cli", str(npm / "node_modules" / ".bin" / "cli")) in found.links
-    assert sandbox.expose([Path("/usr/bin/env")]).roots == ()  # the system is there anyway
+    assert exposure.expose([Path("/usr/bin/env")]).roots == ()  # the system is there anyway
 
 
 @needs_bwrap
