@@ -8,7 +8,7 @@ An agent sees (``Spec``, turned into ``bwrap`` options by ``command``):
 - its own ``/proc`` (a PID namespace of its own: no process of devflow's is there, nor
   their environments), ``/proc/sys`` read-only, a minimal ``/dev``, an empty ``/tmp``;
   the rest of its root is read-only and holds only what is listed here;
-- read-only: the programs its backend runs, each with what it runs on (``expose``), the
+- read-only: the programs its backend runs, each with what it runs on (``exposure``), the
   run's prompts, the repository's common git directory, the persona's ``read_only``;
 - writable: the worktree, its own HOME, the persona's ``writable``;
 - never: the paths in ``hidden`` (devflow's home, workspace, database, config). Where a
@@ -30,23 +30,23 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from devflow.backends.exposure import SYSTEM_DIRS, Exposure, covered, expose, inside
 from devflow.definitions import Persona
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
 
-#: the system's read-only part; the merged-/usr links are recreated as links
-SYSTEM_DIRS: Final = ("/usr", "/etc", "/opt")
+#: the merged-/usr links, recreated as links (the system's directories are
+#: ``exposure.SYSTEM_DIRS``)
 SYSTEM_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _PROBE_TIMEOUT: Final = 10.0
-_MAX_HOPS: Final = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,15 +83,35 @@ class Spec:
 
 
 # -- is bubblewrap here, and does it work ------------------------------------------------
+#: where each name was found on each PATH: an attempt asks, and searching PATH was half
+#: of the time its plan took; only what was found is kept, so an install is seen at once
+_FOUND: dict[tuple[str, str | None], str] = {}
+
+
 def probe(bwrap: str = "bwrap") -> Probe:
-    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program."""
+    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program
+    (its path and modification time)."""
     if sys.platform != "linux":
         return Probe(None, reason=f"bubblewrap runs on Linux only (this is {sys.platform})")
-    path = shutil.which(bwrap)
-    if path is None:
+    key = (bwrap, os.environ.get("PATH"))
+    path = _FOUND.get(key)
+    stamp = _mtime(path) if path else None
+    if stamp is None:  # not looked for yet, or gone since it was found
+        path = shutil.which(bwrap)
+        stamp = _mtime(path) if path else None
+    if path is None or stamp is None:
+        _FOUND.pop(key, None)
         return Probe(None, reason=f"{bwrap!r} is not installed (Debian and Ubuntu: "
                                   f"apt-get install bubblewrap)")
-    return _probe(path, os.stat(path).st_mtime_ns)
+    _FOUND[key] = path
+    return _probe(path, stamp)
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 @functools.cache
@@ -113,23 +133,52 @@ def _probe(path: str, _stamp: int) -> Probe:
 
 
 # -- the command line --------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Host:
+    """What ``command`` reads of this machine for one spec, each time: the same facts give
+    the same command, which is then remembered (``_command``)."""
+
+    root: bool
+    #: where /etc/resolv.conf leads when it is a link to something that exists
+    resolv: Path | None
+    exposure: Exposure
+    #: for each of the spec's hidden paths: "dir", "file", or "" when it does not exist
+    hidden: tuple[str, ...]
+    #: whether the worktree's ``.git`` is a file (a linked worktree's)
+    dot_git: bool
+
+
 def command(spec: Spec, bwrap: str) -> list[str]:
     """``bwrap`` and its options for ``spec``, up to and including ``--``: the agent's argv
-    follows. Later mounts win over earlier ones, so the order is the policy: the system,
-    the tools and the persona's paths; then what stays read-only whatever those made
+    follows. What the machine shows is read at every call (``_Host``; the system's
+    directories and links once per process, as ``_etc_secrets``), the options built from
+    it once per spec and facts: an attempt's sandbox is planned at every attempt."""
+    host = _Host(os.geteuid() == 0, _resolv(), expose(spec.tools, spec.path_env),
+                 tuple(_kind(h) for h in spec.hidden), (spec.worktree / ".git").is_file())
+    return list(_command(spec, bwrap, host))
+
+
+@functools.lru_cache(maxsize=64)
+def _command(spec: Spec, bwrap: str, host: _Host) -> tuple[str, ...]:
+    """Later mounts win over earlier ones, so the order is the policy: the system, the
+    tools and the persona's paths; then what stays read-only whatever those made
     writable; then the masks over devflow's own files; then the run's own pieces."""
     argv = [bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup-try"]
     if spec.network == "none":
         argv.append("--unshare-net")
-    if os.geteuid() == 0:
+    if host.root:
         argv += ["--cap-drop", "ALL"]
-    bound: list[Path] = []  # what is visible so far, to know what the masks must cover
-    argv += _system(bound)
+    system, system_bound = _system()
+    argv += system
+    bound = list(system_bound)  # what is visible so far, to know what the masks must cover
+    if host.resolv is not None and not covered(host.resolv, bound):
+        argv += ["--ro-bind", str(host.resolv), str(host.resolv)]
+        bound.append(host.resolv)
     argv += ["--proc", "/proc", "--ro-bind-try", "/proc/sys", "/proc/sys",
              "--ro-bind-try", "/proc/sysrq-trigger", "/proc/sysrq-trigger",
              "--dev", "/dev", "--tmpfs", "/tmp"]  # noqa: S108 - the sandbox's own, empty
-    exposure = expose(spec.tools, spec.path_env)
+    exposure = host.exposure
     shown: list[tuple[str, Path]] = [("--ro-bind", p) for p in exposure.roots]
     shown += [("--ro-bind-try", p) for p in spec.read_only]
     shown += [("--bind-try", p) for p in spec.writable]
@@ -138,30 +187,49 @@ def command(spec: Spec, bwrap: str) -> list[str]:
         argv += [flag, str(path), str(path)]
     bound += [path for _, path in shown]
     for link, target in exposure.links:
-        if not _covered(link, bound):
+        if not covered(link, bound):
             argv += ["--symlink", target, str(link)]
-    masks = [h for h in spec.hidden if h.exists() and _covered(h, bound)]
-    for hidden in masks:
-        argv += ["--tmpfs", str(hidden)] if hidden.is_dir() else \
+    masks = [(h, kind) for h, kind in zip(spec.hidden, host.hidden, strict=True)
+             if kind and covered(h, bound)]
+    for hidden, kind in masks:
+        argv += ["--tmpfs", str(hidden)] if kind == "dir" else \
             ["--ro-bind", "/dev/null", str(hidden)]
     # a tool the persona needs, or a piece of the run, inside a mask comes back over it;
     # a persona's own extra paths never do: they cannot show devflow's files again
     persona = {*spec.read_only, *spec.writable}
     for flag, path in shown:
-        if path not in persona and any(_inside(path, mask) and path != mask
-                                       for mask in masks):
+        if path not in persona and any(inside(path, mask) and path != mask
+                                       for mask, _ in masks):
             argv += [flag, str(path), str(path)]
     argv += ["--bind", str(spec.worktree), str(spec.worktree),
              "--bind", str(spec.home), str(spec.home)]
-    if (spec.worktree / ".git").is_file():
+    if host.dot_git:
         dot_git = str(spec.worktree / ".git")
         argv += ["--ro-bind", dot_git, dot_git]
     # the sandbox's own root is read-only too: nothing lands outside what was bound
-    return [*argv, "--remount-ro", "/", "--chdir", str(spec.worktree), "--"]
+    return (*argv, "--remount-ro", "/", "--chdir", str(spec.worktree), "--")
 
 
-def _system(bound: list[Path]) -> list[str]:
+def _kind(path: Path) -> str:
+    """"dir", "file" (anything else that exists), or "" (links followed, as bwrap does)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return ""
+    return "dir" if stat.S_ISDIR(mode) else "file"
+
+
+def _resolv() -> Path | None:
+    resolv = Path("/etc/resolv.conf")
+    return resolv.resolve() if resolv.is_symlink() and resolv.exists() else None
+
+
+@functools.cache
+def _system() -> tuple[tuple[str, ...], tuple[Path, ...]]:
+    """The system's options, and what they show: read once per process (the layout of
+    the root and what in /etc is private do not change under a running devflow)."""
     argv: list[str] = []
+    bound: list[Path] = []
     for name in SYSTEM_DIRS:
         if os.path.isdir(name):
             argv += ["--ro-bind", name, name]
@@ -175,13 +243,7 @@ def _system(bound: list[Path]) -> list[str]:
     for secret in _etc_secrets():
         argv += ["--tmpfs", secret] if os.path.isdir(secret) else \
             ["--ro-bind", "/dev/null", secret]
-    resolv = Path("/etc/resolv.conf")
-    if resolv.is_symlink() and resolv.exists():
-        real = resolv.resolve()
-        if not _covered(real, bound):
-            argv += ["--ro-bind", str(real), str(real)]
-            bound.append(real)
-    return argv
+    return tuple(argv), tuple(bound)
 
 
 @functools.cache
@@ -201,156 +263,6 @@ def _etc_secrets() -> tuple[str, ...]:
             found.append(path)
         dirs[:] = [d for d in dirs if os.path.join(top, d) not in found]
     return tuple(found)
-
-
-def _inside(path: Path, parent: Path) -> bool:
-    top = str(parent).rstrip("/") + "/"  # by text: Path.parents is slow, and paths are absolute
-    return path == parent or str(path).startswith(top)
-
-
-def _covered(path: Path, bound: Iterable[Path]) -> bool:
-    return any(_inside(path, b) for b in bound)
-
-
-# -- what a program runs on --------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Exposure:
-    """What shows a set of programs: paths bound read-only at their real place, and the
-    symbolic links met on the way to them, recreated as links."""
-
-    roots: tuple[Path, ...]
-    links: tuple[tuple[Path, str], ...]
-
-
-def expose(paths: Sequence[Path], path_env: str = os.defpath) -> Exposure:
-    """``_expose``, remembered in this process while each path is the same file (its
-    inode and modification time): an attempt's sandbox is planned at every attempt, and
-    walking the tools' files was a third of the engine's own cost of a phase."""
-    stamps = []
-    for path in paths:
-        try:
-            found = os.stat(path)
-        except OSError:
-            stamps.append((str(path), 0, 0))
-        else:
-            stamps.append((str(path), found.st_ino, found.st_mtime_ns))
-    return _expose(tuple(Path(p) for p in paths), path_env, tuple(stamps))
-
-
-@functools.lru_cache(maxsize=64)
-def _expose(paths: tuple[Path, ...], path_env: str,
-            _stamps: tuple[tuple[str, int, int], ...]) -> Exposure:
-    """Each path with its links resolved, and where it lives: the outermost
-    ``node_modules`` it is in, the Python virtual environment it is in (with the Python it
-    was made from), or, for a program in a ``bin`` directory beside a ``lib``, that
-    ``lib``; and, for a script, its interpreter the same way (``#!/usr/bin/env NAME``
-    looks NAME up on ``path_env``)."""
-    roots: list[Path] = []
-    links: list[tuple[Path, str]] = []
-    seen: set[Path] = set()
-
-    def walk(path: Path, depth: int) -> None:
-        if not path.is_absolute() or path in seen or depth > 4:
-            return
-        seen.add(path)
-        real, met = resolve(path)
-        if not real.exists():
-            return
-        links.extend(met)
-        for place in (path, *(link for link, _ in met), real):
-            roots.extend(_venv(place))
-        roots.extend(_home_of(real))
-        interpreter = _interpreter(real, path_env)
-        if interpreter is not None:
-            walk(interpreter, depth + 1)
-
-    for path in paths:
-        walk(Path(path), 0)
-    kept: list[Path] = []
-    for root in sorted(set(roots), key=lambda p: len(p.parts)):
-        if not _covered(root, kept) and not _covered(root, map(Path, SYSTEM_DIRS)):
-            kept.append(root)
-    return Exposure(tuple(kept), tuple(dict.fromkeys(links)))
-
-
-def resolve(path: Path) -> tuple[Path, list[tuple[Path, str]]]:
-    """``path`` with every symbolic link resolved, and each link met: (where, target)."""
-    parts = list(path.parts[1:])
-    current = Path("/")
-    met: list[tuple[Path, str]] = []
-    while parts:
-        name = parts.pop(0)
-        if name in ("", "."):
-            continue
-        if name == "..":
-            current = current.parent
-            continue
-        step = current / name
-        if not step.is_symlink():
-            current = step
-            continue
-        if len(met) >= _MAX_HOPS:
-            break
-        target = os.readlink(step)
-        met.append((step, target))
-        given = Path(target)
-        parts = [*(given.parts[1:] if given.is_absolute() else given.parts), *parts]
-        current = Path("/") if given.is_absolute() else current
-    return current, met
-
-
-def _venv(place: Path) -> list[Path]:
-    for parent in place.parents:
-        if (parent / "pyvenv.cfg").is_file():
-            return [parent, *_base_python(parent / "pyvenv.cfg")]
-    return []
-
-
-def _base_python(config: Path) -> list[Path]:
-    """The ``lib`` of the Python a virtual environment was made from (``home = …/bin``)."""
-    try:
-        lines = config.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return []
-    for line in lines:
-        key, _, value = line.partition("=")
-        if key.strip() == "home" and value.strip():
-            prefix = resolve(Path(value.strip()))[0].parent
-            return [p for p in (prefix / "lib", prefix / "lib64") if p.is_dir()]
-    return []
-
-
-def _home_of(real: Path) -> list[Path]:
-    outermost = None
-    for parent in real.parents:
-        if parent.name == "node_modules":
-            outermost = parent
-    if outermost is not None:
-        return [outermost]
-    if real.parent.name in ("bin", "sbin") and len(real.parents) > 2:
-        prefix = real.parent.parent
-        libs = [p for p in (prefix / "lib", prefix / "lib64") if p.is_dir()]
-        return [real, *libs]
-    return [real]
-
-
-def _interpreter(real: Path, path_env: str) -> Path | None:
-    """The program a ``#!`` script runs on, or None for anything else."""
-    try:
-        with open(real, "rb") as handle:
-            head = handle.read(256)
-    except OSError:
-        return None
-    if not head.startswith(b"#!"):
-        return None
-    words = head[2:].split(b"\n", 1)[0].decode("utf-8", errors="replace").split()
-    if not words:
-        return None
-    if os.path.basename(words[0]) != "env":
-        return Path(words[0])
-    names = [w for w in words[1:] if not w.startswith("-") and "=" not in w]
-    found = shutil.which(names[0], path=path_env) if names else None
-    return Path(found) if found else None
 
 
 # -- whether an agent runs in one --------------------------------------------------------

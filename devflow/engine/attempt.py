@@ -37,7 +37,7 @@ from devflow import (
 from devflow.backends.base import Outcome
 from devflow.definitions import PHASE_PLAN_SCHEMA, Persona
 from devflow.durations import format_duration
-from devflow.engine import agent, plan, workspace
+from devflow.engine import agent, plan, prompt, workspace
 from devflow.engine.context import Context
 from devflow.errors import Code
 from devflow.schemas import Issue
@@ -101,11 +101,12 @@ def _conclude(ctx: Context, result: agent.Result,
     """Judge the attempt, keep a valid artifact, and record the exit with its verdict in
     one transaction: one call on a worker thread for all of it."""
     run, phase = result.run, result.phase
-    tampered = _put_back(run, phase)
+    tree = worktree.of_run(run)  # found once for the checks, the checkpoint and the evidence
+    tampered = _put_back(run, phase, tree)
     verdict, kept = None, None
     if not _over_budget(run, result.outcome):
         verdict, kept = ((Verdict(Code.AGENT_TAMPERED, tampered), None) if tampered else
-                         _judge_and_keep(ctx, run, phase, result))
+                         _judge_and_keep(ctx, run, phase, result, tree))
     return ctx.change(run.id, functools.partial(_settle, result=result, verdict=verdict,
                                                 kept=kept), lease, phase=phase.key)
 
@@ -133,10 +134,10 @@ def _over_budget(run: model.Run, outcome: Outcome) -> bool:
     return limit is not None and run.cost_usd + (outcome.cost_usd or 0.0) > float(limit)
 
 
-def _put_back(run: model.Run, phase: model.Phase) -> list[Issue]:
+def _put_back(run: model.Run, phase: model.Phase, tree: runtree.Tree) -> list[Issue]:
     """Put back the worktree's ``.git`` file, HEAD and the run's branch if the agent changed
     them; what it changed, as the reasons its attempt failed."""
-    found = runtree.restore(worktree.of_run(run), run.checkpoint_sha)
+    found = runtree.restore(tree, run.checkpoint_sha)
     if found:
         log.warning("agent_tampered", run_id=run.id, phase=phase.key, attempt=phase.attempt,
                     found=found)
@@ -239,12 +240,12 @@ def _refuse(tx: RunTx, phase: model.Phase, verdict: Verdict, more: bool) -> mode
     return tx.phase(phase.key)
 
 
-def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase,
-                    result: agent.Result) -> tuple[Verdict, Kept | None]:
+def _judge_and_keep(ctx: Context, run: model.Run, phase: model.Phase, result: agent.Result,
+                    tree: runtree.Tree) -> tuple[Verdict, Kept | None]:
     """The attempt's verdict and, when its artifact is valid, the artifact kept."""
     verdict = _judge(ctx, run, phase, result)
     if verdict.code is None and verdict.checked is not None:
-        return verdict, _keep(ctx, run, phase, verdict.checked)
+        return verdict, _keep(ctx, run, phase, verdict.checked, tree)
     return dataclasses.replace(verdict, shown=_keep_refused(run, phase, verdict)), None
 
 
@@ -269,12 +270,12 @@ def _keep_refused(run: model.Run, phase: model.Phase, verdict: Verdict) -> dict[
     return {"kept": str(destination), "sha256": sha, "bytes": len(checked.data)}
 
 
-def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked) -> Kept:
+def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.Checked,
+          tree: runtree.Tree) -> Kept:
     """Copy the validated bytes into the workspace and commit the checkpoint, together."""
     d = phase.definition
     assert d.artifact is not None and checked.data is not None
     stored = workspace.artifact_copy(run, phase.key, phase.attempt)
-    tree = worktree.of_run(run)
     message = f"devflow({phase.key}): attempt {phase.attempt}"
     removed: list[dict[str, Any]] = []
     # the copy is written and fsynced while git commits the checkpoint
@@ -284,6 +285,7 @@ def _keep(ctx: Context, run: model.Run, phase: model.Phase, checked: artifacts.C
     # both points find the copy kept and the checkpoint committed, nothing recorded yet
     faults.point("artifact_stored")
     faults.point("checkpoint_committed")
+    prompt.kept(str(stored), sha, checked.value)
     evidence: model.Evidence | None = None
     if d.gates:
         # the checkpoint committed the whole worktree (or found nothing to commit in a

@@ -8,6 +8,7 @@ runs), its database and its configuration are never visible (``sandbox.Spec``).
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -52,9 +53,16 @@ def _path(text: str) -> Path:
     return Path(os.path.expanduser(text)).resolve()
 
 
-def _database_files(url: str) -> list[Path]:
+def _database_files(url: str) -> tuple[Path, ...]:
     """An SQLite database's file and the files beside it (journal, WAL, shared memory)."""
+    return _files_of(url, os.getcwd())
+
+
+@functools.lru_cache(maxsize=8)
+def _files_of(url: str, _cwd: str) -> tuple[Path, ...]:
+    """``_database_files`` once per URL and working directory (a relative file's base):
+    parsing the URL was a tenth of an attempt's sandbox plan."""
     path = sqlite_file(url)
     if path is None:
-        return []
-    return [path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal"))]
+        return ()
+    return (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm", "-journal")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -56,10 +57,34 @@ def _schema_text(schemas: SchemaRegistry, schema_id: str) -> str:
     return _dump(schemas.get(schema_id).contents)
 
 
-@functools.lru_cache(maxsize=1024)
+#: (kept path, sha256) -> the artifact as a prompt shows it, at most _KEPT_MAX of them
+_KEPT: dict[tuple[str, str], str] = {}
+_KEPT_MAX: Final = 1024
+_kept_lock = threading.Lock()
+
+
+def kept(path: str, sha256: str, value: Any) -> None:
+    """An artifact just validated and kept at ``path``: the next phases' prompts show it
+    from the value validated, without reading the copy back (it was a tenth of a
+    phase's own cost)."""
+    _remember((path, sha256), _dump(value))
+
+
 def _kept_text(path: str, sha256: str) -> str:
-    """A kept artifact as the prompt shows it: read (and its hash checked) once per process."""
-    return _dump(artifacts.load_stored(Path(path), sha256))
+    """A kept artifact as the prompt shows it: read (and its hash checked) once per process
+    unless ``kept`` gave it."""
+    text = _KEPT.get((path, sha256))
+    if text is None:
+        text = _dump(artifacts.load_stored(Path(path), sha256))
+        _remember((path, sha256), text)
+    return text
+
+
+def _remember(key: tuple[str, str], text: str) -> None:
+    with _kept_lock:
+        _KEPT[key] = text
+        while len(_KEPT) > _KEPT_MAX:
+            del _KEPT[next(iter(_KEPT))]
 
 
 def _earlier(phases: Sequence[model.Phase]) -> list[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow.backends import sandbox
+from devflow.backends import exposure, sandbox
 from devflow.definitions import Persona, SandboxDef
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
@@ -66,6 +66,31 @@ def test_the_command_line_in_order(tmp_path: Path) -> None:
         < _at(argv, "--ro-bind", str(spec.worktree / ".git"))
     assert _pairs(argv, "--bind") == [str(spec.worktree), str(spec.home)]
 
+
+
+def test_the_same_spec_again_follows_what_changed_on_disk(tmp_path: Path) -> None:
+    """The options are remembered per spec, never past what the machine shows: a WAL file
+    that appears beside the database is masked at the next call, one that goes is not
+    named any more, and a worktree whose .git is no longer a file loses that bind."""
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    wal = wide / "devflow.db-wal"
+    spec = _spec(tmp_path, read_only=(wide,), hidden=(wal,))
+    dot_git = str(spec.worktree / ".git")
+    before = sandbox.command(spec, "bwrap")
+    assert str(wal) not in before and dot_git in before
+    wal.write_text("")
+    shown = sandbox.command(spec, "bwrap")
+    assert shown[shown.index(str(wal)) - 2:shown.index(str(wal)) + 1] == \
+        ["--ro-bind", "/dev/null", str(wal)]
+    wal.unlink()
+    wal.mkdir()
+    assert str(wal) in _pairs(sandbox.command(spec, "bwrap"), "--tmpfs")
+    wal.rmdir()
+    (spec.worktree / ".git").unlink()
+    after = sandbox.command(spec, "bwrap")
+    assert str(wal) not in after and dot_git not in after
+    assert sandbox.command(spec, "bwrap") == after  # and the same facts, the same options
 
 def test_network_none_unshares_the_network(tmp_path: Path) -> None:
     argv = sandbox.command(_spec(tmp_path, network="none"), "bwrap")
@@ -123,11 +148,11 @@ def test_expose_follows_links_venvs_node_modules_and_interpreters(tmp_path: Path
     node.parent.mkdir(parents=True)
     node.write_text("ELF")
     node.chmod(0o755)
-    found = sandbox.expose([script, tmp_path / "bin" / "cli"], path_env=str(node.parent))
+    found = exposure.expose([script, tmp_path / "bin" / "cli"], path_env=str(node.parent))
     assert set(found.roots) == {venv, prefix / "lib", prefix / "bin" / "python3.11",
                                 npm / "node_modules", node}
     assert (tmp_path / "bin" / "cli", str(npm / "node_modules" / ".bin" / "cli")) in found.links
-    assert sandbox.expose([Path("/usr/bin/env")]).roots == ()  # the system is there anyway
+    assert exposure.expose([Path("/usr/bin/env")]).roots == ()  # the system is there anyway
 
 
 @needs_bwrap
@@ -154,6 +179,12 @@ def test_the_probe_says_why_not(tmp_path: Path) -> None:
     broken.chmod(0o755)
     seen = sandbox.probe(str(broken))
     assert not seen.works and "No permissions to create new namespace" in seen.reason
+    # where it was found is remembered, not past its removal, nor past a new install
+    broken.unlink()
+    assert "is not installed" in sandbox.probe(str(broken)).reason
+    broken.write_text("#!/bin/sh\necho 'bwrap: another refusal' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    assert "another refusal" in sandbox.probe(str(broken)).reason
     if shutil.which("bwrap"):
         assert sandbox.probe().works == sandbox.probe("bwrap").works
 
