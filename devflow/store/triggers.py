@@ -18,7 +18,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from devflow import states, ticks
 from devflow.errors import Code, DevflowError
@@ -101,7 +100,7 @@ class Triggers:
     def _insert_tick(self) -> Any:
         """An insert of a tick that does nothing when the tick exists (a fire at the very
         time of a scheduled tick): the tick is decided once."""
-        insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(TRIGGER_TICK)
+        insert = self.db.insert(TRIGGER_TICK)
         # RETURNING says whether a row was made (rowcount does not, on every driver)
         return insert.on_conflict_do_nothing(
             index_elements=["trigger", "scheduled_at"]).returning(TRIGGER_TICK.c.id)
@@ -186,7 +185,7 @@ def lock_trigger(db: Database, conn: sa.Connection, name: str,
                  now: datetime) -> ticks.TriggerState:
     """The trigger's state row, locked; made when the trigger is first seen (its ticks
     count from then: nothing before a trigger existed is missed)."""
-    insert = (postgresql.insert if not db.is_sqlite else sqlite.insert)(TRIGGER_STATE)
+    insert = db.insert(TRIGGER_STATE)
     conn.execute(insert.values(name=name, paused=False, checked_until=now, created_at=now,
                                updated_at=now).on_conflict_do_nothing())
     query = sa.select(TRIGGER_STATE).where(TRIGGER_STATE.c.name == name)
