@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from devflow import memo as memos
 from devflow.definitions import Persona
 from devflow.errors import Code, DevflowError
 from devflow.settings import Settings
@@ -46,6 +47,12 @@ from devflow.settings import Settings
 SYSTEM_DIRS: Final = ("/usr", "/etc", "/opt")
 SYSTEM_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _PROBE_TIMEOUT: Final = 10.0
+#: what decides whether this account may make the namespaces a sandbox needs, besides
+#: bwrap itself: the boot, and the switches distributions use to restrict them
+_NAMESPACE_SWITCHES: Final = (
+    "/proc/sys/kernel/random/boot_id", "/proc/sys/kernel/unprivileged_userns_clone",
+    "/proc/sys/user/max_user_namespaces",
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
 _MAX_HOPS: Final = 40
 
 
@@ -83,19 +90,51 @@ class Spec:
 
 
 # -- is bubblewrap here, and does it work ------------------------------------------------
+#: where a bwrap that works is remembered between processes (``configure``)
+_memo: list[memos.Memo] = []
+
+
+def configure(*, memo: memos.Memo | None = None) -> None:
+    _memo[:] = [memo] if memo is not None else []
+
+
 def probe(bwrap: str = "bwrap") -> Probe:
-    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program."""
+    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program.
+
+    Trying costs two processes and a sandbox (a tenth of a second, more on a busy
+    machine), so a bwrap that works is remembered between processes while it is the same
+    file, this account, the same boot and the same namespace switches of the kernel
+    (``_NAMESPACE_SWITCHES``); one that does not is tried again by every process, so it
+    is used as soon as it works."""
     if sys.platform != "linux":
         return Probe(None, reason=f"bubblewrap runs on Linux only (this is {sys.platform})")
     path = shutil.which(bwrap)
     if path is None:
         return Probe(None, reason=f"{bwrap!r} is not installed (Debian and Ubuntu: "
                                   f"apt-get install bubblewrap)")
-    return _probe(path, os.stat(path).st_mtime_ns)
+    stamp = memos.file_stamp(path)
+    key = memos.key("bwrap-works", stamp or path, str(os.geteuid()),
+                    *map(_read, _NAMESPACE_SWITCHES)) if stamp and _memo else None
+    known = _memo[0].get(key) if key else None
+    if isinstance(known, dict):
+        return Probe(path, known.get("version"))
+    found = _probe(path, stamp)
+    if key and found.works:
+        _memo[0].put(key, {"version": found.version})
+        _memo[0].save()
+    return found
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return "-"
 
 
 @functools.cache
-def _probe(path: str, _stamp: int) -> Probe:
+def _probe(path: str, _stamp: str | None) -> Probe:
     try:
         version = subprocess.run([path, "--version"], capture_output=True, text=True,
                                  timeout=_PROBE_TIMEOUT, check=False).stdout.strip() or None

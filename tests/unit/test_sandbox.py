@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devflow import memo
 from devflow.backends import sandbox
 from devflow.definitions import Persona, SandboxDef
 from devflow.errors import Code, DevflowError
@@ -156,6 +157,39 @@ def test_the_probe_says_why_not(tmp_path: Path) -> None:
     assert not seen.works and "No permissions to create new namespace" in seen.reason
     if shutil.which("bwrap"):
         assert sandbox.probe().works == sandbox.probe("bwrap").works
+
+
+def test_a_bwrap_that_works_is_remembered_between_processes(tmp_path: Path) -> None:
+    """Trying bubblewrap costs a sandbox: one that works is not tried again by the next
+    process while it is the same file; one that does not work is tried every time."""
+    calls = tmp_path / "calls"
+    bwrap = tmp_path / "bwrap"
+
+    def install(works: bool) -> None:
+        bwrap.write_text(f"#!/bin/sh\necho x >> '{calls}'\n"
+                         'if [ "$1" = --version ]; then echo "bubblewrap 0.9"; exit 0; fi\n'
+                         + ("exit 0\n" if works else "echo 'bwrap: no namespace' >&2\nexit 1\n"))
+        bwrap.chmod(0o755)
+
+    def probe_in_a_new_process() -> tuple[sandbox.Probe, int]:
+        sandbox._probe.cache_clear()  # what a new process starts with: the memo's file only
+        sandbox.configure(memo=memo.Memo(tmp_path / "memo.json"))
+        before = len(calls.read_text().splitlines()) if calls.exists() else 0
+        found = sandbox.probe(str(bwrap))
+        return found, len(calls.read_text().splitlines()) - before
+
+    try:
+        install(works=False)
+        assert [(p.works, n) for p, n in (probe_in_a_new_process(),
+                                          probe_in_a_new_process())] == [(False, 2), (False, 2)]
+        install(works=True)  # another file now (its size and time changed): tried again
+        found, ran = probe_in_a_new_process()
+        assert (found.works, found.version, ran) == (True, "bubblewrap 0.9", 2)
+        found, ran = probe_in_a_new_process()
+        assert (found.works, found.version, ran) == (True, "bubblewrap 0.9", 0)
+    finally:
+        sandbox.configure()
+        sandbox._probe.cache_clear()
 
 
 def _persona(box: SandboxDef) -> Persona:
