@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -228,18 +229,25 @@ def _etc_secrets() -> tuple[str, ...]:
     """What in /etc others may not read (shadow files, private keys): hidden from agents,
     which run as the account devflow runs as, root included."""
     found: list[str] = []
-    for top, dirs, files in os.walk("/etc"):
-        for name in [*dirs, *files]:
-            path = os.path.join(top, name)
+    pending = ["/etc"]
+    while pending:  # scandir: a link is told by its entry's type, one lstat for the rest
+        try:
+            with os.scandir(pending.pop()) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        for entry in listed:
             try:
-                mode = os.lstat(path).st_mode
+                if entry.is_symlink():
+                    continue
+                mode = entry.stat(follow_symlinks=False).st_mode
             except OSError:
                 continue
-            if os.path.islink(path) or mode & 0o004:
-                continue
-            found.append(path)
-        dirs[:] = [d for d in dirs if os.path.join(top, d) not in found]
-    return tuple(found)
+            if not mode & 0o004:
+                found.append(entry.path)  # hidden whole: what is inside is not looked at
+            elif stat.S_ISDIR(mode):
+                pending.append(entry.path)
+    return tuple(sorted(found))
 
 
 def _inside(path: Path, parent: Path) -> bool:

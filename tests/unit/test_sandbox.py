@@ -192,6 +192,23 @@ def test_a_bwrap_that_works_is_remembered_between_processes(tmp_path: Path) -> N
         sandbox._probe.cache_clear()
 
 
+def test_what_only_privileged_accounts_may_read_in_etc_is_hidden() -> None:
+    """Every entry of /etc that others may not read, a link aside, and nothing inside one
+    (it is hidden whole); looked for here the plain way, one lstat per entry."""
+    expected: set[str] = set()
+    for top, dirs, files in os.walk("/etc"):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            if not os.path.islink(path) and not os.lstat(path).st_mode & 0o004:
+                expected.add(path)
+        dirs[:] = [d for d in dirs if os.path.join(top, d) not in expected]
+    sandbox._etc_secrets.cache_clear()
+    found = sandbox._etc_secrets()
+    assert set(found) == expected and len(found) == len(expected)
+    if os.path.exists("/etc/shadow") and not os.stat("/etc/shadow").st_mode & 0o004:
+        assert "/etc/shadow" in found
+
+
 def _persona(box: SandboxDef) -> Persona:
     return Persona(name="p", version="1", description="", roles=("implementer",),
                    backend="scripted", model=None, prompt="", options={}, env_allow=(),
