@@ -108,6 +108,7 @@ class App:
         return Context(self.settings, self.store, self.catalog, observer or NoObserver())
 
     def close(self) -> None:
+        self.memo.save()  # what this process learnt (git's configuration, versions)
         if "store" in self.__dict__:
             self.store.close()
 

@@ -15,22 +15,23 @@ files, and cost little.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 
-from devflow import definitions, triggerdefs, yamlsource
+from devflow import definitions, yamlsource
 from devflow import memo as memos
 from devflow.definitions import Persona, Template
 from devflow.errors import Code, DevflowError
 from devflow.schemas import SchemaRegistry
-from devflow.triggerdefs import Trigger
 from devflow.yamlsource import Source
+
+if TYPE_CHECKING:
+    from devflow.triggerdefs import Trigger
 
 BUILTIN_ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -103,11 +104,16 @@ class _Shelf(Generic[D]):
         if broken:
             raise broken[0].error
         known = ", ".join(sorted({d.ref for d in self.items.values()})) or "none"
-        close = difflib.get_close_matches(name, sorted({d.name for d in self.items.values()}),
-                                          n=1)
+        close = _close(name, {d.name for d in self.items.values()})
         raise DevflowError(self._not_found, f"no {self.kind} {ref}",
                            hint=(f"did you mean {close[0]}? " if close else "")
                            + f"known {self.kind}s: {known}", ref=ref)
+
+
+def _close(name: str, known: Iterable[str]) -> list[str]:
+    """The known name closest to a misspelt one, if any (difflib loaded on a miss only)."""
+    import difflib  # noqa: PLC0415 - see the docstring
+    return difflib.get_close_matches(name, sorted(known), n=1)
 
 
 class _Triggers:
@@ -138,7 +144,7 @@ class _Triggers:
         if broken:
             raise broken[0].error
         known = ", ".join(sorted(self.items)) or "none"
-        close = difflib.get_close_matches(name, sorted(self.items), n=1)
+        close = _close(name, self.items)
         raise DevflowError(Code.TRIGGER_NOT_FOUND, f"no trigger {name}",
                            hint=(f"did you mean {close[0]}? " if close else "")
                            + f"known triggers: {known} (trigger files go in "
@@ -279,6 +285,7 @@ class Catalog:
 
     def load_trigger(self, source: Source) -> Trigger:
         """A trigger, cross-checked against the templates and personas it names."""
+        from devflow import triggerdefs  # noqa: PLC0415 - only where triggers are read
         trigger = triggerdefs.parse_trigger(source, self.schemas)
         problems: list[definitions.Problem] = []
         try:

@@ -17,8 +17,11 @@ Filter drivers are named by the configuration itself, so they are enumerated: ``
 config --list --show-origin --includes`` with the same git directory, work tree and
 environment as the command, which sees every level git would (system, global, the
 common config, the per-worktree config, included files). The answer is cached by
-the stat of every file it came from, of every file an include names, and of the
-files each level would be read from even when they do not exist yet.
+the stat of every file it came from, of every file an include names, of the files
+each level would be read from even when they do not exist yet, and of the git
+directory's ``HEAD`` (an ``includeIf "onbranch:…"`` follows the branch checked out);
+it is remembered between processes too (``configure``), under the same stamps, so a
+command asks again only when one of those files changed.
 
 GitPython is not used to start git: it copies ``os.environ`` into every child and
 can add variables but never remove one, which is the leak this module closes.
@@ -196,8 +199,9 @@ def config_args(cwd: Path, git_dir: Path | None = None,
     a command run with these places; cached while no config file involved changed."""
     levels = _level_files(cwd, git_dir)  # which files depends on the environment too
     key = (str(cwd) if git_dir is None else "", str(git_dir), str(work_tree), *levels)
-    seen = _SEEN.get(key)
+    seen = _SEEN.get(key) or _recalled(key)
     if seen is not None and _stamps(seen[0]) == seen[1]:
+        _SEEN[key] = seen
         return seen[2]
     files = set(levels) | set(seen[0] if seen else ())
     while True:  # stamped before asking, so a change made meanwhile shows next time
@@ -212,7 +216,21 @@ def config_args(cwd: Path, git_dir: Path | None = None,
     if len(_SEEN) > 512:
         _SEEN.clear()
     _SEEN[key] = (ordered, stamps, args)
+    if _memo:  # saved with the app's other answers when it closes
+        _memo[0].put(memos.key("git-config", *key), [list(ordered), stamps, list(args)])
     return args
+
+
+def _recalled(key: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[_Stamp, ...],
+                                             tuple[str, ...]] | None:
+    """What another process found for ``key``, to be used while its stamps still hold."""
+    known = _memo[0].get(memos.key("git-config", *key)) if _memo else None
+    try:
+        files, stamps, args = known  # type: ignore[misc]
+        return (tuple(files), tuple(tuple(st) if st is not None else None for st in stamps),
+                tuple(args))
+    except (TypeError, ValueError):  # absent, or not of this shape
+        return None
 
 
 def _stamps(files: tuple[str, ...]) -> tuple[_Stamp, ...]:
@@ -245,7 +263,7 @@ def _level_files(cwd: Path, git_dir: Path | None) -> list[str]:
     if common is not None:
         files.append(str(common / "config"))
     if own is not None:
-        files.append(str(own / "config.worktree"))
+        files += [str(own / "config.worktree"), str(own / "HEAD")]
     return [os.path.normpath(f) for f in files if f]
 
 
@@ -258,6 +276,15 @@ def _common_of(git_dir: Path) -> Path:
     except OSError:
         return git_dir
     return (git_dir / text).resolve()
+
+
+def common_dir_at(top: Path) -> Path | None:
+    """The common git directory of the repository whose top is ``top``, read from its
+    ``.git`` the way git reads it; None when ``top`` has no ``.git`` of its own."""
+    dot_git = top / ".git"
+    if not dot_git.exists():
+        return None
+    return _discover(top)[1]
 
 
 def _discover(cwd: Path) -> tuple[Path | None, Path | None]:

@@ -138,9 +138,12 @@ _COMMON_DIRS: dict[Path, Path] = {}
 
 
 def _common_dir(repo: Path) -> Path:
+    """``repo``'s common git directory: read from its ``.git`` (a repository's top, as a
+    run records it, has one), else asked of git."""
     if (known := _COMMON_DIRS.get(repo)) is None:
-        known = _COMMON_DIRS[repo] = (repo / git.out(["rev-parse", "--git-common-dir"],
-                                                     repo)).resolve()
+        known = git.common_dir_at(repo) or (
+            repo / git.out(["rev-parse", "--git-common-dir"], repo)).resolve()
+        _COMMON_DIRS[repo] = known
     return known
 
 

@@ -25,9 +25,10 @@ _BACKENDS: dict[str, Backend] = {}
 def configure(*, prices: Mapping[str, Mapping[str, float]] | None = None,
               memo: Memo | None = None) -> None:
     """Settings the backends need from devflow's configuration (called by the app)."""
-    from devflow.backends import command, process  # noqa: PLC0415 - see the module doc
+    from devflow.backends import command, process, sandbox  # noqa: PLC0415 - see the module doc
     command.configure(prices=prices, memo=memo)
     process.configure(memo=memo)
+    sandbox.configure(memo=memo)
 
 
 def register(backend: Backend) -> None:

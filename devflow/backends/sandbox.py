@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from devflow import memo as memos
 from devflow.backends.exposure import SYSTEM_DIRS, Exposure, covered, expose, inside
 from devflow.definitions import Persona
 from devflow.errors import Code, DevflowError
@@ -47,6 +48,13 @@ from devflow.settings import Settings
 #: ``exposure.SYSTEM_DIRS``)
 SYSTEM_LINKS: Final = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _PROBE_TIMEOUT: Final = 10.0
+#: what decides whether this account may make the namespaces a sandbox needs, besides
+#: bwrap itself: the boot, and the switches distributions use to restrict them
+_NAMESPACE_SWITCHES: Final = (
+    "/proc/sys/kernel/random/boot_id", "/proc/sys/kernel/unprivileged_userns_clone",
+    "/proc/sys/user/max_user_namespaces",
+    "/proc/sys/kernel/apparmor_restrict_unprivileged_userns")
+_MAX_HOPS: Final = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,36 +94,57 @@ class Spec:
 #: where each name was found on each PATH: an attempt asks, and searching PATH was half
 #: of the time its plan took; only what was found is kept, so an install is seen at once
 _FOUND: dict[tuple[str, str | None], str] = {}
+#: where a bwrap that works is remembered between processes (``configure``)
+_memo: list[memos.Memo] = []
+
+
+def configure(*, memo: memos.Memo | None = None) -> None:
+    _memo[:] = [memo] if memo is not None else []
 
 
 def probe(bwrap: str = "bwrap") -> Probe:
-    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program
-    (its path and modification time)."""
+    """Whether ``bwrap`` (a name on PATH or a path) runs a sandbox here: cached per program.
+
+    Trying costs two processes and a sandbox (a tenth of a second, more on a busy
+    machine), so a bwrap that works is remembered between processes while it is the same
+    file, this account, the same boot and the same namespace switches of the kernel
+    (``_NAMESPACE_SWITCHES``); one that does not is tried again by every process, so it
+    is used as soon as it works."""
     if sys.platform != "linux":
         return Probe(None, reason=f"bubblewrap runs on Linux only (this is {sys.platform})")
-    key = (bwrap, os.environ.get("PATH"))
-    path = _FOUND.get(key)
-    stamp = _mtime(path) if path else None
+    where = (bwrap, os.environ.get("PATH"))
+    path = _FOUND.get(where)
+    stamp = memos.file_stamp(path) if path else None
     if stamp is None:  # not looked for yet, or gone since it was found
         path = shutil.which(bwrap)
-        stamp = _mtime(path) if path else None
+        stamp = memos.file_stamp(path) if path else None
     if path is None or stamp is None:
-        _FOUND.pop(key, None)
+        _FOUND.pop(where, None)
         return Probe(None, reason=f"{bwrap!r} is not installed (Debian and Ubuntu: "
                                   f"apt-get install bubblewrap)")
-    _FOUND[key] = path
-    return _probe(path, stamp)
+    _FOUND[where] = path
+    key = memos.key("bwrap-works", stamp, str(os.geteuid()),
+                    *map(_read, _NAMESPACE_SWITCHES)) if _memo else None
+    known = _memo[0].get(key) if key else None
+    if isinstance(known, dict):
+        return Probe(path, known.get("version"))
+    found = _probe(path, stamp)
+    if key and found.works:
+        _memo[0].put(key, {"version": found.version})
+        _memo[0].save()
+    return found
 
 
-def _mtime(path: str) -> int | None:
+def _read(path: str) -> str:
     try:
-        return os.stat(path).st_mtime_ns
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
     except OSError:
-        return None
+        return "-"
 
 
 @functools.cache
-def _probe(path: str, _stamp: int) -> Probe:
+def _probe(path: str, _stamp: str | None) -> Probe:
     try:
         version = subprocess.run([path, "--version"], capture_output=True, text=True,
                                  timeout=_PROBE_TIMEOUT, check=False).stdout.strip() or None
@@ -251,18 +280,25 @@ def _etc_secrets() -> tuple[str, ...]:
     """What in /etc others may not read (shadow files, private keys): hidden from agents,
     which run as the account devflow runs as, root included."""
     found: list[str] = []
-    for top, dirs, files in os.walk("/etc"):
-        for name in [*dirs, *files]:
-            path = os.path.join(top, name)
+    pending = ["/etc"]
+    while pending:  # scandir: a link is told by its entry's type, one lstat for the rest
+        try:
+            with os.scandir(pending.pop()) as entries:
+                listed = list(entries)
+        except OSError:
+            continue
+        for entry in listed:
             try:
-                mode = os.lstat(path).st_mode
+                if entry.is_symlink():
+                    continue
+                mode = entry.stat(follow_symlinks=False).st_mode
             except OSError:
                 continue
-            if os.path.islink(path) or mode & 0o004:
-                continue
-            found.append(path)
-        dirs[:] = [d for d in dirs if os.path.join(top, d) not in found]
-    return tuple(found)
+            if not mode & 0o004:
+                found.append(entry.path)  # hidden whole: what is inside is not looked at
+            elif stat.S_ISDIR(mode):
+                pending.append(entry.path)
+    return tuple(sorted(found))
 
 
 # -- whether an agent runs in one --------------------------------------------------------

@@ -41,6 +41,10 @@ asked: the run's state is in their output (`--json` for scripts).
 """
 
 
+#: the garbage collector's thresholds for a devflow process (``main``)
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
 class State:
     """What the root options set; builds the app on first use."""
 
@@ -143,6 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     # nothing of devflow's waits on that collection (files and connections are closed
     # where they are used, the app when the command's context closes).
     atexit.register(gc.freeze)
+    # Start-up makes objects that live as long as the process (modules, classes,
+    # SQLAlchemy's constructs): under the default thresholds a young collection ran every
+    # 700 of them and full ones over all of them during the imports (a tenth of a gated
+    # command's CPU). Collections still run, less often (docs/performance.md).
+    gc.set_threshold(*GC_THRESHOLDS)
     from devflow.cli import output
     args = sys.argv[1:] if argv is None else argv
     _register()

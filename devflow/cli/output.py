@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import sys
-import traceback
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,6 +97,7 @@ def usage_error(exc: click.ClickException, want_json: bool) -> None:
 
 
 def crash(exc: BaseException, want_json: bool) -> None:
+    import traceback  # a crash only
     text = "".join(traceback.format_exception(exc))
     if want_json:
         click.echo(json.dumps({"error": {"code": "internal_error",

@@ -3,19 +3,23 @@
 ``Store`` gathers the verbs by noun: ``runs`` (create, change under a lock, read),
 ``events``, ``approvals``, ``leases`` (and workers), ``registry`` (definitions),
 ``tokens`` (the HTTP API's), ``sessions`` (the web page's), ``outbox`` (webhooks).
+``triggers`` and ``deliveries`` are imported when first asked for, with the trigger
+modules they need (ticks, hooks): a command that starts, drives or reads runs loads
+none of them (docs/performance.md).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from devflow.model import utcnow
 from devflow.requests import TickClaim
 from devflow.store import migrate
 from devflow.store.approvals import Approvals
 from devflow.store.database import Database, sqlite_file
-from devflow.store.deliveries import Deliveries
 from devflow.store.events import Events
 from devflow.store.leases import Claimed, Leases
 from devflow.store.outbox import Due, Outbox
@@ -23,8 +27,11 @@ from devflow.store.registry import Registry
 from devflow.store.runs import History, Limits, NewRun, Ports, Runs
 from devflow.store.runtx import Redactor, RunTx
 from devflow.store.tokens import Tokens
-from devflow.store.triggers import Triggers
 from devflow.store.websessions import WebSessions
+
+if TYPE_CHECKING:
+    from devflow.store.deliveries import Deliveries
+    from devflow.store.triggers import Triggers
 
 __all__ = ["Claimed", "Database", "Due", "History", "Limits", "NewRun", "Ports", "RunTx",
            "Store", "TickClaim", "sqlite_file"]
@@ -40,11 +47,19 @@ class Store:
         self.approvals = Approvals(db)
         self.leases = Leases(db, clock)
         self.registry = Registry(db)
-        self.triggers = Triggers(db, clock)
-        self.deliveries = Deliveries(db, clock)
         self.tokens = Tokens(db, clock)
         self.sessions = WebSessions(db, clock)
         self.outbox = Outbox(db, clock)
+
+    @functools.cached_property
+    def triggers(self) -> Triggers:
+        from devflow.store.triggers import Triggers  # noqa: PLC0415 - see the module doc
+        return Triggers(self.db, self.clock)
+
+    @functools.cached_property
+    def deliveries(self) -> Deliveries:
+        from devflow.store.deliveries import Deliveries  # noqa: PLC0415 - as above
+        return Deliveries(self.db, self.clock)
 
     @classmethod
     def open(cls, url: str, *, clock: Callable[[], datetime] = utcnow,

@@ -161,6 +161,16 @@ class Database:
         SQLite's immediate transaction already serializes."""
         return stmt if self.is_sqlite else stmt.with_for_update(of=of)
 
+    def insert(self, table: sa.Table) -> Any:
+        """The dialect's own ``insert`` of ``table`` (it has ``on_conflict_do_nothing``);
+        the dialect's module imported here, so a process on SQLite never loads
+        PostgreSQL's."""
+        if self.is_sqlite:
+            from sqlalchemy.dialects import sqlite  # noqa: PLC0415 - see the docstring
+            return sqlite.insert(table)
+        from sqlalchemy.dialects import postgresql  # noqa: PLC0415 - as above
+        return postgresql.insert(table)
+
     def serialize(self, conn: sa.Connection, name: str) -> None:
         """Serialize transactions that use ``name`` (e.g. run starts) until the commit."""
         if not self.is_sqlite:

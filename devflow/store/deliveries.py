@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 
@@ -25,13 +25,15 @@ from devflow import hooks, states
 from devflow.errors import Code, DevflowError
 from devflow.requests import DeliveryClaim
 from devflow.store.database import Database
-from devflow.store.rows import DELIVERIES
+from devflow.store.rows import Mapper
 from devflow.store.tables import RUN, TRIGGER_DELIVERY
 from devflow.store.triggers import _event, lock_trigger
 
 Clock = Callable[[], datetime]
 _TERMINAL = sorted(str(s) for s in states.TERMINAL)
 D = TRIGGER_DELIVERY
+DELIVERIES: Final = Mapper(hooks.Stored, D, unread=frozenset({"id"}),
+                           unstored=frozenset({"repeat"}))
 
 
 class Deliveries:

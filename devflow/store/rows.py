@@ -25,7 +25,7 @@ from typing import Any, Final, Generic, TypeVar, get_args, get_origin
 
 import sqlalchemy as sa
 
-from devflow import hooks, model, ticks
+from devflow import model
 from devflow.store.tables import (
     API_TOKEN,
     APPROVAL,
@@ -36,10 +36,6 @@ from devflow.store.tables import (
     INVOCATION,
     PHASE,
     RUN,
-    TRIGGER_DELIVERY,
-    TRIGGER_EVENT,
-    TRIGGER_STATE,
-    TRIGGER_TICK,
     WEB_SESSION,
     WORKER,
 )
@@ -187,12 +183,8 @@ ARTIFACTS: Final = Mapper(model.ArtifactRecord, ARTIFACT, unread=frozenset({"id"
 WORKERS: Final = Mapper(model.Worker, WORKER)
 TOKENS: Final = Mapper(model.ApiToken, API_TOKEN, unread=frozenset({"digest"}))
 SESSIONS: Final = Mapper(model.WebSession, WEB_SESSION)
-TRIGGER_STATES: Final = Mapper(ticks.TriggerState, TRIGGER_STATE,
-                               unread=frozenset({"created_at", "updated_at"}))
-TICKS: Final = Mapper(ticks.Tick, TRIGGER_TICK, unread=frozenset({"id"}))
-TRIGGER_EVENTS: Final = Mapper(ticks.TriggerEvent, TRIGGER_EVENT)
-DELIVERIES: Final = Mapper(hooks.Stored, TRIGGER_DELIVERY, unread=frozenset({"id"}),
-                           unstored=frozenset({"repeat"}))
+# the triggers' tables have theirs beside their verbs (store/triggers.py, deliveries.py):
+# their row types live in the trigger modules, which a command on runs does not import
 
 #: the mapper of each table that a transaction holds rows of, by table name
 BY_TABLE: Final[Mapping[str, Mapper[Any]]] = {

@@ -17,12 +17,10 @@ from devflow.states import RunState
 from devflow.store import statements
 from devflow.store.approvals import approval_not_found, approvals_in, decisions_in
 from devflow.store.database import Database
-from devflow.store.deliveries import claim_delivery_in
 from devflow.store.events import tail_in
 from devflow.store.rows import APPROVALS, ARTIFACTS, BINDINGS, INVOCATIONS, PHASES, RUNS
 from devflow.store.runtx import Redactor, RunTx
 from devflow.store.statements import APPROVAL, ARTIFACT, BINDING, INVOCATION, RUN
-from devflow.store.triggers import claim_in
 
 T = TypeVar("T")
 Clock = Callable[[], datetime]
@@ -154,9 +152,11 @@ class Runs:
         """Insert the run, its bindings and phases, bound, within the concurrency limits."""
         def tx(conn: sa.Connection) -> model.Run:
             self.db.serialize(conn, "devflow-run-start")
-            if new.tick is not None:
+            if new.tick is not None:  # a trigger's run (its modules loaded only for one)
+                from devflow.store.triggers import claim_in  # noqa: PLC0415
                 claim_in(conn, new.tick, new.id, self.clock())
             if new.delivery is not None:
+                from devflow.store.deliveries import claim_delivery_in  # noqa: PLC0415
                 claim_delivery_in(conn, new.delivery, new.id, self.clock())
             # one read for all the checks: a run of this id, and every active run
             found = conn.execute(_START_READ, {"id": new.id}).all()

@@ -15,18 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from devflow import states, ticks
 from devflow.errors import Code, DevflowError
 from devflow.requests import TickClaim
 from devflow.store.database import Database
-from devflow.store.rows import TICKS, TRIGGER_EVENTS, TRIGGER_STATES
+from devflow.store.rows import Mapper
 from devflow.store.tables import RUN, TRIGGER_EVENT, TRIGGER_STATE, TRIGGER_TICK
 
+TRIGGER_STATES: Final = Mapper(ticks.TriggerState, TRIGGER_STATE,
+                               unread=frozenset({"created_at", "updated_at"}))
+TICKS: Final = Mapper(ticks.Tick, TRIGGER_TICK, unread=frozenset({"id"}))
+TRIGGER_EVENTS: Final = Mapper(ticks.TriggerEvent, TRIGGER_EVENT)
 Clock = Callable[[], datetime]
 Decide = Callable[[ticks.TriggerState, list[ticks.Tick], list[str]], ticks.Plan]
 _TERMINAL = sorted(str(s) for s in states.TERMINAL)
@@ -103,7 +106,7 @@ class Triggers:
     def _insert_tick(self) -> Any:
         """An insert of a tick that does nothing when the tick exists (a fire at the very
         time of a scheduled tick): the tick is decided once."""
-        insert = (sqlite.insert if self.db.is_sqlite else postgresql.insert)(TRIGGER_TICK)
+        insert = self.db.insert(TRIGGER_TICK)
         # RETURNING says whether a row was made (rowcount does not, on every driver)
         return insert.on_conflict_do_nothing(
             index_elements=["trigger", "scheduled_at"]).returning(TRIGGER_TICK.c.id)
@@ -186,7 +189,7 @@ def lock_trigger(db: Database, conn: sa.Connection, name: str,
                  now: datetime) -> ticks.TriggerState:
     """The trigger's state row, locked; made when the trigger is first seen (its ticks
     count from then: nothing before a trigger existed is missed)."""
-    insert = (postgresql.insert if not db.is_sqlite else sqlite.insert)(TRIGGER_STATE)
+    insert = db.insert(TRIGGER_STATE)
     conn.execute(insert.values(name=name, paused=False, checked_until=now, created_at=now,
                                updated_at=now).on_conflict_do_nothing())
     query = sa.select(TRIGGER_STATE).where(TRIGGER_STATE.c.name == name)

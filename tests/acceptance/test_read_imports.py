@@ -5,7 +5,8 @@ one query), no jsonschema (a definition checked once per version is remembered),
 agent backend and no engine, no ORM; and off a terminal (as here) not structlog or
 rich either: tables are printed plain, every value whole. Each command runs as a real
 process; what it imported is read from ``sys.modules`` when it exits. This test, not
-a timing, guards the start-up of read commands (docs/performance.md has their times).
+a timing, guards the start-up of read commands (docs/performance.md has their times);
+another does the same for the two commands of a gated run (``run start``, ``approve``).
 """
 
 from __future__ import annotations
@@ -92,6 +93,42 @@ def test_read_commands_import_only_what_they_need(settings: Settings, home: Path
     modules = _imports(settings, home, out, "backends", "list", "--json")
     assert "devflow.backends.scripted" in modules
     assert _loaded(modules, tuple(n for n in NEVER if n != "devflow.backends") + QUIET) == []
+
+
+#: the commands of a gated run (``run start`` to the gate, ``approve`` on to the next)
+#: import neither what serves HTTP, migrates or runs triggers, nor the agent backends
+#: their personas do not name; off a terminal, not rich either
+NEVER_IN_A_RUN = ("alembic", "mako", "sqlalchemy.orm", "sqlmodel", "pydantic", "devflow.api",
+                  "fastapi", "starlette", "uvicorn", "devflow.sweep", "devflow.store.triggers",
+                  "devflow.store.deliveries", "devflow.ticks", "devflow.hooks",
+                  "devflow.triggerdefs", "devflow.cron", "cronsim", "devflow.backends.codex",
+                  "devflow.backends.aider", "devflow.backends.claude_code", "rich")
+#: nor, on SQLite, PostgreSQL's dialect and driver
+POSTGRES = ("sqlalchemy.dialects.postgresql", "psycopg")
+
+
+def test_a_gated_runs_commands_import_only_what_they_need(
+        settings: Settings, home: Path, tmp_path: Path, repo: Path) -> None:
+    out = tmp_path / "modules.json"
+    printed: list[str] = []
+    binds = [f"--bind={role}={persona}" for role, persona in SCRIPTED.items()]
+    requirements = tmp_path / "requirements.md"
+    requirements.write_text("Add a farewell.\n", encoding="utf-8")
+    _imports(settings, home, out, "personas", "list")  # the first sight of the definitions
+    started = _imports(settings, home, out, "run", "start", "--repo", str(repo), "--base",
+                       "main", "--template", "development@1", "--requirements",
+                       str(requirements), *binds, "--json", printed=printed)
+    run = json.loads(printed[-1])["run"]
+    assert run["state"] == "awaiting_approval", run
+    approved = _imports(settings, home, out, "approve", run["id"], "--json", printed=printed)
+    assert json.loads(printed[-1])["run"]["state"] == "awaiting_approval"  # the next gate
+    never = NEVER_IN_A_RUN + (POSTGRES if settings.database_url.startswith("sqlite") else ())
+    assert {"run start": _loaded(started, never), "approve": _loaded(approved, never)} == {
+        "run start": [], "approve": []}
+    # what they did need: the engine, the store, the scripted backend, the validator
+    for modules in (started, approved):
+        assert {"devflow.engine.drive", "devflow.store.runs", "devflow.backends.scripted",
+                "jsonschema"} <= modules
 
 
 def test_a_database_never_migrated_is_migrated_by_the_first_command(

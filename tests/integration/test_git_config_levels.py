@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from devflow import git, runtree, worktree
+from devflow import git, memo, runtree, worktree
 from devflow.errors import Code, DevflowError
 from tests.conftest import make_repo
 
@@ -219,3 +219,55 @@ def test_a_filter_driver_devflow_cannot_name_is_refused(tmp_path: Path) -> None:
     assert caught.value.code is Code.GIT_FAILED
     assert "'a=b'" in caught.value.message
     assert not marker.exists()
+
+
+def _another_process(kept: Path) -> None:
+    """What a new devflow process starts with: no answer in memory, the memo's file."""
+    git._SEEN.clear()
+    git.configure(memo=memo.Memo(kept))
+
+
+def _drivers(args: tuple[str, ...]) -> set[str]:
+    return {a.split(".")[1] for a in args if a.startswith("filter.")}
+
+
+def test_the_configuration_is_asked_once_between_processes_while_its_files_hold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The neutralizing options are remembered between processes under the same stamps:
+    a later command asks git nothing; a changed config file, or another branch checked out
+    (an ``includeIf "onbranch:…"`` follows it), is asked again."""
+    repo = make_repo(tmp_path / "repo", files={"README.md": "x\n"})
+    _write(tmp_path / "on-other.gitconfig", {"filter.other.clean": "cat"})
+    _write(repo / ".git" / "config", {"filter.one.clean": "cat",
+                                      "includeIf.onbranch:other.path":
+                                          str(tmp_path / "on-other.gitconfig")})
+    kept = tmp_path / "memo.json"
+    real_run = subprocess.run
+    asked: list[list[str]] = []
+
+    def counted(argv: list[str], *args: object, **kwargs: object) -> object:
+        asked.append(argv)
+        return real_run(argv, *args, **kwargs)  # type: ignore[call-overload]
+    monkeypatch.setattr(subprocess, "run", counted)
+    def answer() -> tuple[tuple[str, ...], int]:
+        """A new process's answer, and how many times it asked git for it."""
+        _another_process(kept)
+        before = len(asked)
+        args = git.config_args(repo)
+        git._memo[0].save()  # as the app does when it closes
+        return args, len(asked) - before
+    try:
+        first, times = answer()
+        assert _drivers(first) == {"one"} and times >= 1
+        assert answer() == (first, 0)  # git not asked
+        _write(repo / ".git" / "config", {"filter.two.clean": "cat"})  # the file changed
+        args, times = answer()
+        assert _drivers(args) == {"one", "two"} and times >= 1
+        assert answer() == (args, 0)
+        _plain_git(["checkout", "-q", "-b", "other"], repo)  # HEAD moved: the include
+        args, times = answer()                              # applies now
+        assert _drivers(args) == {"one", "two", "other"} and times >= 1
+    finally:
+        monkeypatch.undo()
+        git._SEEN.clear()
+        git.configure()

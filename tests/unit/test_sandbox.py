@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from devflow import memo
 from devflow.backends import exposure, sandbox
 from devflow.definitions import Persona, SandboxDef
 from devflow.errors import Code, DevflowError
@@ -187,6 +188,56 @@ def test_the_probe_says_why_not(tmp_path: Path) -> None:
     assert "another refusal" in sandbox.probe(str(broken)).reason
     if shutil.which("bwrap"):
         assert sandbox.probe().works == sandbox.probe("bwrap").works
+
+
+def test_a_bwrap_that_works_is_remembered_between_processes(tmp_path: Path) -> None:
+    """Trying bubblewrap costs a sandbox: one that works is not tried again by the next
+    process while it is the same file; one that does not work is tried every time."""
+    calls = tmp_path / "calls"
+    bwrap = tmp_path / "bwrap"
+
+    def install(works: bool) -> None:
+        bwrap.write_text(f"#!/bin/sh\necho x >> '{calls}'\n"
+                         'if [ "$1" = --version ]; then echo "bubblewrap 0.9"; exit 0; fi\n'
+                         + ("exit 0\n" if works else "echo 'bwrap: no namespace' >&2\nexit 1\n"))
+        bwrap.chmod(0o755)
+
+    def probe_in_a_new_process() -> tuple[sandbox.Probe, int]:
+        sandbox._probe.cache_clear()  # what a new process starts with: the memo's file only
+        sandbox.configure(memo=memo.Memo(tmp_path / "memo.json"))
+        before = len(calls.read_text().splitlines()) if calls.exists() else 0
+        found = sandbox.probe(str(bwrap))
+        return found, len(calls.read_text().splitlines()) - before
+
+    try:
+        install(works=False)
+        assert [(p.works, n) for p, n in (probe_in_a_new_process(),
+                                          probe_in_a_new_process())] == [(False, 2), (False, 2)]
+        install(works=True)  # another file now (its size and time changed): tried again
+        found, ran = probe_in_a_new_process()
+        assert (found.works, found.version, ran) == (True, "bubblewrap 0.9", 2)
+        found, ran = probe_in_a_new_process()
+        assert (found.works, found.version, ran) == (True, "bubblewrap 0.9", 0)
+    finally:
+        sandbox.configure()
+        sandbox._probe.cache_clear()
+
+
+def test_what_only_privileged_accounts_may_read_in_etc_is_hidden() -> None:
+    """Every entry of /etc that others may not read, a link aside, and nothing inside one
+    (it is hidden whole); looked for here the plain way, one lstat per entry."""
+    expected: set[str] = set()
+    for top, dirs, files in os.walk("/etc"):
+        for name in [*dirs, *files]:
+            path = os.path.join(top, name)
+            if not os.path.islink(path) and not os.lstat(path).st_mode & 0o004:
+                expected.add(path)
+        dirs[:] = [d for d in dirs if os.path.join(top, d) not in expected]
+    sandbox._etc_secrets.cache_clear()
+    found = sandbox._etc_secrets()
+    assert set(found) == expected and len(found) == len(expected)
+    if os.path.exists("/etc/shadow") and not os.stat("/etc/shadow").st_mode & 0o004:
+        assert "/etc/shadow" in found
 
 
 def _persona(box: SandboxDef) -> Persona:
