@@ -24,6 +24,7 @@ import pytest
 from devflow import git
 from devflow.app import App
 from devflow.settings import Settings
+from tests.ordering import longest_first
 
 PG_URL = os.environ.get("DEVFLOW_TEST_POSTGRES_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -318,6 +319,11 @@ def cli(settings: Settings, home: Path,
 
 def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
+
+
+# -- the order tests run in (tests/ordering.py) -------------------------------------------
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    longest_first(items)
 
 
 # -- the crash suite's figures, shown in the summary (also under xdist, where -s shows nothing)
