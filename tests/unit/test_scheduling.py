@@ -1,4 +1,4 @@
-"""The suite hands its longest tests out first (tests/ordering.py, see scripts/test)."""
+"""The suite hands its longest tests out first (tests/scheduling.py, see scripts/test)."""
 
 from __future__ import annotations
 
