@@ -24,6 +24,7 @@ import pytest
 from devflow import git
 from devflow.app import App
 from devflow.settings import Settings
+from tests.scheduling import longest_first, worker_summary
 
 PG_URL = os.environ.get("DEVFLOW_TEST_POSTGRES_URL",
                         "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -320,6 +321,11 @@ def as_json(result: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(result.stdout)
 
 
+# -- the order tests run in (tests/scheduling.py) -----------------------------------------
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    longest_first(items)
+
+
 # -- the crash suite's figures, shown in the summary (also under xdist, where -s shows nothing)
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
@@ -366,6 +372,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         for line in sorted(shown):
             terminalreporter.write_line(line)
     _hostile_table(terminalreporter)
+    worker_summary(terminalreporter)
 
 
 def _hostile_table(terminalreporter: Any) -> None:
