@@ -1,7 +1,7 @@
 """The browser tests' world: ``devflow serve --workers 2`` (as the issue's acceptance
-runs it) as a real process on loopback, the system's Chromium (one per test process), a
-fresh browser context (no cookies) per test, tokens by role, and runs of development@1
-with scripted agents started through the API.
+runs it) as a real process on loopback, the system's Chromium (one per run of this
+module's tests in a process), a fresh browser context (no cookies) per test, tokens by
+role, and runs of development@1 with scripted agents started through the API.
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ from tests.browser import support
 from tests.conftest import SCRIPTED
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    """Chromium, for this module's tests: Playwright's sync API keeps an asyncio loop
+    running in the thread while it is started, so it must be stopped before a test of
+    another module runs here (``anyio.run`` refuses to start in such a thread)."""
     playwright = support.sync_playwright().start()
     try:
         browser = support.launch(playwright)
