@@ -7,9 +7,15 @@ import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from starlette.requests import Request
 
 from devflow import model
-from devflow.api.ui import render
+from devflow.api.ui import guard, render
+from devflow.errors import Code, DevflowError
 from devflow.states import ApprovalState, RunState
 
 SAMPLES = Path(__file__).parents[2] / "devflow" / "backends" / "samples"
@@ -81,3 +87,34 @@ def test_a_request_is_decidable_while_pending_before_its_deadline_by_an_approver
     assert render.not_decidable(decided, NOW, None) == "already decided: approved by alice"
     assert not render.expired(decided, late)
     assert render.not_decidable(replace(approval, deadline=None), late, None) is None
+
+
+def _post(headers: dict[str, str], body: bytes) -> tuple[Any, list[int]]:
+    """A POST to /ui/login as Starlette hands it over; ``read`` counts the body's reads."""
+    read: list[int] = []
+    chunks = [body[i:i + 65536] for i in range(0, len(body), 65536)] or [b""]
+
+    async def receive() -> dict[str, Any]:
+        chunk = chunks.pop(0) if chunks else b""
+        read.append(len(chunk))
+        return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+    scope = {"type": "http", "method": "POST", "path": "/ui/login", "scheme": "http",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "query_string": b"", "server": ("127.0.0.1", 8765)}
+    return Request(scope, receive), read
+
+
+def test_a_form_larger_than_the_limit_is_refused_without_being_held() -> None:
+    same = {"host": "127.0.0.1:8765", "origin": "http://127.0.0.1:8765",
+            "content-type": guard.FORM}
+    small, _ = _post(same, b"token=t&csrf=c")
+    assert anyio.run(guard.form, small) == {"token": "t", "csrf": "c"}
+    big = b"token=" + b"x" * (4 * guard.MAX_FORM)
+    declared, read = _post({**same, "content-length": str(len(big))}, big)
+    with pytest.raises(DevflowError) as refused:
+        anyio.run(guard.form, declared)
+    assert refused.value.code is Code.BAD_REQUEST and read == []  # not a byte read
+    undeclared, read = _post(same, big)  # chunked: read only up to the limit
+    with pytest.raises(DevflowError):
+        anyio.run(guard.form, undeclared)
+    assert sum(read) <= guard.MAX_FORM + 65536 < len(big)

@@ -51,9 +51,15 @@ async def form(request: Request) -> dict[str, str]:
     if kind != FORM:
         raise DevflowError(Code.UNSUPPORTED_MEDIA_TYPE, f"a form of this page is {FORM}, "
                            f"not {kind or 'nothing'}", hint="post the page's own form")
-    body = await request.body()
-    if len(body) > MAX_FORM:
-        raise DevflowError(Code.BAD_REQUEST, "the form is too large", hint="shorten it")
+    too_large = DevflowError(Code.BAD_REQUEST, "the form is too large", hint="shorten it")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM:
+        raise too_large  # refused before a byte of it is read
+    body = b""
+    async for chunk in request.stream():  # never more than MAX_FORM held
+        body += chunk
+        if len(body) > MAX_FORM:
+            raise too_large
     try:
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
     except UnicodeDecodeError as exc:
