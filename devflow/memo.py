@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -46,6 +47,8 @@ class Memo:
         self._entries: dict[str, Any] | None = None
         self._used: set[str] = set()
         self._dirty = False
+        #: worker threads remember and save at once (git's answers, a probe's)
+        self._lock = threading.RLock()
 
     def _all(self) -> dict[str, Any]:
         if self._entries is None:
@@ -59,17 +62,19 @@ class Memo:
 
     def get(self, key: str) -> Any:
         """The value remembered under ``key``, or None."""
-        value = self._all().get(key)
-        if value is not None:
-            self._used.add(key)
-        return value
+        with self._lock:
+            value = self._all().get(key)
+            if value is not None:
+                self._used.add(key)
+            return value
 
     def put(self, key: str, value: Any) -> None:
-        entries = self._all()
-        if entries.get(key) != value:
-            entries[key] = value
-            self._dirty = True
-        self._used.add(key)
+        with self._lock:
+            entries = self._all()
+            if entries.get(key) != value:
+                entries[key] = value
+                self._dirty = True
+            self._used.add(key)
 
     def save(self) -> None:
         """Write the file if something new was remembered (never fails the caller)."""
@@ -77,9 +82,11 @@ class Memo:
             return
         if self.within is not None and not self.within.is_dir():
             return
-        entries = self._all()
-        if len(entries) > _MAX_ENTRIES:
-            entries = {k: v for k, v in entries.items() if k in self._used}
+        with self._lock:  # a copy: other threads go on remembering while it is written
+            entries = dict(self._all())
+            if len(entries) > _MAX_ENTRIES:
+                entries = {k: v for k, v in entries.items() if k in self._used}
+            self._dirty = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=".memo-")
@@ -92,9 +99,9 @@ class Memo:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
                 raise
-        except OSError:
-            return
-        self._dirty = False
+        except (OSError, TypeError, ValueError):  # the disk, or a value JSON cannot hold
+            with self._lock:
+                self._dirty = True
 
 
 def key(kind: str, *parts: str | bytes) -> str:

@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +195,41 @@ def test_gits_repository_local_variables_are_asked_once_per_git(
         monkeypatch.undo()
         git.configure()
         git.local_env_vars.cache_clear()
+
+
+def test_threads_remember_while_another_saves(tmp_path: Path) -> None:
+    """Worker threads put answers (git's, a probe's) while one saves: no thread fails and
+    the file holds whole JSON with every answer once the last save is done."""
+    kept = memo.Memo(tmp_path / "memo.json")
+    for i in range(1500):  # a file's worth already: each save walks them all
+        kept.put(f"old-{i}", ["x" * 40, i])
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def put(n: int) -> None:
+        try:
+            for i in range(3000):
+                kept.put(f"k{n}-{i}", i)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(exc)
+
+    def save() -> None:
+        try:
+            while not done.is_set():
+                kept.put("dirty", time.monotonic())
+                kept.save()
+        except BaseException as exc:  # noqa: BLE001 - as above
+            failures.append(exc)
+    saver = threading.Thread(target=save)
+    saver.start()
+    putters = [threading.Thread(target=put, args=(n,)) for n in range(3)]
+    for t in putters:
+        t.start()
+    for t in putters:
+        t.join()
+    done.set()
+    saver.join()
+    assert failures == []
+    kept.save()
+    body = json.loads((tmp_path / "memo.json").read_text())
+    assert {f"k{n}-{i}" for n in range(3) for i in range(3000)} <= set(body["entries"])
