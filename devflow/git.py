@@ -144,8 +144,11 @@ def run(args: Sequence[str], cwd: Path, *, git_dir: Path | None = None,
     """
     try:
         argv = command(args, cwd, git_dir=git_dir, work_tree=work_tree)
+        # bytes that are not UTF-8 (a Latin-1 file name or text) survive as surrogates
+        # rather than fail the command: paths round-trip through os, text is replaced
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, input=input_text,
-                                env=clean_env(env), timeout=timeout, check=False)
+                                errors="surrogateescape", env=clean_env(env), timeout=timeout,
+                                check=False)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise _not_started(cwd) from exc
     except subprocess.TimeoutExpired as exc:
@@ -154,6 +157,12 @@ def run(args: Sequence[str], cwd: Path, *, git_dir: Path | None = None,
     if check and result.returncode != 0:
         raise GitError(args, cwd, result)
     return result
+
+
+def shown(text: str) -> str:
+    """git's output for a person or a document: what was not UTF-8 (kept by ``run`` as
+    surrogates) replaced by U+FFFD."""
+    return text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
 
 
 def _not_started(cwd: Path) -> DevflowError:
@@ -217,14 +226,26 @@ def config_args(cwd: Path, git_dir: Path | None = None,
         _SEEN.clear()
     _SEEN[key] = (ordered, stamps, args)
     if _memo:  # saved with the app's other answers when it closes
-        _memo[0].put(memos.key("git-config", *key), [list(ordered), stamps, list(args)])
+        _memo[0].put(_memo_key(key), [list(ordered), stamps, list(args)])
     return args
+
+
+def _memo_key(key: tuple[str, ...]) -> str:
+    """The answer's key between processes: which includes git follows depends on its
+    version too (``hasconfig:`` is 2.36's), so the git binary is part of it."""
+    return memos.key("git-config", _git_binary(), *key)
+
+
+@functools.cache
+def _git_binary() -> str:
+    found = shutil.which("git", path=clean_env().get("PATH"))
+    return (memos.file_stamp(found) if found else None) or "no git"
 
 
 def _recalled(key: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[_Stamp, ...],
                                              tuple[str, ...]] | None:
     """What another process found for ``key``, to be used while its stamps still hold."""
-    known = _memo[0].get(memos.key("git-config", *key)) if _memo else None
+    known = _memo[0].get(_memo_key(key)) if _memo else None
     try:
         files, stamps, args = known  # type: ignore[misc]
         return (tuple(files), tuple(tuple(st) if st is not None else None for st in stamps),
@@ -311,7 +332,8 @@ def _enumerate(cwd: Path, git_dir: Path | None,
             "config", "--list", "--show-origin", "--includes", "-z"]
     try:
         result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                                env=clean_env(), check=False, timeout=30)
+                                errors="surrogateescape", env=clean_env(), check=False,
+                                timeout=30)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise _not_started(cwd) from exc
     except subprocess.TimeoutExpired as exc:

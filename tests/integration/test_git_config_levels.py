@@ -17,6 +17,7 @@ These are git-level tests: no run, so no database. The run-level tests are in
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -267,7 +268,19 @@ def test_the_configuration_is_asked_once_between_processes_while_its_files_hold(
         _plain_git(["checkout", "-q", "-b", "other"], repo)  # HEAD moved: the include
         args, times = answer()                              # applies now
         assert _drivers(args) == {"one", "two", "other"} and times >= 1
+        assert answer() == (args, 0)
+        # another git (an upgrade, another PATH) follows includes of its own: asked again
+        other_git = tmp_path / "bin" / "git"
+        other_git.parent.mkdir()
+        real_git = shutil.which("git")
+        assert real_git is not None
+        other_git.write_text(f'#!/bin/sh\nexec {real_git} "$@"\n')
+        other_git.chmod(0o755)
+        monkeypatch.setenv("PATH", f"{other_git.parent}:{os.environ['PATH']}")
+        git._git_binary.cache_clear()
+        assert answer()[1] >= 1
     finally:
+        git._git_binary.cache_clear()
         monkeypatch.undo()
         git._SEEN.clear()
         git.configure()
