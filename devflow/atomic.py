@@ -43,4 +43,6 @@ def write_bytes(path: Path, data: bytes, *, mode: int = 0o666, sync: bool = True
 
 
 def write_text(path: Path, text: str, *, mode: int = 0o666, sync: bool = True) -> None:
-    write_bytes(path, text.encode("utf-8"), mode=mode, sync=sync)
+    """``text`` as UTF-8; a lone surrogate (bytes a file name or git's output had that were
+    not UTF-8) is written as ``?`` rather than fail the write (a report must be written)."""
+    write_bytes(path, text.encode("utf-8", errors="replace"), mode=mode, sync=sync)

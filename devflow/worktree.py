@@ -503,8 +503,8 @@ def _owns(tree: Tree, lock: Path) -> bool:
 
 
 def commits(repo: Path, base_sha: str, branch: str) -> list[Commit]:
-    text = _git(repo, ["log", "--format=%H%x1f%s", f"{base_sha}..refs/heads/{branch}", "--"],
-                check=False).stdout.strip()
+    text = git.shown(_git(repo, ["log", "--format=%H%x1f%s", f"{base_sha}..refs/heads/{branch}",
+                                 "--"], check=False).stdout.strip())
     return [Commit(*line.split("\x1f", 1)) for line in text.splitlines() if "\x1f" in line]
 
 
@@ -526,10 +526,9 @@ def diff(repo: Path, base_sha: str, branch: str, max_bytes: int) -> tuple[str, b
                          "--patch", base_sha, f"refs/heads/{branch}", "--"], check=False)
     if result.returncode != 0:
         return None
-    raw = result.stdout.encode("utf-8")
-    if len(raw) <= max_bytes:
-        return result.stdout, False
-    return raw[:max_bytes].decode("utf-8", errors="ignore"), True
+    raw = result.stdout.encode("utf-8", errors="surrogateescape")  # git's bytes again
+    # what is not UTF-8 (a Latin-1 file, a character the cut split) is shown as U+FFFD
+    return raw[:max_bytes].decode("utf-8", errors="replace"), len(raw) > max_bytes
 
 
 def disk_usage(path: Path) -> int:

@@ -6,10 +6,11 @@ run's own (``DEVFLOW_PORT_BASE``), disjoint from every other active run's."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
-from devflow import git
+from devflow import atomic, git, worktree
 from devflow.app import App
 from devflow.requests import StartRequest
 from devflow.settings import Settings
@@ -119,3 +120,33 @@ def test_concurrent_runs_get_disjoint_port_blocks(settings: Settings, tmp_path: 
             assert call["env"]["DEVFLOW_PORT_BASE"] == str(view.run.port_base)
     finally:
         app.close()
+
+
+def test_bytes_that_are_not_utf8_are_shown_not_fatal(tmp_path: Path) -> None:
+    """A Latin-1 file, file name and commit message on a run's branch (an agent's, or any
+    repository's): the diff, the diff stat and the commits are shown with U+FFFD where
+    they were not UTF-8, and a report holding them is written."""
+    repo = make_repo(tmp_path / "repo", files={"a.txt": "x\n"})
+    base = git.out(["rev-parse", "HEAD"], repo)
+    git.run(["checkout", "-q", "-b", "devflow/r/main"], repo)
+    (repo / "a.txt").write_bytes(b"caf\xe9\n")
+    (repo / os.fsdecode(b"f\xe9.txt")).write_bytes(b"\xff\n")
+    git.run(["add", "-A"], repo)
+    tree = git.out(["write-tree"], repo)
+    message = tmp_path / "message"
+    message.write_bytes(b"caf\xe9 by an agent\n")  # no encoding header: raw bytes
+    commit = git.out(["commit-tree", tree, "-p", base, "-F", str(message)], repo,
+                     env=git.AUTHOR)
+    git.run(["update-ref", "refs/heads/devflow/r/main", commit], repo)
+    found = worktree.diff(repo, base, "devflow/r/main", 100_000)
+    assert found is not None
+    text, cut = found
+    assert "+caf\ufffd" in text and not cut
+    [subject] = [c.subject for c in worktree.commits(repo, base, "devflow/r/main")]
+    # git may take such a message for Latin-1 itself; either way it is text a report holds
+    assert subject in ("caf\ufffd by an agent", "café by an agent")
+    subject.encode("utf-8")
+    assert len(worktree.diffstat(repo, base, "devflow/r/main")) == 2
+    report = tmp_path / "report.md"
+    atomic.write_text(report, "files: " + git.run(["ls-files", "-z"], repo).stdout)
+    assert report.read_bytes().startswith(b"files: ")
