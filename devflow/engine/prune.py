@@ -16,6 +16,7 @@ kept, and deletes them only for a run named with ``force`` (``salvage.deleted``)
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,4 +182,8 @@ def _record(tx: RunTx, item: Item) -> None:
         tx.event(events.BRANCH_DELETED.new(payload={"branch": run.branch},
                                            key=f"{run.id}:{events.BRANCH_DELETED.name}"))
     if item.salvage:
-        tx.event(events.SALVAGE_DELETED.new(payload={"refs": list(item.salvage)}))
+        refs = list(item.salvage)
+        tx.event(events.SALVAGE_DELETED.new(
+            payload={"refs": refs},
+            key=f"{run.id}:{events.SALVAGE_DELETED.name}:"
+                + hashlib.sha256("\0".join(refs).encode()).hexdigest()[:16]))

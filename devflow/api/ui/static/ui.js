@@ -11,11 +11,21 @@
 
   function say(text) { if (status) { status.textContent = text; } }
 
+  // a page's answer, or null; signed out (sent on to the sign-in page), the page stops
+  // following rather than show the sign-in form in place of the run
+  function readable(r) {
+    if (r.redirected || !r.ok) {
+      if (r.redirected) { say("signed out: reload the page to sign in again"); }
+      return null;
+    }
+    return r.text();
+  }
+
   function refresh() {
     if (busy) { again = true; return; }
     busy = true;
     fetch(live.dataset.live, { credentials: "same-origin", headers: { Accept: "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(readable)
       .then(function (html) { if (html !== null) { live.innerHTML = html; } })
       .catch(function () { /* the next event tries again */ })
       .then(function () {
@@ -27,7 +37,7 @@
   function refreshSections() {
     fetch(window.location.pathname, { credentials: "same-origin",
                                       headers: { Accept: "text/html" } })
-      .then(function (r) { return r.ok ? r.text() : null; })
+      .then(readable)
       .then(function (html) {
         if (html === null) { return; }
         var fresh = new DOMParser().parseFromString(html, "text/html");
