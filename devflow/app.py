@@ -590,6 +590,21 @@ class App:
                                         tokens.digest(replacing) if replacing else None)
         return session_id, kept
 
+    def token_live(self, prefix: str) -> bool:
+        """Whether the API token is live now (an open event stream asks now and then)."""
+        try:
+            return self.store.tokens.get(prefix).live(self.now())
+        except DevflowError:
+            return False
+
+    def session_live(self, session_id: str) -> bool:
+        """Whether the web session is live now, its token too (as ``session`` says)."""
+        try:
+            self.session(session_id)
+        except DevflowError:
+            return False
+        return True
+
     def session(self, session_id: str) -> tuple[model.WebSession, model.ApiToken]:
         """The live session of this id and its token, or ``unauthenticated``: none, ended,
         expired, or its token revoked or expired. It changes nothing."""

@@ -6,13 +6,16 @@ events it missed, none twice; keep-alive comments carry no id. A cursor the log 
 longer reaches (events pruned before it, or a sequence number the log never had) gets
 ``event: resync`` with a snapshot of the run, whose id is the newest event's; the
 stream goes on from there. ``event: end`` says the run ended and its report is
-written. Each stream reads the log for itself: two tabs each get every event.
+written. Each stream reads the log for itself: two tabs each get every event. Who
+opened it is checked again at each keep-alive (and at that pace while events flow): a
+token revoked or expired, a session signed out, gets ``event: unauthorized`` and the
+stream ends.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import anyio
@@ -51,13 +54,15 @@ async def stream_events(run_id: str, request: Request, caller: Viewer, app: AppD
                         last_event_id: Annotated[str | None, Header()] = None,
                         ) -> StreamingResponse:
     """Server-Sent Events from `after` (or `Last-Event-ID`, which wins): see the module doc."""
-    return await sse(app, run_id, request, after, last_event_id)
+    prefix = caller.token.prefix
+    return await sse(app, run_id, request, after, last_event_id,
+                     still=lambda: app.token_live(prefix))
 
 
 async def sse(app: App, run_id: str, request: Request, after: int,
-              last_event_id: str | None) -> StreamingResponse:
+              last_event_id: str | None, *, still: Callable[[], bool]) -> StreamingResponse:
     """The run's event stream from ``after`` or ``Last-Event-ID`` (the API's and the web
-    page's, each authenticated its own way)."""
+    page's, each authenticated its own way; ``still``: whether its caller still is)."""
     cursor = after
     if last_event_id is not None and last_event_id.strip():
         try:
@@ -67,7 +72,7 @@ async def sse(app: App, run_id: str, request: Request, after: int,
                                "not an event's id", hint="send back an id: the stream "
                                "gave") from exc
     span = await anyio.to_thread.run_sync(app.event_span, run_id)  # run_not_found: a 404
-    stream = _stream(app, run_id, cursor, span, request)
+    stream = _stream(app, run_id, cursor, span, request, still)
     return StreamingResponse(stream, media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -95,7 +100,7 @@ def _reaches(cursor: int, span: tuple[int, int] | None) -> bool:
 
 
 async def _stream(app: App, run_id: str, cursor: int, span: tuple[int, int] | None,
-                  request: Request) -> AsyncIterator[bytes]:
+                  request: Request, still: Callable[[], bool]) -> AsyncIterator[bytes]:
     heartbeat: float = request.app.state.heartbeat
     stopping = request.app.state.stopping
     yield b"retry: 2000\n\n"
@@ -105,7 +110,14 @@ async def _stream(app: App, run_id: str, cursor: int, span: tuple[int, int] | No
         yield _frame({**view.to_json(), "last_seq": cursor, "first_seq": span[0] if span
                       else None}, event="resync", seq=cursor)
     quiet = 0.0
+    checked = anyio.current_time()
     while not stopping():
+        if anyio.current_time() - checked >= heartbeat:
+            checked = anyio.current_time()
+            if not await anyio.to_thread.run_sync(still):
+                yield _frame({"run_id": run_id, "reason": "signed out, or the token is "
+                              "revoked or expired"}, event="unauthorized")
+                return
         batch = await anyio.to_thread.run_sync(_after, app, run_id, cursor)
         for event in batch:
             cursor = event.seq

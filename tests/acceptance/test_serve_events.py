@@ -104,3 +104,23 @@ def test_a_stream_dropped_and_resumed_with_last_event_id_gets_exactly_what_it_mi
     assert [f for f in back.frames() if f.comment is None] == []
     second_tab.close()
     back.close()
+
+
+def test_an_open_stream_ends_when_its_token_is_revoked(app: App, server: Served,
+                                                       repo: Path) -> None:
+    """Who opened a stream is checked again at each keep-alive: a token revoked while its
+    stream is open gets ``event: unauthorized`` and the stream ends, within a heartbeat;
+    another token's stream goes on."""
+    operator = server.client(app.token_create("olga", "operator", "test")[0])
+    secret, token = app.token_create("vic", "viewer", "test")
+    status, body = operator.call("POST", "/runs", start_body(repo))
+    assert status == 201, body
+    path = f"/runs/{body['run']['id']}/events/stream"
+    revoked, kept = server.client(secret).stream(path), operator.stream(path)
+    assert _until_quiet(revoked) and _until_quiet(kept)  # both followed, up to a keep-alive
+    app.token_revoke(token.prefix)
+    last = [f for f in revoked.frames() if f.comment is None][-1]  # until the stream ends
+    assert last.event == "unauthorized" and last.id is None
+    revoked.close()
+    assert next(f for f in kept.frames() if f.comment is not None)  # still kept alive
+    kept.close()

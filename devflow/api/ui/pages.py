@@ -171,7 +171,8 @@ async def run_stream(run_id: str, request: Request, me: Signed, app: auth.AppDep
                      last_event_id: Annotated[str | None, Header()] = None,
                      ) -> StreamingResponse:
     """The API's event stream (ids: the durable seq; Last-Event-ID), the session's."""
-    return await events.sse(app, run_id, request, after, last_event_id)
+    return await events.sse(app, run_id, request, after, last_event_id,
+                            still=lambda: app.session_live(me.session_id))
 
 
 # -- approvals ---------------------------------------------------------------------------

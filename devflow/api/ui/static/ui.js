@@ -76,6 +76,10 @@
   source.onopen = function () { say("following live"); };
   source.onmessage = function (message) { add(JSON.parse(message.data)); refresh(); };
   source.addEventListener("resync", function () { refresh(); });
+  source.addEventListener("unauthorized", function () {
+    source.close();  // signed out elsewhere, or the token revoked: no reconnecting
+    say("signed out: reload the page to sign in again");
+  });
   source.addEventListener("end", function () {
     source.close();
     say("ended");
