@@ -1,68 +1,138 @@
 """Many ``devflow`` commands, each in a process of its own, at a fraction of the start-up.
 
-A server process imports devflow's CLI once, then forks a child per command: the
-child sets the command's environment, points its stdout and stderr at files and runs
-``devflow.cli.main.main`` with the arguments; its exit status is the command's. That is
-the real entry point in a real process with real exit codes and output (no click test
-runner), without paying the interpreter and the imports for each of the ~100 commands
-a walk over every command runs. The server has no threads, so forking it is safe.
+A server process imports devflow (the CLI, the app, the engine, the backends) once,
+then forks a child per command: the child sets the command's environment, directory,
+standard input and output files and runs ``devflow.cli.main.main`` with the arguments,
+then leaves the interpreter as ``devflow`` does (``sys.exit``, atexit handlers, threads
+joined); its exit status is the command's. That is the real entry point in a real
+process with real exit codes, signals and output (no click test runner), without paying
+the interpreter and the imports for each command: 0.3-0.45 s of CPU each, a third of the
+suite's CPU when every crash test's command was a new interpreter.
+
+The children are the server's, not the test's: the server reaps them as SIGCHLD tells
+it (``waitpid`` with ``WUNTRACED``) and reports each stop and each end on its output; a
+thread of the test's process reads that and wakes whoever waits for that child. A test
+signals a child directly (``os.kill``), as it would a process it started itself. The
+server has no threads, so forking it is safe.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import itertools
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
+
+# What a command of the suite loads: imported once in the server, never in a child.
+PRELOAD = ("devflow.app", "devflow.cli.main", "devflow.cli.admin", "devflow.cli.decisions",
+           "devflow.cli.defs", "devflow.cli.demo", "devflow.cli.runs", "devflow.cli.triggers",
+           "devflow.cli.output", "devflow.cli.progress", "devflow.engine.start",
+           "devflow.engine.drive", "devflow.engine.worker", "devflow.engine.schedule",
+           "devflow.engine.prune", "devflow.sweep", "devflow.backends.scripted",
+           "devflow.backends.command", "devflow.backends.sandbox", "devflow.report",
+           "devflow.schemas", "devflow.worktree", "sqlalchemy.dialects.sqlite",
+           "sqlalchemy.dialects.postgresql.psycopg", "psycopg")
 
 _SERVER = r"""
-import io, json, os, sys
-import devflow.app
+import importlib, io, json, os, select, signal, sys
+
+for name in sys.argv[1:]:
+    importlib.import_module(name)
 import devflow.cli.main as entry
-from devflow.cli import admin, decisions, defs, demo, runs  # noqa: F401 - imported once here
-print("ready", flush=True)
-for line in iter(sys.stdin.readline, ""):
-    request = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        os.environ.clear()
-        os.environ.update(request["env"])
-        os.chdir(request["cwd"])
-        source = os.open(request.get("in") or os.devnull, os.O_RDONLY)
-        os.dup2(source, 0)
-        os.close(source)
-        sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
-                                     encoding=sys.stdin.encoding, errors=sys.stdin.errors)
-        for fd, name in ((1, request["out"]), (2, request["err"])):
-            target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.dup2(target, fd)
-            os.close(target)
-        # as `python -m devflow.cli.main` has it (output.program reads it)
-        sys.argv = [entry.__file__, *request["args"]]
-        code = 0
+
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_r, False)
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+
+
+def say(message):
+    # unbuffered, so that no fork copies a half-written line
+    os.write(1, (json.dumps(message) + "\n").encode("utf-8"))
+
+
+def reap():
+    while True:
         try:
-            entry.main(request["args"])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-            code = 99
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            os._exit(code)
-    print(json.dumps({"pid": pid}), flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(json.dumps({"code": os.waitstatus_to_exitcode(status)}), flush=True)
+            pid, status = os.waitpid(-1, os.WNOHANG | os.WUNTRACED)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if os.WIFSTOPPED(status):
+            say({"pid": pid, "stopped": True})
+        else:
+            say({"pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def command(request):
+    # the child: the server's signal plumbing is not the command's
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.close(wake_r)
+    os.close(wake_w)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    source = os.open(request.get("in") or os.devnull, os.O_RDONLY)
+    os.dup2(source, 0)
+    os.close(source)
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)),
+                                 encoding="utf-8")
+    for fd, name in ((1, request["out"]), (2, request["err"])):
+        target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(target, fd)
+        os.close(target)
+    # as `python -m devflow.cli.main` has it (output.program reads it)
+    sys.argv = [entry.__file__, *request["args"]]
+    code = 0
+    try:
+        entry.main(request["args"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        import traceback
+        traceback.print_exc()
+        code = 99
+    sys.exit(code)  # out of the server's loop: the interpreter ends as devflow's would
+
+
+say({"ready": True})
+pending = b""
+while True:
+    readable = select.select([0, wake_r], [], [])[0]
+    if wake_r in readable:
+        while True:
+            try:
+                if not os.read(wake_r, 512):
+                    break
+            except BlockingIOError:
+                break
+        reap()
+    if 0 in readable:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        while b"\n" in pending:
+            line, _, pending = pending.partition(b"\n")
+            request = json.loads(line)
+            pid = os.fork()
+            if pid == 0:
+                command(request)
+            # said before any reap can report this child's end: the test learns of a
+            # child before it learns how it ended
+            say({"id": request["id"], "pid": pid})
 """
 
 
@@ -74,35 +144,134 @@ class Result:
     stderr: str
 
 
+class Forked:
+    """One child of the fork server, with the part of ``subprocess.Popen`` the tests use:
+    ``pid``, ``returncode``, ``poll()``, ``wait(timeout)``; and ``wait_stopped()``."""
+
+    def __init__(self, server: ForkServer, args: tuple[str, ...], pid: int) -> None:
+        self._server = server
+        self.args = args
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stopped = False
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._server.changed:
+            if not self._server.changed.wait_for(lambda: self.returncode is not None, timeout):
+                raise subprocess.TimeoutExpired(["devflow", *self.args], timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """True once the child stopped (SIGSTOP), False if it ended first."""
+        with self._server.changed:
+            if not self._server.changed.wait_for(
+                    lambda: self.stopped or self.returncode is not None, timeout):
+                raise subprocess.TimeoutExpired(["devflow", *self.args], timeout or 0)
+        return self.returncode is None
+
+
+class ForkServer:
+    """The server process and the thread that reads what it says."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = env
+        self.changed = threading.Condition()
+        self._ids = itertools.count(1)
+        self._replies: dict[int, int] = {}  # request id -> pid
+        self._children: dict[int, Forked] = {}  # pid -> the child, while it runs
+        self._ended: str | None = None
+        self._write = threading.Lock()
+        self._process = subprocess.Popen([sys.executable, "-c", _SERVER, *PRELOAD],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         bufsize=0, env=env, cwd=str(cwd))
+        assert self._process.stdout is not None
+        ready = self._process.stdout.readline()
+        assert json.loads(ready or b"{}").get("ready"), f"the fork server did not start: {ready!r}"
+        self._reader = threading.Thread(target=self._read, name="fork-server", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            message: dict[str, Any] = json.loads(line)
+            with self.changed:
+                if "id" in message:
+                    self._replies[message["id"]] = message["pid"]
+                else:
+                    child = self._children.get(message["pid"])
+                    if child is not None and message.get("stopped"):
+                        child.stopped = True
+                    elif child is not None:
+                        child.returncode = int(message["code"])
+                        del self._children[message["pid"]]
+                self.changed.notify_all()
+        with self.changed:
+            self._ended = "the fork server ended"
+            self.changed.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self._ended is None and self._process.poll() is None
+
+    def spawn(self, args: tuple[str, ...], env: dict[str, str], cwd: Path, out: Path, err: Path,
+              stdin: Path | None = None) -> Forked:
+        """Start ``devflow ARGS`` with exactly ``env`` as its environment."""
+        assert self._process.stdin is not None
+        request_id = next(self._ids)
+        request = {"id": request_id, "args": list(args), "env": env, "cwd": str(cwd),
+                   "out": str(out), "err": str(err), "in": str(stdin) if stdin else None}
+        with self._write:
+            self._process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
+        with self.changed:
+            self.changed.wait_for(lambda: request_id in self._replies or self._ended is not None)
+            if self._ended is not None:
+                raise AssertionError(self._ended)
+            child = Forked(self, args, self._replies.pop(request_id))
+            self._children[child.pid] = child
+        return child
+
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._process.stdin.close()
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(30)
+        self._reader.join(30)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+
+class _Shared:
+    server: ForkServer | None = None
+    lock = threading.Lock()
+
+
+def shared() -> ForkServer:
+    """This test process's fork server, started on first use (commands pass their whole
+    environment, so one server serves every test)."""
+    with _Shared.lock:
+        if _Shared.server is None or not _Shared.server.alive:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
+            _Shared.server = ForkServer(env, Path(os.environ.get("TMPDIR", "/tmp")))
+            atexit.register(_Shared.server.close)
+        return _Shared.server
+
+
 class ForkedCli:
-    """``run(*args)`` runs one devflow command in a forked child of the server."""
+    """``run(*args)`` runs one devflow command in a forked child and waits for its end."""
 
     def __init__(self, env: dict[str, str], scratch: Path) -> None:
         self.env = env
         self.scratch = scratch
         self.count = 0
-        self._server = subprocess.Popen([sys.executable, "-c", _SERVER], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, bufsize=0, env=env,
-                                        cwd=str(scratch))
-        self._buffer = b""
-        ready = self._line(None)
-        assert ready == "ready", f"the fork server did not start: {ready!r}"
-
-    def _line(self, timeout: float | None) -> str | None:
-        """The server's next line; None when none came within ``timeout``."""
-        assert self._server.stdout is not None
-        fd = self._server.stdout.fileno()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while b"\n" not in self._buffer:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not select.select([fd], [], [], left)[0]:
-                return None
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                raise AssertionError(f"the fork server ended: {self._buffer!r}")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line.decode("utf-8").strip()
+        self._server = ForkServer(env, scratch)
 
     def run(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
             input_text: str | None = None, timeout: float | None = None,
@@ -110,7 +279,6 @@ class ForkedCli:
         """The command's exit code and output; ``subprocess.TimeoutExpired`` (the command
         killed) when it runs longer than ``timeout``. ``replace_env``: ``env`` is the
         command's whole environment, not additions to the server's."""
-        assert self._server.stdin is not None and self._server.stdout is not None
         self.count += 1
         out = self.scratch / f"cmd-{self.count}.out"
         err = self.scratch / f"cmd-{self.count}.err"
@@ -118,31 +286,22 @@ class ForkedCli:
         if input_text is not None:
             stdin = self.scratch / f"cmd-{self.count}.in"
             stdin.write_text(input_text, encoding="utf-8")
-        request = {"args": list(args),
-                   "env": dict(env or {}) if replace_env else {**self.env, **(env or {})},
-                   "cwd": str(cwd or self.scratch), "out": str(out), "err": str(err),
-                   "in": str(stdin) if stdin else None}
-        self._server.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
-        self._server.stdin.flush()
-        child = int(json.loads(self._line(None) or "{}")["pid"])
-        line = self._line(timeout)
-        if line is None:
+        child = self._server.spawn(
+            tuple(args), dict(env or {}) if replace_env else {**self.env, **(env or {})},
+            cwd or self.scratch, out, err, stdin)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-            self._line(None)  # its exit, once killed
+                os.kill(child.pid, signal.SIGKILL)
+            child.wait()
             raise subprocess.TimeoutExpired(["devflow", *args], timeout or 0,
-                                            out.read_bytes(), err.read_bytes())
-        answer = json.loads(line)
-        return Result(tuple(args), int(answer["code"]),
-                      out.read_text(encoding="utf-8", errors="replace"),
+                                            out.read_bytes(), err.read_bytes()) from None
+        return Result(tuple(args), code, out.read_text(encoding="utf-8", errors="replace"),
                       err.read_text(encoding="utf-8", errors="replace"))
 
     def close(self) -> None:
-        if self._server.stdin is not None:
-            self._server.stdin.close()
-        self._server.wait(30)
-        if self._server.stdout is not None:
-            self._server.stdout.close()
+        self._server.close()
 
     def __enter__(self) -> ForkedCli:
         return self

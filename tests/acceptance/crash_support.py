@@ -1,7 +1,8 @@
 """Helpers of the crash suite: real ``devflow`` processes killed for real, and the invariants
 of DESIGN.md §3.3 and §3.4 checked on what the database holds afterwards.
 
-``Devflow`` starts the real command as subprocesses (output to files, so a pipe never
+``Devflow`` starts the real command as processes of their own (children of a server that
+imported devflow once, ``cli_fork``; output to files, so a pipe never
 blocks a process we want to see die), remembers every process it started and kills and
 reaps them all in ``close``. ``audit_run`` reads one run back through ``App`` and counts
 what the guarantees forbid: gaps in the event sequence, a phase whose agent ran again
@@ -32,6 +33,8 @@ from devflow.catalog import Catalog, Dirs
 from devflow.report import REPORT_SCHEMA
 from devflow.settings import Settings
 from devflow.states import RUNNABLE, TERMINAL, ApprovalState, RunState
+from tests.acceptance import cli_fork
+from tests.acceptance.cli_fork import Forked
 
 T = TypeVar("T")
 SIGKILLED = -signal.SIGKILL
@@ -70,7 +73,7 @@ class Proc:
 
     name: str
     args: tuple[str, ...]
-    popen: subprocess.Popen[bytes]
+    popen: subprocess.Popen[bytes] | Forked
     out: Path
     err: Path
     started: float = field(default_factory=time.monotonic)
@@ -79,6 +82,10 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
 
     @property
     def seconds(self) -> float:
@@ -166,10 +173,14 @@ class Devflow:
         stem = self.logs / f"{self._count:04d}-{label}"
         out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
         full_env = {**self.base_env, **(env or {})}
-        with open(out, "wb") as stdout, open(err, "wb") as stderr:
-            popen = subprocess.Popen([sys.executable, "-m", "devflow.cli.main", *args],
-                                     stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                                     env=full_env, cwd=self.logs)
+        popen: subprocess.Popen[bytes] | Forked
+        if os.environ.get("DEVFLOW_TEST_CLI") == "spawn":
+            with open(out, "wb") as stdout, open(err, "wb") as stderr:
+                popen = subprocess.Popen([sys.executable, "-m", "devflow.cli.main", *args],
+                                         stdin=subprocess.DEVNULL, stdout=stdout,
+                                         stderr=stderr, env=full_env, cwd=self.logs)
+        else:
+            popen = cli_fork.shared().spawn(tuple(args), full_env, self.logs, out, err)
         proc = Proc(label, tuple(args), popen, out, err)
         self.procs.append(proc)
         return proc
@@ -197,14 +208,20 @@ class Devflow:
 
     def paused(self, point: str, *args: str, name: str | None = None) -> Proc:
         """Start a command that stops itself (SIGSTOP) at ``point`` (``devflow.faults``);
-        return once it is stopped there, learnt from ``waitpid``: no sleep, no polling.
+        return once it is stopped there, learnt from ``waitpid`` (the fork server's, or
+        this process's under ``DEVFLOW_TEST_CLI=spawn``): no sleep, no polling.
         The caller SIGKILLs it, or SIGCONTs it when done."""
         marker = self.logs / f"{self._count + 1:04d}-paused.marker"
         proc = self.spawn(*args, env={"DEVFLOW_PAUSE_AT": point,
                                       "DEVFLOW_PAUSE_MARKER": str(marker)}, name=name)
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)
-        if not os.WIFSTOPPED(status):  # it ended (and was reaped here): say how
-            proc.popen.returncode = os.waitstatus_to_exitcode(status)
+        if isinstance(proc.popen, Forked):
+            stopped = proc.popen.wait_stopped()
+        else:
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)
+            stopped = os.WIFSTOPPED(status)
+            if not stopped:  # it ended (and was reaped here)
+                proc.popen.returncode = os.waitstatus_to_exitcode(status)
+        if not stopped:  # say how it ended
             proc.ended = time.monotonic()
             raise AssertionError(f"devflow {' '.join(args)} ended with {proc.popen.returncode}"
                                  f" before it reached {point}\n{proc.tail()}")
