@@ -20,6 +20,7 @@ from typing import Any
 from devflow.app import App, RunView
 from devflow.approvals import DecisionRequest, DecisionResult, new_token
 from devflow.requests import StartRequest
+from tests.acceptance.cli_fork import run_devflow
 from tests.conftest import SCRIPTED
 
 #: Templates of these tests, by file name. Every gated phase is done by a scripted agent.
@@ -214,9 +215,7 @@ def run_cli(home: Path, database_url: str, workspace: Path, *args: str,
                      "DEVFLOW_WORKSPACE": str(workspace), "DEVFLOW_ACTOR": "tester",
                      "DEVFLOW_LOG_FORMAT": "json"})
     full_env.update(env or {})
-    result = subprocess.run([sys.executable, "-m", "devflow.cli.main", *args],
-                            capture_output=True, text=True, env=full_env, timeout=timeout,
-                            check=False)
+    result = run_devflow(args, full_env, timeout=timeout)
     if check is not None:
         assert result.returncode == check, (
             f"devflow {' '.join(args)} exited {result.returncode}, wanted {check}\n"

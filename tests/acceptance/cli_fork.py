@@ -23,10 +23,13 @@ import contextlib
 import itertools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -262,6 +265,39 @@ def shared() -> ForkServer:
             _Shared.server = ForkServer(env, Path(os.environ.get("TMPDIR", "/tmp")))
             atexit.register(_Shared.server.close)
         return _Shared.server
+
+
+def run_devflow(args: Sequence[str], env: Mapping[str, str], *, cwd: Path | None = None,
+                input_text: str | None = None,
+                timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``devflow ARGS`` with exactly ``env`` as its environment, to its end, like
+    ``subprocess.run(..., capture_output=True, text=True)``: forked from the shared
+    server, or a new interpreter under ``DEVFLOW_TEST_CLI=spawn``."""
+    argv = [sys.executable, "-m", "devflow.cli.main", *args]
+    if os.environ.get("DEVFLOW_TEST_CLI") == "spawn":
+        return subprocess.run(argv, capture_output=True, text=True, input=input_text,
+                              env=dict(env), cwd=cwd, timeout=timeout, check=False)
+    scratch = Path(tempfile.mkdtemp(prefix="devflow-cmd-"))
+    try:
+        stdin = None
+        if input_text is not None:
+            stdin = scratch / "in"
+            stdin.write_text(input_text, encoding="utf-8")
+        out, err = scratch / "out", scratch / "err"
+        child = shared().spawn(tuple(args), dict(env), cwd or Path.cwd(), out, err, stdin)
+        try:
+            code = child.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+            raise subprocess.TimeoutExpired(argv, timeout, out.read_bytes(),
+                                            err.read_bytes()) from None
+        return subprocess.CompletedProcess(argv, code,
+                                           out.read_text(encoding="utf-8", errors="replace"),
+                                           err.read_text(encoding="utf-8", errors="replace"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class ForkedCli:

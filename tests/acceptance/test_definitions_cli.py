@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import sqlalchemy as sa
 from devflow.catalog import BUILTIN_ROOT
 from devflow.settings import Settings
 from devflow.store import Database
+from tests.acceptance.cli_fork import run_devflow
 from tests.conftest import as_json
 from tests.unit.malformed_definitions import CASES, GOOD_PERSONA, GOOD_TEMPLATE, Case
 
@@ -43,9 +43,7 @@ def _run_many(env: dict[str, str], argvs: Sequence[Sequence[str]]
               ) -> list[subprocess.CompletedProcess[str]]:
     """Several `devflow` commands, two at a time (the machine has two cores)."""
     def one(args: Sequence[str]) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "devflow.cli.main", *args],
-                              capture_output=True, text=True, env=env, timeout=120,
-                              check=False)
+        return run_devflow(args, env)
     with ThreadPoolExecutor(max_workers=2) as pool:
         return list(pool.map(one, argvs))
 

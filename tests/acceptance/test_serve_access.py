@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import pytest
 from devflow import tokens
 from devflow.app import App
 from devflow.settings import Settings
+from tests.acceptance.cli_fork import run_devflow
 from tests.acceptance.serve_support import Client, Served
 
 pytestmark = pytest.mark.slow
@@ -162,8 +162,7 @@ def _cli(settings: Settings, home: Path) -> Callable[..., subprocess.CompletedPr
         env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
         env.update({"DEVFLOW_HOME": str(home), "DEVFLOW_DATABASE_URL": settings.database_url,
                     "DEVFLOW_WORKSPACE": str(settings.workspace)})
-        return subprocess.run([sys.executable, "-m", "devflow.cli.main", *args],
-                              capture_output=True, text=True, env=env, timeout=120, check=False)
+        return run_devflow(args, env)
     return run
 
 

@@ -34,6 +34,7 @@ from devflow import access, git
 from devflow.app import App
 from devflow.requests import StartRequest
 from devflow.settings import Settings
+from tests.acceptance.cli_fork import run_devflow
 from tests.conftest import as_json, make_repo
 from tests.gates_support import read_report, snapshot
 
@@ -325,10 +326,8 @@ def test_hostile_agent_approves_as_alice_on_a_gate_of_the_leads(
     ]
     outcomes = []
     for argv, extra in attempts:
-        result = subprocess.run(
-            [sys.executable, "-m", "devflow.cli.main", *argv, "--json"],
-            capture_output=True, text=True, env={**leaked, **extra}, check=False,
-            cwd=wapp.store.runs.get(own).worktree, timeout=120)
+        result = run_devflow([*argv, "--json"], {**leaked, **extra},
+                             cwd=Path(wapp.store.runs.get(own).worktree))
         assert result.returncode == 3, (argv, result.stdout, result.stderr)
         outcomes.append(as_json(result)["error"]["code"])
     assert set(outcomes) == {"not_authorized"}
