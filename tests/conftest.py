@@ -223,6 +223,14 @@ def db_url(request: pytest.FixtureRequest) -> str:
     return str(request.getfixturevalue(name))
 
 
+#: For a test whose subject cannot differ between the databases (what a command prints,
+#: a pipe closed under it, a definition shown, an agent CLI's output read) although it
+#: needs one to run: it runs on SQLite, the embedded default, only. Anything that reads
+#: or writes the store in a way of its own (locks, leases, errors, transactions) runs on
+#: both.
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
 # -- devflow ------------------------------------------------------------------------------
 @pytest.fixture
 def home(tmp_path: Path) -> Path:

@@ -9,14 +9,11 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from devflow.settings import Settings
 from tests.acceptance.test_definitions_cli import db_snapshot
-from tests.conftest import as_json
+from tests.conftest import SQLITE_ONLY, as_json
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 TYPO = textwrap.dedent("""\
     name: careful-reviewer

@@ -14,16 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from devflow import git
 from devflow.settings import Settings
-from tests.conftest import as_json
+from tests.conftest import SQLITE_ONLY, as_json
 from tests.integration.helpers import QUICK_CLI_BINDS, branches, cli_env, write_template
 from tests.unit.malformed_definitions import GOOD_TEMPLATE, alias_bomb
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 #: what the CLI needs (about 300 MB of address space for a whole run with its threads);
 #: the alias bomb needs gigabytes, and ran out of this as MemoryError before it was refused

@@ -20,7 +20,7 @@ import pytest
 from devflow.app import App
 from devflow.catalog import BUILTIN_ROOT
 from devflow.settings import Settings
-from tests.conftest import as_json
+from tests.conftest import SQLITE_ONLY, as_json
 from tests.gates_support import decide, start
 from tests.integration.helpers import (
     QUICK_CLI_BINDS,
@@ -32,7 +32,6 @@ from tests.integration.helpers import (
 )
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def _noise(stderr: str) -> list[str]:
@@ -55,6 +54,7 @@ def test_a_closed_pipe_ends_devflow_quietly(app: App, repo: Path, settings: Sett
             assert not _noise(done.stderr), (command, reader, done.stderr)
 
 
+@SQLITE_ONLY
 def test_tables_off_a_terminal_print_every_value_in_full(app: App, repo: Path,
                                                          cli: Cli) -> None:
     long_id = "a-run-id-long-enough-to-be-cut-in-any-table-0042"
@@ -92,6 +92,7 @@ USES_IT = """\
     """
 
 
+@SQLITE_ONLY
 def test_lists_name_the_files_they_skipped_and_why(cli: Cli, repo: Path,
                                                    tmp_path: Path) -> None:
     templates, personas, schemas = (tmp_path / n for n in ("t", "p", "s"))

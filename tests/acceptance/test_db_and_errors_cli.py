@@ -15,9 +15,7 @@ from devflow.settings import Settings
 from devflow.store import Database, migrate
 from devflow.store.migrations import HEAD
 from tests.acceptance.test_definitions_cli import _env, _run_many, db_snapshot
-from tests.conftest import _pg_admin, as_json, pg_url_for
-
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+from tests.conftest import SQLITE_ONLY, _pg_admin, as_json, pg_url_for
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgresql)])

@@ -19,11 +19,10 @@ from devflow.catalog import BUILTIN_ROOT
 from devflow.settings import Settings
 from devflow.store import Database
 from tests.acceptance.cli_fork import run_devflow
-from tests.conftest import as_json
+from tests.conftest import SQLITE_ONLY, as_json
 from tests.unit.malformed_definitions import CASES, GOOD_PERSONA, GOOD_TEMPLATE, Case
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 #: The kinds the foundation issue names: one case each, run one by one.
 REQUIRED = ["bad-yaml", "unknown-schema", "unknown-role", "duplicate-phase",
             "path-escape-dotdot", "path-escape-absolute", "missing-field", "wrong-type",

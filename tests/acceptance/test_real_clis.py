@@ -17,17 +17,17 @@ import pytest
 from devflow.app import App, RunView
 from devflow.requests import StartRequest
 from devflow.settings import Settings
+from tests.conftest import SQLITE_ONLY
 from tests.fakes import agents
 from tests.fakes.model_server import FakeModel
 from tests.integration.helpers import branches, report_of, write_template
 
 pytestmark = [pytest.mark.real_cli, pytest.mark.slow]
-#: What the tests so marked check is the agent CLI's side: its output read, its failure
-#: named, its processes ended, its cost counted. The store's side of an invocation is the
-#: same whichever backend ran it, and the scripted agents' tests check it on both
-#: databases; the end-to-end runs here (each backend's preset, a persona file through the
-#: command) run on both too. These run on SQLite only.
-ON_SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+# SQLITE_ONLY: what those tests check is the agent CLI's side: its output read, its failure
+# named, its processes ended, its cost counted. The store's side of an invocation is the
+# same whichever backend ran it, and the scripted agents' tests check it on both
+# databases; the end-to-end runs here (each backend's preset, a persona file through the
+# command) run on both too.
 
 IMPLEMENTATION = ".devflow/implementation.json"
 #: quick@1's implement phase alone, with no repair and a short time limit
@@ -142,7 +142,7 @@ def _procs_in(directory: Path) -> list[psutil.Process]:
     return found
 
 
-@ON_SQLITE
+@SQLITE_ONLY
 def test_aider_names_a_long_artifact_path_in_one_note(settings: Settings, repo: Path,
                                                      fake: FakeModel, personas_dir: Path,
                                                      tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_aider_names_a_long_artifact_path_in_one_note(settings: Settings, repo: 
 
 
 # -- repairs resume the session -----------------------------------------------------------
-@ON_SQLITE
+@SQLITE_ONLY
 @pytest.mark.parametrize("backend", ["claude-code", "codex"])
 def test_invalid_artifact_is_repaired_in_the_resumed_session(
         backend: str, settings: Settings, repo: Path, fake: FakeModel,
@@ -199,7 +199,7 @@ def test_invalid_artifact_is_repaired_in_the_resumed_session(
 
 
 # -- failures -----------------------------------------------------------------------------
-@ON_SQLITE
+@SQLITE_ONLY
 def test_claude_code_permission_denial_fails_the_attempt(settings: Settings, repo: Path,
                                                          fake: FakeModel, personas_dir: Path,
                                                          tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_claude_code_permission_denial_fails_the_attempt(settings: Settings, rep
         app.close()
 
 
-@ON_SQLITE
+@SQLITE_ONLY
 @pytest.mark.parametrize(("backend", "mode", "reason"), [
     ("claude-code", "error", "API Error: 500 the fake model failed on purpose"),
     ("codex", "error", "Codex reported an error: "),
@@ -252,7 +252,7 @@ def test_model_error_fails_the_attempt_with_its_reason(
         app.close()
 
 
-@ON_SQLITE
+@SQLITE_ONLY
 @pytest.mark.parametrize("backend", ["claude-code", "codex"])
 def test_hanging_cli_is_killed_with_its_children_at_the_timeout(
         backend: str, settings: Settings, repo: Path, fake: FakeModel, personas_dir: Path,
@@ -279,7 +279,7 @@ def test_hanging_cli_is_killed_with_its_children_at_the_timeout(
         app.close()
 
 
-@ON_SQLITE
+@SQLITE_ONLY
 @pytest.mark.parametrize("backend", ["claude-code", "codex"])
 def test_max_cost_fails_the_run_with_budget_exceeded(backend: str, settings: Settings,
                                                      repo: Path, fake: FakeModel,
@@ -334,7 +334,7 @@ def test_cli_runs_a_claude_code_persona_file_to_a_report_with_cost_per_phase(
     assert agents.API_KEY not in json.dumps(report)
 
 
-@ON_SQLITE
+@SQLITE_ONLY
 def test_cli_without_claude_on_path_fails_at_binding_before_creating_anything(
         cli: Any, settings: Settings, repo: Path, fake: FakeModel, personas_dir: Path,
         tmp_path: Path) -> None:
