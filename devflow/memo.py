@@ -34,6 +34,15 @@ _MAX_ENTRIES: Final = 2000
 _FORMAT: Final = 1
 #: the libraries whose behaviour the remembered answers depend on
 _LIBRARIES: Final = ("yaml", "jsonschema", "jsonschema_specifications", "referencing")
+#: Answers about content alone (a definition's text parsed, a schema or a definition
+#: found valid): the same whichever home asks, so every ``Memo`` of a process shares
+#: them, kept as JSON text (no caller can change another's copy). A process that opens
+#: several homes (a test run, a server) checks the built-in definitions once.
+_CONTENT_KINDS: Final = frozenset({"yaml", "schema-checked", "schema-dangling",
+                                   "template-checked", "persona-checked",
+                                   "persona+options-checked"})
+_SHARED_MAX: Final = 5000
+_shared: dict[str, str] = {}
 
 
 class Memo:
@@ -64,6 +73,10 @@ class Memo:
         """The value remembered under ``key``, or None."""
         with self._lock:
             value = self._all().get(key)
+            if value is None and (shared := _shared.get(key)) is not None:
+                value = json.loads(shared)
+                self._all()[key] = value  # and into this home's file, at its next save
+                self._dirty = True
             if value is not None:
                 self._used.add(key)
             return value
@@ -75,6 +88,10 @@ class Memo:
                 entries[key] = value
                 self._dirty = True
             self._used.add(key)
+            if key.partition(":")[0] in _CONTENT_KINDS:
+                if len(_shared) >= _SHARED_MAX:
+                    _shared.clear()
+                _shared[key] = json.dumps(value, separators=(",", ":"))
 
     def save(self) -> None:
         """Write the file if something new was remembered (never fails the caller)."""

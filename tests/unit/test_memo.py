@@ -51,6 +51,22 @@ def test_a_memo_does_not_create_devflows_home(tmp_path: Path) -> None:
     assert (home / "cache" / "memo.json").is_file()
 
 
+def test_answers_about_content_are_shared_by_the_homes_of_a_process(tmp_path: Path) -> None:
+    one = memo.Memo(tmp_path / "one" / "memo.json")
+    other = memo.Memo(tmp_path / "other" / "memo.json")
+    parsed = memo.key("yaml", "shared: [1]")
+    one.put(parsed, {"data": {"shared": [1]}})
+    one.put(probe := memo.key("bwrap-works", "a stamp of this host"), True)
+    assert other.get(parsed) == {"data": {"shared": [1]}}
+    other.save()  # the shared answer goes into the other home's file too
+    assert json.loads((tmp_path / "other" / "memo.json").read_text())["entries"][parsed] == {
+        "data": {"shared": [1]}}
+    third = memo.Memo(tmp_path / "third" / "memo.json")
+    third.get(parsed)["data"]["shared"].append(2)  # each home's copy is its own
+    assert one.get(parsed) == other.get(parsed) == {"data": {"shared": [1]}}
+    assert other.get(probe) is None  # an answer about the machine stays with its home
+
+
 def test_keys_change_with_the_content_and_the_kind() -> None:
     assert memo.key("yaml", "a: 1") == memo.key("yaml", "a: 1")
     assert memo.key("yaml", "a: 1") != memo.key("yaml", "a: 2")
