@@ -1,7 +1,8 @@
 """Many ``devflow`` commands, each in a process of its own, at a fraction of the start-up.
 
-A server process imports devflow (the CLI, the app, the engine, the backends) once,
-then forks a child per command: the child sets the command's environment, directory,
+A server process imports devflow (the CLI, the app, the engine, the backends) once
+and checks the built-in definitions (content only, see ``_SERVER``), then forks a child
+per command: the child sets the command's environment, directory,
 standard input and output files and runs ``devflow.cli.main.main`` with the arguments,
 then leaves the interpreter as ``devflow`` does (``sys.exit``, atexit handlers, threads
 joined); its exit status is the command's. That is the real entry point in a real
@@ -42,8 +43,11 @@ PRELOAD = ("devflow.app", "devflow.cli.main", "devflow.cli.admin", "devflow.cli.
            "devflow.engine.drive", "devflow.engine.worker", "devflow.engine.schedule",
            "devflow.engine.prune", "devflow.sweep", "devflow.backends.scripted",
            "devflow.backends.command", "devflow.backends.sandbox", "devflow.report",
-           "devflow.schemas", "devflow.worktree", "sqlalchemy.dialects.sqlite",
-           "sqlalchemy.dialects.postgresql.psycopg", "psycopg")
+           "devflow.schemas", "devflow.worktree", "devflow.cli.serve",
+           "devflow.backends.aider", "devflow.backends.claude_code", "devflow.backends.codex",
+           "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql.psycopg", "psycopg",
+           "anyio", "filelock", "jsonschema", "jsonschema_specifications", "referencing",
+           "yaml", "rfc3339_validator", "rfc3986_validator", "uri_template", "idna")
 
 _SERVER = r"""
 import importlib, io, json, os, select, signal, sys
@@ -51,6 +55,15 @@ import importlib, io, json, os, select, signal, sys
 for name in sys.argv[1:]:
     importlib.import_module(name)
 import devflow.cli.main as entry
+from devflow import backends
+from devflow.catalog import Catalog, Dirs
+
+# The built-in definitions parsed and checked once: answers about their content alone,
+# which every Memo of a process shares (devflow/memo.py), as a command in a home whose
+# memo holds them finds them. No home, database or machine is looked at here.
+built_in = Catalog(Dirs.with_builtins(), check_persona_options=backends.check_options)
+built_in.templates()
+built_in.personas()
 
 wake_r, wake_w = os.pipe()
 os.set_blocking(wake_r, False)
