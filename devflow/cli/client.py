@@ -1,0 +1,100 @@
+"""The ``devflow`` console script: hands the command to its home's daemon when one runs
+(``devflow daemon start``), else runs it here, as ``devflow.cli.main`` always did.
+
+Only the standard library's basics are imported before the choice (no click, no
+settings): a home without a daemon costs one failed ``open`` of its run directory.
+Handed over, the command is the same command: the daemon's child gets this process's
+argv, environment, working directory, umask and its stdin, stdout and stderr themselves;
+this process forwards the signals it gets (Ctrl-C, SIGTERM, SIGHUP, ...) and ends as
+the child ended: its exit code, or killed by the same signal. Refused (another
+interpreter, another home, devflow's code changed), or with ``DEVFLOW_DAEMON=off``, the
+command runs here. ``python -m devflow.cli.main`` always runs in process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+from typing import Any, NoReturn
+
+OFF = ("off", "0", "no", "false")
+
+
+def main() -> None:
+    if os.environ.get("DEVFLOW_DAEMON", "").strip().lower() not in OFF and \
+            sys.argv[1:2] != ["daemon"]:  # `devflow daemon ...` speaks to it from outside
+        _through_daemon()  # returns only when no daemon took the command
+    from devflow.cli.main import main as in_process
+    in_process()
+
+
+def _through_daemon() -> None:
+    from devflow.daemon import stamp, wire
+    try:
+        cwd = os.getcwd()
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return  # no working directory, or a standard stream closed: in process
+    sock = wire.connect(wire.home_for(os.environ, cwd))
+    if sock is None:
+        return
+    umask = os.umask(0o022)
+    os.umask(umask)
+    request = {"version": wire.VERSION, "op": "run", "argv": sys.argv, "env": dict(os.environ),
+               "cwd": cwd, "umask": umask, "stdio": _stdio(),
+               "interpreter": stamp.interpreter(sys.path[1:])}
+    channel = wire.Channel(sock)
+    try:
+        wire.send(sock, request, fds=(0, 1, 2))
+        answer = channel.read()
+    except (OSError, ValueError):
+        answer = None
+    if answer is None or "started" not in answer:
+        sock.close()
+        return
+    _forward(sock, wire)
+    try:
+        answer = channel.read()
+        while answer is not None and "exit" not in answer:
+            answer = channel.read()
+    except (OSError, ValueError):
+        answer = None
+    if answer is None:
+        os.write(2, b"devflow: the daemon ended during the command, whose end is unknown; "
+                    b"see its log in $DEVFLOW_HOME/run/daemon.log\n")
+        os._exit(1)
+    _end_as(int(answer["exit"]))
+
+
+def _stdio() -> list[dict[str, Any]]:
+    """How this interpreter made its standard streams: the child makes them the same."""
+    return [{"encoding": s.encoding, "errors": s.errors, "line_buffering": s.line_buffering,
+             "write_through": getattr(s, "write_through", False)}
+            for s in (sys.stdin, sys.stdout, sys.stderr)]
+
+
+def _forward(sock: Any, wire: Any) -> None:
+    """Pass the signals this process gets on to the command (not those it ignores, as a
+    command started with them ignored would ignore them too)."""
+    def forward(signum: int, frame: object) -> None:
+        with contextlib.suppress(OSError):
+            wire.send(sock, {"signal": signum})
+
+    for signum in wire.FORWARDED:
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, forward)
+
+
+def _end_as(status: int) -> NoReturn:
+    """Exit as the child did: its code, or the signal that ended it (which a shell shows
+    as 128 + its number)."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # a signal that does not end a process by default
+    os._exit(os.waitstatus_to_exitcode(status))
