@@ -63,10 +63,7 @@ def _start(home: str, idle: float, ready: int) -> server.Server | None:
         _say(ready, "running")
         return None
     code = stamp.code()  # before the imports: a file changed meanwhile is seen as changed
-    for name in PRELOAD:
-        importlib.import_module(name)
-    from devflow import app
-    app.preload()
+    preload()
     if threading.active_count() != 1:
         raise RuntimeError("importing devflow started a thread: the daemon cannot fork")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,6 +81,14 @@ def _start(home: str, idle: float, ready: int) -> server.Server | None:
     server.log(f"serving {home} (idle timeout {idle:g} s)")
     _say(ready, f"ready {os.getpid()}")
     return served
+
+
+def preload() -> None:
+    """Import what commands use; nothing else (no settings, no database, no process)."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+    from devflow import app
+    app.preload()
 
 
 def _say(fd: int, word: str) -> None:

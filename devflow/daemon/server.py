@@ -187,14 +187,13 @@ class Server:
             return f"the daemon is stopping ({self.stopping})"
         if len(fds) != 3:
             return "the request did not carry stdin, stdout and stderr"
-        if message.get("interpreter") != self.interpreter:
-            return "the client's interpreter is not the daemon's (executable, flags or path)"
-        try:
-            home = wire.home_for(message["env"], message["cwd"])
-        except (KeyError, TypeError, AttributeError):
+        if not _wellformed(message):
             return "a malformed request"
+        home = wire.home_for(message["env"], message["cwd"])
         if home != self.home:
             return f"the command's home is {home}, not the daemon's"
+        if message.get("interpreter") != self.interpreter:
+            return "the client's interpreter is not the daemon's (executable, flags or path)"
         if threading.active_count() != 1:
             return "the daemon has a thread: it does not fork"
         if stamp.code() != self.code:
@@ -272,7 +271,10 @@ class Server:
                 return
             child = self.children.pop(pid, None)
             self._last = time.monotonic()
-            if child is None or child.conn is None:
+            if child is None:
+                continue
+            if child.conn is None:
+                log(f"pid {pid} ended ({_ended(status)}) after its client went away")
                 continue
             self._selector.unregister(child.conn)
             with contextlib.suppress(OSError):
@@ -288,6 +290,24 @@ class Server:
                 "refused": self.refused, "last_refusal": self.last_refusal or None,
                 "running": len(self.children), "stopping": self.stopping or None,
                 "executable": sys.executable}
+
+
+def _wellformed(message: dict[str, Any]) -> bool:
+    """The request's fields have the types a child applies (checked before forking)."""
+    env, argv, stdio = message.get("env"), message.get("argv"), message.get("stdio")
+    return (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                          for k, v in env.items())
+            and isinstance(argv, list) and bool(argv) and all(isinstance(a, str) for a in argv)
+            and isinstance(message.get("cwd"), str) and isinstance(message.get("umask"), int)
+            and isinstance(stdio, list) and len(stdio) == 3
+            and all(isinstance(s, dict) and isinstance(s.get("encoding"), str)
+                    and isinstance(s.get("errors"), str) for s in stdio))
+
+
+def _ended(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit {os.waitstatus_to_exitcode(status)}"
 
 
 def log(line: str) -> None:
