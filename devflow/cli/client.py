@@ -17,7 +17,10 @@ import contextlib
 import os
 import signal
 import sys
-from typing import Any, NoReturn
+
+TYPE_CHECKING = False  # typing is not imported: this module runs before every command
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 OFF = ("off", "0", "no", "false")
 

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any
 
 import devflow
+
+TYPE_CHECKING = False  # typing is not imported: the console script imports this module
+if TYPE_CHECKING:
+    from typing import Any
 
 PACKAGE = os.path.dirname(os.path.abspath(devflow.__file__))
 

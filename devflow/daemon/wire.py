@@ -21,8 +21,11 @@ import os
 import signal
 import socket
 import struct
-from collections.abc import Mapping, Sequence
-from typing import Any, Final
+
+TYPE_CHECKING = False  # typing is not imported: the console script imports this module
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Any, Final
 
 RUN_DIR: Final = "run"
 SOCKET: Final = "daemon.sock"

@@ -13,6 +13,7 @@ own modules would be compiled again by every process, which no installed devflow
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -116,6 +117,9 @@ def run(report: Report, databases: Sequence[tuple[str, str]], root: Path, n: int
     daemons: list[dict[str, str]] = []
     try:
         _rounds(report, databases, root, n, templates, timer, plans, daemons)
+        for _, env, listed, _ in plans:
+            if daemon_served(env) != (n + 1) * (len(listed) + 1):
+                raise RuntimeError("the daemon refused commands: see run/daemon.log in its home")
     finally:
         for env in daemons:
             stop_daemon(env)
@@ -132,6 +136,18 @@ def start_daemon(env: dict[str, str]) -> dict[str, str]:
 def stop_daemon(env: dict[str, str]) -> None:
     devflow = str(Path(sys.executable).parent / "devflow")
     subprocess.run([devflow, "daemon", "stop"], env=env, check=False, capture_output=True)
+
+
+def daemon_served(env: dict[str, str]) -> int:
+    """How many commands the daemon on ``env``'s home served (it must still be running:
+    the figures "with the daemon" would otherwise be in-process ones)."""
+    devflow = str(Path(sys.executable).parent / "devflow")
+    done = subprocess.run([devflow, "daemon", "status", "--json"], env=env, check=True,
+                          capture_output=True, text=True)
+    status = json.loads(done.stdout)["daemon"]
+    if status is None:
+        raise RuntimeError("the daemon stopped during the bench (devflow's code changed?)")
+    return int(status["served"])
 
 
 def _rounds(report: Report, databases: Sequence[tuple[str, str]], root: Path, n: int,

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli import plain_env, start_daemon, stop_daemon
+from cli import daemon_served, plain_env, start_daemon, stop_daemon
 from common import Figure, Report, Stat, synthetic_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,6 +123,8 @@ def run(report: Report, root: Path, n: int) -> None:
                     if i:
                         {"plain": plain, "traced": traced, "daemon": served}[kind].append(
                             figures)
+            if daemon_served(env) != 2 * (n + 1):
+                raise RuntimeError("the daemon refused commands: see run/daemon.log")
         finally:
             stop_daemon(env)
         assert fake.outside == [], fake.outside
