@@ -225,3 +225,44 @@ def test_changed_code_is_never_run(settings: Settings, tmp_path: Path) -> None:
         daemon.run("run", "list", check=0)
     finally:
         daemon.stop()
+
+
+def _on_terminal(env: dict[str, str], *args: str) -> tuple[int, bytes]:
+    """``devflow ARGS`` with a terminal (a pty) as stdin, stdout and stderr: its exit code
+    and what the terminal showed."""
+    main, side = os.openpty()
+    try:
+        done = subprocess.run([DEVFLOW, *args], stdin=side, stdout=side, stderr=side,
+                              env=env, timeout=120, check=False)
+    finally:
+        os.close(side)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the terminal's last reader and writer are gone
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(main)
+    return done.returncode, shown
+
+
+@SQLITE_ONLY
+def test_a_terminal_stays_a_terminal(app: App, settings: Settings, tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    with running(settings) as daemon:
+        daemon.run("run", "start", "--repo", str(repo), "--template", "quick@1",
+                   "--requirements", str(requirements_file(tmp_path)), *QUICK_CLI_BINDS,
+                   check=0)
+        served = daemon.served()
+        env = {**daemon.env, "COLUMNS": "120", "TERM": "xterm"}
+        env.pop("DEVFLOW_LOG_FORMAT")
+        for args in (("run", "list"), ("run", "status", "nope")):
+            through = _on_terminal(env, *args)
+            here = _on_terminal({**env, **OFF}, *args)
+            assert through == here, args
+        assert daemon.served() == served + 2
+        # rich's table on a terminal, not the plain columns printed to a pipe
+        assert "─" in _on_terminal(env, "run", "list")[1].decode()
