@@ -5,7 +5,7 @@ Only the standard library's basics are imported before the choice (no click, no
 settings): a home without a daemon costs one failed ``open`` of its run directory.
 Handed over, the command is the same command: the daemon's child gets this process's
 argv, environment, working directory, umask and its stdin, stdout and stderr themselves;
-this process forwards the signals it gets (Ctrl-C, SIGTERM, SIGHUP, ...) and ends as
+this process forwards the signals it gets (Ctrl-C, SIGTERM, SIGHUP, ..., Ctrl-Z) and ends as
 the child ended: its exit code, or killed by the same signal. Refused (another
 interpreter, another home, devflow's code changed), or with ``DEVFLOW_DAEMON=off``, the
 command runs here. ``python -m devflow.cli.main`` always runs in process.
@@ -81,14 +81,24 @@ def _stdio() -> list[dict[str, Any]]:
 
 def _forward(sock: Any, wire: Any) -> None:
     """Pass the signals this process gets on to the command (not those it ignores, as a
-    command started with them ignored would ignore them too)."""
+    command started with them ignored would ignore them too). Suspended (Ctrl-Z), it
+    stops the command, then itself; continued, it continues the command."""
     def forward(signum: int, frame: object) -> None:
         with contextlib.suppress(OSError):
             wire.send(sock, {"signal": signum})
 
+    def suspend(signum: int, frame: object) -> None:
+        forward(signal.SIGSTOP, frame)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until continued
+        signal.signal(signal.SIGTSTP, suspend)
+        forward(signal.SIGCONT, frame)
+
     for signum in wire.FORWARDED:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, forward)
+    if signal.getsignal(signal.SIGTSTP) != signal.SIG_IGN:
+        signal.signal(signal.SIGTSTP, suspend)
 
 
 def _end_as(status: int) -> NoReturn:

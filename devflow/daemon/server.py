@@ -11,7 +11,8 @@ runs the command in process: a refusal never changes what a command does.
 A child gets the client's descriptors and attributes (``child.become``) and returns from
 ``Server.serve`` with its request, to run the command outside the loop's frames and end
 as an interpreter does (atexit handlers, flushed streams). The server forwards the
-client's signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2) to the child, sends
+client's signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; SIGSTOP and SIGCONT
+when the client is suspended and continued) to the child, sends
 SIGTERM when the client goes away without its answer (a command never outlives its
 client silently), reaps children and tells each client how its child ended (the raw
 wait status: an exit code, or the signal that killed it).
@@ -244,7 +245,7 @@ class Server:
             alive, messages = False, []
         for message in messages:
             signum = message.get("signal")
-            if signum in wire.FORWARDED and child.pid in self.children:
+            if signum in wire.PASSED_ON and child.pid in self.children:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(child.pid, signum)
         if not alive:
@@ -260,6 +261,7 @@ class Server:
             log(f"the client of pid {child.pid} went away: SIGTERM")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGTERM)
+                os.kill(child.pid, signal.SIGCONT)  # a command its client had suspended
 
     def _reap(self) -> None:
         while True:

@@ -36,6 +36,8 @@ VERSION: Final = 1
 #: the signals a client forwards to its command (and the server passes on)
 FORWARDED: Final = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                     signal.SIGUSR1, signal.SIGUSR2)
+#: what the server passes on to a command: those, and a suspended client's stop and continue
+PASSED_ON: Final = (*FORWARDED, signal.SIGSTOP, signal.SIGCONT)
 _MAX: Final = 16 * 1024 * 1024
 _HEADER: Final = struct.Struct(">I")
 

@@ -156,7 +156,12 @@ def test_signals_reach_the_command_and_it_ends_with_its_client(app: App, setting
         # interrupted, left to drive or abort)
         client = _hanging(settings, repo, "main", req)
         run_id = wait_until(lambda: _agent_running(app, "main"), "the agent to start")
-        assert daemon.children(), "the command is not the daemon's child"
+        child = daemon.children()[0]
+        # Ctrl-Z: the client stops its command, then itself; continued, it continues it
+        client.send_signal(signal.SIGTSTP)
+        wait_until(lambda: child.status() == psutil.STATUS_STOPPED, "the command to stop")
+        client.send_signal(signal.SIGCONT)
+        wait_until(lambda: child.status() != psutil.STATUS_STOPPED, "the command to go on")
         client.send_signal(signal.SIGTERM)
         out, err = client.communicate(timeout=120)
         assert client.returncode == 143, err
