@@ -73,11 +73,13 @@ class Server:
     last_refusal: str = ""
     children: dict[int, Child] = field(default_factory=dict)
     _last: float = 0.0
+    _pid: int = 0
     _inode: int = 0
 
     def __post_init__(self) -> None:
         self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._last = time.monotonic()
+        self._pid = os.getpid()
         self._inode = os.stat(wire.SOCKET, dir_fd=self.dirfd).st_ino
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -115,6 +117,8 @@ class Server:
         return None
 
     def _signalled(self, signum: int, frame: object) -> None:
+        if os.getpid() != self._pid:  # a child, before it left the server's handlers
+            return
         if signum in (signal.SIGTERM, signal.SIGINT):
             self.stop(signal.Signals(signum).name)
 
@@ -208,7 +212,8 @@ class Server:
             stream.flush()
         pid = os.fork()
         if pid == 0:
-            self._close_all(keep=channel.fds)
+            self._close_all()
+            conn.close()
             return Request(message, list(channel.fds))
         for fd in channel.fds:
             os.close(fd)
@@ -222,9 +227,13 @@ class Server:
             self._client_gone(child)
         return None
 
-    def _close_all(self, keep: list[int]) -> None:
-        """In a child: close the server's descriptors (each through its owner, so that
-        none is closed again later under a number the command reuses)."""
+    def _close_all(self) -> None:
+        """In a child: leave the server's signal handling, close its descriptors (each
+        through its owner, so that none is closed again later under a number the command
+        reuses)."""
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
         self._selector.close()
         self.listener.close()
         for child in self.children.values():
