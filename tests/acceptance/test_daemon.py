@@ -135,7 +135,15 @@ def _hanging(settings: Settings, repo: Path, base: str,
                              "--template", "quick@1", "--requirements", req,
                              *QUICK_CLI_BINDS, "--scenario", "implement=hang", "--json"],
                             env=env_for(settings), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_signals)  # noqa: PLW1509 - signals only
+
+
+def _default_signals() -> None:
+    """A client as a shell starts it: none of the forwarded signals ignored (a test
+    runner's worker may ignore some, and a client passes on none it ignores)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def _agent_running(app: App, base: str) -> str | None:
