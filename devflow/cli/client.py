@@ -50,6 +50,8 @@ def _through_daemon() -> None:
                "cwd": cwd, "umask": umask, "stdio": _stdio(),
                "interpreter": stamp.interpreter(sys.path[1:])}
     channel = wire.Channel(sock)
+    early: list[int] = []  # signals before the daemon's answer: passed on once it is known
+    before = _catch(lambda signum, frame: early.append(signum), wire)
     try:
         wire.send(sock, request, fds=(0, 1, 2))
         answer = channel.read()
@@ -57,8 +59,14 @@ def _through_daemon() -> None:
         answer = None
     if answer is None or "started" not in answer:
         sock.close()
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        for signum in early:  # as if they came now, to the command run here
+            os.kill(os.getpid(), signum)
         return
-    _forward(sock, wire)
+    forward = _forward(sock, wire)
+    for signum in early:
+        forward(signum, None)
     try:
         answer = channel.read()
         while answer is not None and "exit" not in answer:
@@ -79,26 +87,37 @@ def _stdio() -> list[dict[str, Any]]:
             for s in (sys.stdin, sys.stdout, sys.stderr)]
 
 
-def _forward(sock: Any, wire: Any) -> None:
-    """Pass the signals this process gets on to the command (not those it ignores, as a
-    command started with them ignored would ignore them too). Suspended (Ctrl-Z), it
-    stops the command, then itself; continued, it continues the command."""
-    def forward(signum: int, frame: object) -> None:
+def _catch(handler: Any, wire: Any) -> dict[int, Any]:
+    """``handler`` for the signals passed on to a command (not those this process ignores,
+    as a command started with them ignored would ignore them too); the handlers before."""
+    before = {}
+    for signum in (*wire.FORWARDED, signal.SIGTSTP):
+        current = signal.getsignal(signum)
+        if current != signal.SIG_IGN:
+            before[signum] = current
+            signal.signal(signum, handler)
+    return before
+
+
+def _forward(sock: Any, wire: Any) -> Any:
+    """Pass the signals this process gets on to the command. Suspended (Ctrl-Z), it stops
+    the command, then itself; continued, it continues the command."""
+    def send(signum: int) -> None:
         with contextlib.suppress(OSError):
             wire.send(sock, {"signal": signum})
 
-    def suspend(signum: int, frame: object) -> None:
-        forward(signal.SIGSTOP, frame)
+    def forward(signum: int, frame: object) -> None:
+        if signum != signal.SIGTSTP:
+            send(signum)
+            return
+        send(signal.SIGSTOP)
         signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until continued
-        signal.signal(signal.SIGTSTP, suspend)
-        forward(signal.SIGCONT, frame)
+        signal.signal(signal.SIGTSTP, forward)
+        send(signal.SIGCONT)
 
-    for signum in wire.FORWARDED:
-        if signal.getsignal(signum) != signal.SIG_IGN:
-            signal.signal(signum, forward)
-    if signal.getsignal(signal.SIGTSTP) != signal.SIG_IGN:
-        signal.signal(signal.SIGTSTP, suspend)
+    _catch(forward, wire)
+    return forward
 
 
 def _end_as(status: int) -> NoReturn:

@@ -136,14 +136,10 @@ def _hanging(settings: Settings, repo: Path, base: str,
                              *QUICK_CLI_BINDS, "--scenario", "implement=hang", "--json"],
                             env=env_for(settings), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_default_signals)  # noqa: PLW1509 - signals only
-
-
-def _default_signals() -> None:
-    """A client as a shell starts it: none of the forwarded signals ignored (a test
-    runner's worker may ignore some, and a client passes on none it ignores)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP):
-        signal.signal(signum, signal.SIG_DFL)
+                            # a job of its own, as a shell starts it: a group whose parent
+                            # is in this session (the kernel drops a Ctrl-Z sent to an
+                            # orphaned group, in process or not)
+                            process_group=0)
 
 
 def _agent_running(app: App, base: str) -> str | None:
@@ -167,7 +163,9 @@ def test_signals_reach_the_command_and_it_ends_with_its_client(app: App, setting
         child = daemon.children()[0]
         # Ctrl-Z: the client stops its command, then itself; continued, it continues it
         client.send_signal(signal.SIGTSTP)
-        wait_until(lambda: child.status() == psutil.STATUS_STOPPED, "the command to stop")
+        wait_until(lambda: psutil.Process(client.pid).status() == psutil.STATUS_STOPPED,
+                   "the client to stop")
+        assert child.status() == psutil.STATUS_STOPPED
         client.send_signal(signal.SIGCONT)
         wait_until(lambda: child.status() != psutil.STATUS_STOPPED, "the command to go on")
         client.send_signal(signal.SIGTERM)
