@@ -12,10 +12,11 @@ A child gets the client's descriptors and attributes (``child.become``) and retu
 ``Server.serve`` with its request, to run the command outside the loop's frames and end
 as an interpreter does (atexit handlers, flushed streams). The server forwards the
 client's signals (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2; SIGSTOP and SIGCONT
-when the client is suspended and continued) to the child, sends
-SIGTERM when the client goes away without its answer (a command never outlives its
-client silently), reaps children and tells each client how its child ended (the raw
-wait status: an exit code, or the signal that killed it).
+when the client is suspended and continued) to the child, sends SIGTERM when the client
+goes away without its answer, and the kernel sends it when the daemon dies
+(PR_SET_PDEATHSIG): a command never outlives its client silently. It reaps children and
+tells each client how its child ended (the raw wait status: an exit code, or the signal
+that killed it).
 
 It stops on ``stop``, SIGTERM or SIGINT, after ``idle`` seconds without a command, or when
 devflow's code changed: it stops listening (the socket removed, its lock released, so a
@@ -25,6 +26,7 @@ new daemon may start), lets the commands under way end, and exits.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime
 import os
 import selectors
@@ -39,6 +41,7 @@ from typing import Any, Final
 from devflow.daemon import stamp, wire
 
 _READ_TIMEOUT: Final = 10.0
+_PR_SET_PDEATHSIG: Final = 1
 
 
 @dataclass
@@ -81,6 +84,9 @@ class Server:
         self._last = time.monotonic()
         self._pid = os.getpid()
         self._inode = os.stat(wire.SOCKET, dir_fd=self.dirfd).st_ino
+        # prctl, for a child to get SIGTERM when the daemon dies: the C library of this
+        # process, loaded before any fork (ctypes.util's search would start ldconfig)
+        self._libc = ctypes.CDLL(None, use_errno=True)
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -212,6 +218,10 @@ class Server:
             stream.flush()
         pid = os.fork()
         if pid == 0:
+            # the daemon's death is its client's too: the command must not go on unseen
+            self._libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+            if os.getppid() != self._pid:  # the daemon died before prctl took effect
+                os._exit(128 + signal.SIGTERM)
             self._close_all()
             conn.close()
             return Request(message, list(channel.fds))

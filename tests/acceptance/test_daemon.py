@@ -23,8 +23,15 @@ from devflow.app import App
 from devflow.settings import Settings
 from devflow.states import RunState
 from tests.acceptance.crash_support import wait_until
-from tests.acceptance.daemon_support import DEVFLOW, env_for, running, start_daemon
+from tests.acceptance.daemon_support import (
+    DEVFLOW,
+    Daemon,
+    env_for,
+    running,
+    start_daemon,
+)
 from tests.conftest import make_repo
+from tests.gates_support import start
 from tests.integration.helpers import (
     CLI_BINDS,
     QUICK_CLI_BINDS,
@@ -155,36 +162,50 @@ def test_signals_reach_the_command_and_it_ends_with_its_client(app: App, setting
     repo = make_repo(tmp_path / "repo")
     git.run(["branch", "killed"], repo)
     req = str(requirements_file(tmp_path))
+    clients: list[subprocess.Popen[str]] = []
     with running(settings) as daemon:
-        # SIGTERM to the client: the command stops as on SIGTERM in process (143, the run
-        # interrupted, left to drive or abort)
-        client = _hanging(settings, repo, "main", req)
-        run_id = wait_until(lambda: _agent_running(app, "main"), "the agent to start")
-        child = daemon.children()[0]
-        # Ctrl-Z: the client stops its command, then itself; continued, it continues it
-        client.send_signal(signal.SIGTSTP)
-        wait_until(lambda: psutil.Process(client.pid).status() == psutil.STATUS_STOPPED,
-                   "the client to stop")
-        assert child.status() == psutil.STATUS_STOPPED
-        client.send_signal(signal.SIGCONT)
-        wait_until(lambda: child.status() != psutil.STATUS_STOPPED, "the command to go on")
-        client.send_signal(signal.SIGTERM)
-        out, err = client.communicate(timeout=120)
-        assert client.returncode == 143, err
-        assert json.loads(out)["error"]["code"] == "interrupted", out
-        assert app.store.runs.get(run_id).state is not RunState.ABORTED
-        wait_until(lambda: not procs_of_run(run_id), "the agent to end")
-        # the client killed: its command gets SIGTERM and ends, its agent with it
-        client = _hanging(settings, repo, "killed", req)
-        run_id = wait_until(lambda: _agent_running(app, "killed"), "the second agent")
-        child = daemon.children()[0]
-        client.kill()
-        client.communicate(timeout=60)
-        child.wait(120)
-        wait_until(lambda: not procs_of_run(run_id), "the second agent to end")
-        said = f"pid {child.pid} ended (exit 143) after its client went away"
-        wait_until(lambda: said in daemon.log(), "the daemon to log the command's end")
-        assert app.store.runs.get(run_id).state is not RunState.ABORTED
+        try:
+            _signals_reach_the_command(app, settings, daemon, repo, req, clients)
+        finally:  # whatever failed, no command is left behind (stopped or hanging)
+            for client in clients:
+                if client.poll() is None:
+                    client.kill()
+                    client.communicate(timeout=60)
+
+
+def _signals_reach_the_command(app: App, settings: Settings, daemon: Daemon, repo: Path,
+                               req: str, clients: list[subprocess.Popen[str]]) -> None:
+    # SIGTERM to the client: the command stops as on SIGTERM in process (143, the run
+    # interrupted, left to drive or abort)
+    client = _hanging(settings, repo, "main", req)
+    clients.append(client)
+    run_id = wait_until(lambda: _agent_running(app, "main"), "the agent to start")
+    child = daemon.children()[0]
+    # Ctrl-Z: the client stops its command, then itself; continued, it continues it
+    client.send_signal(signal.SIGTSTP)
+    wait_until(lambda: psutil.Process(client.pid).status() == psutil.STATUS_STOPPED,
+               "the client to stop")
+    wait_until(lambda: child.status() == psutil.STATUS_STOPPED, "the command to stop")
+    client.send_signal(signal.SIGCONT)
+    wait_until(lambda: child.status() != psutil.STATUS_STOPPED, "the command to go on")
+    client.send_signal(signal.SIGTERM)
+    out, err = client.communicate(timeout=120)
+    assert client.returncode == 143, err
+    assert json.loads(out)["error"]["code"] == "interrupted", out
+    assert app.store.runs.get(run_id).state is not RunState.ABORTED
+    wait_until(lambda: not procs_of_run(run_id), "the agent to end")
+    # the client killed: its command gets SIGTERM and ends, its agent with it
+    client = _hanging(settings, repo, "killed", req)
+    clients.append(client)
+    run_id = wait_until(lambda: _agent_running(app, "killed"), "the second agent")
+    child = daemon.children()[0]
+    client.kill()
+    client.communicate(timeout=60)
+    child.wait(120)
+    wait_until(lambda: not procs_of_run(run_id), "the second agent to end")
+    said = f"pid {child.pid} ended (exit 143) after its client went away"
+    wait_until(lambda: said in daemon.log(), "the daemon to log the command's end")
+    assert app.store.runs.get(run_id).state is not RunState.ABORTED
 
 
 @SQLITE_ONLY
@@ -277,3 +298,25 @@ def test_a_terminal_stays_a_terminal(app: App, settings: Settings, tmp_path: Pat
         assert daemon.served() == served + 2
         # rich's table on a terminal, not the plain columns printed to a pipe
         assert "─" in _on_terminal(env, "run", "list")[1].decode()
+
+
+@SQLITE_ONLY
+def test_a_daemon_killed_ends_its_commands_and_their_clients_say_so(
+        app: App, settings: Settings, tmp_path: Path) -> None:
+    run_id = start(app, make_repo(tmp_path / "repo")).run.id  # waits at its first gate
+    daemon = start_daemon(env_for(settings))
+    client = None
+    try:
+        client = subprocess.Popen([DEVFLOW, "events", run_id, "--follow"], env=daemon.env,
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, process_group=0)
+        child = wait_until(daemon.children, "the command to be forked")[0]
+        psutil.Process(daemon.pid).kill()
+        _, err = client.communicate(timeout=120)
+        assert client.returncode == 1
+        assert "the daemon ended during the command" in err
+        child.wait(120)  # SIGTERM from the kernel when its parent died
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+        daemon.stop()
