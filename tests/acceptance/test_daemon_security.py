@@ -140,9 +140,11 @@ for fd in os.listdir("/proc/self/fd"):
         fds[fd] = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         pass
-from devflow import logs
+from devflow import memo
+import tempfile
 print(json.dumps({"caches": caches, "threads": threading.active_count(), "fds": fds,
-                  "modules": len(sys.modules)}))
+                  "modules": len(sys.modules), "memo": len(getattr(memo, "_shared", {})),
+                  "tempdir": tempfile.tempdir}))
 """
 
 
@@ -157,6 +159,8 @@ def test_the_daemon_only_imports_before_it_forks(settings: Settings, tmp_path: P
     found = json.loads(done.stdout)
     assert found["caches"] == []
     assert found["threads"] == 1
+    assert found["memo"] == 0  # no remembered answer shared by the process's homes
+    assert found["tempdir"] is None  # $TMPDIR is the command's, read when it is used
     opened = [target for fd, target in found["fds"].items() if int(fd) > 2]
     assert not [t for t in opened if str(settings.home) in t or t.endswith(".db")], opened
     assert found["modules"] > 500  # it did import what commands use
