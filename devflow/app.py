@@ -724,3 +724,28 @@ def _safe_url(url: str) -> str:
         creds, host = rest.rsplit("@", 1)
         return f"{scheme}://{creds.split(':')[0]}:***@{host}" if ":" in creds else url
     return url
+
+
+def preload() -> None:
+    """Import at once what the verbs import where first used, and nothing more: no setting
+    read, no database opened, no process started. For ``devflow daemon``, whose one import
+    serves many commands (docs/decisions.md, The daemon); nothing else calls it. (By name:
+    these are the modules this one already imports inside its verbs.)"""
+    import importlib  # noqa: PLC0415 - the daemon only
+
+    for name in _USED_LATER:
+        importlib.import_module(name)
+    from devflow import backends, store  # noqa: PLC0415 - as above
+    backends.preload()
+    store.preload()
+
+
+#: the modules ``App``'s verbs import where first used
+_USED_LATER = (
+    "anyio.abc", "devflow.approvals", "devflow.artifacts", "devflow.demo", "devflow.events",
+    "devflow.report", "devflow.sweep", "devflow.ticks", "devflow.tokens", "devflow.worktree",
+    "devflow.engine.context", "devflow.engine.control", "devflow.engine.deliveries",
+    "devflow.engine.drive", "devflow.engine.finish", "devflow.engine.notify",
+    "devflow.engine.prune", "devflow.engine.schedule", "devflow.engine.start",
+    "devflow.engine.worker",
+)

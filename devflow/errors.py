@@ -135,6 +135,8 @@ class Code(enum.StrEnum):
     #: a fault of the machine, not of the run (a full disk, a git lock a live process
     #: holds): the run is paused with a ``blocked`` reason, never failed (issue 20)
     MACHINE_FAULT = "machine_fault"
+    #: ``devflow daemon start`` could not start one (docs/decisions.md, The daemon)
+    DAEMON_FAILED = "daemon_failed"
     INTERNAL = "internal_error"
 
 

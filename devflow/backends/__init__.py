@@ -83,3 +83,9 @@ def check_scenario(name: str) -> str | None:
     """Why ``name`` is no scenario of the scripted backend, or None when it is one."""
     from devflow.backends import scripted  # noqa: PLC0415 - see the module doc
     return scripted.check_scenario(name)
+
+
+def preload() -> None:
+    """Import every shipped backend's module, making none (``devflow daemon``: one import
+    for many commands; ``get`` still makes each backend where it is first needed)."""
+    from devflow.backends import aider, claude_code, codex, command, scripted  # noqa: F401, PLC0415

@@ -127,8 +127,8 @@ def cli(ctx: click.Context, templates_dir: tuple[Path, ...], personas_dir: tuple
 
 
 def _register() -> None:
-    from devflow.cli import admin, decisions, defs, runs, serve, triggers
-    for module in (runs, decisions, defs, triggers, admin, serve):
+    from devflow.cli import admin, daemon, decisions, defs, runs, serve, triggers
+    for module in (runs, decisions, defs, triggers, admin, serve, daemon):
         module.register(cli)
 
 

@@ -75,3 +75,12 @@ class Store:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def preload() -> None:
+    """Import both dialects and the trigger tables (``devflow daemon``: one import for many
+    commands, on either database), connecting to nothing."""
+    import sqlalchemy.dialects.postgresql.psycopg  # noqa: PLC0415
+    import sqlalchemy.dialects.sqlite  # noqa: F401, PLC0415
+
+    from devflow.store import deliveries, triggers  # noqa: F401, PLC0415

@@ -2,15 +2,18 @@
 floors measured in the same rounds: ``python -c pass`` and ``python -c "import sqlalchemy"``.
 
 Each round runs the two floors and then every command once (A B C ... A B C), so a figure
-and the floor it is divided by share the machine's minutes. A command runs as a person
-runs it (the console script, default log format, output captured: not a terminal),
-with Python writing its bytecode caches as it does by default (PYTHONDONTWRITEBYTECODE,
-if set where the bench runs, is left out: devflow's own modules would be compiled
-again by every process, which no installed devflow does).
+and the floor it is divided by share the machine's minutes. With a ``devflow daemon``
+running on each database's home, each command also runs through it right after it ran in
+process (``DEVFLOW_DAEMON=off``): "(sqlite, daemon)" figures, interleaved with the others.
+A command runs as a person runs it (the console script, default log format, output
+captured: not a terminal), with Python writing its bytecode caches as it does by
+default (PYTHONDONTWRITEBYTECODE, if set where the bench runs, is left out: devflow's
+own modules would be compiled again by every process, which no installed devflow does).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import subprocess
@@ -18,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from common import Figure, Report, Stat, make_app, start_request, synthetic_repo
 
@@ -108,19 +112,59 @@ def run(report: Report, databases: Sequence[tuple[str, str]], root: Path, n: int
         templates: Path) -> None:
     """``databases``: (label, url) pairs; the database commands are timed on each, the
     definition commands (which open no database) on the first."""
-    py = sys.executable
-    devflow = str(Path(py).parent / "devflow")
     timer = Timer()
     plans = []
+    daemons: list[dict[str, str]] = []
+    try:
+        _rounds(report, databases, root, n, templates, timer, plans, daemons)
+        for _, env, listed, _ in plans:
+            if daemon_served(env) != (n + 1) * (len(listed) + 1):
+                raise RuntimeError("the daemon refused commands: see run/daemon.log in its home")
+    finally:
+        for env in daemons:
+            stop_daemon(env)
+
+
+def start_daemon(env: dict[str, str]) -> dict[str, str]:
+    """A ``devflow daemon`` on ``env``'s home (the environment, to stop it with)."""
+    devflow = str(Path(sys.executable).parent / "devflow")
+    subprocess.run([devflow, "daemon", "start", "--idle", "1h"], env=env, check=True,
+                   capture_output=True)
+    return env
+
+
+def stop_daemon(env: dict[str, str]) -> None:
+    devflow = str(Path(sys.executable).parent / "devflow")
+    subprocess.run([devflow, "daemon", "stop"], env=env, check=False, capture_output=True)
+
+
+def daemon_served(env: dict[str, str]) -> int:
+    """How many commands the daemon on ``env``'s home served (it must still be running:
+    the figures "with the daemon" would otherwise be in-process ones)."""
+    devflow = str(Path(sys.executable).parent / "devflow")
+    done = subprocess.run([devflow, "daemon", "status", "--json"], env=env, check=True,
+                          capture_output=True, text=True)
+    status = json.loads(done.stdout)["daemon"]
+    if status is None:
+        raise RuntimeError("the daemon stopped during the bench (devflow's code changed?)")
+    return int(status["served"])
+
+
+def _rounds(report: Report, databases: Sequence[tuple[str, str]], root: Path, n: int,
+            templates: Path, timer: Timer, plans: list[Any],
+            daemons: list[dict[str, str]]) -> None:
+    py = sys.executable
+    devflow = str(Path(py).parent / "devflow")
     for label, url in databases:
         where = root / f"cli-{label}"
         repo = synthetic_repo(where / "repo", 20)
         app = make_app(url, where, templates_dirs=(templates,))
         try:
-            run_id, approval_id, waiting = _prepare(app, repo, n + 1)
+            run_id, approval_id, waiting = _prepare(app, repo, 2 * (n + 1))
         finally:
             app.close()
         env = _env(url, where, templates)
+        daemons.append(start_daemon(env))
         listed = commands(run_id, approval_id)
         if plans:  # the definitions and --version do not depend on the database
             listed = [c for c in listed if c[0] in _DATABASE_COMMANDS]
@@ -131,9 +175,14 @@ def run(report: Report, databases: Sequence[tuple[str, str]], root: Path, n: int
         for name, argv in floors:
             timer.run(name, argv, env=plain_env())
         for label, env, listed, waiting in plans:
+            off = {**env, "DEVFLOW_DAEMON": "off"}
             for name, args in listed:
-                timer.run(f"{name} ({label})", [devflow, *args], env=env)
-            timer.run(f"decide ({label})", [devflow, "approve", waiting[round_], "--no-drive"],
+                timer.run(f"{name} ({label})", [devflow, *args], env=off)
+                timer.run(f"{name} ({label}, daemon)", [devflow, *args], env=env)
+            timer.run(f"decide ({label})", [devflow, "approve", waiting[2 * round_],
+                                            "--no-drive"], env=off)
+            timer.run(f"decide ({label}, daemon)", [devflow, "approve",
+                                                    waiting[2 * round_ + 1], "--no-drive"],
                       env=env)
         if round_ == 0:
             for samples in (*timer.wall.values(), *timer.cpu.values()):
@@ -155,6 +204,12 @@ def run(report: Report, databases: Sequence[tuple[str, str]], root: Path, n: int
                               note=f"{ratio:.2f}x the import sqlalchemy floor; "
                                    f"{Stat.of(timer.cpu[key]).median:.0f} ms CPU"
                                    + ("; approve --no-drive" if name == "decide" else "")))
+            through = f"{name} ({label}, daemon)"
+            served = Stat.of(timer.wall[through])
+            report.add(Figure("cli", through, "ms", served,
+                              note=f"through devflow daemon: {served.median / stat.median:.2f}x "
+                                   f"in process; {Stat.of(timer.cpu[through]).median:.0f} ms "
+                                   "CPU (the client's; the daemon's child not counted)"))
 
 
 _DATABASE_COMMANDS = {"run status", "run list", "events", "approvals list", "approvals show",

@@ -10,7 +10,9 @@ Whole wall is the two commands' wall time (the person's wait between them exclud
 the agents' wall is what the run's invocations recorded (from spawn to exit);
 devflow's share is the difference. The split comes from the same commands run under
 ``traced.py`` (alternating with the plain ones), which counts wall time by what the
-command was doing.
+command was doing. With ``devflow daemon`` running on the workload's home, the same
+workload also runs through it (the console script hands both commands to it), alternating
+with the others: the "with the daemon" figures.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cli import plain_env
+from cli import daemon_served, plain_env, start_daemon, stop_daemon
 from common import Figure, Report, Stat, synthetic_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -110,13 +112,23 @@ def run(report: Report, root: Path, n: int) -> None:
                       *[f"--bind={role}={ref}" for role, ref in binds.items()]]
         plain: list[dict[str, float]] = []
         traced: list[dict[str, float]] = []
-        for i in range(n + 1):  # the first pair warms the disk cache and devflow's caches
-            for tracing in (False, True):
-                figures = _workload(env, start_args, root / "traces" / f"{i}", tracing)
-                if i:
-                    (traced if tracing else plain).append(figures)
+        served: list[dict[str, float]] = []
+        off = {**env, "DEVFLOW_DAEMON": "off"}
+        start_daemon(env)
+        try:
+            for i in range(n + 1):  # the first round warms the disk cache and devflow's caches
+                for kind in ("plain", "traced", "daemon"):
+                    figures = _workload(env if kind == "daemon" else off, start_args,
+                                        root / "traces" / f"{i}", kind == "traced")
+                    if i:
+                        {"plain": plain, "traced": traced, "daemon": served}[kind].append(
+                            figures)
+            if daemon_served(env) != 2 * (n + 1):
+                raise RuntimeError("the daemon refused commands: see run/daemon.log")
+        finally:
+            stop_daemon(env)
         assert fake.outside == [], fake.outside
-    _report(report, plain, traced)
+    _report(report, plain, traced, served)
 
 
 def _command(env: dict[str, str], args: list[str], trace: Path | None) -> tuple[float, Any]:
@@ -183,8 +195,8 @@ def _split(trace: dict[str, Any], ended: float, wall: float,
         figures[part] = figures.get(part, 0.0) + spent.get(part, finer.get(part, 0.0))
 
 
-def _report(report: Report, plain: list[dict[str, float]],
-            traced: list[dict[str, float]]) -> None:
+def _report(report: Report, plain: list[dict[str, float]], traced: list[dict[str, float]],
+            served: list[dict[str, float]]) -> None:
     def stat(rows: list[dict[str, float]], key: str) -> Stat:
         return Stat.of([r[key] for r in rows])
 
@@ -199,6 +211,14 @@ def _report(report: Report, plain: list[dict[str, float]],
     share = stat(plain, "devflow")
     report.add(Figure("gated", "devflow's share (whole - agents)", "ms", share,
                       target=f"<= {TARGET_MS:.0f}", ok=share.median <= TARGET_MS))
+    daemon = stat(served, "devflow")
+    report.add(Figure("gated", "with devflow daemon: whole wall", "ms", stat(served, "whole"),
+                      note="the same workload, both commands through a running daemon"))
+    report.add(Figure("gated", "with devflow daemon: agents' wall", "ms",
+                      stat(served, "agents")))
+    report.add(Figure("gated", "with devflow daemon: devflow's share", "ms", daemon,
+                      target=f"<= {TARGET_MS:.0f}", ok=daemon.median <= TARGET_MS,
+                      note=f"{daemon.median / share.median:.2f}x without it"))
     report.add(Figure("gated", "traced: devflow's share", "ms", stat(traced, "devflow"),
                       note="the same workload under traced.py (its wrappers cost a little); "
                            "split below"))

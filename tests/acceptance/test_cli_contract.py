@@ -68,7 +68,7 @@ def _command_of(args: tuple[str, ...]) -> str:
     words = [a for a in args if not a.startswith("-")]
     if words and words[0] in ("run", "approvals", "templates", "personas", "schemas", "db",
                               "backends", "workers", "worktree", "triggers",
-                              "tokens"):
+                              "tokens", "daemon"):
         return " ".join(words[:2])
     return words[0] if words else ""
 
@@ -259,6 +259,12 @@ def test_every_command_exits_by_the_rule(app: App, forked: ForkedCli, repo: Path
     case(2, "tokens", "list", "--bogus")
     case(0, "tokens", "revoke", made["id"], "--json")
     case(4, "tokens", "revoke", "nosuchtokn", "--json")
+    case(0, "daemon", "status", "--json")
+    case(2, "daemon", "status", "--bogus")
+    case(0, "daemon", "start", "--idle", "10m", "--json")
+    case(2, "daemon", "start", "--idle", "soon", "--json")
+    case(0, "daemon", "stop", "--json")
+    case(2, "daemon", "stop", "--bogus")
     case(0, "worktree", "prune", "--dry-run")
     case(0, "worktree", "prune", "--json")
     case(2, "worktree", "prune", "--older-than", "soon", "--json")

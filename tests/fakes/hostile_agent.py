@@ -101,6 +101,26 @@ def connect_database():
         return {"connect": f"error: {type(exc).__name__}: {exc}"}
 
 
+def daemon_socket():
+    """Reach devflow's daemon, which runs commands for whoever connects: its socket where
+    the test says it is (and through its directory), and its directory's listing."""
+    found = {}
+    for name, path in (("socket", TARGETS["socket"]),
+                       ("by_dir", os.path.join(TARGETS["run_dir"], "daemon.sock"))):
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(5)
+                sock.connect(path)
+                found[name] = "connected"
+        except OSError as exc:
+            found[name] = f"error: {type(exc).__name__}: {exc.strerror}"
+    try:
+        found["listing"] = sorted(os.listdir(TARGETS["run_dir"]))
+    except OSError as exc:
+        found["listing"] = f"error: {type(exc).__name__}: {exc.strerror}"
+    return found
+
+
 def _daemon_alive(pid):
     try:
         os.kill(pid, 0)
@@ -175,6 +195,7 @@ def other_run():
 
 ESCAPES = {f.__name__: f for f in (
     parent_environ, list_processes, open_database, database_url, approve, connect_database,
+    daemon_socket,
     setsid_daemon, nohup_daemon, double_fork, common_git_dir, dot_git, outside_worktree,
     other_run)}
 

@@ -31,6 +31,7 @@ from devflow.backends import samples
 from devflow.requests import StartRequest
 from devflow.settings import Settings
 from devflow.states import RunState
+from tests.acceptance.daemon_support import running
 from tests.conftest import ROOT, make_repo
 from tests.fakes import hostile_agent
 from tests.integration.helpers import development, write_template
@@ -260,6 +261,27 @@ def test_hostile_agent_running_devflow_approve_decides_nothing(world: World,
     world.assert_unchanged(view)
     _record(world, tmp_path, "devflow approve --as alice",
             "refused: run_not_found (devflow ran, but no database of devflow's is in sight)")
+
+
+def test_hostile_agent_cannot_reach_the_daemon(world: World, tmp_path: Path) -> None:
+    """A running ``devflow daemon`` forks commands for whoever connects to its socket: in
+    its sandbox, the agent finds no socket (devflow's home is hidden), and the daemon saw
+    no connection of its."""
+    run_dir = world.settings.home / "run"
+    with running(world.settings) as daemon:
+        served = daemon.served()
+        view, said = _run(world, "daemon_socket", {"socket": str(run_dir / "daemon.sock"),
+                                                   "run_dir": str(run_dir)})
+        assert said["socket"].startswith("error: FileNotFoundError"), said
+        assert said["by_dir"].startswith("error: FileNotFoundError"), said
+        assert said["listing"] in ([], "error: FileNotFoundError: No such file or directory"), \
+            said
+        status = daemon.status()
+        assert status is not None and status["served"] == served and status["refused"] == 0
+        assert "refused" not in daemon.log() and "dropped" not in daemon.log()
+    world.assert_unchanged(view)
+    _record(world, tmp_path, "connect to devflow daemon's socket",
+            "not visible: devflow's home (and its run/daemon.sock) is hidden in the sandbox")
 
 
 def test_hostile_agent_without_network_cannot_reach_the_database(world: World,

@@ -1,0 +1,132 @@
+"""The ``devflow`` console script: hands the command to its home's daemon when one runs
+(``devflow daemon start``), else runs it here, as ``devflow.cli.main`` always did.
+
+Only the standard library's basics are imported before the choice (no click, no
+settings): a home without a daemon costs one failed ``open`` of its run directory.
+Handed over, the command is the same command: the daemon's child gets this process's
+argv, environment, working directory, umask and its stdin, stdout and stderr themselves;
+this process forwards the signals it gets (Ctrl-C, SIGTERM, SIGHUP, ..., Ctrl-Z) and ends as
+the child ended: its exit code, or killed by the same signal. Refused (another
+interpreter, another home, devflow's code changed), or with ``DEVFLOW_DAEMON=off``, the
+command runs here. ``python -m devflow.cli.main`` always runs in process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+TYPE_CHECKING = False  # typing is not imported: this module runs before every command
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
+
+OFF = ("off", "0", "no", "false")
+
+
+def main() -> None:
+    if os.environ.get("DEVFLOW_DAEMON", "").strip().lower() not in OFF and \
+            sys.argv[1:2] != ["daemon"]:  # `devflow daemon ...` speaks to it from outside
+        _through_daemon()  # returns only when no daemon took the command
+    from devflow.cli.main import main as in_process
+    in_process()
+
+
+def _through_daemon() -> None:
+    from devflow.daemon import stamp, wire
+    try:
+        cwd = os.getcwd()
+        for fd in (0, 1, 2):
+            os.fstat(fd)
+    except OSError:
+        return  # no working directory, or a standard stream closed: in process
+    sock = wire.connect(wire.home_for(os.environ, cwd))
+    if sock is None:
+        return
+    umask = os.umask(0o022)
+    os.umask(umask)
+    request = {"version": wire.VERSION, "op": "run", "argv": sys.argv, "env": dict(os.environ),
+               "cwd": cwd, "umask": umask, "stdio": _stdio(),
+               "interpreter": stamp.interpreter(sys.path[1:])}
+    channel = wire.Channel(sock)
+    early: list[int] = []  # signals before the daemon's answer: passed on once it is known
+    before = _catch(lambda signum, frame: early.append(signum), wire)
+    try:
+        wire.send(sock, request, fds=(0, 1, 2))
+        answer = channel.read()
+    except (OSError, ValueError):
+        answer = None
+    if answer is None or "started" not in answer:
+        sock.close()
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+        for signum in early:  # as if they came now, to the command run here
+            os.kill(os.getpid(), signum)
+        return
+    forward = _forward(sock, wire)
+    for signum in early:
+        forward(signum, None)
+    try:
+        answer = channel.read()
+        while answer is not None and "exit" not in answer:
+            answer = channel.read()
+    except (OSError, ValueError):
+        answer = None
+    if answer is None:
+        os.write(2, b"devflow: the daemon ended during the command, whose end is unknown; "
+                    b"see its log in $DEVFLOW_HOME/run/daemon.log\n")
+        os._exit(1)
+    _end_as(int(answer["exit"]))
+
+
+def _stdio() -> list[dict[str, Any]]:
+    """How this interpreter made its standard streams: the child makes them the same."""
+    return [{"encoding": s.encoding, "errors": s.errors, "line_buffering": s.line_buffering,
+             "write_through": getattr(s, "write_through", False)}
+            for s in (sys.stdin, sys.stdout, sys.stderr)]
+
+
+def _catch(handler: Any, wire: Any) -> dict[int, Any]:
+    """``handler`` for the signals passed on to a command (not those this process ignores,
+    as a command started with them ignored would ignore them too); the handlers before."""
+    before = {}
+    for signum in (*wire.FORWARDED, signal.SIGTSTP):
+        current = signal.getsignal(signum)
+        if current != signal.SIG_IGN:
+            before[signum] = current
+            signal.signal(signum, handler)
+    return before
+
+
+def _forward(sock: Any, wire: Any) -> Any:
+    """Pass the signals this process gets on to the command. Suspended (Ctrl-Z), it stops
+    the command, then itself; continued, it continues the command."""
+    def send(signum: int) -> None:
+        with contextlib.suppress(OSError):
+            wire.send(sock, {"signal": signum})
+
+    def forward(signum: int, frame: object) -> None:
+        if signum != signal.SIGTSTP:
+            send(signum)
+            return
+        send(signal.SIGSTOP)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until continued
+        signal.signal(signal.SIGTSTP, forward)
+        send(signal.SIGCONT)
+
+    _catch(forward, wire)
+    return forward
+
+
+def _end_as(status: int) -> NoReturn:
+    """Exit as the child did: its code, or the signal that ended it (which a shell shows
+    as 128 + its number)."""
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)  # a signal that does not end a process by default
+    os._exit(os.waitstatus_to_exitcode(status))
