@@ -4,6 +4,7 @@ generated from it (devflow/events.py)."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,10 @@ CONSTANTS = {name for name, value in vars(events).items()
              if isinstance(value, events.EventType)}
 
 
+@functools.cache
 def _trees() -> list[tuple[Path, ast.Module]]:
+    """devflow's modules parsed, once for the three tests that read them (nothing
+    changes them: ``ast.walk`` only reads)."""
     return [(path, ast.parse(path.read_text(encoding="utf-8"), str(path)))
             for path in sorted(PACKAGE.rglob("*.py")) if path != REGISTRY]
 
