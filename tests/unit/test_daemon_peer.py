@@ -26,9 +26,10 @@ def _process(argv: list[str]) -> Iterator[int]:
         assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
         yield proc.pid
     finally:
-        assert proc.stdin is not None
+        assert proc.stdin is not None and proc.stdout is not None
         proc.stdin.close()
         proc.wait(30)
+        proc.stdout.close()
 
 
 def test_a_process_confined_as_this_one_is_served() -> None:
