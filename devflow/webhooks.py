@@ -21,6 +21,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from devflow import events
+from devflow.durations import parse_duration
 from devflow.errors import Code, DevflowError
 
 #: the events a webhook may subscribe to (all of them by default)
@@ -30,6 +31,9 @@ EVENTS: Final = tuple(e.name for e in (
 MAX_ATTEMPTS: Final = 8
 FIRST_DELAY: Final = 2.0
 MAX_DELAY: Final = 3600.0
+#: how long a try waits for the endpoint's answer, unless the endpoint says (``timeout``)
+TIMEOUT: Final = 10.0
+TIMEOUT_RANGE: Final = (1.0, 300.0)
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,14 @@ class Endpoint:
     url: str
     secrets: tuple[str, ...]
     events: tuple[str, ...] = EVENTS
+    timeout: float = TIMEOUT
+
+    @property
+    def claim(self) -> float:
+        """How long a server holds the message it took to send: a try ends within
+        ``timeout``; another server leaves the message alone meanwhile, and one that
+        died while sending has it sent again once this has passed."""
+        return 3 * self.timeout
 
     @property
     def key(self) -> str:
@@ -57,7 +69,8 @@ def redact_url(url: str) -> str:
 
 
 def endpoints(config: Any) -> tuple[Endpoint, ...]:
-    """``webhooks:`` of config.yaml, checked: a list of {url, secret | secrets, events}."""
+    """``webhooks:`` of config.yaml, checked: a list of {url, secret | secrets, events,
+    timeout}."""
     if config is None:
         return ()
     if not isinstance(config, list):
@@ -80,17 +93,30 @@ def endpoints(config: Any) -> tuple[Endpoint, ...]:
         unknown = [e for e in events if e not in EVENTS]
         if unknown:
             raise _bad(f"webhook {redact_url(url)}: unknown events {', '.join(map(str, unknown))}")
-        extra = set(item) - {"url", "secret", "secrets", "events"}
+        extra = set(item) - {"url", "secret", "secrets", "events", "timeout"}
         if extra:
             raise _bad(f"webhook {redact_url(url)}: unknown keys {', '.join(sorted(extra))}")
-        found.append(Endpoint(url, tuple(secrets), tuple(events)))
+        timeout = _timeout(item.get("timeout", TIMEOUT), url)
+        found.append(Endpoint(url, tuple(secrets), tuple(events), timeout))
     return tuple(found)
+
+
+def _timeout(value: Any, url: str) -> float:
+    low, high = TIMEOUT_RANGE
+    try:
+        seconds = parse_duration(value, field="timeout")
+    except DevflowError:
+        seconds = -1.0
+    if not low <= seconds <= high:
+        raise _bad(f"webhook {redact_url(url)}: timeout must be a duration from "
+                   f"{low:g}s to {high / 60:g}m, got {value!r}")
+    return seconds
 
 
 def _bad(message: str) -> DevflowError:
     return DevflowError(Code.CONFIG_INVALID, message,
                         hint="webhooks: [{url: https://..., secret: whsec_<base64>, "
-                             "events: [approval.requested, run.completed]}]")
+                             "events: [approval.requested, run.completed], timeout: 10s}]")
 
 
 def key_bytes(secret: str) -> bytes:

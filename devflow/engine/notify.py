@@ -27,12 +27,6 @@ from devflow.store import Due
 
 log = logs.get_logger("devflow.webhooks")
 
-TIMEOUT = 10.0
-#: how long a server holds the message it took to send (a try ends within TIMEOUT):
-#: another server sending for the same endpoint leaves it alone meanwhile, and a server
-#: that died while sending has it sent again once this has passed
-CLAIM = TIMEOUT + 20.0
-
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """A 3xx is the endpoint's answer, not a place to send the message again: urllib
@@ -75,7 +69,8 @@ async def _serve(ctx: Context, endpoint: webhooks.Endpoint, base_url: str, stop:
     while not stop.is_set():
         try:
             while not stop.is_set():  # one message at a time, each claimed while sent
-                due = await ctx.call(ctx.store.outbox.due, endpoint.key, 1, CLAIM)
+                due = await ctx.call(ctx.store.outbox.due, endpoint.key, 1,
+                                          endpoint.claim)
                 if not due or not await _send(ctx, endpoint, base_url, due[0]):
                     break  # none due, or to be tried again later (those after it wait)
         except Exception as exc:  # noqa: BLE001 - as above: try again at the next look
@@ -118,7 +113,7 @@ def _post(endpoint: webhooks.Endpoint, message_id: str, body: bytes,
         "webhook-id": message_id, "webhook-timestamp": str(timestamp),
         "webhook-signature": webhooks.sign(endpoint.secrets, message_id, timestamp, body)})
     try:
-        with _OPENER.open(request, timeout=TIMEOUT) as response:
+        with _OPENER.open(request, timeout=endpoint.timeout) as response:
             status = int(response.status)
             return (status, None) if status < 300 else (status, f"HTTP {status}")
     except urllib.error.HTTPError as exc:

@@ -102,9 +102,10 @@ def receiver() -> Iterator[Receiver]:
     running.stop()
 
 
-def configure(home: Path, receiver: Receiver, *paths: str) -> None:
+def configure(home: Path, receiver: Receiver, *paths: str, timeout: str = "10s") -> None:
     hooks = [{"url": receiver.url(path),
-              "secrets": [OLD_SECRET, NEW_SECRET] if path == "/ok" else [NEW_SECRET]}
+              "secrets": [OLD_SECRET, NEW_SECRET] if path == "/ok" else [NEW_SECRET],
+              "timeout": timeout}
              for path in paths]
     (home / "config.yaml").write_text(yaml.safe_dump({"webhooks": hooks}), encoding="utf-8")
 
@@ -170,7 +171,7 @@ def test_each_event_is_sent_once_signed_retried_and_a_gone_endpoint_disabled(
 
 def test_a_message_committed_but_not_sent_when_the_server_died_is_sent_after_restart(
         app: App, settings: Settings, home: Path, repo: Path, receiver: Receiver) -> None:
-    configure(home, receiver, "/ok")
+    configure(home, receiver, "/ok", timeout="1s")  # a dead sender's claim lasts 3 s
     marker = home / "crashed"
     doomed = Served(settings, home, ("--workers", "1", "--poll", "0.2"),
                     env={"DEVFLOW_CRASH_AT": "webhook_sending",

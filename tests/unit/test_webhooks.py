@@ -35,6 +35,10 @@ def test_a_signature_is_the_hmac_of_id_timestamp_and_body_per_secret() -> None:
     {"url": "https://example.org/x", "secret": SECRET, "events": ["run.created"]},
     {"url": "https://example.org/x", "secret": SECRET, "retries": 3},
     {"url": "https://example.org/x", "secrets": [SECRET, SECRET, SECRET]},
+    {"url": "https://example.org/x", "secret": SECRET, "timeout": "0.5s"},
+    {"url": "https://example.org/x", "secret": SECRET, "timeout": "1h"},
+    {"url": "https://example.org/x", "secret": SECRET, "timeout": "soon"},
+    {"url": "https://example.org/x", "secret": SECRET, "timeout": True},
 ])
 def test_a_bad_webhook_is_refused_as_configuration_without_its_url_s_secrets(
         config: dict[str, object]) -> None:
@@ -42,6 +46,14 @@ def test_a_bad_webhook_is_refused_as_configuration_without_its_url_s_secrets(
         webhooks.endpoints([{**config, "url": str(config["url"]) + "?token=abc"}])
     assert refused.value.code == "config_invalid"
     assert "abc" not in refused.value.message
+
+
+def test_a_try_waits_the_endpoints_timeout_and_a_send_is_held_three_times_that() -> None:
+    default, slow = webhooks.endpoints([
+        {"url": "https://example.org/a", "secret": SECRET},
+        {"url": "https://example.org/b", "secret": SECRET, "timeout": "1m"}])
+    assert (default.timeout, default.claim) == (10.0, 30.0)
+    assert (slow.timeout, slow.claim) == (60.0, 180.0)
 
 
 def test_retries_back_off_exponentially_with_jitter_up_to_a_ceiling() -> None:
