@@ -128,6 +128,8 @@ class Server:
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         while self.children or not self.stopping:
             self._check_home()
+            if self.stopping and not self.children:
+                break
             self._expire()
             self._resume()
             if not self.children and not self.pending and not self.stopping \

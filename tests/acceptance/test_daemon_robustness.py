@@ -75,6 +75,13 @@ def _holds(pid: int, fd: int) -> bool:
     return False
 
 
+def _ended(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _pipe() -> tuple[int, int]:
     read, write = os.pipe()
     os.set_blocking(read, False)
@@ -279,5 +286,21 @@ def test_a_long_idle_timeout_is_kept(settings: Settings) -> None:
         assert status is not None and status["idle_timeout"] == 30 * 86400
         daemon.run("run", "list", check=0)
         assert daemon.served() == 1
+    finally:
+        daemon.stop()
+
+
+@SQLITE_ONLY
+def test_a_moved_home_stops_its_daemon(settings: Settings, tmp_path: Path) -> None:
+    daemon = start_daemon(env_for(settings))
+    moved = tmp_path / "moved-home"
+    try:
+        os.rename(settings.home, moved)
+        try:
+            assert _status(moved) is None  # a wake-up: a connection through the moved socket
+            wait_until(lambda: _ended(daemon.pid), "the daemon to end")
+            assert "stopping: its run directory" in (moved / "run" / "daemon.log").read_text()
+        finally:
+            os.rename(moved, settings.home)
     finally:
         daemon.stop()
