@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 OFF = ("off", "0", "no", "false")
+#: how long a client waits for the daemon to accept and start its command before running
+#: it here (the daemon reads a request within 5 s, then forks at once)
+ANSWER_TIMEOUT = 10.0
 
 
 def main() -> None:
@@ -41,7 +44,9 @@ def _through_daemon() -> None:
             os.fstat(fd)
     except OSError:
         return  # no working directory, or a standard stream closed: in process
-    sock = wire.connect(wire.home_for(os.environ, cwd))
+    import time
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    sock = _connect(wire, cwd)
     if sock is None:
         return
     umask = os.umask(0o022)
@@ -50,13 +55,18 @@ def _through_daemon() -> None:
                "cwd": cwd, "umask": umask, "stdio": _stdio(),
                "interpreter": stamp.interpreter(sys.path[1:])}
     channel = wire.Channel(sock)
-    early: list[int] = []  # signals before the daemon's answer: passed on once it is known
-    before = _catch(lambda signum, frame: early.append(signum), wire)
-    try:
-        wire.send(sock, request, fds=(0, 1, 2))
-        answer = channel.read()
-    except (OSError, ValueError):
-        answer = None
+    early: list[int] = []  # Ctrl-Z before the daemon's answer: passed on once it is known
+
+    def waiting(signum: int, frame: object) -> None:
+        if signum == signal.SIGTSTP:
+            early.append(signum)
+            return
+        # a signal that ends a process: this one ends now, by it (its connection closed,
+        # the daemon drops its request, or SIGTERMs the command it just forked)
+        _die_by(signum)
+
+    before = _catch(waiting, wire)
+    answer = _first_answer(wire, channel, request, deadline)
     if answer is None or "started" not in answer:
         sock.close()
         for signum, handler in before.items():
@@ -64,6 +74,7 @@ def _through_daemon() -> None:
         for signum in early:  # as if they came now, to the command run here
             os.kill(os.getpid(), signum)
         return
+    sock.settimeout(None)  # the command takes as long as it takes
     forward = _forward(sock, wire)
     for signum in early:
         forward(signum, None)
@@ -78,6 +89,28 @@ def _through_daemon() -> None:
                     b"see its log in $DEVFLOW_HOME/run/daemon.log\n")
         os._exit(1)
     _end_as(int(answer["exit"]))
+
+
+def _first_answer(wire: Any, channel: Any, request: dict[str, Any],
+                  deadline: float) -> dict[str, Any] | None:
+    """The daemon's answer to the request: started, or refused; None when it did not
+    answer by ``deadline`` (said on stderr) or the connection failed."""
+    try:
+        wire.send(channel.sock, request, fds=(0, 1, 2))
+        return channel.read(deadline=deadline)  # type: ignore[no-any-return]
+    except TimeoutError:
+        os.write(2, b"devflow: the daemon did not answer in time; running the command here\n")
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _connect(wire: Any, cwd: str) -> Any:
+    try:
+        home = wire.home_for(os.environ, cwd)
+    except ValueError:  # a NUL in DEVFLOW_HOME: the command says so itself
+        return None
+    return wire.connect(home, timeout=ANSWER_TIMEOUT)
 
 
 def _stdio() -> list[dict[str, Any]]:
@@ -124,9 +157,17 @@ def _end_as(status: int) -> NoReturn:
     """Exit as the child did: its code, or the signal that ended it (which a shell shows
     as 128 + its number)."""
     if os.WIFSIGNALED(status):
-        signum = os.WTERMSIG(status)
-        signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
-        os.kill(os.getpid(), signum)
-        os._exit(128 + signum)  # a signal that does not end a process by default
+        _die_by(os.WTERMSIG(status))
     os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _die_by(signum: int) -> NoReturn:
+    """End this process by ``signum`` (its default action), or exit 128 + its number for
+    a signal whose default does not end a process."""
+    if signum != signal.SIGKILL:  # which has no handler to reset, and is never blocked
+        with contextlib.suppress(OSError, ValueError):
+            signal.signal(signum, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
+    with contextlib.suppress(OSError):
+        os.kill(os.getpid(), signum)
+    os._exit(128 + signum)

@@ -5,8 +5,9 @@ The client's stdin, stdout and stderr (the descriptors themselves: a terminal st
 terminal, a pipe a pipe), its environment (and through it the time zone and the
 locale), its working directory, umask and argv; Python's standard streams made again as
 the client's interpreter made them (encoding, errors, line buffering); the signal
-dispositions a fresh interpreter has. The server's own descriptors are closed before
-this runs (``server``).
+dispositions and the empty signal mask a fresh interpreter has (whatever the client's
+were: a signal its shell made it ignore is not ignored here). The server's own
+descriptors are closed before this runs (``server``).
 """
 
 from __future__ import annotations
@@ -18,13 +19,22 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any, TextIO
 
-#: a fresh interpreter's dispositions for what the server handles itself
-_FRESH = ((signal.SIGCHLD, signal.SIG_DFL), (signal.SIGTERM, signal.SIG_DFL),
-          (signal.SIGHUP, signal.SIG_DFL), (signal.SIGINT, signal.default_int_handler),
-          (signal.SIGPIPE, signal.SIG_IGN))
+from devflow.daemon import wire
+
+#: a fresh interpreter's dispositions: the default for what the server handles or a
+#: command is sent, Python's own for SIGINT, SIGPIPE and SIGXFSZ (ignored, so that a
+#: write fails with an error instead of killing the process)
+_FRESH: tuple[tuple[int, Callable[[int, FrameType | None], Any] | int], ...] = (
+    *((signum, signal.SIG_DFL) for signum in (
+        *wire.PASSED_ON, signal.SIGCHLD, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+      if signum not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGINT)),
+    (signal.SIGINT, signal.default_int_handler), (signal.SIGPIPE, signal.SIG_IGN),
+    (signal.SIGXFSZ, signal.SIG_IGN),
+)
 
 
 def become(request: dict[str, Any], fds: Sequence[int]) -> None:
@@ -47,6 +57,9 @@ def become(request: dict[str, Any], fds: Sequence[int]) -> None:
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = streams  # type: ignore[misc,assignment]
     sys.argv = list(request["argv"])
     os.chdir(request["cwd"])
+    # the server forked with the signals a command is sent blocked: they come now, to
+    # the handlers just set (an interpreter starts with no signal blocked)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
 def _stream(fd: int, mode: str, how: dict[str, Any]) -> TextIO:

@@ -74,6 +74,12 @@ def start(home: str, idle: float) -> tuple[bool, dict[str, Any]]:
         raise DevflowError(Code.DAEMON_FAILED, f"the daemon did not start: {said or 'no word'}",
                            hint=f"see {wire.run_dir(home)}/{wire.LOG}")
     status = ask(home, "status")
+    # "running": another start took the lock first and may not listen yet (it imports
+    # devflow before it binds its socket): wait for it
+    deadline = time.monotonic() + _START_TIMEOUT
+    while status is None and word == "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = ask(home, "status")
     if status is None:
         raise DevflowError(Code.DAEMON_FAILED, "the daemon started but does not answer",
                            hint=f"see {wire.run_dir(home)}/{wire.LOG}")

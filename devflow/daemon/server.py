@@ -18,9 +18,16 @@ goes away without its answer, and the kernel sends it when the daemon dies
 tells each client how its child ended (the raw wait status: an exit code, or the signal
 that killed it).
 
-It stops on ``stop``, SIGTERM or SIGINT, after ``idle`` seconds without a command, or when
-devflow's code changed: it stops listening (the socket removed, its lock released, so a
-new daemon may start), lets the commands under way end, and exits.
+A request is read through the loop's selector, with ``REQUEST_TIMEOUT`` for it whole: a
+slow or silent client delays only itself. An unexpected error while handling one client
+drops that client, never the daemon. Descriptors a client sent are closed unless handed
+to its child (more than three refuse the request at once).
+
+It stops on ``stop``, SIGTERM or SIGINT, after ``idle`` seconds without a command, when
+devflow's code changed (the request that found it is refused), or when its run directory
+was removed or moved or its socket replaced (checked at each wake-up): it stops
+listening (the socket removed, its lock released, so a new daemon may start), lets the
+commands under way end, and exits.
 """
 
 from __future__ import annotations
@@ -40,7 +47,15 @@ from typing import Any, Final
 
 from devflow.daemon import stamp, wire
 
-_READ_TIMEOUT: Final = 10.0
+#: the longest a client may take to send its request, in all (then it is dropped): the
+#: loop waits for no one, a slow client only delays itself
+REQUEST_TIMEOUT: Final = 5.0
+_WRITE_TIMEOUT: Final = 10.0
+#: the longest one wait of the loop: select's timeout has a ceiling, and each wake-up
+#: checks the home is still there
+_LONGEST_WAIT: Final = 86400.0
+#: how long the loop stops accepting when out of descriptors (instead of spinning)
+_ACCEPT_PAUSE: Final = 0.5
 _PR_SET_PDEATHSIG: Final = 1
 
 
@@ -50,6 +65,15 @@ class Child:
     conn: socket.socket | None
     channel: wire.Channel | None
     argv: list[str]
+
+
+@dataclass
+class Pending:
+    """A connection whose request is coming in (read through the selector)."""
+
+    conn: socket.socket | None
+    channel: wire.Channel
+    deadline: float
 
 
 @dataclass
@@ -75,6 +99,8 @@ class Server:
     stopping: str = ""
     last_refusal: str = ""
     children: dict[int, Child] = field(default_factory=dict)
+    pending: list[Pending] = field(default_factory=list)
+    _paused_until: float = 0.0
     _last: float = 0.0
     _pid: int = 0
     _inode: int = 0
@@ -101,26 +127,79 @@ class Server:
         self._selector.register(self.listener, selectors.EVENT_READ, None)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         while self.children or not self.stopping:
-            timeout = None
-            if not self.children and not self.stopping:
-                timeout = self._last + self.idle - time.monotonic()
-                if timeout <= 0:
-                    self.stop("idle")
-                    continue
+            self._check_home()
+            if self.stopping and not self.children:
+                break
+            self._expire()
+            self._resume()
+            if not self.children and not self.pending and not self.stopping \
+                    and time.monotonic() >= self._last + self.idle:
+                self.stop("idle")
+                continue
+            timeout = self._timeout()
             for key, _ in self._selector.select(timeout):
-                if key.fileobj is self.listener:
-                    request = self._accept()
-                    if request is not None:
-                        return request
-                elif key.fileobj == self._wake_r:
-                    with contextlib.suppress(BlockingIOError):
-                        while os.read(self._wake_r, 512):
-                            pass
-                    self._reap()
-                else:
-                    self._from_client(key.data)
+                try:
+                    request = self._event(key)
+                except Exception as exc:  # noqa: BLE001 - one client's, never the daemon's
+                    if os.getpid() != self._pid:
+                        os._exit(70)  # a child failing before its command: never a server
+                    log(f"dropped a client on an unexpected {type(exc).__name__}: {exc}")
+                    self._drop(key.data)
+                    continue
+                if request is not None:
+                    return request
         log(f"stopped ({self.stopping}); {self.served} commands served")
         return None
+
+    def _event(self, key: selectors.SelectorKey) -> Request | None:
+        if key.fileobj is self.listener:
+            self._accept()
+        elif key.fileobj == self._wake_r:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wake_r, 512):
+                    pass
+            self._reap()
+        elif isinstance(key.data, Pending):
+            return self._from_pending(key.data)
+        elif isinstance(key.data, Child):
+            self._from_client(key.data)
+        return None
+
+    def _drop(self, data: object) -> None:
+        """Forget a client whose event failed: its request, or its command's connection
+        (the command gets SIGTERM, as when its client goes away)."""
+        if isinstance(data, Pending):
+            self._forget(data)
+        elif isinstance(data, Child):
+            self._client_gone(data)
+
+    def _timeout(self) -> float:
+        """The loop's next wait: until the idle timeout, the next request's deadline or
+        the listener's pause, never longer than a day."""
+        now = time.monotonic()
+        ends = [pending.deadline for pending in self.pending]
+        if not self.children and not self.stopping:
+            ends.append(self._last + self.idle)
+        if self._paused_until:
+            ends.append(self._paused_until)
+        return min([end - now for end in ends] + [_LONGEST_WAIT])
+
+    def _check_home(self) -> None:
+        """Stop when the home's run directory was removed or moved, or the socket
+        replaced: no client can reach this daemon any more."""
+        if self.stopping:
+            return
+        try:
+            here = os.fstat(self.dirfd)
+            there = os.stat(wire.run_dir(self.home))
+            listening = os.stat(wire.SOCKET, dir_fd=self.dirfd).st_ino
+        except OSError:
+            self.stop("its run directory or socket is gone")
+            return
+        if here.st_nlink == 0 or (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+            self.stop("its run directory was removed or moved")
+        elif listening != self._inode:
+            self.stop("its socket was replaced")
 
     def _signalled(self, signum: int, frame: object) -> None:
         if os.getpid() != self._pid:  # a child, before it left the server's handlers
@@ -137,41 +216,111 @@ class Server:
         with contextlib.suppress(OSError):
             if os.stat(wire.SOCKET, dir_fd=self.dirfd).st_ino == self._inode:
                 os.unlink(wire.SOCKET, dir_fd=self.dirfd)
-        with contextlib.suppress(KeyError, ValueError):
-            self._selector.unregister(self.listener)
+        if not self._paused_until:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(self.listener)
+        self._paused_until = 0.0
         self.listener.close()
+        for pending in list(self.pending):
+            self._forget(pending)
         os.close(self.lockfd)  # a new daemon may start now
         self.lockfd = -1
 
     # -- requests ---------------------------------------------------------------------
-    def _accept(self) -> Request | None:
+    def _accept(self) -> None:
         try:
             conn, _ = self.listener.accept()
-        except OSError:
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            # out of descriptors (EMFILE, ENFILE, ENOBUFS): the listener stays readable;
+            # wait a little, through the select's timeout, rather than spin on it
+            log(f"cannot accept: {type(exc).__name__}: {exc}; waiting {_ACCEPT_PAUSE:g} s")
+            self._selector.unregister(self.listener)
+            self._paused_until = time.monotonic() + _ACCEPT_PAUSE
+            return
+        if not self._peer_allowed(conn):
+            conn.close()
+            return
+        conn.setblocking(False)
+        pending = Pending(conn, wire.Channel(conn), time.monotonic() + REQUEST_TIMEOUT)
+        self.pending.append(pending)
+        self._selector.register(conn, selectors.EVENT_READ, pending)
+
+    def _resume(self) -> None:
+        """Listen again after a pause for want of descriptors."""
+        if self._paused_until and time.monotonic() >= self._paused_until:
+            self._paused_until = 0.0
+            if not self.stopping:
+                self._selector.register(self.listener, selectors.EVENT_READ, None)
+
+    def _peer_allowed(self, conn: socket.socket) -> bool:
+        """The one place a connection's peer is checked: this account's processes only."""
+        pid, uid, _ = wire.peer(conn)
+        if uid != os.getuid():
+            log(f"refused a connection from uid {uid} (pid {pid}): not this account")
+            return False
+        return True
+
+    def _from_pending(self, pending: Pending) -> Request | None:
+        """Read what came of a request; answer it once whole. The descriptors received
+        are closed unless handed to a child, whatever happens."""
+        conn = pending.conn
+        if conn is None:
             return None
         try:
-            pid, uid, _ = wire.peer(conn)
-            if uid != os.getuid():
-                log(f"refused a connection from uid {uid} (pid {pid}): not this account")
-                conn.close()
+            try:
+                alive = pending.channel.pump(max_fds=3)
+            except BlockingIOError:
                 return None
-            conn.settimeout(_READ_TIMEOUT)
-            channel = wire.Channel(conn)
-            message = channel.read(max_fds=3)
+            message = pending.channel.take()
             if message is None:
-                raise ConnectionError("closed before its request")
-            return self._answer(conn, channel, message)
+                if not alive:
+                    raise ConnectionError("closed before its request")
+                return None
         except (OSError, ValueError) as exc:
+            log(f"dropped a connection: {type(exc).__name__}: {exc}")
+            self._forget(pending)
+            return None
+        self._unwatch(pending)
+        pending.conn = None  # the answer's now: it closes the connection or hands it on
+        try:
+            conn.setblocking(True)
+            conn.settimeout(_WRITE_TIMEOUT)
+            return self._answer(conn, pending.channel, message)
+        except Exception as exc:  # noqa: BLE001 - this client's request, never the daemon
             log(f"dropped a connection: {type(exc).__name__}: {exc}")
             conn.close()
             return None
+        finally:
+            if os.getpid() == self._pid:
+                pending.channel.close_fds()
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for pending in [p for p in self.pending if p.deadline <= now]:
+            log(f"dropped a connection: no whole request within {REQUEST_TIMEOUT:g} s")
+            self._forget(pending)
+
+    def _unwatch(self, pending: Pending) -> None:
+        if pending in self.pending:
+            self.pending.remove(pending)
+        if pending.conn is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(pending.conn)
+
+    def _forget(self, pending: Pending) -> None:
+        self._unwatch(pending)
+        pending.channel.close_fds()
+        if pending.conn is not None:
+            pending.conn.close()
+            pending.conn = None
 
     def _answer(self, conn: socket.socket, channel: wire.Channel,
                 message: dict[str, Any]) -> Request | None:
         op = message.get("op")
         if op in ("status", "stop"):
-            for fd in channel.fds:
-                os.close(fd)
+            channel.close_fds()
             if op == "stop":
                 self.stop(f"asked by pid {wire.peer(conn)[0]}")
             wire.send(conn, {"status": self.status()})
@@ -182,8 +331,7 @@ class Server:
             self.refused += 1
             self.last_refusal = why
             log(f"refused a command: {why}")
-            for fd in channel.fds:
-                os.close(fd)
+            channel.close_fds()
             with contextlib.suppress(OSError):
                 wire.send(conn, {"refused": why})
             conn.close()
@@ -216,17 +364,26 @@ class Server:
               message: dict[str, Any]) -> Request | None:
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
-        pid = os.fork()
+        # the signals a command gets wait until it has a fresh interpreter's handlers
+        # (child.become): one sent right after the fork is not lost in the server's
+        signal.pthread_sigmask(signal.SIG_BLOCK, wire.FORWARDED)
+        try:
+            pid = os.fork()
+        finally:
+            if os.getpid() == self._pid:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, wire.FORWARDED)
         if pid == 0:
-            # the daemon's death is its client's too: the command must not go on unseen
-            self._libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-            if os.getppid() != self._pid:  # the daemon died before prctl took effect
-                os._exit(128 + signal.SIGTERM)
-            self._close_all()
-            conn.close()
-            return Request(message, list(channel.fds))
-        for fd in channel.fds:
-            os.close(fd)
+            try:
+                # the daemon's death is its client's too: the command must not go on unseen
+                self._libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+                if os.getppid() != self._pid:  # the daemon died before prctl took effect
+                    os._exit(128 + signal.SIGTERM)
+                self._close_all()
+                conn.close()
+                return Request(message, list(channel.fds))
+            except BaseException:  # noqa: BLE001 - a child never goes back to serving
+                os._exit(70)
+        channel.close_fds()
         self.served += 1
         self.children[pid] = child = Child(pid, conn, channel, list(message["argv"][1:2]))
         conn.setblocking(False)
@@ -235,12 +392,17 @@ class Server:
             wire.send(conn, {"started": pid})
         except OSError:
             self._client_gone(child)
+            return None
+        try:
+            self._pass_on(child, channel.messages())  # sent with the request, read with it
+        except ValueError:
+            self._client_gone(child)
         return None
 
     def _close_all(self) -> None:
         """In a child: leave the server's signal handling, close its descriptors (each
         through its owner, so that none is closed again later under a number the command
-        reuses)."""
+        reuses), other clients' received descriptors included."""
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_DFL)
@@ -249,31 +411,46 @@ class Server:
         for child in self.children.values():
             if child.conn is not None:
                 child.conn.close()
+        for pending in self.pending:
+            pending.channel.close_fds()
+            if pending.conn is not None:
+                pending.conn.close()
         for fd in (self._wake_r, self._wake_w, self.dirfd, self.lockfd):
             if fd >= 0:
                 os.close(fd)
         self.children.clear()
+        self.pending.clear()
 
     # -- children ---------------------------------------------------------------------
     def _from_client(self, child: Child) -> None:
-        assert child.channel is not None
+        if child.conn is None or child.channel is None:  # reaped earlier in this batch
+            return
         try:
             alive = child.channel.pump()
             messages = child.channel.messages()
+        except BlockingIOError:
+            return
         except (OSError, ValueError):
             alive, messages = False, []
-        for message in messages:
-            signum = message.get("signal")
-            if signum in wire.PASSED_ON and child.pid in self.children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child.pid, signum)
+        self._pass_on(child, messages)
         if not alive:
             self._client_gone(child)
+
+    def _pass_on(self, child: Child, messages: list[dict[str, Any]]) -> None:
+        """The signals a client sends its command (an int of ``wire.PASSED_ON``, nothing
+        else)."""
+        for message in messages:
+            signum = message.get("signal")
+            if type(signum) is int and signum in wire.PASSED_ON \
+                    and child.pid in self.children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signum)
 
     def _client_gone(self, child: Child) -> None:
         """The client went away before its answer: the command must not go on unseen."""
         if child.conn is not None:
-            self._selector.unregister(child.conn)
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(child.conn)
             child.conn.close()
             child.conn = child.channel = None
         if child.pid in self.children:
@@ -297,12 +474,14 @@ class Server:
             if child.conn is None:
                 log(f"pid {pid} ended ({_ended(status)}) after its client went away")
                 continue
-            self._selector.unregister(child.conn)
+            conn, child.conn, child.channel = child.conn, None, None
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(conn)
             with contextlib.suppress(OSError):
-                child.conn.setblocking(True)
-                child.conn.settimeout(_READ_TIMEOUT)
-                wire.send(child.conn, {"exit": status})
-            child.conn.close()
+                conn.setblocking(True)
+                conn.settimeout(_WRITE_TIMEOUT)
+                wire.send(conn, {"exit": status})
+            conn.close()
 
     def status(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "home": self.home,
@@ -327,7 +506,11 @@ def _wellformed(message: dict[str, Any]) -> bool:
 
 def _ended(status: int) -> str:
     if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        signum = os.WTERMSIG(status)
+        try:
+            return f"killed by {signal.Signals(signum).name}"
+        except ValueError:  # a real-time signal has no name here
+            return f"killed by signal {signum}"
     return f"exit {os.waitstatus_to_exitcode(status)}"
 
 

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import struct
+import time
 
 TYPE_CHECKING = False  # typing is not imported: the console script imports this module
 if TYPE_CHECKING:
@@ -99,14 +100,16 @@ def address(dirfd: int) -> str:
     return f"/proc/self/fd/{dirfd}/{SOCKET}"
 
 
-def connect(home: str) -> socket.socket | None:
+def connect(home: str, timeout: float | None = None) -> socket.socket | None:
     """A connection to the home's daemon, checked to be this account's process; None when
-    none answers (the usual case: one failed ``open`` of the run directory)."""
+    none answers (the usual case: one failed ``open`` of the run directory), or none
+    accepts within ``timeout`` seconds (the socket keeps that timeout)."""
     try:
         dirfd = open_run_dir(home)
     except (OSError, Unsafe):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
     try:
         sock.connect(address(dirfd))
         if peer(sock)[1] != os.getuid():
@@ -144,20 +147,28 @@ class Channel:
         self.fds: list[int] = []
         self._buffer = b""
 
-    def read(self, *, max_fds: int = 0) -> dict[str, Any] | None:
-        """The next message (blocking); None at the end of the connection."""
-        while (message := self._take()) is None:
+    def read(self, *, max_fds: int = 0, deadline: float | None = None) -> dict[str, Any] | None:
+        """The next message (blocking); None at the end of the connection. With a
+        ``deadline`` (``time.monotonic``), ``TimeoutError`` when it has not come by then."""
+        while (message := self.take()) is None:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no message in time")
+                self.sock.settimeout(left)
             if not self.pump(max_fds=max_fds):
                 return None
         return message
 
     def pump(self, *, max_fds: int = 0) -> bool:
-        """Read what is there (once); False at the end of the connection."""
+        """Read what is there (once); False at the end of the connection. ``ValueError``
+        when more than ``max_fds`` descriptors came in all (those that came are in
+        ``fds``, for the caller to close)."""
         if max_fds:
             data, fds, flags, _ = socket.recv_fds(self.sock, 65536, max_fds,
                                                   socket.MSG_CMSG_CLOEXEC)
             self.fds.extend(fds)
-            if flags & socket.MSG_CTRUNC:
+            if flags & socket.MSG_CTRUNC or len(self.fds) > max_fds:
                 raise ValueError("more descriptors than asked for")
         else:
             data = self.sock.recv(65536)
@@ -169,11 +180,20 @@ class Channel:
     def messages(self) -> list[dict[str, Any]]:
         """The whole messages read so far."""
         found = []
-        while (message := self._take()) is not None:
+        while (message := self.take()) is not None:
             found.append(message)
         return found
 
-    def _take(self) -> dict[str, Any] | None:
+    def close_fds(self) -> None:
+        """Close the descriptors received and not handed on."""
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def take(self) -> dict[str, Any] | None:
+        """The next whole message read so far, if any. ``ValueError`` for one that is
+        not a JSON object (nested too deeply included)."""
         if len(self._buffer) < _HEADER.size:
             return None
         (size,) = _HEADER.unpack_from(self._buffer)
@@ -183,7 +203,10 @@ class Channel:
         if len(self._buffer) < end:
             return None
         body, self._buffer = self._buffer[_HEADER.size:end], self._buffer[end:]
-        message = json.loads(body)
+        try:
+            message = json.loads(body)
+        except RecursionError as exc:
+            raise ValueError("a message nested too deeply") from exc
         if not isinstance(message, dict):
             raise ValueError("a message is a JSON object")
         return message
