@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from devflow.daemon import stamp, wire
+from devflow.daemon import peer, stamp, wire
 
 #: the longest a client may take to send its request, in all (then it is dropped): the
 #: loop waits for no one, a slow client only delays itself
@@ -104,11 +104,13 @@ class Server:
     _last: float = 0.0
     _pid: int = 0
     _inode: int = 0
+    _confinement: peer.Confinement = ()
 
     def __post_init__(self) -> None:
         self.started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._last = time.monotonic()
         self._pid = os.getpid()
+        self._confinement = peer.confinement(self._pid)
         self._inode = os.stat(wire.SOCKET, dir_fd=self.dirfd).st_ino
         # prctl, for a child to get SIGTERM when the daemon dies: the C library of this
         # process, loaded before any fork (ctypes.util's search would start ldconfig)
@@ -255,10 +257,18 @@ class Server:
                 self._selector.register(self.listener, selectors.EVENT_READ, None)
 
     def _peer_allowed(self, conn: socket.socket) -> bool:
-        """The one place a connection's peer is checked: this account's processes only."""
+        """The one place a connection's peer is checked: this account's processes, confined
+        as the daemon is (devflow/daemon/peer.py); another is answered nothing and runs
+        its command in process, confined as it is."""
         pid, uid, _ = wire.peer(conn)
         if uid != os.getuid():
             log(f"refused a connection from uid {uid} (pid {pid}): not this account")
+            return False
+        why = peer.unlike(self._confinement, pid)
+        if why is not None:
+            self.refused += 1
+            self.last_refusal = f"a client confined otherwise: {why}"
+            log(f"refused a connection from pid {pid}: {why}")
             return False
         return True
 

@@ -1,7 +1,8 @@
 """What ``devflow daemon`` refuses, and what it holds before it forks.
 
 A daemon runs commands for whoever connects to it, so: only this account's processes
-(SO_PEERCRED, behind a socket 0600 in a directory 0700 inside devflow's home), only
+(SO_PEERCRED, behind a socket 0600 in a directory 0700 inside devflow's home) confined
+as the daemon is (no sandbox, namespace or no_new_privs of their own), only
 commands of its own home, only from a client with its interpreter; and before forking it
 has only imported: no cache of devflow's filled, no thread, no file or connection open.
 (The sandboxed agent that looks for the socket is in tests/integration/test_hostile_agents.py.)
@@ -71,6 +72,33 @@ def test_another_home_and_another_interpreter_are_refused(settings: Settings,
         # the client's own choice: another home has no daemon, so the command runs here
         done = daemon.run("run", "list", env={"DEVFLOW_HOME": str(other)}, check=0)
         assert done.returncode == 0 and daemon.served() == served
+
+
+@SQLITE_ONLY
+def test_a_client_confined_otherwise_runs_its_command_itself(settings: Settings) -> None:
+    """A process of this account under no_new_privs (what Landlock and seccomp sandboxes
+    such as Codex's need) or in namespaces of its own is not served: the daemon's child
+    would run unconfined. Its command runs in process, confined as it is."""
+    wrappers = [["setpriv", "--no-new-privs"]]
+    for flags in (["--net"], ["--user", "--map-root-user"]):
+        if subprocess.run(["unshare", *flags, "true"], capture_output=True,
+                          check=False).returncode == 0:
+            wrappers.append(["unshare", *flags])
+            break
+    with running(settings) as daemon:
+        served = daemon.served()
+        for wrapper in wrappers:
+            done = subprocess.run([*wrapper, DEVFLOW, "run", "list", "--json"],
+                                  capture_output=True, text=True, env=daemon.env,
+                                  stdin=subprocess.DEVNULL, timeout=120, check=False)
+            assert done.returncode == 0, (wrapper, done.stderr)
+            assert json.loads(done.stdout)["runs"] == []
+        status = daemon.status()
+        assert status is not None and status["served"] == served
+        assert status["refused"] == len(wrappers)
+        assert "confined otherwise" in status["last_refusal"]
+        daemon.run("run", "list", check=0)  # a client confined as the daemon is served
+        assert daemon.served() == served + 1
 
 
 @SQLITE_ONLY
