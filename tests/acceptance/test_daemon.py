@@ -16,7 +16,6 @@ import subprocess
 from pathlib import Path
 
 import psutil
-import pytest
 
 from devflow import git
 from devflow.app import App
@@ -30,7 +29,7 @@ from tests.acceptance.daemon_support import (
     running,
     start_daemon,
 )
-from tests.conftest import make_repo
+from tests.conftest import SQLITE_ONLY, make_repo
 from tests.gates_support import start
 from tests.integration.helpers import (
     CLI_BINDS,
@@ -39,7 +38,6 @@ from tests.integration.helpers import (
     requirements_file,
 )
 
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 OFF = {"DEVFLOW_DAEMON": "off"}
 
 

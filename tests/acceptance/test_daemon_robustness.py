@@ -28,10 +28,9 @@ from devflow.daemon import wire
 from devflow.settings import Settings
 from tests.acceptance.crash_support import wait_until
 from tests.acceptance.daemon_support import DEVFLOW, Daemon, env_for, running, start_daemon
-from tests.conftest import make_repo
+from tests.conftest import SQLITE_ONLY, make_repo
 from tests.gates_support import start
 
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 STDIO = {"encoding": "utf-8", "errors": "strict", "line_buffering": False,
          "write_through": False}
 

@@ -24,8 +24,8 @@ from devflow.daemon import stamp, wire
 from devflow.settings import Settings
 from tests.acceptance.crash_support import wait_until
 from tests.acceptance.daemon_support import DEVFLOW, env_for, running
+from tests.conftest import SQLITE_ONLY
 
-SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 STDIO = {"encoding": "utf-8", "errors": "strict", "line_buffering": False,
          "write_through": False}
 
