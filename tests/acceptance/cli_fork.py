@@ -197,7 +197,8 @@ class ForkServer:
         self.env = env
         self.changed = threading.Condition()
         self._ids = itertools.count(1)
-        self._replies: dict[int, int] = {}  # request id -> pid
+        self._asked: dict[int, tuple[str, ...]] = {}  # request id -> its arguments
+        self._replies: dict[int, Forked] = {}  # request id -> the child it made
         self._children: dict[int, Forked] = {}  # pid -> the child, while it runs
         self._ended: str | None = None
         self._write = threading.Lock()
@@ -215,8 +216,10 @@ class ForkServer:
         for line in self._process.stdout:
             message: dict[str, Any] = json.loads(line)
             with self.changed:
-                if "id" in message:
-                    self._replies[message["id"]] = message["pid"]
+                if "id" in message:  # registered here, before its end can be read
+                    request_id, pid = message["id"], message["pid"]
+                    self._children[pid] = self._replies[request_id] = Forked(
+                        self, self._asked.pop(request_id), pid)
                 else:
                     child = self._children.get(message["pid"])
                     if child is not None and message.get("stopped"):
@@ -240,15 +243,15 @@ class ForkServer:
         request_id = next(self._ids)
         request = {"id": request_id, "args": list(args), "env": env, "cwd": str(cwd),
                    "out": str(out), "err": str(err), "in": str(stdin) if stdin else None}
+        with self.changed:
+            self._asked[request_id] = args
         with self._write:
             self._process.stdin.write((json.dumps(request) + "\n").encode("utf-8"))
         with self.changed:
             self.changed.wait_for(lambda: request_id in self._replies or self._ended is not None)
             if self._ended is not None:
                 raise AssertionError(self._ended)
-            child = Forked(self, args, self._replies.pop(request_id))
-            self._children[child.pid] = child
-        return child
+            return self._replies.pop(request_id)
 
     def close(self) -> None:
         if self._process.stdin is not None:
