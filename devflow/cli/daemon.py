@@ -75,6 +75,7 @@ def daemon_status(as_json: bool) -> None:
     output.kv([("pid", status["pid"]), ("home", status["home"]), ("socket", status["socket"]),
                ("started", status["started"]), ("idle timeout", _idle(status)),
                ("commands served", status["served"]), ("refused", status["refused"]),
+               ("last refused", status["last_refusal"] or "-"),
                ("running now", status["running"])])
 
 

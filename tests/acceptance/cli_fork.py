@@ -301,19 +301,26 @@ def run_devflow(args: Sequence[str], env: Mapping[str, str], *, cwd: Path | None
             stdin.write_text(input_text, encoding="utf-8")
         out, err = scratch / "out", scratch / "err"
         child = shared().spawn(tuple(args), dict(env), cwd or Path.cwd(), out, err, stdin)
-        try:
-            code = child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            raise subprocess.TimeoutExpired(argv, timeout, out.read_bytes(),
-                                            err.read_bytes()) from None
-        return subprocess.CompletedProcess(argv, code,
-                                           out.read_text(encoding="utf-8", errors="replace"),
-                                           err.read_text(encoding="utf-8", errors="replace"))
+        code, stdout, stderr = _outcome(child, argv, timeout, out, err)
+        return subprocess.CompletedProcess(argv, code, stdout, stderr)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _outcome(child: Forked, argv: list[str], timeout: float | None, out: Path,
+             err: Path) -> tuple[int, str, str]:
+    """The child's exit code and output once it ended; past ``timeout`` it is killed and
+    ``subprocess.TimeoutExpired`` says what it had written."""
+    try:
+        code = child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        raise subprocess.TimeoutExpired(argv, timeout or 0, out.read_bytes(),
+                                        err.read_bytes()) from None
+    return (code, out.read_text(encoding="utf-8", errors="replace"),
+            err.read_text(encoding="utf-8", errors="replace"))
 
 
 class ForkedCli:
@@ -341,16 +348,7 @@ class ForkedCli:
         child = self._server.spawn(
             tuple(args), dict(env or {}) if replace_env else {**self.env, **(env or {})},
             cwd or self.scratch, out, err, stdin)
-        try:
-            code = child.wait(timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGKILL)
-            child.wait()
-            raise subprocess.TimeoutExpired(["devflow", *args], timeout or 0,
-                                            out.read_bytes(), err.read_bytes()) from None
-        return Result(tuple(args), code, out.read_text(encoding="utf-8", errors="replace"),
-                      err.read_text(encoding="utf-8", errors="replace"))
+        return Result(tuple(args), *_outcome(child, ["devflow", *args], timeout, out, err))
 
     def close(self) -> None:
         self._server.close()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,17 +15,13 @@ from typing import Any
 import psutil
 
 from devflow.settings import Settings
+from tests.integration.helpers import cli_env
 
 DEVFLOW = str(Path(sys.executable).parent / "devflow")
 
 
-def env_for(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVFLOW_")}
-    env.update({"DEVFLOW_HOME": str(settings.home), "DEVFLOW_DATABASE_URL": settings.database_url,
-                "DEVFLOW_WORKSPACE": str(settings.workspace), "DEVFLOW_ACTOR": "tester",
-                "DEVFLOW_LOG_FORMAT": "json"})
-    env.update(extra or {})
-    return env
+#: a command's environment for this test's settings, as every CLI test builds it
+env_for = cli_env
 
 
 @dataclass
